@@ -1,0 +1,3 @@
+"""edgepart: split one CNN across many small edge devices."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,271 @@
+"""Run any Plan in one process with sliced torch modules: the oracle for every split.
+
+`SliceRunner` computes one partition: layers [start, stop) of the traced
+model, restricted to an output region (rows x cols tiles, or a channel range),
+from exactly the input region the geometry says it needs. The same runner is
+what a partition process executes, so a plan verified here is the plan that
+runs on devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from edgepart.geometry import Region, TileGeometry, backprop, conv_input_channels, required_input, window_slices
+from edgepart.graph.layer_graph import INPUT, Layer, LayerGraph
+from edgepart.graph.ops import OpKind, Spatial, Window
+from edgepart.plan import Plan
+
+
+class ExecutionError(RuntimeError):
+    """A tile could not be computed (wrong input shape, unsupported slicing)."""
+
+
+def _crop(tensor: Tensor, have: Region, want: Region) -> Tensor:
+    if have == want:
+        return tensor
+    return tensor[want.relative_to(have).slices()]
+
+
+def _avg_pool_divisors(window: Window, out: Region, in_shape: Sequence[int], count_include_pad: bool) -> Tensor:
+    """PyTorch's avg-pool divisor for each output row and column, from global coordinates."""
+    def axis(interval: tuple[int, int], k: int, s: int, pad: int, pad_after: int, size: int) -> Tensor:
+        values = []
+        for i in range(*interval):
+            start = i * s - pad
+            end = min(start + k, size + pad_after)
+            pool = end - start
+            if not count_include_pad:
+                pool = min(end, size) - max(start, 0)
+            values.append(float(pool))
+        return torch.tensor(values)
+
+    rows = axis(out.rows, window.kernel[0], window.stride[0], window.padding[0], window.padding[1], in_shape[1])
+    cols = axis(out.cols, window.kernel[1], window.stride[1], window.padding[2], window.padding[3], in_shape[2])
+    return rows[:, None] * cols[None, :]
+
+
+@dataclass
+class _Step:
+    layer: Layer
+    node: fx.Node
+    region: Region
+    arg_regions: tuple[Region, ...]  # per distinct tensor input, in all_input_nodes order
+
+
+class SliceRunner:
+    """Computes region `output_region` of layer stop-1 from the tensor crossing cut point `start`."""
+
+    def __init__(self, gm: fx.GraphModule, graph: LayerGraph, start: int, stop: int, output_region: Region):
+        self.gm = gm
+        self.graph = graph
+        self.geometry: TileGeometry = backprop(graph, start, stop, output_region)
+        nodes = {n.name: n for n in gm.graph.nodes}
+        self.entry = graph.producer_at(start)
+        self.steps: list[_Step] = []
+        for index in range(start, stop):
+            region = self.geometry.regions.get(index)
+            if region is None:
+                continue
+            layer = graph.layers[index]
+            arg_regions = tuple(required_input(layer, region, arg) for arg in range(len(layer.preds)))
+            self.steps.append(_Step(layer, nodes[layer.name], region, arg_regions))
+
+    @property
+    def input_region(self) -> Region:
+        return self.geometry.input_region
+
+    @property
+    def output_region(self) -> Region:
+        return self.geometry.output_region
+
+    @torch.no_grad()
+    def __call__(self, tile: Tensor) -> Tensor:
+        expected = self.input_region.shape
+        if tuple(tile.shape[1:]) != expected:
+            raise ExecutionError(f"input tile has shape {tuple(tile.shape[1:])}, expected {expected} "
+                                 f"(region {self.input_region})")
+        env: dict[int, tuple[Tensor, Region]] = {self.entry: (tile, self.input_region)}
+        for step in self.steps:
+            inputs = []
+            for pred, want in zip(step.layer.preds, step.arg_regions, strict=True):
+                tensor, have = env[pred]
+                inputs.append(_crop(tensor, have, want))
+            out, natural = self._compute(step, inputs)
+            env[step.layer.index] = (_crop(out, natural, step.region), step.region)
+        return env[self.geometry.stop - 1][0]
+
+    def _compute(self, step: _Step, inputs: list[Tensor]) -> tuple[Tensor, Region]:
+        layer, region = step.layer, step.region
+        spatial = layer.spec.spatial
+        if spatial is Spatial.WINDOW and len(layer.out_shape) == 3:
+            return self._window(step, inputs[0])
+        if layer.op is OpKind.FC and region.channels != (0, layer.out_shape[0]):
+            module = self.gm.get_submodule(str(step.node.target))
+            assert isinstance(module, nn.Linear)
+            c0, c1 = region.channels
+            bias = module.bias[c0:c1] if module.bias is not None else None
+            return F.linear(inputs[0], module.weight[c0:c1], bias), region
+        if layer.op is OpKind.BN and region.channels != (0, layer.out_shape[0]):
+            return self._sliced_batch_norm(step, inputs[0]), region
+        out = self._call_original(step, inputs)
+        if spatial is Spatial.GLOBAL or len(layer.out_shape) != 3:
+            return out, Region.full(layer.out_shape) if spatial is Spatial.GLOBAL else region
+        if layer.op in (OpKind.CONCAT, OpKind.LRN, OpKind.SPACE_TO_DEPTH):
+            channels = (0, layer.out_shape[0])
+        else:
+            channels = step.arg_regions[0].channels
+        if spatial is Spatial.UPSAMPLE:
+            f = layer.spec.factor
+            src = step.arg_regions[0]
+            natural = Region.of(channels, (src.rows[0] * f, src.rows[1] * f), (src.cols[0] * f, src.cols[1] * f))
+        else:
+            natural = Region.of(channels, region.rows, region.cols)
+        return out, natural
+
+    def _call_original(self, step: _Step, inputs: list[Tensor]) -> Tensor:
+        node = step.node
+        tensor_nodes = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        by_node = dict(zip(tensor_nodes, inputs, strict=True))
+
+        def substitute(arg: fx.Node) -> Any:
+            if arg in by_node:
+                return by_node[arg]
+            return self.gm.get_parameter(str(arg.target)) if arg.op == "get_attr" else arg
+
+        args = fx.node.map_arg(node.args, substitute)
+        kwargs = fx.node.map_arg(node.kwargs, substitute)
+        if node.op == "call_module":
+            result = self.gm.get_submodule(str(node.target))(*args, **kwargs)
+        elif node.op == "call_method":
+            self_arg, *rest = args
+            result = getattr(self_arg, str(node.target))(*rest, **kwargs)
+        else:
+            assert callable(node.target)
+            result = node.target(*args, **kwargs)
+        if not isinstance(result, Tensor):
+            raise ExecutionError(f"layer {node.name!r} returned {type(result).__name__}, not a tensor")
+        return result
+
+    def _sliced_batch_norm(self, step: _Step, x: Tensor) -> Tensor:
+        module = self.gm.get_submodule(str(step.node.target))
+        assert isinstance(module, nn.BatchNorm2d)
+        c0, c1 = step.region.channels
+
+        def part(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[c0:c1]
+
+        return F.batch_norm(x, part(module.running_mean), part(module.running_var), part(module.weight),
+                            part(module.bias), False, 0.0, module.eps)
+
+    def _window(self, step: _Step, x: Tensor) -> tuple[Tensor, Region]:
+        layer, region = step.layer, step.region
+        window = layer.spec.window
+        assert window is not None
+        rows, cols = window_slices(window, region, layer.in_shapes[0])
+        pads = (cols.pad_before, cols.pad_after, rows.pad_before, rows.pad_after)
+        if any(pads):
+            x = F.pad(x, pads, value=window.pad_value)
+        in_channels = step.arg_regions[0].channels
+        natural = Region.of(in_channels, region.rows, region.cols)
+        op = layer.op
+        if op is OpKind.PAD:
+            return x, natural
+        if op is OpKind.POOL_MAX:
+            return F.max_pool2d(x, window.kernel, window.stride, 0, window.dilation, False), natural
+        if op is OpKind.POOL_AVG:
+            if layer.spec.divisor_override:
+                out = F.avg_pool2d(x, window.kernel, window.stride, 0, False, True, layer.spec.divisor_override)
+            else:
+                total = F.avg_pool2d(x, window.kernel, window.stride, 0, False, True, 1)
+                out = total / _avg_pool_divisors(window, region, layer.in_shapes[0], layer.spec.count_include_pad)
+            return out, natural
+        return self._conv(step, x, window)
+
+    def _conv(self, step: _Step, x: Tensor, window: Window) -> tuple[Tensor, Region]:
+        layer, region = step.layer, step.region
+        module = self.gm.get_submodule(str(step.node.target))
+        assert isinstance(module, nn.Conv2d)
+        cout, groups = layer.out_shape[0], layer.spec.groups
+        if region.channels == (0, cout):
+            c0, c1, g = 0, cout, groups
+        elif groups == 1:
+            (c0, c1), g = region.channels, 1
+        else:
+            per_group = cout // groups
+            g0, g1 = region.channels[0] // per_group, -(-region.channels[1] // per_group)
+            c0, c1, g = g0 * per_group, g1 * per_group, g1 - g0
+            expected = conv_input_channels(layer, region.channels)
+            assert expected == step.arg_regions[0].channels
+        weight = module.weight if (c0, c1) == (0, cout) else module.weight[c0:c1]
+        bias = module.bias
+        if bias is not None and (c0, c1) != (0, cout):
+            bias = bias[c0:c1]
+        out = F.conv2d(x, weight, bias, window.stride, 0, window.dilation, g)
+        return out, Region.of((c0, c1), region.rows, region.cols)
+
+
+class Executor:
+    """Runs whole models, ranges and Plans for one traced model."""
+
+    def __init__(self, gm: fx.GraphModule, graph: LayerGraph):
+        self.gm = gm
+        self.graph = graph
+        self._runners: dict[tuple[int, int, Region], SliceRunner] = {}
+
+    def runner(self, start: int, stop: int, output_region: Region) -> SliceRunner:
+        key = (start, stop, output_region)
+        if key not in self._runners:
+            self._runners[key] = SliceRunner(self.gm, self.graph, start, stop, output_region)
+        return self._runners[key]
+
+    @torch.no_grad()
+    def run_whole(self, x: Tensor) -> Tensor:
+        out = self.gm(x)
+        assert isinstance(out, Tensor)
+        return out
+
+    @torch.no_grad()
+    def run_plan(self, plan: Plan, x: Tensor) -> Tensor:
+        if tuple(x.shape) != self.graph.input_shape:
+            raise ExecutionError(f"input has shape {tuple(x.shape)}, the plan expects {self.graph.input_shape}")
+        current = x
+        for stage in plan.stages:
+            out_shape = (x.shape[0], *self.graph.shape_at(stage.stop))
+            out = torch.empty(out_shape, dtype=x.dtype)
+            for part in stage.partitions:
+                runner = self.runner(stage.start, stage.stop, part.output_region)
+                if runner.input_region != part.input_region:
+                    raise ExecutionError(f"stage {stage.index} partition {part.id}: input region "
+                                         f"{part.input_region} differs from the geometry's {runner.input_region}")
+                out[part.output_region.slices()] = runner(current[part.input_region.slices()])
+            current = out
+        return current
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs_diff: float
+    max_rel_diff: float
+    allclose: bool
+    output_shape: tuple[int, ...]
+
+
+def compare(expected: Tensor, actual: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> Comparison:
+    if expected.shape != actual.shape:
+        return Comparison(math.inf, math.inf, False, tuple(actual.shape))
+    diff = (expected - actual).abs()
+    rel = diff / expected.abs().clamp_min(1e-12)
+    return Comparison(float(diff.max()), float(rel.max()), bool(torch.allclose(actual, expected, atol=atol, rtol=rtol)),
+                      tuple(actual.shape))
+
+
+def entry_is_input(graph: LayerGraph, start: int) -> bool:
+    return graph.producer_at(start) == INPUT
