@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from edgepart.geometry import Region, TileGeometry, backprop, conv_input_channels, required_input, window_slices
+from edgepart.geometry import (
+    Region,
+    TileGeometry,
+    backprop,
+    conv_input_channels,
+    required_input,
+    window_slices,
+)
 from edgepart.graph.layer_graph import INPUT, Layer, LayerGraph
 from edgepart.graph.ops import OpKind, Spatial, Window
 from edgepart.plan import Plan

@@ -13,14 +13,21 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.dataclasses import dataclass
 
 from edgepart.geometry import GeometryError, Region, backprop, tiles_partition
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 StageKind = Literal["single", "layerwise", "fused"]
 SplitKind = Literal["none", "rows", "channels", "grid"]
@@ -137,7 +144,7 @@ _ADAPTER: TypeAdapter[Plan] = TypeAdapter(Plan)
 def make_plan(model: ModelRef, solver: str, objective: Objective, devices: tuple[str, ...],
               stages: tuple[Stage, ...], predicted: Predicted | None = None,
               meta: dict[str, Any] | None = None) -> Plan:
-    return Plan(schema_version=SCHEMA_VERSION, model=model, solver=solver, objective=objective,  # type: ignore[call-arg]
+    return Plan(schema_version=SCHEMA_VERSION, model=model, solver=solver, objective=objective,
                 devices=devices, stages=stages, predicted=predicted, meta=meta or {})
 
 

@@ -122,7 +122,7 @@ def split_interval(length: int, weights: Sequence[float]) -> list[Interval]:
     total = float(sum(weights))
     spare = length - parts  # one element each is guaranteed; share the rest by weight
     exact = [spare * w / total for w in weights]
-    sizes = [1 + int(math.floor(e)) for e in exact]
+    sizes = [1 + math.floor(e) for e in exact]
     order = sorted(range(parts), key=lambda i: (exact[i] - math.floor(exact[i])), reverse=True)
     for i in order[: length - sum(sizes)]:
         sizes[i] += 1

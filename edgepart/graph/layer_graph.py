@@ -12,6 +12,7 @@ residual or inception block is one unit).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class LayerGraph:
     @cached_property
     def units(self) -> tuple[Unit, ...]:
         cuts = self.cut_points
-        spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+        spans = list(itertools.pairwise(cuts))
         units: list[tuple[int, int]] = []
         for start, stop in spans:
             trailing = all(layer.op in CHANNELWISE for layer in self.layers[start:stop])
@@ -304,11 +305,11 @@ def build_layer_graph(gm: fx.GraphModule, input_shape: Sequence[int], name: str)
                 numel += tensor.numel()
                 nbytes += tensor.numel() * tensor.element_size()
         for attr in (a for a in node.all_input_nodes if a.op == "get_attr"):
-            tensor = gm.get_parameter(str(attr.target)) if _is_param(gm, str(attr.target)) else None
-            if tensor is not None:
+            if _is_param(gm, str(attr.target)):
+                constant = gm.get_parameter(str(attr.target))
                 param_names.append(str(attr.target))
-                numel += tensor.numel()
-                nbytes += tensor.numel() * tensor.element_size()
+                numel += constant.numel()
+                nbytes += constant.numel() * constant.element_size()
         out_shape = _without_batch(shape)
         layers.append(Layer(
             index=index, name=node.name, target=_target_name(gm, node), spec=spec, preds=preds,

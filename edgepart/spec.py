@@ -1,0 +1,285 @@
+"""The user-facing documents: a cluster description and the DNNDeployment resource.
+
+One pydantic model serves the CLI (`--cluster cluster.yaml`, `edgepart up
+deployment.yaml`), the operator (the custom resource's spec) and the CRD's
+OpenAPI schema, which is generated from it. Field descriptions are the user
+documentation. YAML keys are camelCase, as in Kubernetes; Python attributes
+are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "edgepart.io"
+API_VERSION = "v1alpha1"
+KIND = "DNNDeployment"
+PLURAL = "dnndeployments"
+
+
+class SpecError(ValueError):
+    """A cluster or deployment document that is malformed; the message names the field."""
+
+
+# ---------------------------------------------------------------- quantities
+
+_BANDWIDTH_UNITS = {
+    "bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
+    "b/s": 1.0, "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9,
+    "kib/s": 1024.0, "mib/s": 1024.0**2, "gib/s": 1024.0**3,
+}
+_TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_MEMORY_UNITS = {
+    "": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+    "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40,
+}
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def parse_bandwidth(value: str | float | int) -> float:
+    """'100Mbps', '1Gbps', '12.5MB/s', '50MiB/s' -> bytes per second (> 0)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"bandwidth {value!r} needs a unit, e.g. '100Mbps' or '12.5MB/s'")
+    match = re.fullmatch(_NUMBER + r"\s*([A-Za-z/]+)", str(value).strip())
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _BANDWIDTH_UNITS:
+        raise ValueError(f"bandwidth {value!r}: expected a number and a unit "
+                         "(bps, Kbps, Mbps, Gbps, B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s)")
+    result = float(match.group(1)) * _BANDWIDTH_UNITS[unit]
+    if result <= 0:
+        raise ValueError(f"bandwidth {value!r} must be greater than zero")
+    return result
+
+
+def parse_duration(value: str | float | int) -> float:
+    """'2ms', '500us', '0.1s' -> seconds (>= 0). A bare number is seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(_NUMBER + r"\s*([a-zµ]+)", str(value).strip())
+        if not match or match.group(2) not in _TIME_UNITS:
+            raise ValueError(f"duration {value!r}: expected a number and a unit (ns, us, ms, s)")
+        seconds = float(match.group(1)) * _TIME_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"duration {value!r} must not be negative")
+    return seconds
+
+
+def parse_memory(value: str | int) -> int:
+    """Kubernetes quantities: '512Mi', '2Gi', '1G', 1048576 -> bytes (> 0)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        result = value
+    else:
+        match = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", str(value).strip())
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _MEMORY_UNITS:
+            raise ValueError(f"memory {value!r}: expected a Kubernetes quantity like 512Mi, 2Gi or 1G")
+        result = int(float(match.group(1)) * _MEMORY_UNITS[unit])
+    if result <= 0:
+        raise ValueError(f"memory {value!r} must be greater than zero")
+    return result
+
+
+def _check_bandwidth(value: str) -> str:
+    parse_bandwidth(value)
+    return value
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _check_memory(value: str) -> str:
+    parse_memory(value)
+    return value
+
+
+Bandwidth = Annotated[str, AfterValidator(_check_bandwidth)]
+Duration = Annotated[str, AfterValidator(_check_duration)]
+Memory = Annotated[str, AfterValidator(_check_memory)]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- cluster
+
+
+class DeviceSpec(_Model):
+    name: Name = Field(description="Device name (for Kubernetes, the node name).")
+    profile: str | None = Field(default=None, description="Path to a device profile JSON written by `edgepart profile`.")
+    speed: float | None = Field(default=None, gt=0, le=1000,
+                                description="Speed relative to the built-in reference profile (1.0 = reference); "
+                                            "used when no profile is given.")
+    memory: Memory = Field(default="4Gi", description="Memory available to partitions, e.g. 1Gi.")
+    cpus: float | None = Field(default=None, gt=0, le=256,
+                               description="CPU cores for emulation (cgroup quota) and pod resources.")
+    arch: str | None = Field(default=None, description="CPU architecture, e.g. arm64 or amd64 (informational).")
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels (device class etc.).")
+
+
+class LinkSpec(_Model):
+    source: Name = Field(alias="from", description="Sending device.")
+    target: Name = Field(alias="to", description="Receiving device.")
+    bandwidth: Bandwidth | None = Field(default=None, description="Overrides network.bandwidth for this pair.")
+    latency: Duration | None = Field(default=None, description="Overrides network.latency for this pair.")
+
+
+class NetworkSpec(_Model):
+    bandwidth: Bandwidth = Field(default="100Mbps", description="Link bandwidth, e.g. 100Mbps or 12.5MB/s.")
+    latency: Duration = Field(default="2ms", description="Per-message latency, e.g. 2ms.")
+    medium: Literal["shared", "switched"] = Field(
+        default="switched", description="shared: one medium for all transfers (Wi-Fi); switched: per-NIC.")
+    links: list[LinkSpec] = Field(default_factory=list, description="Per-pair overrides.")
+
+
+class ClusterSpec(_Model):
+    devices: list[DeviceSpec] = Field(min_length=1, description="The devices, inline.")
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    master: Name | None = Field(default=None, description="Device that holds the input and receives the output "
+                                                          "(default: the first device).")
+
+    @model_validator(mode="after")
+    def _names_known(self) -> ClusterSpec:
+        names = [d.name for d in self.devices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"devices: duplicate device names {dupes}")
+        if self.master is not None and self.master not in names:
+            raise ValueError(f"master: {self.master!r} is not one of the devices {names}")
+        for i, link in enumerate(self.network.links):
+            for end in (link.source, link.target):
+                if end not in names:
+                    raise ValueError(f"network.links[{i}]: device {end!r} is not one of the devices {names}")
+        return self
+
+    @property
+    def master_name(self) -> str:
+        return self.master or self.devices[0].name
+
+
+# ---------------------------------------------------------------- deployment
+
+
+class ModelSpec(_Model):
+    name: str = Field(min_length=1, description="Zoo name (see `edgepart models`), package.module:factory, "
+                                                "or path/to/file.py:factory.")
+    input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
+        default=None, min_length=4, max_length=4, description="N,C,H,W; required outside the zoo.")
+    weights: str | None = Field(default=None, description="Path to a safetensors file (default: seeded weights).")
+    seed: int = Field(default=0, ge=0, description="Seed of the deterministic weights when no file is given.")
+
+
+class DeploymentSpec(_Model):
+    model: ModelSpec
+    objective: Literal["latency", "throughput"] = Field(default="latency")
+    solver: str = Field(default="auto", description="Solver name (see `edgepart plan --help`), or auto.")
+    solver_options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the solver.")
+    devices: list[DeviceSpec] = Field(default_factory=list,
+                                      description="Inline devices (local runtime, simulation). On Kubernetes, "
+                                                  "leave empty and use nodeSelector.")
+    node_selector: dict[str, str] = Field(default_factory=dict,
+                                          description="Kubernetes: nodes with these labels are the devices.")
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    master: Name | None = Field(default=None, description="Device holding the input (default: the first).")
+    request_timeout: Duration = Field(default="30s", description="Per-request timeout in the data plane.")
+
+    def cluster(self) -> ClusterSpec:
+        if not self.devices:
+            raise SpecError("spec.devices: no inline devices (on Kubernetes they come from nodes)")
+        try:
+            return ClusterSpec(devices=self.devices, network=self.network, master=self.master)
+        except ValidationError as err:
+            raise SpecError("spec." + explain(err)) from None
+
+
+class Metadata(_Model):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    name: Name
+    namespace: str = "default"
+
+
+class DNNDeployment(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    api_version: Literal["edgepart.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["DNNDeployment"]
+    metadata: Metadata
+    spec: DeploymentSpec
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def explain(err: ValidationError) -> str:
+    """One line per problem, each naming the field: 'devices[1].memory: ...'."""
+    parts = []
+    for item in err.errors()[:8]:
+        msg = str(item["msg"]).removeprefix("Value error, ")
+        loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
+        parts.append(f"{_loc(loc)}: {msg}")
+    if err.error_count() > 8:
+        parts.append(f"and {err.error_count() - 8} more")
+    return "; ".join(parts)
+
+
+def _read_yaml(path: str | Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+
+
+def cluster_from_dict(data: Any, source: str = "cluster") -> ClusterSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping with devices, network and master")
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {explain(err)}") from None
+
+
+def load_cluster(path: str | Path) -> ClusterSpec:
+    return cluster_from_dict(_read_yaml(path), str(path))
+
+
+def deployment_from_dict(data: Any, source: str = "deployment") -> DNNDeployment:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a DNNDeployment mapping")
+    try:
+        return DNNDeployment.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {explain(err)}") from None
+
+
+def load_deployment(path: str | Path) -> DNNDeployment:
+    return deployment_from_dict(_read_yaml(path), str(path))

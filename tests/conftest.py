@@ -1,0 +1,27 @@
+"""Shared fixtures: traced zoo models are built once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from torch import fx
+
+from edgepart.executor import Executor
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.graph.loader import ModelRef, load_model, trace_ref
+
+_CACHE: dict[str, tuple[fx.GraphModule, LayerGraph, Executor]] = {}
+
+
+def traced(name: str) -> tuple[fx.GraphModule, LayerGraph, Executor]:
+    if name not in _CACHE:
+        ref = ModelRef(name)
+        gm, graph = trace_ref(ref, load_model(ref))
+        _CACHE[name] = (gm, graph, Executor(gm, graph))
+    return _CACHE[name]
+
+
+@pytest.fixture(scope="session")
+def zoo_traced() -> Callable[[str], tuple[fx.GraphModule, LayerGraph, Executor]]:
+    return traced
