@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from edgepart.errors import EdgepartError
 from edgepart.geometry import GeometryError, Region, backprop, tiles_partition
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
@@ -36,21 +37,21 @@ Objective = Literal["latency", "throughput"]
 _AXES = ("c", "h", "w")
 
 
-class PlanError(ValueError):
+class PlanError(EdgepartError, ValueError):
     """A plan file or object that is malformed or does not fit its model."""
 
 
-def _parse_interval(value: Any, axis: str) -> tuple[int, int]:
+def _parse_interval(value: Any, axis: str, allow_empty: bool = False) -> tuple[int, int]:
     if (not isinstance(value, list | tuple) or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
         raise ValueError(f"{axis}: expected [start, stop] (two integers), got {value!r}")
     start, stop = value
-    if not 0 <= start < stop:
+    if not (0 <= start <= stop if allow_empty else 0 <= start < stop):
         raise ValueError(f"{axis}: need 0 <= start < stop, got [{start}, {stop}]")
     return (start, stop)
 
 
-def _parse_region(value: Any) -> Region:
+def _parse_region(value: Any, allow_empty: bool = False) -> Region:
     if isinstance(value, Region):
         return value
     if not isinstance(value, dict):
@@ -60,7 +61,12 @@ def _parse_region(value: Any) -> Region:
         raise ValueError(f"unknown axes {sorted(unknown)} (allowed: c, h, w)")
     if set(value) not in ({"c"}, {"c", "h", "w"}):
         raise ValueError(f"need axes c (flat tensors) or c, h, w; got {sorted(value)}")
-    return Region(tuple(_parse_interval(value[a], a) for a in _AXES if a in value))
+    return Region(tuple(_parse_interval(value[a], a, allow_empty) for a in _AXES if a in value))
+
+
+def _parse_input_region(value: Any) -> Region:
+    # empty when the partition's tile lies wholly in padding (a conv padded wider than its kernel)
+    return _parse_region(value, allow_empty=True)
 
 
 def _dump_region(region: Region) -> dict[str, list[int]]:
@@ -68,6 +74,7 @@ def _dump_region(region: Region) -> dict[str, list[int]]:
 
 
 RegionField = Annotated[Region, PlainValidator(_parse_region), PlainSerializer(_dump_region)]
+InputRegionField = Annotated[Region, PlainValidator(_parse_input_region), PlainSerializer(_dump_region)]
 
 _CONFIG = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -77,7 +84,7 @@ class Partition:
     id: Annotated[str, Field(min_length=1, description="Unique within the plan, e.g. 's0p1'.")]
     device: Annotated[str, Field(min_length=1, description="Device (node) that runs this partition.")]
     output_region: Annotated[RegionField, Field(description="Region of the stage output this partition owns.")]
-    input_region: Annotated[RegionField, Field(description="Region of the stage input it needs, halo included.")]
+    input_region: Annotated[InputRegionField, Field(description="Region of the stage input it needs, halo included.")]
 
 
 @dataclass(frozen=True, config=_CONFIG)

@@ -24,13 +24,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from edgepart.errors import EdgepartError
+
 API_GROUP = "edgepart.io"
 API_VERSION = "v1alpha1"
 KIND = "DNNDeployment"
 PLURAL = "dnndeployments"
 
 
-class SpecError(ValueError):
+class SpecError(EdgepartError, ValueError):
     """A cluster or deployment document that is malformed; the message names the field."""
 
 

@@ -81,6 +81,9 @@ class Region:
 
 def hull_all(regions: Iterable[Region]) -> Region:
     items = list(regions)
+    filled = [r for r in items if not r.empty]  # an empty request adds nothing to the hull
+    if filled:
+        items = filled
     result = items[0]
     for region in items[1:]:
         result = result.hull(region)

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgepart.errors import EdgepartError
 from edgepart.geometry.region import Interval, Region, hull_all
 from edgepart.graph.layer_graph import Layer, LayerGraph
 from edgepart.graph.ops import OpKind, Spatial, Window
 
 
-class GeometryError(ValueError):
+class GeometryError(EdgepartError, ValueError):
     """A region request the layers cannot satisfy."""
 
 
@@ -36,9 +37,14 @@ class WindowSlice:
 
 def window_slice(out: Interval, kernel: int, stride: int, pad_before: int, dilation: int, in_size: int) -> WindowSlice:
     a, b = out
+    if b <= a:
+        return WindowSlice(0, 0, 0, 0)
     lo_virtual = a * stride - pad_before
     hi_virtual = (b - 1) * stride - pad_before + dilation * (kernel - 1) + 1
-    lo, hi = max(0, lo_virtual), min(in_size, hi_virtual)
+    lo = min(max(0, lo_virtual), in_size)
+    hi = max(min(in_size, hi_virtual), lo)
+    if hi == lo:  # the window lies wholly in the padding: no input rows, only pad values
+        return WindowSlice(0, 0, hi_virtual - lo_virtual, 0)
     return WindowSlice(lo, hi, lo - lo_virtual, hi_virtual - hi)
 
 
@@ -63,6 +69,8 @@ def required_input(layer: Layer, out: Region, arg: int) -> Region:
     """The region of argument `arg` that computes region `out` of `layer`."""
     in_shape = layer.in_shapes[arg]
     spatial = layer.spec.spatial
+    if out.empty:
+        return Region(tuple((0, 0) for _ in in_shape))
     if spatial is Spatial.GLOBAL:
         if layer.op is OpKind.FC and len(out.dims) == 1:
             return Region.full(in_shape)  # any output features need all input features

@@ -23,6 +23,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
+from edgepart.errors import EdgepartError
 from edgepart.graph.ops import (
     CHANNELWISE,
     LayerSpec,
@@ -36,7 +37,7 @@ from edgepart.graph.ops import (
 INPUT = -1  # producer index of the model input
 
 
-class GraphError(ValueError):
+class GraphError(EdgepartError, ValueError):
     """The model cannot be turned into a LayerGraph."""
 
 

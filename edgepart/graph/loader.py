@@ -7,6 +7,7 @@ every process that builds the same reference gets the same numbers.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -17,11 +18,12 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from edgepart.errors import EdgepartError
 from edgepart.graph.layer_graph import LayerGraph, trace
 from edgepart.graph.zoo import ZOO, UnknownModelError, build_zoo_model, init_weights
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(EdgepartError, ValueError):
     """The model reference, its factory or its weights cannot be used."""
 
 
@@ -53,9 +55,11 @@ def is_zoo_name(name: str) -> bool:
 
 def _load_factory(name: str) -> Callable[[], nn.Module]:
     if ":" not in name:
+        close = difflib.get_close_matches(name, list(ZOO), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}: not in the zoo ({', '.join(sorted(ZOO))}) and not of the form "
-            "package.module:factory or path/to/file.py:factory"
+            f"package.module:factory or path/to/file.py:factory{hint}"
         )
     location, _, attr = name.rpartition(":")
     if location.endswith(".py") or "/" in location:
@@ -88,6 +92,8 @@ def input_shape_of(ref: ModelRef) -> tuple[int, ...]:
         return tuple(ref.input_shape)
     if ref.name in ZOO:
         return ZOO[ref.name].input_shape
+    if ":" not in ref.name:
+        _load_factory(ref.name)  # raises UnknownModelError with the zoo's names
     raise ModelLoadError(f"model {ref.name!r}: --input-shape (input_shape) is required for models outside the zoo")
 
 
@@ -148,19 +154,9 @@ def load_weights(model: nn.Module, path: str, only: Iterable[str] | None = None)
 def trace_ref(ref: ModelRef, model: nn.Module | None = None) -> tuple[fx.GraphModule, LayerGraph]:
     """Trace a reference. Without a model, traces on the meta device: no weights, no arithmetic."""
     shape = input_shape_of(ref)
-    if model is None:
-        try:
-            model = _architecture(ref, "meta")
-        except ModelLoadError:
-            raise
-        except Exception:
-            model = _architecture(ref, "cpu")
-    return trace(model, shape, ref.name)
+    return trace(model if model is not None else _architecture(ref, "meta"), shape, ref.name)
 
 
 def load_graph(ref: ModelRef) -> LayerGraph:
     return trace_ref(ref)[1]
 
-
-def model_summary_shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)

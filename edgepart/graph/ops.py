@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from edgepart.errors import EdgepartError
+
 
 class OpKind(StrEnum):
     CONV = "conv"
@@ -74,7 +76,7 @@ SPATIAL_OF: dict[OpKind, Spatial] = {
 CHANNELWISE = frozenset({OpKind.ACT, OpKind.BN})
 
 
-class UnsupportedLayerError(ValueError):
+class UnsupportedLayerError(EdgepartError, ValueError):
     """A node of the traced model has no known partitioning semantics."""
 
 

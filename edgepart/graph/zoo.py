@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from edgepart.errors import EdgepartError
+
 __all__ = [
     "RESIDUAL_BN_SCALE",
     "VGG16",
@@ -564,9 +566,17 @@ def init_weights(model: nn.Module, seed: int) -> None:
         # un-gated residual additions would roughly triple the activation variance (output std
         # ~1e4). Damping the last BN of every bottleneck branch (as trained ResNets do, and like
         # torchvision's zero_init_residual but non-zero) keeps the output O(1). Draws no numbers.
+        # MobileNetV2 gets the same damping on its residual blocks; its projection conv is a
+        # linear bottleneck (no activation after it), so it takes the linear gain 1, not 2.
         for m in modules:
             if isinstance(m, Bottleneck) and m.bn3.weight is not None:
                 m.bn3.weight.mul_(RESIDUAL_BN_SCALE)
+            if isinstance(m, InvertedResidual):
+                projection, projection_bn = m.conv[-2], m.conv[-1]
+                assert isinstance(projection, nn.Conv2d) and isinstance(projection_bn, nn.BatchNorm2d)
+                projection.weight.mul_(math.sqrt(0.5))
+                if m.use_res_connect and projection_bn.weight is not None:
+                    projection_bn.weight.mul_(RESIDUAL_BN_SCALE)
 
 
 # --------------------------------------------------------------------------- registry
@@ -583,7 +593,7 @@ class ZooEntry:
     description: str
 
 
-class UnknownModelError(ValueError, KeyError):
+class UnknownModelError(EdgepartError, ValueError, KeyError):
     """Raised by :func:`build_zoo_model` for a name that is not in :data:`ZOO`."""
 
     def __str__(self) -> str:

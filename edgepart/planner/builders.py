@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from edgepart.errors import EdgepartError
 from edgepart.geometry import Region, backprop, grid_regions, split_interval
 from edgepart.graph.layer_graph import LayerGraph, Unit
 from edgepart.graph.loader import ModelRef
@@ -15,7 +16,7 @@ from edgepart.graph.ops import CHANNELWISE, OpKind
 from edgepart.plan import Objective, Partition, Plan, SplitKind, Stage, StageKind, make_plan
 
 
-class PlanBuildError(ValueError):
+class PlanBuildError(EdgepartError, ValueError):
     """The requested split is impossible for this model (say which layer and why)."""
 
 
