@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -91,7 +92,7 @@ def _random_cuts(draw: st.DrawFn, length: int, max_parts: int) -> list[tuple[int
     cuts = sorted(draw(st.lists(st.integers(1, length - 1), min_size=parts - 1, max_size=parts - 1, unique=True))) \
         if length > 1 else []
     bounds = [0, *cuts, length]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return list(itertools.pairwise(bounds))
 
 
 def _run_tiled(model: nn.Module, shape: tuple[int, ...], rows: list[tuple[int, int]],

@@ -12,7 +12,14 @@ from edgepart.geometry import Region
 from edgepart.graph import trace
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
-from edgepart.plan import PlanError, check_plan, load_plan, plan_from_dict, plan_from_json, save_plan
+from edgepart.plan import (
+    PlanError,
+    check_plan,
+    load_plan,
+    plan_from_dict,
+    plan_from_json,
+    save_plan,
+)
 from edgepart.planner.builders import PlanBuildError, build_ftp_grid, build_layerwise, build_single
 
 REF = ModelRef("tiny", (1, 3, 16, 16))
@@ -57,7 +64,7 @@ def test_malformed_plans_name_the_field(graph: LayerGraph, mutate: Any, message:
 
 
 def test_not_json_names_the_position() -> None:
-    with pytest.raises(PlanError, match="not valid JSON.*line 1 column 2"):
+    with pytest.raises(PlanError, match=r"not valid JSON.*line 1 column 2"):
         plan_from_json("{oops")
 
 
@@ -83,7 +90,7 @@ def test_plans_that_do_not_fit_the_model_are_rejected(graph: LayerGraph, mutate:
 
 
 def test_impossible_grids_and_fusions_are_clear(graph: LayerGraph) -> None:
-    with pytest.raises(PlanBuildError, match="grid 9x1: layer .* outputs only 8x8"):
+    with pytest.raises(PlanBuildError, match=r"grid 9x1: layer .* outputs only 8x8"):
         build_ftp_grid(graph, REF, ["a"], (9, 1))
     with pytest.raises(PlanBuildError, match="fused layers: 9 requested but only the first 3 can be fused"):
         build_ftp_grid(graph, REF, ["a"], (2, 2), 9)
