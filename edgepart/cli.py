@@ -133,7 +133,17 @@ def inspect_command(model: ModelArg, input_shape: InputShapeOpt = None) -> None:
 
 # ------------------------------------------------------------------ plan / verify
 
-SolverOpt = Annotated[str, typer.Option("--solver", help="single | layerwise | ftp-grid")]
+SolverOpt = Annotated[str, typer.Option("--solver", help="auto | single | layerwise | ftp-grid | fused-dp | "
+                                                          "pipeline-dp | brute-force (`edgepart solvers` "
+                                                          "describes each and its options)")]
+ClusterOpt = Annotated[Path | None, typer.Option("--cluster", help="Cluster YAML: devices (profile or speed, "
+                                                                   "memory), network, master. Default: --devices "
+                                                                   "identical reference devices at --bandwidth.")]
+ObjectiveOpt = Annotated[str, typer.Option("--objective", help="latency | throughput")]
+OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-O", help="Solver option KEY=VALUE "
+                                                                            "(repeatable), e.g. -O max_fused=6.")]
+BandwidthOpt = Annotated[str, typer.Option("--bandwidth", help="Link bandwidth of the default cluster "
+                                                               "(without --cluster), e.g. 100Mbps.")]
 DevicesOpt = Annotated[int, typer.Option("--devices", min=1, help="Number of devices (dev-0, dev-1, ...).")]
 GridOpt = Annotated[str, typer.Option("--grid", help="ftp-grid: ROWSxCOLS tiles over the fused layers.")]
 FusedOpt = Annotated[int | None, typer.Option("--fused-layers", help="ftp-grid: fuse the first F units "
@@ -141,24 +151,33 @@ FusedOpt = Annotated[int | None, typer.Option("--fused-layers", help="ftp-grid: 
 SplitOpt = Annotated[str, typer.Option("--split", help="layerwise: auto | channels | rows.")]
 
 
-def build_plan(graph: Any, ref: Any, devices: int, solver: str, grid: str, fused_layers: int | None,
-               split: str) -> Any:
-    from edgepart.planner.builders import (
-        PlanBuildError,
-        build_ftp_grid,
-        build_layerwise,
-        build_single,
-        parse_grid,
-    )
+def load_cluster_option(cluster: Path | None, devices: int, bandwidth: str = "100Mbps") -> Any:
+    """The --cluster file, or `devices` identical reference devices dev-0, dev-1, ... (dev-0 is the master)."""
+    from edgepart.planner.cluster import Cluster, load_cluster_file
 
-    names = [f"dev-{i}" for i in range(devices)]
-    if solver == "single":
-        return build_single(graph, ref, names)
-    if solver == "layerwise":
-        return build_layerwise(graph, ref, names, split=split)
+    if cluster is not None:
+        return load_cluster_file(cluster)
+    try:
+        return Cluster.homogeneous(devices, bandwidth=bandwidth, prefix="dev-")
+    except ValueError as err:
+        raise fail(f"--bandwidth: {err}") from None
+
+
+def build_plan(graph: Any, ref: Any, devices: int, solver: str, grid: str, fused_layers: int | None,
+               split: str, *, cluster: Any = None, objective: str = "latency",
+               options: Sequence[str] | None = None) -> Any:
+    """Plan with a registered solver; --grid/--fused-layers/--split feed ftp-grid and layerwise."""
+    from edgepart.planner.registry import parse_options, solve
+
+    opts = parse_options(solver, list(options or []))  # unknown solvers and options fail here, by name
     if solver == "ftp-grid":
-        return build_ftp_grid(graph, ref, names, parse_grid(grid), fused_layers)
-    raise PlanBuildError(f"--solver: unknown solver {solver!r} (choose single, layerwise or ftp-grid)")
+        opts.setdefault("grid", grid)
+        if fused_layers is not None:
+            opts.setdefault("fused_layers", fused_layers)
+    if solver == "layerwise":
+        opts.setdefault("split", split)
+    target = cluster if cluster is not None else load_cluster_option(None, devices)
+    return solve(graph, ref, target, objective, solver, **opts)  # type: ignore[arg-type]
 
 
 def print_plan(plan: Any) -> None:
@@ -171,6 +190,12 @@ def print_plan(plan: Any) -> None:
     typer.echo(format_table(["stage", "kind", "split", "layers", "names", "partition", "device", "output region",
                              "input region"], rows))
     if plan.predicted is not None:
+        if plan.predicted.stages:
+            costs = [[c.index, plan.stages[c.index].kind, ",".join(plan.stages[c.index].devices),
+                      f"{c.scatter_s * 1e3:.2f}", f"{c.compute_s * 1e3:.2f}", f"{c.gather_s * 1e3:.2f}",
+                      f"{c.time_s * 1e3:.2f}"] for c in plan.predicted.stages]
+            typer.echo("\n" + format_table(["stage", "kind", "devices", "scatter ms", "compute ms", "gather ms",
+                                             "stage ms"], costs, right=(3, 4, 5, 6)))
         typer.echo(f"predicted latency {plan.predicted.latency_s * 1e3:.1f} ms, "
                    f"throughput {plan.predicted.throughput_per_s:.2f}/s")
 
@@ -184,21 +209,34 @@ def plan_command(
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     devices: DevicesOpt = 4,
-    solver: SolverOpt = "ftp-grid",
+    solver: SolverOpt = "auto",
     grid: GridOpt = "3x3",
     fused_layers: FusedOpt = None,
     split: SplitOpt = "auto",
+    cluster: ClusterOpt = None,
+    objective: ObjectiveOpt = "latency",
+    option: OptionOpt = None,
+    bandwidth: BandwidthOpt = "100Mbps",
+    svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the plan: a device x time Gantt chart "
+                                                           "and the tile split of every stage.")] = None,
 ) -> None:
-    """Split MODEL across devices and write the plan as JSON."""
+    """Split MODEL across devices and write the plan as JSON (with predicted costs)."""
     from edgepart.graph.loader import load_graph
     from edgepart.plan import save_plan
 
     ref = model_ref(model, input_shape, weights, seed)
     graph = load_graph(ref)
-    plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split)
+    target = load_cluster_option(cluster, devices, bandwidth)
+    plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split, cluster=target,
+                      objective=objective, options=option)
     save_plan(plan, output)
     print_plan(plan)
     typer.echo(f"wrote {output} ({len(plan.stages)} stages, {len(plan.partitions)} partitions)")
+    if svg is not None:
+        from edgepart.sim.draw import plan_svg
+
+        svg.write_text(plan_svg(plan, graph, target))
+        typer.echo(f"wrote {svg}")
 
 
 @app.command("verify")
@@ -210,10 +248,13 @@ def verify_command(
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     devices: DevicesOpt = 4,
-    solver: SolverOpt = "ftp-grid",
+    solver: SolverOpt = "auto",
     grid: GridOpt = "3x3",
     fused_layers: FusedOpt = None,
     split: SplitOpt = "auto",
+    cluster: ClusterOpt = None,
+    objective: ObjectiveOpt = "latency",
+    option: OptionOpt = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-5,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
     fast_kernels: Annotated[bool, typer.Option("--fast-kernels", help="Use oneDNN convolutions (faster, "
@@ -236,7 +277,8 @@ def verify_command(
     module = load_model(ref)
     gm, graph = trace_ref(ref, module)
     if plan_file is None:
-        plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split)
+        plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split,
+                          cluster=load_cluster_option(cluster, devices), objective=objective, options=option)
     check_plan(plan, graph)
     executor = Executor(gm, graph)
     x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(seed))
@@ -252,6 +294,235 @@ def verify_command(
     typer.echo("OK: the split output equals the whole model's")
 
 
+# ------------------------------------------------------------------ planner: solvers / profile / simulate
+
+
+@app.command("solvers")
+def solvers_command() -> None:
+    """List the registered solvers and their options (pass options with -O KEY=VALUE)."""
+    from edgepart.planner.registry import SOLVERS
+
+    rows = [[name, ", ".join(f"{k}={v[1]!r}" for k, v in info.options.items()) or "-", info.summary]
+            for name, info in SOLVERS.items()]
+    typer.echo(format_table(["solver", "options (default)", "what it does"], rows))
+
+
+@app.command("profile")
+@user_errors
+def profile_command(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the device profile JSON.")] = Path(
+        "device.json"),
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer sizes and repetitions, one model (~1 min).")] = False,
+    models: Annotated[str | None, typer.Option("--models", help="Comma-separated zoo models whose layers to time "
+                                                                "(default: vgg16,yolov2,resnet50,mobilenet_v2,"
+                                                                "googlenet; with --quick: vgg16).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads while timing "
+                                                                         "(default: torch's setting).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Device name in the profile (default: host).")] = None,
+    fast_kernels: Annotated[bool, typer.Option("--fast-kernels", help="Time oneDNN convolutions (what "
+                                                                      "--fast-kernels partitions run).")] = False,
+    net_probe: Annotated[str | None, typer.Option("--net-probe", help="Instead: measure the link to URL (a peer "
+                                                                      "running --net-serve); print alpha and "
+                                                                      "bandwidth.")] = None,
+    net_serve: Annotated[str | None, typer.Option("--net-serve", help="Instead: serve the probe endpoint on "
+                                                                      "HOST:PORT until interrupted.")] = None,
+) -> None:
+    """Micro-benchmark this machine and fit one cost regression per op type (writes a device profile JSON)."""
+    import json
+    import platform
+
+    if net_serve is not None:
+        from edgepart.profiler.netprobe import serve_echo
+
+        host, _, port = net_serve.rpartition(":")
+        if not port.isdigit():
+            raise fail(f"--net-serve {net_serve!r}: expected HOST:PORT, e.g. 0.0.0.0:8099")
+        typer.echo(f"serving the network probe on http://{host or '0.0.0.0'}:{port}/sink (Ctrl-C stops)")
+        serve_echo(host or "0.0.0.0", int(port))
+        return
+    if net_probe is not None:
+        import httpx
+
+        from edgepart.profiler.netprobe import probe_sync
+
+        try:
+            link = probe_sync(net_probe)
+        except (httpx.HTTPError, RuntimeError) as err:
+            raise fail(f"--net-probe {net_probe}: {err}") from None
+        typer.echo(f"link to {net_probe}: latency {link.alpha_s * 1e3:.3f} ms, "
+                   f"bandwidth {link.bandwidth_Bps * 8e-6:.1f} Mbps")
+        if output != Path("device.json"):
+            output.write_text(json.dumps(link.to_dict(), indent=2) + "\n")
+            typer.echo(f"wrote {output}")
+        return
+    from edgepart.profiler.run import DEFAULT_MODELS, QUICK_MODELS, ProfileConfig, profile_device
+
+    chosen = tuple(m for m in models.split(",") if m) if models else (QUICK_MODELS if quick else DEFAULT_MODELS)
+    config = ProfileConfig(name=name or platform.node() or "device", models=chosen, quick=quick, threads=threads,
+                           exact_kernels=not fast_kernels)
+    with typer.progressbar(length=1, label="timing tiles") as bar:
+        state = {"total": 0, "done": 0}
+
+        def progress(done: int, total: int, what: str) -> None:
+            if total != state["total"]:
+                bar.length = total
+                state["total"] = total
+            bar.update(done - state["done"])
+            state["done"] = done
+
+        profile = profile_device(config, progress)
+    profile.save(output)
+    rows = [[family, m.samples, f"{m.r2:.3f}" if m.r2 is not None else "-",
+             f"{m.mape * 100:.1f}%" if m.mape is not None else "-"] for family, m in sorted(profile.ops.items())]
+    typer.echo(format_table(["op", "samples", "held-out R2", "held-out MAPE"], rows, right=(1, 2, 3)))
+    for check in profile.meta.get("wholeModels", []):
+        typer.echo(f"{check['model']}: measured {check['measuredS'] * 1e3:.1f} ms, predicted "
+                   f"{check['predictedS'] * 1e3:.1f} ms ({check['error'] * 100:+.1f}%)")
+    typer.echo(f"wrote {output}")
+
+
+@app.command("simulate")
+@user_errors
+def simulate_command(
+    plan_file: Annotated[Path, typer.Argument(help="A plan.json (from `edgepart plan`).")],
+    cluster: ClusterOpt = None,
+    rate: Annotated[float | None, typer.Option("--rate", min=0.0, help="Poisson arrival rate (requests/s); "
+                                                                      "default: all at once (saturation).")] = None,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Number of requests.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arrival process.")] = 0,
+    bandwidth: BandwidthOpt = "100Mbps",
+    svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the plan as SVG.")] = None,
+) -> None:
+    """Predict a plan's latency and throughput, then simulate a stream of requests (queueing included)."""
+    from edgepart.graph.loader import load_graph
+    from edgepart.plan import check_plan, load_plan
+    from edgepart.planner.cluster import Cluster
+    from edgepart.sim.simulate import simulate
+
+    plan = load_plan(plan_file)
+    graph = load_graph(plan.model)
+    check_plan(plan, graph)
+    if cluster is not None:
+        target = load_cluster_option(cluster, len(plan.devices))
+    else:  # identical reference devices named as in the plan, its master first
+        master = str(plan.meta.get("master", plan.devices[0]))
+        names = [master, *(d for d in plan.devices if d != master)]
+        target = Cluster.homogeneous(len(names), bandwidth=bandwidth, names=names)
+    result = simulate(plan, graph, target, rate if rate else None, requests, seed)
+    predicted = result.predicted
+    resource, busy = predicted.bottleneck
+    typer.echo(f"predicted (idle system): latency {predicted.latency_s * 1e3:.2f} ms; throughput "
+               f"{predicted.throughput_per_s:.2f}/s (bottleneck {resource}, {busy * 1e3:.2f} ms per request)")
+    arrivals = f"Poisson at {rate:g}/s" if rate else "all at once"
+    lat = result.latency
+    typer.echo(f"simulated {result.requests} requests ({arrivals}): throughput {result.throughput_per_s:.2f}/s; "
+               f"latency mean {lat.mean_s * 1e3:.2f} ms, p50 {lat.p50_s * 1e3:.2f}, p95 {lat.p95_s * 1e3:.2f}, "
+               f"p99 {lat.p99_s * 1e3:.2f}, max {lat.max_s * 1e3:.2f}")
+    rows = [[s.index, plan.stages[s.index].kind, f"{s.scatter_s * 1e3:.2f}", f"{s.compute_s * 1e3:.2f}",
+             f"{s.queue_s * 1e3:.2f}", f"{s.time_s * 1e3:.2f}"] for s in result.stages]
+    typer.echo(format_table(["stage", "kind", "scatter ms", "compute ms", "queued ms", "stage ms"], rows,
+                            right=(2, 3, 4, 5)))
+    busiest = sorted(result.utilisation.items(), key=lambda kv: -kv[1])[:6]
+    typer.echo("utilisation: " + ", ".join(f"{k} {v * 100:.0f}%" for k, v in busiest))
+    if svg is not None:
+        from edgepart.sim.draw import plan_svg
+
+        svg.write_text(plan_svg(plan, graph, target))
+        typer.echo(f"wrote {svg}")
+
+
+# ------------------------------------------------------------------ local runtime: up / status / down / infer
+
+
+@app.command("up")
+@user_errors
+def up_command(
+    deployment: Annotated[Path, typer.Argument(help="A DNNDeployment YAML with inline devices.")],
+    port: Annotated[int, typer.Option("--port", help="Gateway port on 127.0.0.1 (0: any free port).")] = 8080,
+    emulate: Annotated[bool, typer.Option("--emulate", help="Run each device in its own network namespace with "
+                                                            "a tc tbf bandwidth cap and a cgroup CPU quota "
+                                                            "(root only).")] = False,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Deploy this plan.json instead of "
+                                                                  "planning.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait until every partition is "
+                                                             "ready.")] = 300.0,
+) -> None:
+    """Start a deployment as local processes (a gateway and one process per partition); print the gateway URL."""
+    import asyncio
+
+    from edgepart.runtime import commands
+
+    asyncio.run(commands.up(deployment, port=port, emulate=emulate, plan_path=plan_file, timeout_s=timeout,
+                            echo=typer.echo))
+
+
+@app.command("status")
+@user_errors
+def status_command(
+    name: Annotated[str | None, typer.Argument(help="Deployment name (default: all that are up).")] = None,
+) -> None:
+    """Show local deployments: gateway URL and every partition's process and readiness (exit 1 if not ready)."""
+    import asyncio
+
+    from edgepart.runtime import commands
+
+    if not asyncio.run(commands.status(name, echo=typer.echo)):
+        raise typer.Exit(1)
+
+
+@app.command("down")
+@user_errors
+def down_command(
+    name: Annotated[str | None, typer.Argument(help="Deployment name (default: the only one up).")] = None,
+) -> None:
+    """Stop a local deployment: its processes, emulated devices and run directory."""
+    import asyncio
+
+    from edgepart.runtime import commands
+
+    asyncio.run(commands.down(name, echo=typer.echo))
+
+
+@app.command("infer")
+@user_errors
+def infer_command(
+    url: Annotated[str, typer.Argument(help="Gateway URL, e.g. http://127.0.0.1:8080")],
+    random: Annotated[bool, typer.Option("--random", help="Send a random input (seeded by --seed).")] = False,
+    input_file: Annotated[Path | None, typer.Option("--input", help="Send this .npy array (N,C,H,W).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Also run the whole model here; exit 0 iff the outputs "
+                                                        "are allclose (atol 1e-5, rtol 1e-4).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.")] = 0,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Send the input this many times; report "
+                                                                    "the median latency.")] = 1,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the output to this .npy.")] = None,
+) -> None:
+    """Send one input to a gateway; print the output shape and latency."""
+    import asyncio
+
+    from edgepart.runtime import commands
+
+    code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
+                                              seed=seed, requests=requests, output_path=output, echo=typer.echo))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("serve-partition")
+def serve_partition_command() -> None:
+    """Role entry of a partition process or pod (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
+    from edgepart.partition_service.server import main as serve_main
+
+    raise typer.Exit(serve_main("partition"))
+
+
+@app.command("serve-gateway")
+def serve_gateway_command() -> None:
+    """Role entry of the gateway process or pod (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
+    from edgepart.partition_service.server import main as serve_main
+
+    raise typer.Exit(serve_main("gateway"))
+
+
 # ------------------------------------------------------------------ demo
 
 
@@ -262,9 +533,92 @@ def demo_command() -> None:
     for model, grid in (("vgg16", "3x3"), ("yolov2", "3x3")):
         typer.echo(f"\n$ edgepart plan {model} --devices 4 --solver ftp-grid --grid {grid} -o out/{model}.json")
         Path("out").mkdir(exist_ok=True)
-        plan_command(model, Path(f"out/{model}.json"), grid=grid)
+        plan_command(model, Path(f"out/{model}.json"), solver="ftp-grid", grid=grid)
         typer.echo(f"\n$ edgepart verify {model} --plan out/{model}.json")
         verify_command(model, Path(f"out/{model}.json"))
+
+
+# ------------------------------------------------------------------ kubernetes: render / crd / operator
+
+
+def data_plane_configs(request: Any) -> Any:
+    """The operator's ConfigRenderer: the data plane's own partition and gateway configs.
+
+    Wired here, at the composition root, because the operator package never imports the data plane.
+    """
+    from edgepart.operator.configs import RenderedConfigs
+    from edgepart.partition_service.config import render_configs
+
+    configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
+                             gateway_device=request.gateway_device, request_timeout_s=request.request_timeout_s,
+                             threads=dict(request.threads))
+    return RenderedConfigs(gateway=configs.gateway.model_dump_json(indent=2),
+                           partitions={c.partition: c.model_dump_json(indent=2) for c in configs.partitions})
+
+
+@app.command("render")
+@user_errors
+def render_command(
+    deployment: Annotated[Path, typer.Argument(help="A DNNDeployment YAML file.")],
+    nodes: Annotated[Path, typer.Option("--nodes", help="Nodes: `kubectl get nodes -o yaml` output, or a list "
+                                                        "of {name, cpu, memory, arch, labels, deviceClass}.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the rendered objects.")],
+    profile: Annotated[list[str] | None, typer.Option(
+        "--profile", help="DEVICE_CLASS=profile.json (repeatable); classes without one need a profiling Job.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Image of the partition and gateway pods.")] = None,
+    owner_uid: Annotated[str, typer.Option("--owner-uid", help="uid of the DNNDeployment, to set owner "
+                                                               "references (omitted when empty).")] = "",
+) -> None:
+    """Write the objects the operator would create for DEPLOYMENT, without a cluster."""
+    from edgepart.operator.commands import (
+        load_nodes,
+        load_profiles,
+        load_resource,
+        render_directory,
+    )
+    from edgepart.operator.settings import OperatorSettings
+
+    settings = OperatorSettings(image=image) if image else OperatorSettings()
+    result = render_directory(load_resource(deployment), load_nodes(nodes), load_profiles(profile or []), output,
+                              settings=settings, configs=data_plane_configs, owner_uid=owner_uid)
+    status = result.desired.status
+    typer.echo(f"phase {status['phase']}: {status.get('message', '')}")
+    typer.echo(f"wrote {len(result.files)} files to {output}")
+    if result.desired.phase == "Failed":
+        raise typer.Exit(1)
+
+
+@app.command("crd")
+@user_errors
+def crd_command(
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the DNNDeployment CRD, generated from the spec's pydantic model."""
+    from edgepart.operator.commands import write_crd
+
+    text = write_crd(output)
+    if output is None:
+        typer.echo(text, nl=False)
+
+
+@app.command("operator")
+@user_errors
+def operator_command(
+    namespace: Annotated[list[str] | None, typer.Option(
+        "--namespace", "-n", help="Namespace to watch (repeatable; default: $POD_NAMESPACE).")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace "
+                                                                               "(needs cluster-wide RBAC).")] = False,
+    liveness: Annotated[str, typer.Option("--liveness", help="Liveness endpoint URL ('' for none).")]
+    = "http://0.0.0.0:8080/healthz",
+) -> None:
+    """Run the Kubernetes operator (kopf) for DNNDeployment resources."""
+    import logging
+
+    from edgepart.operator.commands import run_operator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_operator(data_plane_configs, namespaces=namespace or [], all_namespaces=all_namespaces,
+                 liveness=liveness or None)
 
 
 def main() -> None:

@@ -1,0 +1,241 @@
+"""One tensor hop over loopback: edgepart's HTTP frame path against a raw TCP socket, side by side.
+
+HTTP hop: the data plane's own sender (`Sender`, a persistent httpx.AsyncClient)
+POSTs a frame to a uvicorn server (one worker) that decodes it with the
+partition's own `receive_frame` into a tensor and answers 204.
+Raw hop: a blocking socket sends the same frame bytes to a server that reads
+them with recv_into into one preallocated buffer, builds the tensor and
+answers one byte. A third column does the same raw exchange through asyncio
+streams (the event-loop machinery the HTTP path also pays, without HTTP). Every
+server runs in its own process; sizes alternate between the three so all see
+the same machine state. Reported: median round
+trip per message and throughput (bytes / median time); target >= 80 % of raw
+at 1 MB and above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from edgepart.geometry import Region
+from edgepart.partition_service.transport import TENSOR_PATH, Sender, make_client, receive_frame
+from edgepart.partition_service.wire import Limits, encode_frame, make_header
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = (1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
+
+
+def _serve_http(port: int) -> None:
+    app = FastAPI()
+    limits = Limits()
+
+    @app.post(TENSOR_PATH)
+    async def tensor(request: Request) -> Response:
+        frame = await receive_frame(request, limits)
+        assert frame.tensor.numel() > 0
+        return Response(status_code=204)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_keep_alive=120)
+
+
+def _recv_exact(conn: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def _serve_raw(port: int) -> None:
+    server = socket.create_server(("127.0.0.1", port))
+    while True:  # one connection at a time (the readiness probe, then the benchmark's)
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            _serve_raw_connection(conn)
+        except ConnectionError:
+            conn.close()
+
+
+def _serve_raw_connection(conn: socket.socket) -> None:
+    prefix = bytearray(4)
+    while True:
+        _recv_exact(conn, memoryview(prefix))
+        (length,) = struct.unpack(">I", prefix)
+        head = bytearray(length)
+        _recv_exact(conn, memoryview(head))
+        header = json.loads(head)
+        count = 1
+        for d in header["shape"]:
+            count *= d
+        payload = bytearray(count * 4)
+        _recv_exact(conn, memoryview(payload))
+        tensor = torch.frombuffer(payload, dtype=torch.float32).reshape(header["shape"])
+        assert tensor.numel() == count
+        conn.sendall(b"k")
+
+
+def _serve_async_raw(port: int) -> None:
+    """Raw TCP through asyncio streams: the event-loop machinery of the HTTP path, without HTTP."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (length,) = struct.unpack(">I", await reader.readexactly(4))
+                header = json.loads(await reader.readexactly(length))
+                count = 1
+                for d in header["shape"]:
+                    count *= d
+                payload = bytearray(await reader.readexactly(count * 4))
+                tensor = torch.frombuffer(payload, dtype=torch.float32).reshape(header["shape"])
+                assert tensor.numel() == count
+                writer.write(b"k")
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(kind: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_hop", kind, str(port)],
+                            cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+def _tensor(nbytes: int) -> torch.Tensor:
+    return torch.randn(1, max(1, nbytes // 4 // 64), 8, 8)
+
+
+async def _http_times(port: int, tensor: torch.Tensor, reps: int) -> list[float]:
+    header = make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench")
+    times = []
+    async with make_client(60.0) as client:
+        sender = Sender(client)
+        url = f"http://127.0.0.1:{port}"
+        for i in range(reps + 2):
+            started = time.perf_counter()
+            await sender.send(url, header, tensor, peer="sink")
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def _raw_times(conn: socket.socket, tensor: torch.Tensor, reps: int) -> list[float]:
+    parts = encode_frame(make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench"), tensor)
+    ack = bytearray(1)
+    times = []
+    for i in range(reps + 2):
+        started = time.perf_counter()
+        for part in parts:
+            conn.sendall(part)
+        _recv_exact(conn, memoryview(ack))
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+async def _async_raw_times(port: int, tensor: torch.Tensor, reps: int) -> list[float]:
+    parts = encode_frame(make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench"), tensor)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    times = []
+    try:
+        for i in range(reps + 2):
+            started = time.perf_counter()
+            for part in parts:
+                writer.write(part)
+            await writer.drain()
+            await reader.readexactly(1)
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return times
+
+
+def main(quick: bool) -> None:
+    http, http_port = _start("serve-http")
+    raw, raw_port = _start("serve-raw")
+    araw, araw_port = _start("serve-async-raw")
+    rows = []
+    try:
+        conn = socket.create_connection(("127.0.0.1", raw_port))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for size in SIZES:
+            tensor = _tensor(size)
+            nbytes = tensor.numel() * 4
+            reps = (30 if quick else 200) if nbytes <= 256 << 10 else (6 if quick else 30)
+            http_t: list[float] = []
+            raw_t: list[float] = []
+            araw_t: list[float] = []
+            for _ in range(3):  # interleave: all three see the same machine state
+                raw_t += _raw_times(conn, tensor, reps // 3 + 1)
+                http_t += asyncio.run(_http_times(http_port, tensor, reps // 3 + 1))
+                araw_t += asyncio.run(_async_raw_times(araw_port, tensor, reps // 3 + 1))
+            h, r, a = statistics.median(http_t), statistics.median(raw_t), statistics.median(araw_t)
+            rows.append({"bytes": nbytes, "http_ms": h * 1e3, "raw_ms": r * 1e3, "async_raw_ms": a * 1e3,
+                         "http_MBps": nbytes / h / 1e6, "raw_MBps": nbytes / r / 1e6,
+                         "async_raw_MBps": nbytes / a / 1e6, "ratio": r / h, "ratio_async": a / h})
+        conn.close()
+    finally:
+        for proc in (http, raw, araw):
+            proc.terminate()
+            proc.wait(10)
+    print("median round trip of one tensor (send, decode into a tensor, acknowledge); throughput = size / time")
+    print(f"{'tensor':>9}  {'HTTP hop':>10}  {'raw TCP':>10}  {'asyncio TCP':>11}  {'HTTP MB/s':>10}  "
+          f"{'raw MB/s':>10}  {'HTTP/raw':>8}  {'HTTP/asyncio':>12}")
+    for row in rows:
+        size = row["bytes"]
+        label = f"{size / (1 << 20):.0f} MiB" if size >= 1 << 20 else f"{size / 1024:.0f} KiB"
+        target = "  (target HTTP/raw >= 0.80)" if size >= 1 << 20 else ""
+        print(f"{label:>9}  {row['http_ms']:>8.3f}ms  {row['raw_ms']:>8.3f}ms  {row['async_raw_ms']:>9.3f}ms  "
+              f"{row['http_MBps']:>10.1f}  {row['raw_MBps']:>10.1f}  {row['ratio']:>8.2f}  "
+              f"{row['ratio_async']:>12.2f}{target}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "hop.json"
+    out.write_text(json.dumps({"quick": quick, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "serve-http":
+        _serve_http(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "serve-raw":
+        _serve_raw(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "serve-async-raw":
+        _serve_async_raw(int(sys.argv[2]))
+    else:
+        main(quick="--quick" in sys.argv)

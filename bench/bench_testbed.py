@@ -1,0 +1,140 @@
+"""The emulated edge testbed: speedup over one device, measured against predicted, and pipelined throughput.
+
+Devices: 8 emulated devices at 0.2 CPU each (cgroup v1 quota), each in its own network namespace
+behind a 100 Mbit/s tbf cap, 2 ms link latency added in userspace. For VGG-16 and YOLOv2 with
+1, 2, 4 and 8 devices: plan with the planner (`auto`, objective latency) on a cluster whose device
+speed is 0.2 x this host's calibrated per-core speed, deploy it with `up --emulate`, and measure
+
+- latency: median of the gateway's own latency over sequential requests, against the planner's
+  predicted latency (target within 15 %), and the speedup over the 1-device deployment;
+- pipelined throughput: M requests sent at once, M / makespan, against the discrete-event
+  simulator's prediction for the same M requests (`edgepart.sim.simulate`).
+
+Needs root (network namespaces, tc, cgroups); without it the benchmark prints why and skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from edgepart.graph.loader import ModelRef, load_graph, load_model
+from edgepart.planner.cluster import cluster_from_spec
+from edgepart.runtime.client import infer
+from edgepart.runtime.demo import calibrated, export_weights, per_core_speed
+from edgepart.runtime.emulate import support_problems
+from edgepart.runtime.local import LocalRuntime
+from edgepart.runtime.planning import plan_deployment
+from edgepart.sim.simulate import simulate
+from edgepart.spec import DNNDeployment, deployment_from_dict
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = ("vgg16", "yolov2")
+DEVICE_COUNTS = (1, 2, 4, 8)
+CPUS = 0.2
+
+
+def _deployment(model: str, weights: Path, devices: int) -> DNNDeployment:
+    return deployment_from_dict({
+        "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
+        "metadata": {"name": f"bench-{model}-{devices}"},
+        "spec": {
+            "model": {"name": model, "weights": str(weights)}, "objective": "latency", "solver": "auto",
+            "devices": [{"name": f"edge-{i}", "cpus": CPUS, "memory": "2Gi"} for i in range(devices)],
+            "network": {"bandwidth": "100Mbps", "latency": "2ms"}, "requestTimeout": "300s",
+        },
+    })
+
+
+async def _measure(model: str, devices: int, weights: Path, speed: float, requests: int, burst: int,
+                   root: Path) -> dict[str, Any]:
+    deployment = calibrated(_deployment(model, weights, devices), speed)
+    graph = load_graph(ModelRef(model))
+    planned = await asyncio.to_thread(plan_deployment, deployment.spec, graph=graph)
+    plan = planned.plan
+    cluster = cluster_from_spec(deployment.spec.cluster())
+    sim = await asyncio.to_thread(simulate, plan, graph, cluster, None, burst)
+    runtime = LocalRuntime(root)
+    state = await runtime.up(deployment, port=0, emulate=True, plan=plan, ready_timeout_s=900)
+    try:
+        x = torch.randn(graph.input_shape)
+        async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
+            await infer(state.gateway_url, x, client=client, timeout_s=600)  # warm-up
+            latencies = []
+            for _ in range(requests):
+                result = await infer(state.gateway_url, x, client=client, timeout_s=600)
+                latencies.append(result.server_latency_s or result.latency_s)
+            started = time.perf_counter()
+            await asyncio.gather(*(infer(state.gateway_url, x, client=client, timeout_s=600) for _ in range(burst)))
+            makespan = time.perf_counter() - started
+    finally:
+        await runtime.down(state.name)
+    assert plan.predicted is not None
+    return {
+        "model": model, "devices": devices, "solver": plan.solver, "partitions": len(plan.partitions),
+        "stages": len(plan.stages), "measured_s": statistics.median(latencies), "predicted_s": plan.predicted.latency_s,
+        "throughput_measured": burst / makespan, "throughput_simulated": burst / sim.makespan_s,
+    }
+
+
+async def _run(quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    requests, burst = (2, 4) if quick else (5, 8)
+    scratch = Path(tempfile.mkdtemp(prefix="edgepart-testbed-"))
+    try:
+        for model in MODELS:
+            ref = ModelRef(model)
+            graph = load_graph(ref)
+            whole = await asyncio.to_thread(load_model, ref)
+            speed = await asyncio.to_thread(per_core_speed, graph, whole)
+            weights = await asyncio.to_thread(export_weights, whole, scratch / f"{model}.safetensors")
+            del whole
+            print(f"{model}: one core here = {speed:.2f}x the reference profile; devices at {CPUS} CPU "
+                  f"= speed {speed * CPUS:.3f}", flush=True)
+            for devices in DEVICE_COUNTS:
+                row = await _measure(model, devices, weights, speed, requests, burst, scratch / "run")
+                rows.append(row)
+                print(f"  {devices} devices: {row['partitions']} partitions, measured {row['measured_s']:.2f} s, "
+                      f"predicted {row['predicted_s']:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    header = (f"{'model':7} {'dev':>3} {'parts':>5} {'measured':>9} {'predicted':>9} {'meas/pred':>9} "
+              f"{'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
+    print(header)
+    print("-" * len(header))
+    base: dict[str, dict[str, Any]] = {r["model"]: r for r in rows if r["devices"] == 1}
+    for r in rows:
+        one = base.get(r["model"], r)
+        print(f"{r['model']:7} {r['devices']:>3} {r['partitions']:>5} {r['measured_s']:>8.2f}s {r['predicted_s']:>8.2f}s "
+              f"{r['measured_s'] / r['predicted_s']:>9.2f} {one['measured_s'] / r['measured_s']:>6.2f}x "
+              f"{one['predicted_s'] / r['predicted_s']:>7.2f}x {r['throughput_measured']:>6.2f} "
+              f"{r['throughput_simulated']:>6.2f} {r['throughput_measured'] / r['throughput_simulated']:>7.2f}")
+
+
+def main(quick: bool) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "testbed.json"
+    problems = support_problems()
+    if problems:
+        print("skipped: the emulated testbed needs root, iproute2 (ip, tc) and the cgroup v1 cpu controller: "
+              + "; ".join(problems))
+        out.write_text(json.dumps({"skipped": problems}, indent=2))
+        return
+    rows = asyncio.run(_run(quick))
+    _print(rows)
+    out.write_text(json.dumps({"quick": quick, "cpus_per_device": CPUS, "bandwidth": "100Mbps", "rows": rows},
+                              indent=2))
+    print(f"wrote {out}")

@@ -1,0 +1,35 @@
+"""The seam between the operator and the data plane's partition configs.
+
+Partition and gateway configs are the data plane's contract
+(`edgepart.partition_service.config.render_configs`); the operator mounts them
+from a ConfigMap. The operator package must not import the data plane (it
+never executes a model), so the renderer is injected by the composition root
+(`edgepart.cli`, or a test) as a `ConfigRenderer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from edgepart.plan import Plan
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    plan: Plan
+    deployment: str
+    addresses: Mapping[str, str]  # partition id -> base URL (http://service.namespace.svc:port)
+    gateway_url: str
+    gateway_device: str  # node of the gateway (the master)
+    request_timeout_s: float
+    threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
+
+
+@dataclass(frozen=True)
+class RenderedConfigs:
+    gateway: str  # gateway config JSON
+    partitions: Mapping[str, str]  # partition id -> partition config JSON
+
+
+ConfigRenderer = Callable[[ConfigRequest], RenderedConfigs]

@@ -1,0 +1,470 @@
+"""Pure reconciliation: `reconcile(spec, nodes, profiles) -> DesiredState`.
+
+Given the DNNDeployment's spec, the cluster's nodes, the device profiles and
+what the operator observed of its own pods and jobs, compute everything the
+cluster should hold for it and the status to report. No I/O: the planner and
+the partition-config renderer are injected, `now` is a parameter, so equal
+inputs give equal outputs and tests compare results by value.
+
+The phase follows from the first thing missing:
+
+    spec invalid, model unknown, plan impossible     -> Failed
+    no usable node matches                           -> Pending
+    a device class has no profile yet                -> Profiling  (and the Job to make one)
+    pods or gateway of the current plan not ready    -> Deploying
+    all ready, every selected node in the plan       -> Ready
+    all ready, some selected node left out           -> Degraded
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from edgepart.errors import EdgepartError
+from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of, is_zoo_name
+from edgepart.graph.zoo import ZOO, UnknownModelError
+from edgepart.operator import names, render
+from edgepart.operator.configs import ConfigRenderer, ConfigRequest
+from edgepart.operator.nodes import NodeInfo, format_cpu, format_memory, select_nodes
+from edgepart.operator.planning import (
+    PlanFn,
+    PlanRequest,
+    graph_of,
+    partition_resources,
+    plan_digest,
+)
+from edgepart.operator.profiles import JobState
+from edgepart.operator.render import Owner
+from edgepart.operator.settings import OperatorSettings
+from edgepart.operator.status import (
+    DEGRADED,
+    DEVICES_AVAILABLE,
+    PLANNED,
+    PROFILED,
+    READY,
+    SPEC_VALID,
+    Condition,
+    DeploymentStatus,
+    ExcludedNode,
+    Gateway,
+    Phase,
+    PlanSummary,
+    Predicted,
+    StageSummary,
+    format_rate,
+    format_seconds,
+    make_condition,
+)
+from edgepart.plan import Plan
+from edgepart.planner.costmodel import DeviceProfile
+from edgepart.spec import ClusterSpec, DeploymentSpec, DeviceSpec, explain, parse_duration
+
+# A ConfigMap holds at most 1 MiB; leave room for metadata.
+CONFIG_MAP_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class PodState:
+    """One pod of this deployment as the operator observed it."""
+
+    name: str
+    node: str
+    component: str  # partition or gateway
+    partition: str
+    plan: str
+    phase: str
+    ready: bool
+    restarts: int = 0
+    waiting_reason: str = ""
+    deleting: bool = False
+
+    @staticmethod
+    def from_object(obj: Mapping[str, Any]) -> PodState:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()
+                      if isinstance(c, Mapping)}
+        containers = [c for c in status.get("containerStatuses") or () if isinstance(c, Mapping)]
+        waiting = [str((c.get("state") or {}).get("waiting", {}).get("reason", "")) for c in containers]
+        return PodState(
+            name=str(meta.get("name", "")),
+            node=str(spec.get("nodeName") or (spec.get("nodeSelector") or {}).get(names.HOSTNAME_LABEL, "")),
+            component=str(labels.get(names.LABEL_COMPONENT, "")),
+            partition=str(labels.get(names.LABEL_PARTITION, "")),
+            plan=str(labels.get(names.LABEL_PLAN, "")),
+            phase=str(status.get("phase") or "Pending"),
+            ready=conditions.get("Ready") == "True",
+            restarts=sum(int(c.get("restartCount") or 0) for c in containers),
+            waiting_reason=next((w for w in waiting if w), ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    def failure(self, max_restarts: int) -> str:
+        """Why this pod counts as failed ('' if it does not)."""
+        if self.deleting:
+            return ""
+        if self.phase == "Failed":
+            return f"pod {self.name} failed"
+        if self.waiting_reason in ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff",
+                                   "CreateContainerConfigError", "RunContainerError"):
+            return f"pod {self.name}: {self.waiting_reason}"
+        if self.restarts >= max_restarts:
+            return f"pod {self.name} restarted {self.restarts} times"
+        return ""
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    ready: bool = False
+    spec_hash: str = ""
+
+    @staticmethod
+    def from_object(obj: Mapping[str, Any] | None) -> GatewayState:
+        if not obj:
+            return GatewayState()
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 1)
+        return GatewayState(ready=current and int(status.get("readyReplicas") or 0) >= 1,
+                            spec_hash=str((meta.get("annotations") or {}).get(names.ANNOTATION_HASH, "")))
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of its own children, and the status it wrote last."""
+
+    pods: tuple[PodState, ...] = ()
+    gateway: GatewayState = GatewayState()
+    jobs: tuple[JobState, ...] = ()
+    profile_errors: Mapping[str, str] = field(default_factory=dict)
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything one DNNDeployment needs, and its status."""
+
+    phase: Phase
+    status: Mapping[str, Any]
+    objects: tuple[Mapping[str, Any], ...] = ()  # owned children; with prune, owned objects not here go
+    prune: bool = False
+    jobs: tuple[Mapping[str, Any], ...] = ()  # profiling Jobs to create when missing
+    plan: Plan | None = None
+    plan_inputs: str = ""
+
+    def object(self, kind: str, name: str) -> Mapping[str, Any]:
+        for obj in self.objects:
+            if obj["kind"] == kind and obj["metadata"]["name"] == name:
+                return obj
+        raise KeyError(f"{kind}/{name}")
+
+    def of_kind(self, kind: str) -> list[Mapping[str, Any]]:
+        return [obj for obj in self.objects if obj["kind"] == kind]
+
+
+class _Halt(Exception):  # noqa: N818 - control flow, not an error
+    """Reconciliation ends early in `phase` with a condition explaining why."""
+
+    def __init__(self, phase: Phase, condition: str, reason: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.condition = condition
+        self.reason = reason
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class _Context:
+    owner: Owner
+    settings: OperatorSettings
+    now: str
+    previous: Sequence[Mapping[str, Any]]
+    conditions: dict[str, Condition] = field(default_factory=dict)
+
+    def set(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        self.conditions[type_] = make_condition(type_, status, reason, message, generation=self.owner.generation,
+                                                now=self.now, previous=self.previous)
+
+
+def reconcile(owner: Owner, spec: Mapping[str, Any], nodes: Sequence[NodeInfo],
+              profiles: Mapping[str, DeviceProfile], *, observed: Observed = Observed(),
+              settings: OperatorSettings, planner: PlanFn, configs: ConfigRenderer, now: str) -> DesiredState:
+    """The desired state of one DNNDeployment. Never raises for a bad spec: that is a Failed status."""
+    previous = [c for c in observed.status.get("conditions") or () if isinstance(c, Mapping)]
+    ctx = _Context(owner, settings, now, previous)
+    excluded: list[ExcludedNode] = []
+    try:
+        return _reconcile(ctx, spec, nodes, profiles, observed, excluded, planner, configs)
+    except _Halt as stop:
+        ctx.set(stop.condition, False, stop.reason, stop.message)
+        status = DeploymentStatus(
+            phase=stop.phase, message=stop.message, observed_generation=owner.generation,
+            conditions=_ordered(ctx.conditions), excluded_nodes=excluded, **stop.extra.get("status", {}),
+        )
+        return DesiredState(phase=stop.phase, status=status.to_dict(), jobs=tuple(stop.extra.get("jobs", ())))
+
+
+_CONDITION_ORDER = (SPEC_VALID, DEVICES_AVAILABLE, PROFILED, PLANNED, READY, DEGRADED)
+
+
+def _ordered(conditions: Mapping[str, Condition]) -> list[Condition]:
+    return [conditions[t] for t in _CONDITION_ORDER if t in conditions]
+
+
+def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
+    """The spec as the CLI reads it; errors name the field ('spec.network.bandwidth: ...')."""
+    try:
+        parsed = DeploymentSpec.model_validate(dict(spec))
+    except ValidationError as err:
+        raise _Halt("Failed", SPEC_VALID, "InvalidSpec", "spec." + explain(err)) from None
+    for i, device in enumerate(parsed.devices):
+        if device.profile is not None:
+            raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                        f"spec.devices[{i}].profile: the operator cannot read files; put the profile in a "
+                        f"ConfigMap labelled {names.LABEL_PROFILE}=true and {names.LABEL_DEVICE_CLASS}=<class>")
+    if not parsed.devices and not parsed.node_selector:
+        raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                    "spec.devices or spec.nodeSelector is required: name the nodes, or select them by label")
+    return parsed
+
+
+def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeInfo],
+               profiles: Mapping[str, DeviceProfile], observed: Observed, excluded: list[ExcludedNode],
+               planner: PlanFn, configs: ConfigRenderer) -> DesiredState:
+    owner, settings = ctx.owner, ctx.settings
+    spec = parse_spec(raw_spec)
+    ctx.set(SPEC_VALID, True, "SpecValid", "the spec is valid")
+
+    # ---- devices: selected nodes, minus those that are not ready or whose partition failed
+    named = [d.name for d in spec.devices]
+    selected = select_nodes(nodes, spec.node_selector, named)
+    missing = sorted(set(named) - {n.name for n in selected})
+    if not selected:
+        what = (f"no node matches spec.nodeSelector {dict(spec.node_selector)}" if spec.node_selector
+                else "none of the nodes named in spec.devices exists")
+        raise _Halt("Pending", DEVICES_AVAILABLE, "NoMatchingNodes", what)
+    failed_before: dict[str, str] = {}
+    if int(observed.status.get("observedGeneration") or 0) == owner.generation:
+        failed_before = {e["name"]: e.get("message", "") for e in observed.status.get("excludedNodes") or ()
+                         if isinstance(e, Mapping) and e.get("reason") == "PartitionFailed"}
+    failed_now: dict[str, str] = {}
+    for pod in observed.pods:
+        why = pod.failure(settings.max_restarts)
+        if why and pod.node:
+            failed_now.setdefault(pod.node, why)
+    for node in selected:
+        if not node.usable:
+            reason = "NodeNotReady" if not node.ready else "NodeUnschedulable"
+            excluded.append(ExcludedNode(name=node.name, reason=reason, message=f"node {node.name} is "
+                                         f"{node.why_unusable}"))
+        elif node.name in failed_before or node.name in failed_now:
+            message = failed_before.get(node.name) or failed_now[node.name]
+            excluded.append(ExcludedNode(name=node.name, reason="PartitionFailed", message=message))
+    left_out = {e.name for e in excluded}
+    usable = [n for n in selected if n.name not in left_out]
+    if not usable:
+        raise _Halt("Pending", DEVICES_AVAILABLE, "NoUsableNodes",
+                    f"none of the selected nodes {[n.name for n in selected]} is usable: "
+                    + "; ".join(e.message for e in excluded))
+    devices_message = f"{len(usable)} of {len(selected)} selected nodes usable"
+    if missing:
+        devices_message += f"; spec.devices names nodes that do not exist: {missing}"
+    ctx.set(DEVICES_AVAILABLE, True, "NodesSelected", devices_message)
+
+    # ---- master: the node that holds the input, where the gateway runs
+    degraded_reasons = [f"{e.name}: {e.message}" for e in excluded]
+    if spec.master is not None and spec.master not in {n.name for n in selected}:
+        raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                    f"spec.master: node {spec.master!r} is not one of the selected nodes "
+                    f"{[n.name for n in selected]}")
+    master = spec.master if spec.master in {n.name for n in usable} else usable[0].name
+    if spec.master is not None and spec.master != master:
+        degraded_reasons.append(f"master {spec.master} is unusable; the gateway moved to {master}")
+
+    # ---- profiles: every device class needs a cost model (or a speed given in the spec)
+    overrides = {d.name: d for d in spec.devices}
+    needed: dict[str, NodeInfo] = {}
+    for node in usable:
+        override = overrides.get(node.name)
+        if (override is None or override.speed is None) and node.device_class not in profiles:
+            needed.setdefault(node.device_class, node)
+    bad = {c: observed.profile_errors[c] for c in needed if c in observed.profile_errors}
+    if bad:
+        raise _Halt("Failed", PROFILED, "InvalidProfile", "; ".join(f"device class {c}: {m}"
+                                                                      for c, m in sorted(bad.items())))
+    if needed:
+        jobs_by_class = {j.device_class: j for j in observed.jobs}
+        failed_jobs = [j for c, j in sorted(jobs_by_class.items()) if c in needed and j.failed]
+        if failed_jobs:
+            raise _Halt("Failed", PROFILED, "ProfilingFailed", "; ".join(
+                f"profiling job {j.name} for device class {j.device_class} failed"
+                + (f": {j.message}" if j.message else "") for j in failed_jobs))
+        jobs = [render.profile_job(c, node.name, format_cpu(node.cpu * settings.cpu_share), owner.namespace,
+                                   settings) for c, node in sorted(needed.items())]
+        raise _Halt("Profiling", PROFILED, "ProfilingJobsRunning",
+                    f"profiling device classes {sorted(needed)} on nodes "
+                    f"{[needed[c].name for c in sorted(needed)]}", jobs=jobs)
+    ctx.set(PROFILED, True, "ProfilesFound", "every device class has a profile")
+
+    # ---- plan
+    request = plan_request(spec, usable, profiles, master)
+    try:
+        plan = planner(request)
+        graph = graph_of(request.model)
+    except EdgepartError as err:
+        raise _Halt("Failed", PLANNED, "PlanningFailed", _name_field(err)) from None
+    plan_hash = plan_digest(plan)
+    ctx.set(PLANNED, True, "PlanComputed", f"{plan.solver}: {len(plan.stages)} stages, "
+                                           f"{len(plan.partitions)} partitions on {len(plan.devices)} nodes")
+
+    # ---- objects
+    by_name = {n.name: n for n in usable}
+    port = settings.port
+    addresses = {p.id: f"http://{names.partition_service_name(owner.name, p.id)}.{owner.namespace}.svc:{port}"
+                 for p in plan.partitions}
+    gateway_service = names.gateway_name(owner.name)
+    gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{port}"
+    on_node: dict[str, int] = {}
+    for part in plan.partitions:
+        on_node[part.device] = on_node.get(part.device, 0) + 1
+    threads = {node: max(1, int(by_name[node].cpu * settings.cpu_share / count))
+               for node, count in on_node.items()}
+    try:
+        rendered = configs(ConfigRequest(
+            plan=plan, deployment=owner.name, addresses=addresses, gateway_url=gateway_url, gateway_device=master,
+            request_timeout_s=parse_duration(spec.request_timeout), threads=threads))
+    except ValueError as err:  # EdgepartErrors and the data plane's ConfigError
+        raise _Halt("Failed", PLANNED, "ConfigFailed", str(err)) from None
+    data = {render.PLAN_KEY: plan.to_json(), render.GATEWAY_KEY: rendered.gateway}
+    data.update({render.partition_key(pid): text for pid, text in rendered.partitions.items()})
+    size = sum(len(k) + len(v.encode()) for k, v in data.items())
+    if size > CONFIG_MAP_LIMIT:
+        raise _Halt("Failed", PLANNED, "PlanTooLarge",
+                    f"the plan and its configs take {size} bytes; a ConfigMap holds at most 1 MiB")
+
+    objects: list[dict[str, Any]] = [
+        render.service_account(owner),
+        render.plan_config_map(owner, data, plan_hash),
+        *render.network_policies(owner, settings),
+    ]
+    pod_names: dict[str, str] = {}
+    for stage in plan.stages:
+        for part in stage.partitions:
+            resources = partition_resources(graph, stage, part, by_name[part.device], on_node[part.device],
+                                            settings.cpu_share)
+            pod_object = render.partition_pod(owner, render.PartitionPod(
+                partition_id=part.id, node=part.device, cpu=format_cpu(resources.cpu),
+                memory_request=format_memory(resources.memory_request),
+                memory_limit=format_memory(resources.memory_limit)), plan_hash, settings)
+            pod_names[part.id] = pod_object["metadata"]["name"]
+            objects.append(pod_object)
+            objects.append(render.partition_service(owner, part.id, plan_hash, settings))
+    gateway = render.gateway_deployment(owner, master, plan_hash, settings)
+    objects.append(gateway)
+    objects.append(render.gateway_service(owner, settings))
+
+    # ---- status
+    ready_pods = {p.name for p in observed.pods if p.ready and not p.deleting}
+    ready_count = sum(1 for name in pod_names.values() if name in ready_pods)
+    gateway_ready = (observed.gateway.ready
+                     and observed.gateway.spec_hash == gateway["metadata"]["annotations"][names.ANNOTATION_HASH])
+    all_ready = ready_count == len(pod_names) and gateway_ready
+    waiting = sorted(pid for pid, name in pod_names.items() if name not in ready_pods)
+    if all_ready:
+        ctx.set(READY, True, "AllReady", f"{ready_count} partitions and the gateway are ready")
+    else:
+        ctx.set(READY, False, "PodsNotReady",
+                (f"partitions not ready: {waiting}" if waiting else "") +
+                ("" if gateway_ready else ("; " if waiting else "") + "gateway not ready"))
+    if degraded_reasons:
+        ctx.set(DEGRADED, True, "DevicesLeftOut", "; ".join(degraded_reasons))
+    else:
+        ctx.set(DEGRADED, False, "AllDevicesUsed", "every selected node is usable")
+    phase: Phase = ("Degraded" if degraded_reasons else "Ready") if all_ready else "Deploying"
+    message = {
+        "Ready": f"serving at {gateway_url}",
+        "Degraded": f"serving at {gateway_url} without {sorted(left_out)}"
+                    + ("" if not left_out else "; re-planned over the remaining nodes"),
+        "Deploying": f"waiting for {len(pod_names) - ready_count} of {len(pod_names)} partitions"
+                     + ("" if gateway_ready else " and the gateway"),
+    }[phase]
+    if phase == "Degraded" and not left_out:
+        message = f"serving at {gateway_url}; " + "; ".join(degraded_reasons)
+    status = DeploymentStatus(
+        phase=phase, message=message, observed_generation=owner.generation, conditions=_ordered(ctx.conditions),
+        partitions=len(pod_names), ready_partitions=ready_count, ready=f"{ready_count}/{len(pod_names)}",
+        devices=[n.name for n in usable], excluded_nodes=excluded,
+        plan=plan_summary(plan, plan_hash, names.config_map_name(owner.name)),
+        predicted=predicted_summary(plan),
+        gateway=Gateway(service=gateway_service, endpoint=gateway_url),
+        plan_inputs=request.key,
+    )
+    return DesiredState(phase=phase, status=status.to_dict(), objects=tuple(render.sorted_objects(objects)),
+                        prune=True, plan=plan, plan_inputs=request.key)
+
+
+def _name_field(err: EdgepartError) -> str:
+    text = str(err)
+    if isinstance(err, UnknownModelError | ModelLoadError) and not text.startswith("spec."):
+        return f"spec.model.name: {text}"
+    return text
+
+
+def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Mapping[str, DeviceProfile],
+                 master: str) -> PlanRequest:
+    """The planner's view of the usable nodes: one device per node, master first."""
+    overrides = {d.name: d for d in spec.devices}
+    devices = []
+    for node in sorted(usable, key=lambda n: (n.name != master, n.name)):
+        override = overrides.get(node.name)
+        devices.append(DeviceSpec(
+            name=node.name,
+            memory=format_memory(node.memory),
+            cpus=min(256.0, max(node.cpu, 0.001)),
+            arch=node.arch,
+            speed=override.speed if override is not None else None,
+            labels={names.LABEL_DEVICE_CLASS: node.device_class},
+        ))
+    network = spec.network.model_copy(update={"links": [
+        link for link in spec.network.links if {link.source, link.target} <= {n.name for n in usable}]})
+    cluster = ClusterSpec(devices=devices, network=network, master=master)
+    node_profiles = {node.name: profiles[node.device_class] for node in usable
+                     if node.device_class in profiles}
+    model = ModelRef(spec.model.name, tuple(spec.model.input_shape) if spec.model.input_shape else None,
+                     spec.model.weights, spec.model.seed)
+    if not is_zoo_name(model.name) and ":" not in model.name:
+        raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                    f"spec.model.name: unknown model {model.name!r}: not in the zoo ({', '.join(sorted(ZOO))}) and "
+                    "not of the form package.module:factory or path/to/file.py:factory")
+    if model.input_shape is None:
+        if not is_zoo_name(model.name):
+            raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                        "spec.model.inputShape: required for models outside the zoo")
+        # the plan records the input shape, so configs built from it are self-describing
+        model = replace(model, input_shape=input_shape_of(model))
+    return PlanRequest(model=model, objective=spec.objective, solver=spec.solver, cluster=cluster,
+                       profiles=node_profiles, options=dict(spec.solver_options))
+
+
+def plan_summary(plan: Plan, plan_hash: str, config_map: str) -> PlanSummary:
+    return PlanSummary(
+        solver=plan.solver, objective=plan.objective, hash=plan_hash, devices=list(plan.devices),
+        stages=[StageSummary(index=s.index, kind=s.kind, split=s.split, layers=f"[{s.start}, {s.stop})",
+                             devices=list(s.devices), partitions=len(s.partitions)) for s in plan.stages],
+        config_map=config_map,
+    )
+
+
+def predicted_summary(plan: Plan) -> Predicted | None:
+    if plan.predicted is None:
+        return None
+    p = plan.predicted
+    return Predicted(latency=format_seconds(p.latency_s), latency_seconds=p.latency_s,
+                     throughput=format_rate(p.throughput_per_s), throughput_per_second=p.throughput_per_s)

@@ -1,0 +1,172 @@
+"""Every error the data plane can raise, and the one place they map to HTTP.
+
+Exception tree (status code in brackets)::
+
+    ServiceError [500]
+    ├── BadRequestError [400]
+    │   ├── FrameError [400]                 malformed header, bad dtype/shape/region, trailing bytes
+    │   │   ├── TruncatedFrameError [400]    the body ended before the header or payload did
+    │   │   └── FrameTooLargeError [413]     header or tensor over the configured limits
+    │   ├── UnsupportedMediaTypeError [415]  neither a tensor frame nor JSON
+    │   ├── UnexpectedPieceError [422]       a well-formed frame this receiver does not expect
+    │   └── DuplicatePieceError [409]        the same piece of one request arrived twice
+    ├── NotReadyError [503]                  slice not loaded / warmed yet
+    ├── OverloadedError [503]                no capacity within the request timeout (backpressure)
+    ├── RequestTimeoutError [504]            pieces or results did not arrive in time
+    ├── PeerError [502]                      a peer answered with an error
+    │   └── PeerUnreachableError [503]       a peer cannot be reached (names the peer)
+    └── ComputeFailedError [500]             the slice raised while computing
+
+Handlers answer with a JSON body ``{"error": reason, "detail": ..., "peer": ..., "request_id": ...}``
+and `error_from_response` turns such a body back into the same exception on the client side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from edgepart.errors import EdgepartError
+
+__all__ = [
+    "BadRequestError", "ComputeFailedError", "DuplicatePieceError", "FrameError", "FrameTooLargeError",
+    "NotReadyError", "OverloadedError", "PeerError", "PeerUnreachableError", "RequestTimeoutError", "ServiceError",
+    "TruncatedFrameError", "UnexpectedPieceError", "UnsupportedMediaTypeError", "error_body", "error_from_response",
+    "install_error_handlers",
+]
+
+
+class ServiceError(EdgepartError):
+    """Base of every data-plane error; `status` and `reason` say how it goes over HTTP."""
+
+    status: ClassVar[int] = 500
+    reason: ClassVar[str] = "internal"
+
+    def __init__(self, detail: str, *, peer: str | None = None, request_id: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.peer = peer
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class BadRequestError(ServiceError):
+    status = 400
+    reason = "bad_request"
+
+
+class FrameError(BadRequestError):
+    reason = "bad_frame"
+
+
+class TruncatedFrameError(FrameError):
+    reason = "truncated_frame"
+
+
+class FrameTooLargeError(FrameError):
+    status = 413
+    reason = "frame_too_large"
+
+
+class UnsupportedMediaTypeError(BadRequestError):
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class UnexpectedPieceError(BadRequestError):
+    status = 422
+    reason = "unexpected_piece"
+
+
+class DuplicatePieceError(BadRequestError):
+    status = 409
+    reason = "duplicate_piece"
+
+
+class NotReadyError(ServiceError):
+    status = 503
+    reason = "not_ready"
+
+
+class OverloadedError(ServiceError):
+    status = 503
+    reason = "overloaded"
+
+
+class RequestTimeoutError(ServiceError):
+    status = 504
+    reason = "timeout"
+
+
+class PeerError(ServiceError):
+    status = 502
+    reason = "peer_error"
+
+
+class PeerUnreachableError(PeerError):
+    status = 503
+    reason = "peer_unreachable"
+
+
+class ComputeFailedError(ServiceError):
+    status = 500
+    reason = "compute_failed"
+
+
+_BY_REASON: dict[str, type[ServiceError]] = {}
+
+
+def _register(cls: type[ServiceError]) -> None:
+    _BY_REASON[cls.reason] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(ServiceError)
+
+
+def error_body(err: ServiceError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": err.reason, "detail": err.detail}
+    if err.peer is not None:
+        body["peer"] = err.peer
+    if err.request_id is not None:
+        body["request_id"] = err.request_id
+    return body
+
+
+def error_from_response(status: int, content: bytes, peer: str | None = None) -> ServiceError:
+    """Rebuild the typed error a data-plane service answered with (falls back on the status code)."""
+    body: Any = None
+    try:
+        body = json.loads(content.decode("utf-8", "replace")) if content else None
+    except json.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        cls = _BY_REASON.get(body["error"], ServiceError)
+        detail = str(body.get("detail", body["error"]))
+        return cls(detail, peer=body.get("peer") or peer, request_id=body.get("request_id"))
+    text = content[:200].decode("utf-8", "replace").strip()
+    by_status: dict[int, type[ServiceError]] = {
+        400: BadRequestError, 409: DuplicatePieceError, 413: FrameTooLargeError, 415: UnsupportedMediaTypeError,
+        422: UnexpectedPieceError, 503: NotReadyError, 504: RequestTimeoutError}
+    fallback = by_status.get(status, PeerError)
+    return fallback(f"HTTP {status}" + (f": {text}" if text else ""), peer=peer)
+
+
+def install_error_handlers(app: FastAPI, on_error: Callable[[ServiceError], None] | None = None) -> None:
+    """Answer every `ServiceError` with its status and JSON body; `on_error` counts it."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        if on_error is not None:
+            on_error(exc)
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+
+    app.add_exception_handler(ServiceError, handle)

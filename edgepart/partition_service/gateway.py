@@ -1,0 +1,470 @@
+"""The gateway: the client's entry point and the pipeline's sink.
+
+`POST /v1/infer` takes a tensor frame (or JSON ``{"shape": [...], "data": [...]}``
+for small inputs), cuts the first stage's input regions and streams them to
+their partitions, then waits for the last stage's pieces (`POST /v1/tensor`)
+and answers with the assembled output: a frame, or JSON when the client asks
+for it (``Accept: application/json``). Partitions report failures they see to
+`POST /v1/failures`; a request whose pieces stop coming is answered, before its
+timeout, with 503 naming an unreachable partition, or 504 naming the missing
+pieces when every partition is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgepart.geometry import Region
+from edgepart.partition_service.assembly import Assembler
+from edgepart.partition_service.config import GATEWAY, Endpoint, GatewayConfig, Route
+from edgepart.partition_service.errors import (
+    BadRequestError,
+    FrameTooLargeError,
+    NotReadyError,
+    OverloadedError,
+    PeerError,
+    PeerUnreachableError,
+    RequestTimeoutError,
+    ServiceError,
+    UnexpectedPieceError,
+    UnsupportedMediaTypeError,
+    error_from_response,
+    install_error_handlers,
+)
+from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from edgepart.partition_service.partition import FAILURES_PATH
+from edgepart.partition_service.transport import (
+    TENSOR_PATH,
+    Sender,
+    content_length,
+    make_client,
+    media_type,
+    peer_error,
+    receive_frame,
+)
+from edgepart.partition_service.wire import (
+    CONTENT_TYPE,
+    Frame,
+    FrameHeader,
+    encode_frame,
+    frame_size,
+    make_header,
+)
+
+__all__ = ["GatewayService", "InferResult", "gateway_app"]
+
+log = logging.getLogger("edgepart.gateway")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PROBE_BUDGET_S = 1.0  # part of the request timeout kept for naming a dead partition
+
+
+@dataclass(frozen=True)
+class InferResult:
+    request_id: str
+    output: torch.Tensor
+    latency_s: float
+
+
+class FailureReport(BaseModel):
+    """What a partition posts to /v1/failures."""
+
+    model_config = ConfigDict(extra="ignore")
+    request_id: str
+    partition: str
+    error: str
+    detail: str
+    peer: str | None = None
+
+
+class JsonInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shape: list[int] = Field(min_length=1, max_length=5)
+    data: list[Any]
+    request_id: str | None = None
+
+
+class GatewayService:
+    """The gateway's core; `gateway_app` wraps it in HTTP."""
+
+    def __init__(self, config: GatewayConfig, *, client: httpx.AsyncClient | None = None,
+                 metrics: ServiceMetrics | None = None):
+        self.config = config
+        self.metrics = metrics or ServiceMetrics(config.deployment, GATEWAY, GATEWAY)
+        self._client = client
+        self._own_client = client is None
+        batch = config.output_shape[0]
+        self._assembler = Assembler(GATEWAY, Region.full(config.output_shape[1:]), batch, config.inputs)
+        self._waiters: dict[str, asyncio.Future[torch.Tensor]] = {}
+        self._slots = asyncio.Semaphore(config.max_inflight)
+        self._queued = 0
+        self._ready_cache: tuple[float, list[str]] | None = None
+        self._sender: Sender | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = make_client(self.config.request_timeout_s)
+        self._sender = Sender(self._client)
+
+    async def aclose(self) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(NotReadyError("the gateway is shutting down"))
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise NotReadyError("the gateway has not started")
+        return self._client
+
+    @property
+    def sender(self) -> Sender:
+        if self._sender is None:
+            raise NotReadyError("the gateway has not started")
+        return self._sender
+
+    # ------------------------------------------------------------ inference
+
+    def check_input(self, tensor: torch.Tensor) -> None:
+        expected = self.config.input_shape
+        if tuple(tensor.shape) != expected:
+            raise UnexpectedPieceError(f"input has shape {list(tensor.shape)}, the model "
+                                       f"{self.config.model.name} expects {list(expected)}")
+        if tensor.dtype != torch.float32:
+            raise UnexpectedPieceError(f"input has dtype {str(tensor.dtype).removeprefix('torch.')}, expected float32")
+
+    def new_request_id(self, proposed: str | None) -> tuple[str, str]:
+        """(the client's id, the pipeline's id): every hop carries a fresh id that starts with the client's,
+        so a client may reuse its ids and still be traced end to end."""
+        if proposed is None:
+            rid = uuid.uuid4().hex
+            return rid, rid
+        if not _REQUEST_ID.match(proposed) or len(proposed) > 100:
+            raise BadRequestError(f"request id {proposed[:140]!r} must match [A-Za-z0-9._:-]{{1,100}}")
+        return proposed, f"{proposed}.{uuid.uuid4().hex[:12]}"
+
+    async def infer(self, tensor: torch.Tensor, request_id: str | None = None) -> InferResult:
+        """Run one request through the pipeline; the assembled output."""
+        started = time.monotonic()
+        self.check_input(tensor)
+        client_id, rid = self.new_request_id(request_id)
+        timeout = self.config.request_timeout_s
+        deadline = started + timeout
+        if self._slots.locked() and self._queued >= self.config.max_queue:
+            self.metrics.error("overloaded")
+            raise OverloadedError(f"overloaded: {self.config.max_inflight} requests in flight and "
+                                  f"{self._queued} waiting; try again later", request_id=rid)
+        self._queued += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.metrics.error("timeout")
+            raise RequestTimeoutError(f"request {rid} waited {timeout:g} s for one of the {self.config.max_inflight} "
+                                      "pipeline slots", request_id=rid) from None
+        finally:
+            self._queued -= 1
+        self.metrics.queue.observe(time.monotonic() - started)
+        self.metrics.inflight.inc()
+        waiter: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = waiter
+        self._assembler.open(rid)
+        try:
+            await self._scatter(rid, tensor, deadline)
+            output = await self._wait(rid, waiter, deadline)
+        except ServiceError as err:
+            err.request_id = rid
+            self.metrics.error(err.reason)
+            raise
+        finally:
+            self._waiters.pop(rid, None)
+            self._assembler.discard(rid)
+            self._slots.release()
+            self.metrics.inflight.dec()
+        latency = time.monotonic() - started
+        self.metrics.request.observe(latency)
+        return InferResult(client_id, output, latency)
+
+    async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float) -> None:
+        """Send the first stage's input regions concurrently; the first failure aborts the rest."""
+        tasks = [asyncio.create_task(self._send(rid, route, tensor)) for route in self.config.routes]
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0),
+                                               return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, asyncio.CancelledError)]
+        if failures:
+            first = failures[0]
+            raise first if isinstance(first, ServiceError) else PeerError(f"sending request {rid}: {first}")
+        if pending:
+            raise RequestTimeoutError(f"sending request {rid} to the first stage took over "
+                                      f"{self.config.request_timeout_s:g} s")
+
+    async def _send(self, rid: str, route: Route, tensor: torch.Tensor) -> None:
+        started = time.perf_counter()
+        piece = tensor[route.region.slices()].contiguous()
+        header = make_header(rid, piece, route.region, -1, GATEWAY)
+        size = await self.sender.send(route.url, header, piece, peer=route.target, delay_s=route.delay_s)
+        self.metrics.send.observe(time.perf_counter() - started)
+        self.metrics.bytes_out.inc(size)
+
+    async def _wait(self, rid: str, waiter: asyncio.Future[torch.Tensor], deadline: float) -> torch.Tensor:
+        timeout = self.config.request_timeout_s
+        budget = max(deadline - time.monotonic() - min(PROBE_BUDGET_S, timeout / 4), 0.0)
+        reported: RequestTimeoutError | None = None
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), budget)
+        except TimeoutError:
+            pass
+        except RequestTimeoutError as err:  # a partition gave up waiting: maybe because a peer died
+            reported = err
+        missing = self._assembler.missing(rid)
+        dead = await self.unreachable(min(PROBE_BUDGET_S, timeout / 4) * 0.9)
+        if dead:
+            endpoint, why = dead[0]
+            raise PeerUnreachableError(f"partition {endpoint.id} (device {endpoint.device}, {endpoint.url}) is "
+                                       f"unreachable: {why}; request {rid} cannot finish", peer=endpoint.id)
+        if reported is not None:
+            raise reported
+        raise RequestTimeoutError(f"request {rid} timed out after {timeout:g} s waiting for pieces from "
+                                  f"{', '.join(missing)}", peer=missing[0] if len(missing) == 1 else None)
+
+    async def ingest(self, frame: Frame) -> None:
+        """A piece of some request's output, from a last-stage partition."""
+        header = frame.header
+        self._assembler.check(header)
+        waiter = self._waiters.get(header.request_id)
+        if waiter is None or waiter.done():
+            raise RequestTimeoutError(f"request {header.request_id} is not pending at the gateway (timed out, failed "
+                                      "or unknown)", request_id=header.request_id)
+        self.metrics.bytes_in.inc(frame.nbytes)
+        output = self._assembler.add(header, frame.tensor)
+        if output is not None:
+            waiter.set_result(output)
+
+    def fail(self, report: FailureReport) -> bool:
+        """A partition says a request cannot finish; the waiting client gets that error."""
+        waiter = self._waiters.get(report.request_id)
+        if waiter is None or waiter.done():
+            return False
+        body = {"error": report.error, "detail": f"{report.detail} (reported by {report.partition})",
+                "peer": report.peer or report.partition}
+        err = error_from_response(502, json.dumps(body).encode(), report.peer or report.partition)
+        if not isinstance(err, PeerUnreachableError | RequestTimeoutError | NotReadyError | OverloadedError):
+            err = PeerError(err.detail, peer=err.peer)
+        err.request_id = report.request_id
+        waiter.set_exception(err)
+        return True
+
+    # ------------------------------------------------------------ partitions' health
+
+    async def _probe(self, endpoint: Endpoint, path: str, timeout: float) -> str | None:
+        """None when `endpoint` answers `path` with 200, else why not."""
+        try:
+            response = await self.client.get(endpoint.url + path, timeout=timeout)
+        except httpx.HTTPError as err:
+            return peer_error(err, endpoint.id, endpoint.url, f"GET {path}").detail
+        if response.status_code != 200:
+            return error_from_response(response.status_code, response.content, endpoint.id).detail
+        return None
+
+    async def unreachable(self, timeout: float = 1.0) -> list[tuple[Endpoint, str]]:
+        """Partitions that do not answer /healthz."""
+        answers = await asyncio.gather(*(self._probe(e, "/healthz", timeout) for e in self.config.partitions))
+        return [(e, why) for e, why in zip(self.config.partitions, answers, strict=True) if why is not None]
+
+    async def not_ready(self) -> list[str]:
+        """Partitions whose /readyz is not 200 (cached for one second)."""
+        now = time.monotonic()
+        if self._ready_cache is not None and now - self._ready_cache[0] < 1.0:
+            return self._ready_cache[1]
+        answers = await asyncio.gather(*(self._probe(e, "/readyz", 2.0) for e in self.config.partitions))
+        result = [f"{e.id}: {why}" for e, why in zip(self.config.partitions, answers, strict=True) if why is not None]
+        self._ready_cache = (now, result)
+        return result
+
+    async def partition_status(self) -> list[dict[str, Any]]:
+        """Liveness and readiness of every partition, as the gateway sees them."""
+        async def one(e: Endpoint) -> dict[str, Any]:
+            try:
+                response = await self.client.get(e.url + "/readyz", timeout=2.0)
+            except httpx.HTTPError as err:
+                why = peer_error(err, e.id, e.url, "GET /readyz").detail
+                return {**e.model_dump(), "live": False, "ready": False, "state": None, "detail": why}
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            detail = None if response.status_code == 200 else str(body.get("detail") or f"HTTP {response.status_code}")
+            if body.get("failure"):
+                detail = f"{detail}: {body['failure']}"
+            return {**e.model_dump(), "live": True, "ready": response.status_code == 200,
+                    "state": body.get("state", "ready" if response.status_code == 200 else None), "detail": detail}
+
+        return list(await asyncio.gather(*(one(e) for e in self.config.partitions)))
+
+    def model_info(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "deployment": c.deployment,
+            "model": c.model.model_dump(),
+            "input_shape": list(c.input_shape),
+            "output_shape": list(c.output_shape),
+            "stages": c.stages,
+            "partitions": [e.model_dump() for e in c.partitions],
+            "predicted": {"latency_s": c.predicted_latency_s, "throughput_per_s": c.predicted_throughput_per_s},
+        }
+
+
+def _loop_time(deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+async def _read_json(request: Request, limit: int) -> tuple[JsonInput, int]:
+    length = content_length(request)
+    if length is not None and length > limit:
+        raise FrameTooLargeError(f"JSON body of {length} bytes is over the limit of {limit} bytes; send a tensor frame")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise FrameTooLargeError(f"JSON body is over the limit of {limit} bytes; send a tensor frame")
+    try:
+        return JsonInput.model_validate_json(bytes(body)), len(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequestError(f"JSON input: {where}: {first['msg']} (expected {{\"shape\": [...], \"data\": [...]}})"
+                         ) from None
+
+
+def _tensor_from_json(body: JsonInput) -> torch.Tensor:
+    if any(d <= 0 for d in body.shape):
+        raise BadRequestError(f"JSON input: shape {body.shape} must be positive integers")
+    try:
+        array = np.asarray(body.data, dtype=np.float32)
+    except (ValueError, TypeError) as err:
+        raise BadRequestError(f"JSON input: data is not a (nested) list of numbers: {err}") from None
+    if array.size != math.prod(body.shape):
+        raise UnexpectedPieceError(f"JSON input: data has {array.size} numbers, shape {body.shape} needs "
+                                   f"{math.prod(body.shape)}")
+    return torch.from_numpy(array.reshape(body.shape))
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept or request.query_params.get("format") == "json"
+
+
+def _frame_response(result: InferResult) -> Response:
+    region = Region.full(result.output.shape[1:])
+    header: FrameHeader = make_header(result.request_id, result.output, region, -1, GATEWAY)
+    parts = encode_frame(header, result.output)
+    return Response(b"".join(parts), media_type=CONTENT_TYPE, headers=_result_headers(result, frame_size(parts)))
+
+
+def _result_headers(result: InferResult, size: int | None = None) -> dict[str, str]:
+    headers = {"x-request-id": result.request_id, "x-edgepart-latency-ms": f"{result.latency_s * 1000:.3f}"}
+    if size is not None:
+        headers["content-length"] = str(size)
+    return headers
+
+
+def gateway_app(service: GatewayService) -> FastAPI:
+    """The HTTP face of the gateway (one uvicorn worker)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+    install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
+
+    @app.post("/v1/infer", summary="Run the model: a tensor frame or JSON {shape, data} in; frame or JSON out.")
+    async def infer(request: Request) -> Response:
+        kind = media_type(request)
+        proposed = request.headers.get("x-request-id")
+        if kind == "application/json":
+            body, size = await _read_json(request, service.config.max_json_bytes)
+            tensor = _tensor_from_json(body)
+            proposed = body.request_id or proposed
+            service.metrics.bytes_in.inc(size)
+        elif kind in (CONTENT_TYPE, "application/octet-stream"):
+            frame = await receive_frame(request, service.config.limits)
+            tensor = frame.tensor
+            service.metrics.bytes_in.inc(frame.nbytes)
+        else:
+            raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or application/json, "
+                                            f"not {kind or 'no Content-Type'}")
+        result = await service.infer(tensor, proposed)
+        if _wants_json(request):
+            return JSONResponse({"request_id": result.request_id, "shape": list(result.output.shape),
+                                 "data": result.output.reshape(-1).tolist(),
+                                 "latency_ms": result.latency_s * 1000}, headers=_result_headers(result))
+        return _frame_response(result)
+
+    @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
+    async def tensor(request: Request) -> Response:
+        await service.ingest(await receive_frame(request, service.config.limits))
+        return Response(status_code=204)
+
+    @app.post(FAILURES_PATH, summary="A partition reports that a request cannot finish.")
+    async def failures(report: FailureReport) -> dict[str, bool]:
+        return {"delivered": service.fail(report)}
+
+    @app.get("/healthz", summary="Liveness.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready when every partition is ready.")
+    async def readyz() -> JSONResponse:
+        waiting = await service.not_ready()
+        if waiting:
+            return JSONResponse({"error": "not_ready", "detail": "partitions not ready: " + "; ".join(waiting)},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus metrics.")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model", summary="The model reference, shapes, partitions and predicted costs.")
+    async def model() -> dict[str, Any]:
+        return service.model_info()
+
+    @app.get("/v1/status", summary="Every partition's liveness and readiness, probed from the gateway.")
+    async def status() -> dict[str, Any]:
+        parts = await service.partition_status()
+        return {"deployment": service.config.deployment, "ready": all(p["ready"] for p in parts),
+                "partitions": parts}
+
+    @app.get("/v1/plan", summary="The plan this deployment runs.")
+    async def plan() -> dict[str, Any]:
+        return service.config.plan or {}
+
+    return app

@@ -1,0 +1,365 @@
+"""One partition: receive input pieces, assemble the tile, compute the slice, stream pieces to the next stage.
+
+Pipeline per request id::
+
+    POST /v1/tensor -> admit (bounded, waits up to the timeout: backpressure)
+                    -> assemble (per-request deadline) -> compute queue
+    compute worker  -> one thread runs the slice (torch threads from the config)
+                    -> send tasks: each downstream piece to its peer, concurrently
+
+Failures that the gateway cannot see itself (a peer that refuses a piece, a
+request whose pieces never all arrived, a compute error) are reported to the
+gateway's /v1/failures so the client gets an answer naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from edgepart.executor import SliceRunner, use_exact_kernels
+from edgepart.geometry import Region
+from edgepart.partition_service.assembly import Assembler
+from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
+from edgepart.partition_service.errors import (
+    ComputeFailedError,
+    DuplicatePieceError,
+    NotReadyError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServiceError,
+    error_body,
+    install_error_handlers,
+)
+from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from edgepart.partition_service.slicing import load_slice
+from edgepart.partition_service.transport import (
+    TENSOR_PATH,
+    Sender,
+    make_client,
+    peer_error,
+    receive_frame,
+)
+from edgepart.partition_service.wire import Frame, make_header
+
+__all__ = ["PartitionService", "partition_app"]
+
+log = logging.getLogger("edgepart.partition")
+
+State = Literal["created", "loading", "ready", "failed", "stopped"]
+SliceLoader = Callable[[PartitionConfig], SliceRunner]
+FAILURES_PATH = "/v1/failures"
+_MEMORY = 4096  # request ids remembered as expired or complete
+
+
+@dataclass
+class _Job:
+    request_id: str
+    tile: torch.Tensor
+    first_piece_at: float
+    ready_at: float
+    admission_wait: float
+
+
+class PartitionService:
+    """The partition's core; `partition_app` wraps it in HTTP."""
+
+    def __init__(self, config: PartitionConfig, *, loader: SliceLoader = load_slice,
+                 client: httpx.AsyncClient | None = None, metrics: ServiceMetrics | None = None):
+        self.config = config
+        self.id = config.partition
+        self.metrics = metrics or ServiceMetrics(config.deployment, str(config.stage), config.partition)
+        self.state: State = "created"
+        self.failure: str | None = None
+        self._loader = loader
+        self._client = client
+        self._own_client = client is None
+        self._assembler = Assembler(self.id, config.input_region, config.batch, config.inputs)
+        self._slots = asyncio.Semaphore(config.max_inflight)
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._waits: dict[str, float] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._completed: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: SliceRunner | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._sender: Sender | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start loading the slice in the worker thread; serving can begin at once (/readyz says when)."""
+        torch.set_num_threads(self.config.threads)
+        use_exact_kernels(self.config.exact_kernels)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slice-{self.id}")
+        if self._client is None:
+            self._client = make_client(self.config.request_timeout_s)
+        self._sender = Sender(self._client)
+        self.state = "loading"
+        self._spawn(self._load())
+        self._worker = asyncio.create_task(self._compute_loop(), name=f"compute-{self.id}")
+
+    async def aclose(self) -> None:
+        self.state = "stopped"
+        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            self._runner = await loop.run_in_executor(self._executor, self._load_and_warm)
+        except Exception as err:
+            self.state = "failed"
+            self.failure = f"{type(err).__name__}: {err}"
+            self.metrics.error("load_failed")
+            log.error("partition %s: loading the slice failed: %s", self.id, self.failure)
+            return
+        self.state = "ready"
+        log.info("partition %s ready in %.1f s", self.id, time.perf_counter() - started)
+
+    def _load_and_warm(self) -> SliceRunner:
+        runner = self._loader(self.config)
+        runner(torch.zeros((self.config.batch, *self.config.input_region.shape)))
+        return runner
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ ingest
+
+    def _require_ready(self) -> None:
+        if self.state != "ready":
+            reason = f": {self.failure}" if self.failure else ""
+            raise NotReadyError(f"partition {self.id} is not ready ({self.state}{reason})", peer=self.id)
+
+    async def ingest(self, frame: Frame) -> None:
+        """Take one piece; when it completes a request's input, queue the request for compute."""
+        self._require_ready()
+        header = frame.header
+        rid = header.request_id
+        self._assembler.check(header)
+        if rid in self._expired:
+            raise RequestTimeoutError(f"partition {self.id}: request {rid} already timed out", request_id=rid)
+        if rid in self._completed:
+            raise DuplicatePieceError(f"partition {self.id}: request {rid} is already complete; second piece from "
+                                      f"{header.sender}", request_id=rid)
+        self.metrics.bytes_in.inc(frame.nbytes)
+        if rid not in self._assembler:
+            await self._admit(rid)
+        first = self._assembler.started(rid) or time.monotonic()
+        tile = self._assembler.add(header, frame.tensor)
+        if tile is None:
+            return
+        now = time.monotonic()
+        timer = self._timers.pop(rid, None)
+        if timer is not None:
+            timer.cancel()
+        self.metrics.assemble.observe(now - first)
+        self._remember(self._completed, rid)
+        self._queue.put_nowait(_Job(rid, tile, first, now, self._waits.pop(rid, 0.0)))
+
+    async def _admit(self, rid: str) -> None:
+        waited = time.monotonic()
+        timeout = self.config.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise OverloadedError(f"partition {self.id}: {self.config.max_inflight} requests in flight, no room for "
+                                  f"request {rid} within {timeout:g} s", request_id=rid) from None
+        if rid in self._assembler:  # another piece of the same request was admitted meanwhile
+            self._slots.release()
+            return
+        self._assembler.open(rid)
+        self._waits[rid] = time.monotonic() - waited
+        self.metrics.inflight.inc()
+        loop = asyncio.get_running_loop()
+        self._timers[rid] = loop.call_later(timeout, self._expire, rid)
+
+    def _finish(self, rid: str) -> None:
+        self._slots.release()
+        self.metrics.inflight.dec()
+
+    @staticmethod
+    def _remember(memory: OrderedDict[str, None], rid: str) -> None:
+        memory[rid] = None
+        while len(memory) > _MEMORY:
+            memory.popitem(last=False)
+
+    def _expire(self, rid: str) -> None:
+        self._timers.pop(rid, None)
+        self._waits.pop(rid, None)
+        if rid not in self._assembler:
+            return
+        missing = self._assembler.missing(rid)
+        self._assembler.discard(rid)
+        self._remember(self._expired, rid)
+        self._finish(rid)
+        self.metrics.error("timeout")
+        err = RequestTimeoutError(f"partition {self.id} timed out after {self.config.request_timeout_s:g} s waiting "
+                                  f"for pieces of request {rid} from {', '.join(missing)}",
+                             peer=missing[0] if len(missing) == 1 else None, request_id=rid)
+        log.warning("%s", err)
+        self._spawn(self._report(rid, err))
+
+    # ------------------------------------------------------------ compute and send
+
+    async def _compute_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._queue.get()
+            self.metrics.queue.observe(job.admission_wait + time.monotonic() - job.ready_at)
+            try:
+                pieces, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self.metrics.error("compute_failed")
+                self._finish(job.request_id)
+                failure = ComputeFailedError(f"partition {self.id} failed computing request {job.request_id}: "
+                                             f"{type(err).__name__}: {err}", peer=self.id, request_id=job.request_id)
+                log.error("%s", failure)
+                self._spawn(self._report(job.request_id, failure))
+                continue
+            self.metrics.compute.observe(seconds)
+            self._spawn(self._send_all(job, pieces))
+
+    def _compute(self, tile: torch.Tensor) -> tuple[list[tuple[Route, torch.Tensor]], float]:
+        assert self._runner is not None
+        started = time.perf_counter()
+        out = self._runner(tile)
+        whole = self.config.output_region
+        pieces = [(route, self._cut(out, whole, route.region)) for route in self.config.outputs]
+        return pieces, time.perf_counter() - started
+
+    def _cut(self, out: torch.Tensor, whole: Region, region: Region) -> torch.Tensor:
+        if region == whole:
+            return out
+        if region.empty:  # a trigger for a partition whose tile lies in padding
+            return out.new_empty((out.shape[0], *region.shape))
+        return out[region.relative_to(whole).slices()].contiguous()
+
+    async def _send_all(self, job: _Job, pieces: list[tuple[Route, torch.Tensor]]) -> None:
+        try:
+            results = await asyncio.gather(*(self._send(job.request_id, route, tensor) for route, tensor in pieces),
+                                           return_exceptions=True)
+            failures = [(route, r) for (route, _), r in zip(pieces, results, strict=True)
+                        if isinstance(r, BaseException)]
+            for route, failure in failures:
+                if isinstance(failure, asyncio.CancelledError):
+                    raise failure
+                err = failure if isinstance(failure, ServiceError) else ComputeFailedError(
+                    f"partition {self.id}: {type(failure).__name__}: {failure}", peer=self.id)
+                err.request_id = job.request_id
+                self.metrics.error(err.reason)
+                log.warning("partition %s, request %s: %s", self.id, job.request_id, err)
+                if route.target != GATEWAY:  # the gateway already knows: it refused the piece or is gone
+                    await self._report(job.request_id, err)
+            if not failures:
+                self.metrics.request.observe(time.monotonic() - job.first_piece_at)
+        finally:
+            self._finish(job.request_id)
+
+    async def _send(self, rid: str, route: Route, tensor: torch.Tensor) -> None:
+        assert self._sender is not None
+        started = time.perf_counter()
+        header = make_header(rid, tensor, route.region, self.config.stage, self.id)
+        size = await self._sender.send(route.url, header, tensor, peer=route.target, delay_s=route.delay_s)
+        self.metrics.send.observe(time.perf_counter() - started)
+        self.metrics.bytes_out.inc(size)
+
+    async def _report(self, rid: str, err: ServiceError) -> None:
+        """Tell the gateway why a request cannot finish (best effort)."""
+        if self._client is None:
+            return
+        body = {**error_body(err), "request_id": rid, "partition": self.id}
+        url = self.config.gateway_url + FAILURES_PATH
+        try:
+            response = await self._client.post(url, json=body, timeout=5.0)
+            if response.status_code >= 300:
+                log.warning("partition %s: the gateway refused a failure report: %s", self.id, response.text[:200])
+        except httpx.HTTPError as report_err:
+            log.warning("partition %s: cannot report a failure to the gateway: %s", self.id,
+                        peer_error(report_err, "gateway", self.config.gateway_url, "failure report"))
+
+    # ------------------------------------------------------------ introspection
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "deployment": c.deployment, "partition": c.partition, "stage": c.stage, "device": c.device,
+            "model": c.model.name, "layers": [c.start, c.stop], "first_layer": c.first_layer,
+            "last_layer": c.last_layer, "input_region": str(c.input_region), "output_region": str(c.output_region),
+            "inputs": [p.sender for p in c.inputs], "outputs": [r.target for r in c.outputs],
+            "state": self.state, "failure": self.failure, "threads": c.threads,
+            "assembling": len(self._assembler), "queued": self._queue.qsize(),
+        }
+
+
+def partition_app(service: PartitionService) -> FastAPI:
+    """The HTTP face of one partition (run it with one uvicorn worker)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(title=f"edgepart partition {service.id}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
+
+    @app.post(TENSOR_PATH, status_code=204, summary="Receive one piece of a request's input tile (tensor frame).")
+    async def tensor(request: Request) -> Response:
+        await service.ingest(await receive_frame(request, service.config.limits))
+        return Response(status_code=204)
+
+    @app.get("/healthz", summary="Liveness: the process serves (500 once loading the slice failed).")
+    async def healthz() -> JSONResponse:
+        if service.state == "failed":
+            return JSONResponse({"error": "internal", "detail": f"loading the slice failed: {service.failure}",
+                                 "state": service.state}, status_code=500)
+        return JSONResponse({"status": "ok", "state": service.state})
+
+    @app.get("/readyz", summary="Readiness: the slice is loaded and warmed.")
+    async def readyz() -> JSONResponse:
+        if service.state != "ready":
+            return JSONResponse({"error": "not_ready", "detail": f"partition {service.id} is {service.state}",
+                                 "state": service.state, "failure": service.failure}, status_code=503)
+        return JSONResponse({"status": "ready", "state": service.state})
+
+    @app.get("/metrics", summary="Prometheus metrics.")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/info", summary="What this partition computes and its state.")
+    async def info() -> dict[str, Any]:
+        return service.info()
+
+    return app

@@ -1,0 +1,76 @@
+"""Run a partition or the gateway under uvicorn (one worker), from `ServiceSettings`.
+
+`main()` is the role entry of processes and pods (`edgepart serve-partition`,
+`edgepart serve-gateway`, or `python -m edgepart.partition_service ROLE`).
+Besides host:port from its config, a process serves sockets it inherits
+(`EDGEPART_LISTEN_FDS`), which the local runtime uses to give an emulated
+device's gateway a listener on the host's loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Literal
+
+import uvicorn
+from fastapi import FastAPI
+
+from edgepart.partition_service.config import (
+    ConfigError,
+    ServiceSettings,
+    load_gateway_config,
+    load_partition_config,
+)
+from edgepart.partition_service.gateway import GatewayService, gateway_app
+from edgepart.partition_service.partition import PartitionService, partition_app
+
+__all__ = ["Role", "bind", "main", "serve"]
+
+Role = Literal["partition", "gateway"]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+def _listens_on(sock: socket.socket, host: str, port: int) -> bool:
+    """True when an inherited socket already is the config's host:port (the runtime bound it for us)."""
+    address = sock.getsockname()
+    return bool(address[1] == port and address[0] == host)
+
+
+async def serve(app: FastAPI, sockets: Sequence[socket.socket], log_level: str = "warning") -> None:
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", workers=1,
+                            timeout_keep_alive=120, timeout_graceful_shutdown=5)
+    await uvicorn.Server(config).serve(sockets=list(sockets))
+
+
+def build_app(role: Role, settings: ServiceSettings) -> tuple[FastAPI, str, int]:
+    text = settings.config_text()
+    if role == "partition":
+        pconfig = load_partition_config(text)
+        return partition_app(PartitionService(pconfig)), pconfig.host, pconfig.port
+    gconfig = load_gateway_config(text)
+    return gateway_app(GatewayService(gconfig)), gconfig.host, gconfig.port
+
+
+def main(role: Role, settings: ServiceSettings | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; 2 on a bad config, with the reason on stderr."""
+    try:
+        settings = settings or ServiceSettings()
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        app, host, port = build_app(role, settings)
+        sockets = [socket.socket(fileno=fd) for fd in settings.listen_fds]
+        if not any(_listens_on(s, host, port) for s in sockets):
+            sockets.append(bind(host, port))
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"edgepart {role}: {err}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(app, sockets, settings.log_level))
+    return 0

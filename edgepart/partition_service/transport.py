@@ -1,0 +1,152 @@
+"""Moving frames over HTTP: send with a persistent httpx.AsyncClient, receive from a Starlette request.
+
+Transport failures become typed errors that name the peer: a refused or
+lost connection is `PeerUnreachableError` (503), a slow peer `RequestTimeoutError`
+(504), an error answer keeps its own class when it is a 503/504 and becomes
+`PeerError` (502) otherwise (a 4xx from a peer is our bug, not the client's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import httpx
+import torch
+from starlette.requests import Request
+
+from edgepart.partition_service.errors import (
+    FrameError,
+    PeerError,
+    PeerUnreachableError,
+    RequestTimeoutError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+    error_from_response,
+)
+from edgepart.partition_service.wire import (
+    CONTENT_TYPE,
+    Frame,
+    FrameHeader,
+    Limits,
+    encode_frame,
+    frame_size,
+    read_frame,
+)
+
+__all__ = ["TENSOR_PATH", "Sender", "content_length", "make_client", "peer_error", "receive_frame", "send_frame"]
+
+TENSOR_PATH = "/v1/tensor"
+SEND_CHUNK = 1024 * 1024
+
+
+def make_client(timeout_s: float, max_connections: int = 256) -> httpx.AsyncClient:
+    """The one persistent client of a process (keep-alive shorter than the servers', so no reuse races)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=30.0),
+        trust_env=False,
+    )
+
+
+def peer_error(err: Exception, peer: str, url: str, what: str) -> ServiceError:
+    """Translate an httpx transport exception into a typed error naming the peer."""
+    if isinstance(err, ServiceError):
+        return err
+    kind = type(err).__name__
+    text = str(err) or kind
+    if isinstance(err, httpx.ConnectTimeout | httpx.ConnectError):
+        return PeerUnreachableError(f"{peer} at {url} is unreachable ({what}): {text}", peer=peer)
+    if isinstance(err, httpx.TimeoutException):
+        return RequestTimeoutError(f"{peer} at {url} did not answer in time ({what}): {kind}", peer=peer)
+    if isinstance(err, httpx.TransportError):
+        return PeerUnreachableError(f"lost the connection to {peer} at {url} ({what}): {text}", peer=peer)
+    return PeerError(f"{what} to {peer} at {url} failed: {kind}: {text}", peer=peer)
+
+
+def _answer_error(response: httpx.Response, peer: str, url: str) -> ServiceError:
+    err = error_from_response(response.status_code, response.content, peer)
+    detail = f"{peer} at {url} answered {response.status_code}: {err.detail}"
+    if err.status in (503, 504):
+        return type(err)(detail, peer=err.peer or peer, request_id=err.request_id)
+    return PeerError(detail, peer=peer, request_id=err.request_id)
+
+
+async def _chunks(parts: Sequence[bytes | memoryview], sent: Callable[[], None] | None = None
+                  ) -> AsyncIterator[bytes]:
+    for part in parts:
+        view = memoryview(part)
+        # slices of the tensor's own memory: the HTTP stack copies each small slice into a reused buffer
+        # and the socket takes it at once, instead of copying (and page-faulting) the whole tensor twice
+        for offset in range(0, max(view.nbytes, 1), SEND_CHUNK):
+            yield view[offset:offset + SEND_CHUNK]  # type: ignore[misc]
+    if sent is not None:  # httpx asks for more only once the last chunk is written
+        sent()
+
+
+async def send_frame(client: httpx.AsyncClient, url: str, header: FrameHeader, tensor: torch.Tensor, *,
+                     peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None) -> int:
+    """POST one frame to `url`/v1/tensor; the number of bytes sent. Raises a typed error naming `peer`.
+
+    `sent` is called once the whole body has been handed to the socket (before the answer).
+    """
+    parts = encode_frame(header, tensor)
+    size = frame_size(parts)
+    headers = {"content-type": CONTENT_TYPE, "content-length": str(size), "x-request-id": header.request_id}
+    target = url + TENSOR_PATH
+    try:
+        response = await client.post(target, content=_chunks(parts, sent), headers=headers,
+                                     timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT)
+    except httpx.HTTPError as err:
+        raise peer_error(err, peer, url, f"sending request {header.request_id}") from err
+    if response.status_code >= 300:
+        raise _answer_error(response, peer, url)
+    return size
+
+
+class Sender:
+    """A process's outgoing link: frames leave one at a time in the order they were queued (a NIC's FIFO,
+    as the planner's evaluator assumes), each body after its emulated latency; answers overlap."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+        self._fifo = asyncio.Lock()
+
+    async def send(self, url: str, header: FrameHeader, tensor: torch.Tensor, *, peer: str,
+                   delay_s: float = 0.0) -> int:
+        await self._fifo.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._fifo.release()
+
+        try:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            return await send_frame(self.client, url, header, tensor, peer=peer, sent=release)
+        finally:
+            release()
+
+
+def content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise FrameError(f"Content-Length {value!r} is not a number")
+    return int(value)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def receive_frame(request: Request, limits: Limits) -> Frame:
+    """Read a tensor frame from the request body, checking limits before reading it all."""
+    kind = media_type(request)
+    if kind not in (CONTENT_TYPE, "application/octet-stream"):
+        raise UnsupportedMediaTypeError(f"expected Content-Type {CONTENT_TYPE}, got {kind or 'none'}")
+    return await read_frame(request.stream(), limits, content_length(request))

@@ -1,0 +1,280 @@
+"""One entry point for every solver: `solve(graph, model, cluster, objective, solver, **options) -> Plan`.
+
+A solver is a function `(problem, objective, *, option=default, ...) -> Plan`
+registered under a name with `@register`. Its keyword-only parameters are its
+options: `solve` rejects unknown ones by name, and `parse_options` turns the
+CLI's `key=value` strings into the annotated types. Later solvers (partial
+offloading, multi-model, MS-MDI, accuracy-aware; SOLVERS.md §5-§8) register
+the same way.
+
+Every plan `solve` returns has passed `check_plan` (geometry) and the memory
+check, and carries `predicted` from the reference evaluator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.graph.loader import ModelRef
+from edgepart.plan import Objective, Plan, PlanError, check_plan, make_plan
+from edgepart.planner.brute_force import solve_brute_force
+from edgepart.planner.builders import (
+    PlanBuildError,
+    build_ftp_grid,
+    build_layerwise,
+    build_single,
+    parse_grid,
+)
+from edgepart.planner.cluster import Cluster
+from edgepart.planner.errors import PlanningError
+from edgepart.planner.evaluate import check_memory, evaluate, evaluate_plan
+from edgepart.planner.fused_dp import solve_fused_dp
+from edgepart.planner.pipeline_dp import solve_pipeline_dp
+from edgepart.planner.problem import Problem
+
+SolverFn = Callable[..., Plan]
+OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    name: str
+    fn: SolverFn
+    summary: str
+    options: dict[str, tuple[Any, Any]]  # name -> (type, default)
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v[1]!r}" for k, v in self.options.items())
+        return f"{self.summary}" + (f" Options: {opts}." if opts else "")
+
+
+SOLVERS: dict[str, SolverInfo] = {}
+
+
+def _options_of(fn: SolverFn) -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(fn)
+    result = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind is inspect.Parameter.KEYWORD_ONLY:
+            result[name] = (hints.get(name, Any), param.default)
+    return result
+
+
+def register(name: str, summary: str) -> Callable[[SolverFn], SolverFn]:
+    """Register `fn(problem, objective, *, options...) -> Plan` as solver `name`."""
+    def decorate(fn: SolverFn) -> SolverFn:
+        if name in SOLVERS:
+            raise ValueError(f"solver {name!r} is already registered")
+        SOLVERS[name] = SolverInfo(name, fn, summary, _options_of(fn))
+        return fn
+    return decorate
+
+
+def solver_help() -> str:
+    return "; ".join(f"{name}: {info.summary}" for name, info in SOLVERS.items())
+
+
+# ------------------------------------------------------------------ option parsing
+
+
+def _coerce(solver: str, key: str, kind: Any, text: str) -> Any:
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    base = next((a for a in args if a is not type(None)), kind) if args else kind
+    try:
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        raise PlanningError(f"{solver}: option {key}={text!r} is not a valid {getattr(base, '__name__', base)}") \
+            from None
+    return text
+
+
+def parse_options(solver: str, items: Sequence[str]) -> dict[str, Any]:
+    """`["max_fused=4", "device_sets=subsets"]` -> typed options for `solver`."""
+    info = _info(solver)
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = _snake(key.strip())
+        if not sep or not key:
+            raise PlanningError(f"{solver}: option {item!r} must look like key=value")
+        if key not in info.options:
+            raise PlanningError(_unknown_option(info, key))
+        result[key] = _coerce(solver, key, info.options[key][0], value.strip())
+    return result
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower().replace("-", "_")
+
+
+def _info(solver: str) -> SolverInfo:
+    info = SOLVERS.get(solver)
+    if info is None:
+        raise PlanningError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    return info
+
+
+def _unknown_option(info: SolverInfo, key: str) -> str:
+    accepted = ", ".join(info.options) or "none"
+    return f"{info.name}: unknown option {key!r} (accepted: {accepted})"
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def finalize(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Plan:
+    """Check geometry and memory, then attach the evaluator's prediction."""
+    try:
+        check_plan(plan, graph)
+    except PlanError as err:
+        raise PlanningError(f"{plan.solver} produced an invalid plan: {err}") from None
+    check_memory(plan, graph, cluster)
+    meta = {**plan.meta, "master": cluster.master, "medium": cluster.medium}
+    return make_plan(plan.model, plan.solver, plan.objective, plan.devices, plan.stages,
+                     evaluate(plan, graph, cluster), meta)
+
+
+def solve(graph: LayerGraph, model: ModelRef, cluster: Cluster, objective: Objective = "latency",
+          solver: str = "auto", **options: Any) -> Plan:
+    """Plan `graph` on `cluster` with a registered solver; the plan is checked and carries `predicted`."""
+    if objective not in OBJECTIVES:
+        raise PlanningError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    info = _info(solver)
+    typed: dict[str, Any] = {}
+    for key, value in options.items():
+        name = _snake(key)  # YAML documents spell options in camelCase
+        if name not in info.options:
+            raise PlanningError(_unknown_option(info, key))
+        kind = info.options[name][0]
+        typed[name] = _coerce(solver, name, kind, value) if isinstance(value, str) else value
+    options = typed
+    problem = Problem(graph, cluster, model)
+    try:
+        plan = info.fn(problem, objective, **options)
+    except PlanBuildError as err:
+        raise PlanningError(f"{solver}: {err}") from None
+    return finalize(plan, graph, cluster)
+
+
+# ------------------------------------------------------------------ the solvers
+
+
+def _devices(problem: Problem, devices: int | None) -> list[str]:
+    names = list(problem.names)
+    master = problem.master  # first: it holds the input, and builders put unsplit units on the first device
+    ordered = [master, *(n for n in names if n != master)]
+    if devices is None:
+        return ordered
+    if not 1 <= devices <= len(names):
+        raise PlanningError(f"devices={devices}: the cluster has {len(names)} devices")
+    return ordered[:devices]
+
+
+@register("single", "the whole model on one device (the fastest by predicted latency, or device=NAME).")
+def _single(problem: Problem, objective: Objective, *, device: str | None = None) -> Plan:
+    graph, cluster = problem.graph, problem.cluster
+    if device is not None:
+        cluster.device(device)
+        return build_single(graph, problem.model, [device], objective)
+    best: tuple[float, Plan] | None = None
+    for name in problem.names:
+        try:
+            check_memory(plan := build_single(graph, problem.model, [name], objective), graph, cluster)
+        except PlanningError:
+            continue
+        latency = evaluate_plan(plan, graph, cluster).latency_s
+        if best is None or latency < best[0]:
+            best = (latency, plan)
+    if best is None:
+        raise PlanningError("single: the model fits on no single device's memory; try fused-dp or pipeline-dp")
+    return best[1]
+
+
+@register("layerwise", "every unit split across the devices, equal shares (HotEdge's layer-wise baseline).")
+def _layerwise(problem: Problem, objective: Objective, *, split: str = "auto", devices: int | None = None) -> Plan:
+    return build_layerwise(problem.graph, problem.model, _devices(problem, devices), split, objective)
+
+
+def _near_square(n: int) -> tuple[int, int]:
+    rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
+    return n // rows, rows
+
+
+@register("ftp-grid", "DeepThings' fused tile grid over the first F units, the rest on the master.")
+def _ftp_grid(problem: Problem, objective: Objective, *, grid: str | list[int] = "auto",
+              fused_layers: int | None = None, devices: int | None = None) -> Plan:
+    names = _devices(problem, devices)
+    if isinstance(grid, str):
+        shape = _near_square(len(names)) if grid == "auto" else parse_grid(grid)
+    else:
+        if len(grid) != 2:
+            raise PlanningError(f"ftp-grid: grid must be ROWSxCOLS or [rows, cols], got {grid!r}")
+        shape = (int(grid[0]), int(grid[1]))
+    return build_ftp_grid(problem.graph, problem.model, names, shape, fused_layers, objective)
+
+
+@register("fused-dp", "HotEdge/AOFL search over single / layer-wise / fused segments (minimises latency).")
+def _fused_dp(problem: Problem, objective: Objective, *, device_sets: str = "prefix", max_fused: int | None = None,
+              layerwise: bool = True) -> Plan:
+    return solve_fused_dp(problem, objective, device_sets=device_sets, max_fused=max_fused, layerwise=layerwise)
+
+
+@register("pipeline-dp", "PipeEdge's bottleneck DP: contiguous stages on distinct devices (maximises throughput).")
+def _pipeline_dp(problem: Problem, objective: Objective, *, max_states: int = 2_000_000) -> Plan:
+    return solve_pipeline_dp(problem, objective, max_states=max_states)
+
+
+@register("brute-force", "exhaustive search of fused-dp's (space=fused) or pipeline-dp's (space=pipeline) "
+                         "space; small instances only.")
+def _brute_force(problem: Problem, objective: Objective, *, space: str | None = None, device_sets: str = "prefix",
+                 max_fused: int | None = None, layerwise: bool = True, max_plans: int = 200_000) -> Plan:
+    return solve_brute_force(problem, objective, space=space, device_sets=device_sets, max_fused=max_fused,
+                             layerwise=layerwise, max_plans=max_plans)
+
+
+@register("auto", "fused-dp for latency; for throughput the better of pipeline-dp and fused-dp.")
+def _auto(problem: Problem, objective: Objective) -> Plan:
+    sets = "subsets" if len(problem.names) <= 4 else "prefix"
+    fused = solve_fused_dp(problem, objective, device_sets=sets)
+    if objective == "latency":
+        return _tag(fused)
+    candidates = [fused]
+    with contextlib.suppress(PlanningError):  # too many device kinds, or no pipeline fits: fused-dp stands
+        candidates.append(solve_pipeline_dp(problem, objective))
+    graph, cluster = problem.graph, problem.cluster
+    scored = []
+    for plan in candidates:
+        try:
+            check_memory(plan, graph, cluster)
+        except PlanningError:
+            continue
+        result = evaluate_plan(plan, graph, cluster)
+        scored.append(((-result.throughput_per_s, result.latency_s), plan))
+    if not scored:
+        check_memory(fused, graph, cluster)  # raises with the devices at fault
+    return _tag(min(scored, key=lambda item: item[0])[1])
+
+
+def _tag(plan: Plan) -> Plan:
+    return make_plan(plan.model, plan.solver, plan.objective, plan.devices, plan.stages, plan.predicted,
+                     {**plan.meta, "requested": "auto"})

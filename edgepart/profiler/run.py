@@ -1,0 +1,299 @@
+"""`edgepart profile`: micro-benchmarks on this machine, then one regression per op family.
+
+Samples come from two sources (SOLVERS.md §2 A.1):
+
+- synthetic layers covering every op family the zoo uses, over a range of
+  channel counts, kernels, strides and feature-map sizes;
+- every distinct layer of the given models, timed on row strips of several
+  heights and, for conv/fc, on output-channel slices: the tiles the planner
+  will cost.
+
+Each layer configuration is one group: the fit quality (R², MAPE) is measured
+on groups held out of a first fit, then the model is refitted on everything.
+The profile also records predicted vs measured latency of the whole models.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from edgepart.executor import Executor, use_exact_kernels
+from edgepart.geometry import Region
+from edgepart.graph.layer_graph import Layer, LayerGraph, trace
+from edgepart.graph.loader import ModelRef, load_model, trace_ref
+from edgepart.planner.costmodel import (
+    DeviceProfile,
+    Roofline,
+    Sample,
+    fit_profile,
+    layer_key,
+    op_family,
+    region_counts,
+)
+from edgepart.profiler.microbench import (
+    layer_signature,
+    layer_tiles,
+    tile_call,
+    time_call,
+    unique_layers,
+)
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+DEFAULT_MODELS = ("vgg16", "yolov2", "resnet50", "mobilenet_v2", "googlenet")
+QUICK_MODELS = ("vgg16",)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    name: str = field(default_factory=platform.node)
+    models: tuple[str, ...] = DEFAULT_MODELS
+    quick: bool = False
+    threads: int | None = None  # None: leave torch's setting
+    exact_kernels: bool = True  # time the kernels partitions run (see executor.use_exact_kernels)
+    warmup: int = 3
+    repeats: int = 10
+    heights: int = 5  # tile heights per layer
+    synthetic: int = 60  # synthetic conv configurations
+    seed: int = 0
+    validate: bool = True  # time whole models against the fitted prediction
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    model: str
+    measured_s: float
+    predicted_s: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_s - self.measured_s) / self.measured_s
+
+
+# ------------------------------------------------------------------ synthetic layers
+
+
+class _Conv(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, s: int, groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, s, k // 2, groups=groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv(x)
+        return out
+
+
+class _Elementwise(nn.Module):
+    """BN, activation, residual add, concat, pooling and friends on one feature map."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c)
+        self.act = nn.LeakyReLU(0.1)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(2, 2)
+        self.maxpool3 = nn.MaxPool2d(3, 2, 1)
+        self.avgpool = nn.AvgPool2d(2, 2)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.lrn = nn.LocalResponseNorm(5)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act(self.bn(x))
+        z = self.relu(x) + y
+        c = torch.cat([z, y], 1)
+        p = self.maxpool(c) + self.avgpool(c)
+        q = self.maxpool3(self.lrn(self.up(p)))
+        out: Tensor = self.pad(torch.nn.functional.pixel_unshuffle(q, 2))
+        return out
+
+
+class _Head(nn.Module):
+    def __init__(self, c: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(c, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.softmax(self.fc2(torch.relu(self.fc1(torch.flatten(self.pool(x), 1)))))
+        return out
+
+
+def _layers_of(model: nn.Module, shape: Sequence[int]) -> list[Layer]:
+    _, graph = trace(model.eval(), shape, "synthetic")
+    return list(graph.layers)
+
+
+def synthetic_layers(count: int, seed: int = 0) -> list[Layer]:
+    """Layers of every op family over a range of sizes (FLOPs capped to keep the run short)."""
+    rng = random.Random(seed)
+    layers: list[Layer] = []
+    configs = 0
+    while configs < count:
+        cin = rng.choice((3, 16, 32, 64, 128, 256, 512))
+        cout = rng.choice((16, 32, 64, 128, 256, 512))
+        k = 1 if configs % 3 == 0 else 3  # pointwise and k x k convs are separate families
+        s = rng.choice((1, 1, 2))
+        size = rng.choice((7, 14, 28, 56, 112))
+        flops = 2 * cin * cout * k * k * (size // s) ** 2
+        if flops > 4e8 or flops < 1e5:
+            continue
+        configs += 1
+        layers += _layers_of(_Conv(cin, cout, k, s), (1, cin, size, size))
+    for c, size in ((32, 112), (96, 56), (144, 28), (384, 14), (960, 7)):
+        for s in (1, 2):
+            layers += _layers_of(_Conv(c, c, 3, s, groups=c), (1, c, size, size))
+    for c, size in ((16, 112), (64, 56), (128, 28), (256, 16), (512, 8)):
+        layers += _layers_of(_Elementwise(c), (1, c, size, size))
+    for c, hidden, classes in ((512, 4096, 1000), (2048, 1000, 1000), (1024, 512, 10), (256, 256, 100)):
+        layers += _layers_of(_Head(c, hidden, classes), (1, c, 7, 7))
+    return unique_layers(layers)
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def _graph_layers(models: Sequence[str]) -> list[tuple[Layer, int, str]]:
+    result = []
+    for name in models:
+        _, graph = trace_ref(ModelRef(name))
+        result += [(layer, graph.batch, name) for layer in graph.layers]
+    return result
+
+
+def collect_samples(config: ProfileConfig, progress: Progress | None = None) -> list[Sample]:
+    """Time every tile of every synthetic and model layer (each distinct layer once)."""
+    jobs: list[tuple[Layer, int]] = [(layer, 1) for layer in synthetic_layers(
+        config.synthetic // (3 if config.quick else 1), config.seed)]
+    seen = {layer_signature(layer) for layer, _ in jobs}
+    for layer, batch, _ in _graph_layers(config.models):
+        key = layer_signature(layer)
+        if key not in seen:
+            seen.add(key)
+            jobs.append((layer, batch))
+    heights = max(2, config.heights - (2 if config.quick else 0))
+    tiles = [(layer, batch, region) for layer, batch in jobs for region in layer_tiles(layer, heights)]
+    samples: list[Sample] = []
+    repeats = max(5, config.repeats // 2) if config.quick else config.repeats
+    for i, (layer, batch, region) in enumerate(tiles):
+        if progress is not None:
+            progress(i, len(tiles), f"{layer.op.value} {region}")
+        fn = tile_call(layer, region, batch)
+        with torch.no_grad():
+            timing = time_call(fn, config.warmup, repeats)
+        samples.append(Sample(op_family(layer), region_counts(layer, region, batch), timing.median_s,
+                              layer_key(layer)))
+    if progress is not None:
+        progress(len(tiles), len(tiles), "done")
+    return samples
+
+
+def layer_overhead(layers: int = 100, repeats: int = 10) -> float:
+    """Seconds the executor spends per layer beyond the op itself (crop, pad, dispatch), measured on a chain
+    of ReLUs over a tiny tensor run by a `SliceRunner`."""
+    model = nn.Sequential(*[nn.ReLU() for _ in range(layers)]).eval()
+    gm, graph = trace(model, (1, 4, 4, 4), "overhead")
+    runner = Executor(gm, graph).runner(0, len(graph), Region.full(graph.shape_at(len(graph))))
+    x = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        op = time_call(lambda: torch.relu(x), 3, repeats).median_s
+        chain = time_call(lambda: runner(x), 3, repeats).median_s
+    return max(0.0, chain / layers - op)
+
+
+def roofline_of(samples: Sequence[Sample]) -> Roofline:
+    """Peak FLOP/s from dense convolutions and memory bandwidth from elementwise ops, as measured."""
+    flops = [s.counts.flops / s.seconds for s in samples if s.family in ("conv", "conv_1x1", "fc") and s.counts.flops > 0]
+    elementwise = [(s.counts.in_elems + s.counts.out_elems) * 4 / s.seconds for s in samples
+                   if s.family in ("act", "bn", "add")]
+    return Roofline(max(flops, default=1e10), max(elementwise, default=1e10))
+
+
+# ------------------------------------------------------------------ whole-model check
+
+
+def predicted_whole(profile: DeviceProfile, graph: LayerGraph) -> float:
+    return sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
+
+
+def measure_whole(gm: fx.GraphModule, graph: LayerGraph, repeats: int = 5) -> float:
+    x = torch.randn(*graph.input_shape)
+    with torch.no_grad():
+        return time_call(lambda: gm(x), warmup=2, repeats=repeats).median_s
+
+
+def check_models(profile: DeviceProfile, models: Sequence[str], repeats: int = 5) -> list[ModelCheck]:
+    checks = []
+    for name in models:
+        ref = ModelRef(name)
+        gm, graph = trace_ref(ref, load_model(ref))
+        checks.append(ModelCheck(name, measure_whole(gm, graph, repeats), predicted_whole(profile, graph)))
+    return checks
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def profile_device(config: ProfileConfig, progress: Progress | None = None) -> DeviceProfile:
+    """Run the micro-benchmarks and fit the profile of this machine."""
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    use_exact_kernels(config.exact_kernels)
+    try:
+        started = time.perf_counter()
+        samples = collect_samples(config, progress)
+        roof = roofline_of(samples)
+        overhead = layer_overhead()
+        meta: dict[str, Any] = {
+            "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cpu": _cpu_model(), "kernels": "exact" if config.exact_kernels else "fast",
+            "clock": "thread-cpu" if torch.get_num_threads() == 1 else "wall",
+            "samples": len(samples), "models": list(config.models),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        profile = fit_profile(samples, config.name, torch.get_num_threads(), roof, meta, seed=config.seed,
+                              layer_overhead_s=overhead)
+        if config.validate and config.models:
+            checks = check_models(profile, config.models[:1] if config.quick else config.models)
+            meta["wholeModels"] = [{"model": c.model, "measuredS": c.measured_s, "predictedS": c.predicted_s,
+                                    "error": round(c.error, 4)} for c in checks]
+            profile = DeviceProfile(profile.name, profile.ops, profile.roofline, profile.arch, profile.threads,
+                                    meta, profile.layer_overhead_s)
+        return profile
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def samples_summary(samples: Sequence[Sample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.family] = counts.get(s.family, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+
+__all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "ModelCheck", "ProfileConfig", "check_models", "collect_samples",
+           "measure_whole", "predicted_whole", "profile_device", "roofline_of", "samples_summary",
+           "synthetic_layers"]

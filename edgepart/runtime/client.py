@@ -1,0 +1,111 @@
+"""Talk to a gateway: send inputs, read outputs, check them against the whole model run locally."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import torch
+
+from edgepart.executor import Comparison, compare, use_exact_kernels
+from edgepart.geometry import Region
+from edgepart.graph.loader import load_model
+from edgepart.partition_service.config import GATEWAY, ModelSource
+from edgepart.partition_service.errors import error_from_response
+from edgepart.partition_service.transport import peer_error
+from edgepart.partition_service.wire import (
+    CONTENT_TYPE,
+    decode_frame,
+    encode_frame,
+    frame_size,
+    make_header,
+)
+
+__all__ = ["ClientResult", "check", "fetch_model", "infer", "reference_output"]
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    request_id: str
+    output: torch.Tensor
+    latency_s: float  # seen by the client
+    server_latency_s: float | None  # the gateway's own measurement (request in to answer out)
+
+
+def _url(base: str) -> str:
+    return base.rstrip("/")
+
+
+async def fetch_model(url: str, *, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    """What the gateway serves: model reference, shapes, partitions, predicted costs (GET /v1/model)."""
+    async with _maybe_client(client) as c:
+        try:
+            response = await c.get(_url(url) + "/v1/model")
+        except httpx.HTTPError as err:
+            raise peer_error(err, "gateway", url, "GET /v1/model") from err
+        if response.status_code != 200:
+            raise error_from_response(response.status_code, response.content, GATEWAY)
+        result: dict[str, Any] = response.json()
+        return result
+
+
+async def infer(url: str, x: torch.Tensor, *, request_id: str | None = None, timeout_s: float = 120.0,
+                client: httpx.AsyncClient | None = None) -> ClientResult:
+    """POST one input frame to the gateway's /v1/infer; raises the gateway's typed error on failure."""
+    header = make_header(request_id or "client", x, Region.full(x.shape[1:]), -1, GATEWAY)
+    parts = encode_frame(header, x.contiguous())
+    headers = {"content-type": CONTENT_TYPE, "content-length": str(frame_size(parts)), "accept": CONTENT_TYPE}
+    if request_id:
+        headers["x-request-id"] = request_id
+    body = b"".join(parts)
+    async with _maybe_client(client, timeout_s) as c:
+        started = time.perf_counter()
+        try:
+            response = await c.post(_url(url) + "/v1/infer", content=body, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as err:
+            raise peer_error(err, "gateway", url, "POST /v1/infer") from err
+        latency = time.perf_counter() - started
+    if response.status_code != 200:
+        raise error_from_response(response.status_code, response.content, GATEWAY)
+    frame = decode_frame(response.content)
+    server = response.headers.get("x-edgepart-latency-ms")
+    return ClientResult(response.headers.get("x-request-id", frame.header.request_id), frame.tensor, latency,
+                        float(server) / 1000 if server else None)
+
+
+@contextlib.asynccontextmanager
+async def _maybe_client(client: httpx.AsyncClient | None, timeout_s: float = 30.0
+                        ) -> AsyncIterator[httpx.AsyncClient]:
+    if client is not None:
+        yield client
+        return
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout_s) as own:
+        yield own
+
+
+def _whole(source: ModelSource, x: torch.Tensor) -> torch.Tensor:
+    use_exact_kernels(True)
+    model = load_model(source.ref())
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+async def reference_output(model: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """The whole model's output for `x`, computed here from the reference the gateway reports."""
+    source = ModelSource.model_validate(model)
+    return await asyncio.to_thread(_whole, source, x)
+
+
+async def check(url: str, x: torch.Tensor, output: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4
+                ) -> Comparison:
+    info = await fetch_model(url)
+    expected = await reference_output(info["model"], x)
+    return compare(expected, output, atol, rtol)
+

@@ -1,0 +1,135 @@
+"""What `edgepart up / status / down / infer` do; cli.py only parses options and calls these."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgepart.errors import EdgepartError
+from edgepart.runtime.local import LocalRuntime, RunState
+from edgepart.spec import load_deployment
+
+if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `status` starts fast
+    import torch
+
+    from edgepart.plan import Plan
+
+__all__ = ["down", "infer_command", "read_input", "status", "table", "up"]
+
+Echo = Callable[[str], None]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def plan_table(plan: Plan) -> str:
+    rows = [[s.index, s.kind, f"[{s.start},{s.stop})", p.id, p.device, str(p.output_region), str(p.input_region)]
+            for s in plan.stages for p in s.partitions]
+    return table(["stage", "kind", "layers", "partition", "device", "output region", "input region"], rows)
+
+
+async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, timeout_s: float, echo: Echo,
+             root: Path | None = None) -> RunState:
+    from edgepart.plan import load_plan
+
+    deployment = load_deployment(path)
+    plan = load_plan(plan_path) if plan_path is not None else None
+    runtime = LocalRuntime(root, echo=echo)
+    state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan, ready_timeout_s=timeout_s,
+                             base=Path.cwd())
+    echo(plan_table(runtime.plan_of(state.name)))
+    predicted = (f"; predicted latency {state.predicted_latency_s * 1e3:.1f} ms"
+                 if state.predicted_latency_s is not None else "")
+    echo(f"{state.name}: {len(state.processes) - 1} partitions ready ({state.how}"
+         f"{', emulated devices' if state.emulated else ''}){predicted}")
+    echo(f"gateway: {state.gateway_url}")
+    echo(f"try:     edgepart infer {state.gateway_url} --random --check")
+    echo(f"stop:    edgepart down {state.name}")
+    return state
+
+
+async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool:
+    runtime = LocalRuntime(root, echo=echo)
+    runs = await runtime.status(name)
+    if not runs:
+        echo(f"no deployments are up (run directory {runtime.root})")
+        return True
+    for run in runs:
+        ready = sum(1 for p in run.partitions if p["ready"])
+        echo(f"{run.name}: {'ready' if run.ready else 'NOT READY'}, gateway {run.gateway_url}, "
+             f"{ready}/{len(run.partitions)} partitions ready{', emulated devices' if run.emulated else ''}"
+             + (f"; {run.detail}" if run.detail else ""))
+        rows = [[p["id"], p["device"], p["stage"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
+                 "yes" if p["ready"] else "NO", p["url"], p["detail"] or ""] for p in run.partitions]
+        if rows:
+            echo(table(["partition", "device", "stage", "pid", "alive", "ready", "url", "detail"], rows))
+    return all(r.ready for r in runs)
+
+
+async def down(name: str | None, echo: Echo, root: Path | None = None) -> list[str]:
+    stopped = await LocalRuntime(root, echo=echo).down(name)
+    echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
+    return stopped
+
+
+def read_input(path: Path, shape: Sequence[int]) -> torch.Tensor:
+    """A .npy file (no pickle), cast to float32, checked against the model's input shape."""
+    import numpy as np
+    import torch
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise EdgepartError(f"--input {path}: not a readable .npy array: {err}") from None
+    if tuple(array.shape) != tuple(shape):
+        raise EdgepartError(f"--input {path}: shape {list(array.shape)}, the model expects {list(shape)}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+async def infer_command(url: str, *, random: bool, input_path: Path | None, check_output: bool, seed: int,
+                        requests: int, output_path: Path | None, echo: Echo) -> int:
+    import numpy as np
+    import torch
+
+    from edgepart.runtime.client import check, fetch_model, infer
+
+    if random == (input_path is not None):
+        raise EdgepartError("give exactly one of --random and --input FILE.npy")
+    info = await fetch_model(url)
+    shape = tuple(info["input_shape"])
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) if input_path is None
+         else read_input(input_path, shape))
+    results = [await infer(url, x) for _ in range(max(1, requests))]
+    last = results[-1]
+    latencies = [r.latency_s * 1e3 for r in results]
+    server = [r.server_latency_s * 1e3 for r in results if r.server_latency_s is not None]
+    echo(f"output {'x'.join(map(str, last.output.shape))} from {info['model']['name']} "
+         f"({len(info['partitions'])} partitions), request {last.request_id}")
+    summary = f"latency {statistics.median(latencies):.1f} ms"
+    if len(results) > 1:
+        summary = f"median latency {statistics.median(latencies):.1f} ms over {len(results)} requests"
+    if server:
+        summary += f" (gateway {statistics.median(server):.1f} ms)"
+    predicted = info.get("predicted", {}).get("latency_s")
+    if predicted:
+        summary += f"; predicted {predicted * 1e3:.1f} ms"
+    echo(summary)
+    if output_path is not None:
+        np.save(output_path, last.output.numpy(), allow_pickle=False)
+        echo(f"wrote {output_path}")
+    if not check_output:
+        return 0
+    comparison = await check(url, x, last.output)
+    echo(f"whole model here vs deployment: max abs diff {comparison.max_abs_diff:.3g}, max rel diff "
+         f"{comparison.max_rel_diff:.3g} (atol 1e-05, rtol 1e-04)")
+    if not comparison.allclose:
+        echo("MISMATCH: the deployment's output differs from the whole model's")
+        return 1
+    echo("OK: the deployment's output equals the whole model's")
+    return 0

@@ -1,0 +1,528 @@
+"""The embedded runtime: a deployment as local processes (optionally inside emulated devices).
+
+`up` plans the deployment, renders the same partition configs the operator
+mounts into pods, starts the gateway and one process per partition
+(`python -m edgepart.partition_service ROLE`, config in EDGEPART_CONFIG), waits
+until every one is ready and records everything under the run directory::
+
+    .edgepart/run/<name>/state.json      pids, URLs, ports, emulation resources
+    .edgepart/run/<name>/plan.json
+    .edgepart/run/<name>/configs/*.json  gateway.json, <partition>.json
+    .edgepart/run/<name>/logs/*.log
+
+so `status` and `down` work from another shell. Without emulation every
+process listens on 127.0.0.1 on a socket the runtime binds and hands over (no
+port races). With emulation each partition runs in its device's namespace and
+CPU group; the gateway runs in the master device's namespace and also serves a
+socket bound on the host's 127.0.0.1:PORT, which is the URL clients use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from edgepart.errors import EdgepartError
+from edgepart.runtime.emulate import (
+    EmulationError,
+    Testbed,
+    create_testbed,
+    destroy_testbed,
+    enter,
+    support_problems,
+    used_indexes,
+)
+from edgepart.spec import DNNDeployment, parse_duration
+
+if TYPE_CHECKING:  # torch-heavy; `status` and `down` start fast without them
+    from edgepart.partition_service.config import DeploymentConfigs
+    from edgepart.plan import Plan
+    from edgepart.runtime.planning import Planned
+
+__all__ = ["LocalRuntime", "LocalRuntimeError", "ProcessState", "RunState", "RunStatus", "default_root"]
+
+GATEWAY_INTERNAL_PORT = 9000  # inside an emulated master device
+PARTITION_BASE_PORT = 9100  # inside an emulated device: 9100, 9101, ...
+_MARK = "edgepart.partition_service"
+
+
+class LocalRuntimeError(EdgepartError, RuntimeError):
+    """A local deployment could not be started, found or stopped."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("EDGEPART_RUN_DIR", ".edgepart/run"))
+
+
+class ProcessState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # partition id, or "gateway"
+    role: Literal["partition", "gateway"]
+    device: str
+    pid: int
+    url: str  # where the process serves (inside its namespace when emulated)
+    config: str
+    log: str
+    netns: str | None = None
+    cgroup: str | None = None
+
+
+class RunState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    directory: str
+    cwd: str
+    started_at: float
+    status: Literal["starting", "ready"] = "starting"
+    gateway_url: str  # what clients use
+    port: int
+    emulated: bool
+    testbed: Testbed | None = None
+    processes: list[ProcessState] = []
+    model: str
+    solver: str
+    how: str
+    predicted_latency_s: float | None = None
+    predicted_throughput_per_s: float | None = None
+
+    def process(self, ident: str) -> ProcessState:
+        for proc in self.processes:
+            if proc.id == ident:
+                return proc
+        raise LocalRuntimeError(f"deployment {self.name} has no partition {ident!r}; it has "
+                                f"{[p.id for p in self.processes if p.role == 'partition']}")
+
+
+class RunStatus(BaseModel):
+    name: str
+    gateway_url: str
+    ready: bool
+    emulated: bool
+    alive: dict[str, bool]
+    partitions: list[dict[str, Any]]
+    detail: str | None = None
+    predicted_latency_s: float | None = None
+
+
+def _free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise LocalRuntimeError(f"cannot listen on {host}:{port}: {err.strerror} (pass another --port)") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _tail(path: str, lines: int = 25) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _is_ours(pid: int, config: str) -> bool:
+    """True when `pid` is a live data-plane process started with `config` (pids get reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return _MARK.encode() in cmdline and f"EDGEPART_CONFIG={config}".encode() in environ.split(b"\0")
+
+
+class LocalRuntime:
+    """Start, inspect and stop local deployments under `root` (default .edgepart/run)."""
+
+    def __init__(self, root: Path | None = None, *, echo: Callable[[str], None] | None = None):
+        self.root = (root or default_root()).resolve()
+        self._echo = echo or (lambda message: None)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # ------------------------------------------------------------ state files
+
+    def _state_path(self, name: str) -> Path:
+        return self.root / name / "state.json"
+
+    def load(self, name: str) -> RunState | None:
+        path = self._state_path(name)
+        if not path.is_file():
+            return None
+        try:
+            return RunState.model_validate_json(path.read_text())
+        except ValueError as err:
+            raise LocalRuntimeError(f"{path} is not a run state file: {err}") from None
+
+    def _save(self, state: RunState) -> None:
+        path = self._state_path(state.name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(state.model_dump_json(indent=2))
+        tmp.replace(path)
+
+    def runs(self) -> list[RunState]:
+        if not self.root.is_dir():
+            return []
+        found = (self.load(p.name) for p in sorted(self.root.iterdir()) if (p / "state.json").is_file())
+        return [s for s in found if s is not None]
+
+    def _pick(self, name: str | None) -> list[RunState]:
+        if name is not None:
+            state = self.load(name)
+            if state is None:
+                known = [s.name for s in self.runs()]
+                raise LocalRuntimeError(f"no deployment {name!r} is up here ({self.root}); up: {known or 'none'}")
+            return [state]
+        return self.runs()
+
+    # ------------------------------------------------------------ processes
+
+    def alive(self, proc: ProcessState) -> bool:
+        child = self._children.get(proc.pid)
+        if child is not None:
+            return child.poll() is None
+        return _is_ours(proc.pid, proc.config)
+
+    def _exit_code(self, proc: ProcessState) -> int | None:
+        child = self._children.get(proc.pid)
+        if child is not None:
+            return child.poll()
+        return None if _is_ours(proc.pid, proc.config) else -1
+
+    def _spawn(self, state: RunState, ident: str, role: Literal["partition", "gateway"], device: str, url: str,
+               config: Path, *, threads: int = 1, sockets: tuple[socket.socket, ...] = (),
+               netns: str | None = None, cgroup: str | None = None, cap_later: bool = False) -> ProcessState:
+        """Start one process; with `cap_later` it joins its CPU cgroup only once ready (`_apply_caps`)."""
+        log = Path(state.directory) / "logs" / f"{ident}.log"
+        env = {
+            **os.environ, "EDGEPART_CONFIG": str(config), "EDGEPART_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "EDGEPART_LISTEN_FDS": ",".join(str(s.fileno()) for s in sockets),
+        }
+        join_cgroup = None if cap_later else cgroup
+        preexec = enter(netns, join_cgroup) if (netns or join_cgroup) else None
+        with open(log, "ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", _MARK, role], env=env, cwd=state.cwd, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=tuple(s.fileno() for s in sockets), preexec_fn=preexec,
+            )
+        self._children[child.pid] = child
+        return ProcessState(id=ident, role=role, device=device, pid=child.pid, url=url, config=str(config),
+                            log=str(log), netns=netns, cgroup=cgroup)
+
+    async def _stop_processes(self, procs: list[ProcessState], grace_s: float = 10.0) -> None:
+        targets = [p for p in procs if self.alive(p)]
+        for proc in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(self.alive(p) for p in targets):
+            await asyncio.sleep(0.05)
+        for proc in targets:
+            if self.alive(proc):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            child = self._children.pop(proc.pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(child.wait, 10)
+
+    # ------------------------------------------------------------ up
+
+    async def up(self, deployment: DNNDeployment, *, port: int = 8080, emulate: bool = False,
+                 plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None) -> RunState:
+        """Plan (unless `plan` is given), start every process, wait until all are ready."""
+        name = deployment.metadata.name
+        spec = deployment.spec
+        existing = self.load(name)
+        if existing is not None:
+            if any(self.alive(p) for p in existing.processes):
+                raise LocalRuntimeError(f"deployment {name} is already up (gateway {existing.gateway_url}); "
+                                        f"run `edgepart down {name}` first")
+            await self.teardown(existing)
+        if emulate:
+            problems = support_problems()
+            if problems:
+                raise EmulationError("; ".join(problems))
+        from edgepart.plan import save_plan
+        from edgepart.runtime.planning import plan_deployment
+
+        cluster = spec.cluster()
+        self._echo(f"planning {spec.model.name} on {len(cluster.devices)} devices (solver {spec.solver})")
+        planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)
+        directory = self.root / name
+        for sub in ("logs", "configs"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        save_plan(planned.plan, directory / "plan.json")
+        predicted = planned.plan.predicted
+        state = RunState(
+            name=name, directory=str(directory), cwd=str(base or Path.cwd()), started_at=time.time(),
+            gateway_url="", port=port, emulated=emulate, model=planned.plan.model.name, solver=planned.plan.solver,
+            how=planned.how, predicted_latency_s=predicted.latency_s if predicted else None,
+            predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
+        )
+        try:
+            if emulate:
+                await self._up_emulated(deployment, planned, state)
+            else:
+                await self._up_local(deployment, planned, state)
+            self._echo(f"started {len(state.processes)} processes; waiting until every partition is ready")
+            await self._wait_ready(state, ready_timeout_s)
+            self._apply_caps(state)
+        except BaseException:
+            await self.teardown(state)
+            raise
+        state.status = "ready"
+        self._save(state)
+        return state
+
+    def _render(self, deployment: DNNDeployment, planned: Planned, addresses: dict[str, str], gateway_url: str,
+                *, hosts: dict[str, str] | None = None, gateway_host: str = "127.0.0.1", emulate: bool = False
+                ) -> DeploymentConfigs:
+        from edgepart.partition_service.config import render_configs
+
+        spec = deployment.spec
+        cluster = spec.cluster()
+        devices = {d.name: d for d in cluster.devices}
+
+        def delay(a: str, b: str) -> float:
+            for link in spec.network.links:
+                if {link.source, link.target} == {a, b} and link.latency is not None:
+                    return parse_duration(link.latency)
+            return parse_duration(spec.network.latency)
+
+        threads = {name: max(1, int(d.cpus)) if d.cpus else 1 for name, d in devices.items()}
+        return render_configs(
+            planned.plan, deployment.metadata.name, addresses, gateway_url, hosts=hosts, bind_host="127.0.0.1",
+            gateway_host=gateway_host, threads=threads, request_timeout_s=parse_duration(spec.request_timeout),
+            gateway_device=cluster.master_name, link_delay=delay if emulate else None,
+            input_shape=planned.graph.input_shape,
+            output_shape=(planned.graph.batch, *planned.graph.output_shape),
+        )
+
+    def _write_configs(self, state: RunState, configs: DeploymentConfigs) -> dict[str, Path]:
+        directory = Path(state.directory) / "configs"
+        paths = {}
+        for config in configs.partitions:
+            paths[config.partition] = directory / f"{config.partition}.json"
+            paths[config.partition].write_text(config.model_dump_json(indent=2))
+        paths["gateway"] = directory / "gateway.json"
+        paths["gateway"].write_text(configs.gateway.model_dump_json(indent=2))
+        return paths
+
+    async def _up_local(self, deployment: DNNDeployment, planned: Planned, state: RunState) -> None:
+        gateway_sock = _free_socket("127.0.0.1", state.port)
+        sockets = {p.id: _free_socket() for p in planned.plan.partitions}
+        try:
+            state.port = gateway_sock.getsockname()[1]
+            state.gateway_url = f"http://127.0.0.1:{state.port}"
+            addresses = {pid: f"http://127.0.0.1:{s.getsockname()[1]}" for pid, s in sockets.items()}
+            configs = self._render(deployment, planned, addresses, state.gateway_url)
+            paths = self._write_configs(state, configs)
+            self._save(state)
+            for config in configs.partitions:
+                state.processes.append(self._spawn(
+                    state, config.partition, "partition", config.device, addresses[config.partition],
+                    paths[config.partition], threads=config.threads, sockets=(sockets[config.partition],)))
+                self._save(state)
+            state.processes.append(self._spawn(state, "gateway", "gateway", configs.gateway.deployment,
+                                               state.gateway_url, paths["gateway"], sockets=(gateway_sock,)))
+            self._save(state)
+        finally:
+            gateway_sock.close()
+            for sock in sockets.values():
+                sock.close()
+
+    async def _up_emulated(self, deployment: DNNDeployment, planned: Planned, state: RunState) -> None:
+        spec = deployment.spec
+        cluster = spec.cluster()
+        taken = used_indexes() | {s.testbed.index for s in self.runs() if s.testbed is not None}
+        index = next((i for i in range(255) if i not in taken), None)
+        if index is None:
+            raise EmulationError("all 255 testbed subnets 10.123.K.0/24 are in use")
+        used = set(planned.plan.devices) | {cluster.master_name}
+        devices = [d for d in cluster.devices if d.name in used]
+        gateway_sock = _free_socket("127.0.0.1", state.port)
+        try:
+            state.port = gateway_sock.getsockname()[1]
+            state.gateway_url = f"http://127.0.0.1:{state.port}"
+            self._echo(f"emulating {len(devices)} devices: network namespaces on 10.123.{index}.0/24, "
+                       f"{spec.network.bandwidth} tbf caps, {spec.network.latency} latency in userspace, "
+                       "cgroup v1 CPU quotas")
+            if spec.network.medium == "shared":
+                self._echo("note: a shared medium is emulated as a switched network (a capped link per device)")
+            testbed = await asyncio.to_thread(create_testbed, state.name, index, devices, spec.network)
+            state.testbed = testbed
+            self._save(state)
+            next_port: dict[str, int] = {}
+            addresses, hosts = {}, {}
+            for part in planned.plan.partitions:
+                dev = testbed.device(part.device)
+                port = next_port.get(dev.name, PARTITION_BASE_PORT)
+                next_port[dev.name] = port + 1
+                addresses[part.id] = f"http://{dev.address}:{port}"
+                hosts[part.id] = dev.address
+            master = testbed.device(cluster.master_name)
+            internal = f"http://{master.address}:{GATEWAY_INTERNAL_PORT}"
+            configs = self._render(deployment, planned, addresses, internal, hosts=hosts,
+                                   gateway_host=master.address, emulate=True)
+            paths = self._write_configs(state, configs)
+            for config in configs.partitions:
+                dev = testbed.device(config.device)
+                state.processes.append(self._spawn(
+                    state, config.partition, "partition", config.device, addresses[config.partition],
+                    paths[config.partition], threads=config.threads, netns=dev.netns, cgroup=dev.cgroup,
+                    cap_later=True))
+                self._save(state)
+            state.processes.append(self._spawn(state, "gateway", "gateway", master.name, internal, paths["gateway"],
+                                               sockets=(gateway_sock,), netns=master.netns))
+            self._save(state)
+        finally:
+            gateway_sock.close()
+
+    def _apply_caps(self, state: RunState) -> None:
+        """Move every partition into its device's CPU cgroup (all its threads move with it).
+
+        Loading and warming run uncapped so an emulated 0.2-CPU device does not take minutes to start;
+        from readiness on, every request runs under the device's quota.
+        """
+        for proc in state.processes:
+            if proc.cgroup is not None and self.alive(proc):
+                try:
+                    (Path(proc.cgroup) / "cgroup.procs").write_text(str(proc.pid))
+                except OSError as err:
+                    raise EmulationError(f"cannot move {proc.id} (pid {proc.pid}) into {proc.cgroup}: "
+                                         f"{err.strerror}") from None
+
+    async def _wait_ready(self, state: RunState, timeout_s: float) -> None:
+        """Until the gateway says every partition is ready; fail fast when a process exits or fails to load."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+            while True:
+                for proc in state.processes:
+                    code = self._exit_code(proc)
+                    if code is not None:
+                        raise LocalRuntimeError(f"{proc.role} {proc.id} exited (code {code}) while starting; "
+                                                f"the end of {proc.log}:\n{_tail(proc.log)}")
+                try:
+                    response = await client.get(state.gateway_url + "/v1/status")
+                    if response.status_code == 200:
+                        body = response.json()
+                        if body.get("ready"):
+                            return
+                        failed = [p for p in body["partitions"] if p.get("state") == "failed"]
+                        if failed:
+                            proc = state.process(failed[0]["id"])
+                            raise LocalRuntimeError(f"partition {proc.id} failed to load: {failed[0]['detail']}; "
+                                                    f"the end of {proc.log}:\n{_tail(proc.log)}")
+                        last = "; ".join(f"{p['id']}: {p['detail']}" for p in body["partitions"] if not p["ready"])
+                except httpx.HTTPError as err:
+                    last = f"gateway: {type(err).__name__}"
+                if time.monotonic() > deadline:
+                    raise LocalRuntimeError(f"deployment {state.name} not ready after {timeout_s:g} s: {last}")
+                await asyncio.sleep(0.25)
+
+    # ------------------------------------------------------------ status / down / restart
+
+    async def status(self, name: str | None = None) -> list[RunStatus]:
+        result = []
+        async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+            for state in self._pick(name):
+                alive = {p.id: self.alive(p) for p in state.processes}
+                parts: list[dict[str, Any]] = []
+                detail = None
+                try:
+                    response = await client.get(state.gateway_url + "/v1/status")
+                    response.raise_for_status()
+                    parts = response.json()["partitions"]
+                except httpx.HTTPError as err:
+                    detail = f"gateway {state.gateway_url} does not answer: {type(err).__name__}"
+                for part in parts:
+                    part["pid"] = state.process(part["id"]).pid
+                ready = bool(parts) and all(p["ready"] for p in parts) and all(alive.values())
+                result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, ready=ready,
+                                        emulated=state.emulated, alive=alive, partitions=parts, detail=detail,
+                                        predicted_latency_s=state.predicted_latency_s))
+        return result
+
+    async def teardown(self, state: RunState) -> list[str]:
+        """Stop every process of `state`, remove its emulated devices and its run directory."""
+        await self._stop_processes(list(state.processes))
+        problems = destroy_testbed(state.testbed) if state.testbed is not None else []
+        shutil.rmtree(state.directory, ignore_errors=True)
+        return problems
+
+    async def down(self, name: str | None = None) -> list[str]:
+        """Stop one deployment (or the only one); the names stopped."""
+        states = self._pick(name)
+        if name is None and len(states) > 1:
+            raise LocalRuntimeError(f"several deployments are up ({', '.join(s.name for s in states)}); "
+                                    "name the one to stop")
+        for state in states:
+            problems = await self.teardown(state)
+            for problem in problems:
+                self._echo(f"warning: {problem}")
+        return [s.name for s in states]
+
+    async def kill(self, name: str, ident: str) -> None:
+        """SIGKILL one process of a deployment (failure testing)."""
+        state = self._pick(name)[0]
+        proc = state.process(ident)
+        if self.alive(proc):
+            os.kill(proc.pid, signal.SIGKILL)
+        while self.alive(proc):
+            await asyncio.sleep(0.02)
+
+    async def restart(self, name: str, ident: str, ready_timeout_s: float = 120.0) -> ProcessState:
+        """Start one partition again (killing it first if it still runs) and wait until the deployment is ready."""
+        state = self._pick(name)[0]
+        old = state.process(ident)
+        await self._stop_processes([old])
+        sockets: tuple[socket.socket, ...] = ()
+        if not state.emulated:
+            host_port = old.url.removeprefix("http://").rsplit(":", 1)
+            sockets = (_free_socket(host_port[0], int(host_port[1])),)
+        try:
+            threads = json.loads(Path(old.config).read_text()).get("threads", 1) if old.role == "partition" else 1
+            new = self._spawn(state, old.id, old.role, old.device, old.url, Path(old.config), threads=threads,
+                              sockets=sockets, netns=old.netns, cgroup=old.cgroup, cap_later=True)
+        finally:
+            for sock in sockets:
+                sock.close()
+        state.processes = [new if p.id == ident else p for p in state.processes]
+        self._save(state)
+        await self._wait_ready(state, ready_timeout_s)
+        self._apply_caps(state)
+        return new
+
+    def plan_of(self, name: str) -> Plan:
+        from edgepart.plan import plan_from_json
+
+        state = self._pick(name)[0]
+        return plan_from_json((Path(state.directory) / "plan.json").read_text())
+

@@ -1,0 +1,332 @@
+"""The real kopf operator (edgepart.operator.handlers) against kmock's Kubernetes emulator.
+
+Nothing runs pods here: tests play the kubelet and the controllers by patching
+pod, deployment, node and job status, and check what the operator does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from kmock_emulator import (
+    NAMESPACE,
+    EdgepartEmulator,
+    eventually,
+    get,
+    objects,
+    profile_config_map,
+    profile_json,
+)
+
+from edgepart.operator.names import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_PARTITION, LABEL_PLAN
+from edgepart.operator.render import PROFILE_BEGIN, PROFILE_END
+from edgepart.operator.settings import OperatorSettings
+from edgepart.partition_service.config import load_gateway_config, load_partition_config
+from edgepart.plan import Plan, plan_from_json
+
+Create = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Patch = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+NAME = "alex"
+CR = f"/apis/edgepart.io/v1alpha1/namespaces/{NAMESPACE}/dnndeployments/{NAME}"
+
+
+def deployment(**spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": {"name": "alexnet"}, "nodeSelector": {"pool": "edge"}, "master": "edge-0",
+                            "solver": "ftp-grid", "solverOptions": {"grid": [2, 2]}}
+    body.update(spec)
+    return {"apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
+            "metadata": {"name": NAME, "namespace": NAMESPACE}, "spec": body}
+
+
+def resource(k8s: EdgepartEmulator) -> dict[str, Any]:
+    return get(k8s, "dnndeployments", NAME) or {}
+
+
+def status(k8s: EdgepartEmulator) -> dict[str, Any]:
+    result: dict[str, Any] = resource(k8s).get("status") or {}
+    return result
+
+
+def phase_history(k8s: EdgepartEmulator) -> list[str]:
+    """Every phase the resource went through, in order (the emulator keeps each version)."""
+    history = next(obj.history for (resource, _, name), obj in k8s.objects.items()
+                   if resource.plural == "dnndeployments" and name == NAME)
+    phases = [str((v.raw.get("status") or {}).get("phase")) for v in history if v is not None]
+    return [p for i, p in enumerate(phases) if p != "None" and (i == 0 or p != phases[i - 1])]
+
+
+def condition(k8s: EdgepartEmulator, type_: str) -> dict[str, Any]:
+    return next((c for c in status(k8s).get("conditions", []) if c["type"] == type_), {})
+
+
+def partition_pods(k8s: EdgepartEmulator) -> list[dict[str, Any]]:
+    return [p for p in objects(k8s, "pods")
+            if p["metadata"].get("labels", {}).get(LABEL_COMPONENT) == "partition"
+            and p["metadata"]["labels"].get(LABEL_DEPLOYMENT) == NAME]
+
+
+def current_plan(k8s: EdgepartEmulator) -> Plan:
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    return plan_from_json(config_map["data"]["plan.json"])
+
+
+def pods_of_plan(k8s: EdgepartEmulator, plan_hash: str) -> list[dict[str, Any]]:
+    return [p for p in partition_pods(k8s) if p["metadata"]["labels"][LABEL_PLAN] == plan_hash]
+
+
+def node_of(pod: dict[str, Any]) -> str:
+    return str(pod["spec"]["nodeSelector"]["kubernetes.io/hostname"])
+
+
+async def phase_is(k8s: EdgepartEmulator, *phases: str, timeout: float = 90) -> dict[str, Any]:
+    result: dict[str, Any] = await eventually(
+        lambda: status(k8s) if status(k8s).get("phase") in phases else None,
+        timeout=timeout, what=f"phase in {phases}")
+    return result
+
+
+async def deployed(k8s: EdgepartEmulator) -> tuple[dict[str, Any], Plan]:
+    """Wait until the status and the pods describe one and the same plan."""
+    def settled() -> tuple[dict[str, Any], Plan] | None:
+        st = status(k8s)
+        if st.get("phase") not in ("Deploying", "Ready", "Degraded") or "plan" not in st:
+            return None
+        plan = current_plan(k8s)
+        if len(pods_of_plan(k8s, st["plan"]["hash"])) != len(plan.partitions):
+            return None
+        if len(partition_pods(k8s)) != len(plan.partitions):
+            return None  # the pods of an earlier plan are still being pruned
+        return st, plan
+    result: tuple[dict[str, Any], Plan] = await eventually(settled, what="a deployed plan")
+    return result
+
+
+async def make_ready(k8s: EdgepartEmulator, merge_patch: Patch, plan_hash: str) -> None:
+    """Play the kubelet and the deployment controller: every pod of the plan and the gateway are ready."""
+    for pod in pods_of_plan(k8s, plan_hash):
+        await merge_patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status",
+                    {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                                "containerStatuses": [{"name": "partition", "ready": True, "restartCount": 0}]}})
+    gateway = get(k8s, "deployments", f"{NAME}-gateway")
+    assert gateway is not None
+    await merge_patch(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}-gateway/status",
+                {"status": {"readyReplicas": 1, "replicas": 1,
+                            "observedGeneration": gateway["metadata"]["generation"]}})
+
+
+async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                         create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    cr = await create_object(deployment())
+    uid = cr["metadata"]["uid"]
+    st, plan = await deployed(k8s)
+
+    assert st["phase"] == "Deploying"
+    assert st["observedGeneration"] == 1
+    assert st["partitions"] == len(plan.partitions) == 5  # a 2x2 grid over the fused layers, then the head
+    assert st["ready"] == f"0/{len(plan.partitions)}"
+    assert st["gateway"]["endpoint"] == f"http://{NAME}-gateway.{NAMESPACE}.svc:8080"
+    assert st["devices"] == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    assert st["plan"]["hash"] and st["plan"]["solver"] == "ftp-grid"
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {
+        "SpecValid": "True", "DevicesAvailable": "True", "Profiled": "True", "Planned": "True",
+        "Ready": "False", "Degraded": "False"}
+
+    # exactly one pod and one service per partition, each pod pinned to its planned node
+    pods = {p["metadata"]["labels"][LABEL_PARTITION]: p for p in partition_pods(k8s)}
+    assert sorted(pods) == sorted(p.id for p in plan.partitions)
+    services = {s["metadata"]["name"]: s for s in objects(k8s, "services")}
+    assert set(services) == {f"{NAME}-{p.id}" for p in plan.partitions} | {f"{NAME}-gateway"}
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    for part in plan.partitions:
+        pod = pods[part.id]
+        assert node_of(pod) == part.device
+        assert services[f"{NAME}-{part.id}"]["spec"]["selector"] == {
+            LABEL_DEPLOYMENT: NAME, LABEL_PARTITION: part.id, LABEL_PLAN: st["plan"]["hash"]}
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == "registry.example/edgepart:test"
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["EDGEPART_CONFIG"] == f"/etc/edgepart/partition-{part.id}.json"
+        config = load_partition_config(config_map["data"][f"partition-{part.id}.json"])
+        assert (config.partition, config.device) == (part.id, part.device)
+        assert config.port == 8080 and config.host == "0.0.0.0"
+        assert config.output_region == part.output_region and config.input_region == part.input_region
+        for route in config.outputs:
+            assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8080",
+                                 f"http://{NAME}-gateway.{NAMESPACE}.svc:8080")
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    gateway_config = load_gateway_config(config_map["data"]["gateway.json"])
+    assert sorted(r.target for r in gateway_config.routes) == sorted(p.id for p in plan.stages[0].partitions)
+    gateway = get(k8s, "deployments", f"{NAME}-gateway")
+    assert gateway is not None
+    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
+
+    # everything the operator made is owned by the DNNDeployment
+    owned = [*partition_pods(k8s), *objects(k8s, "services"), *objects(k8s, "deployments"),
+             *objects(k8s, "networkpolicies"), *objects(k8s, "serviceaccounts"), config_map]
+    assert len(owned) == 2 * len(plan.partitions) + 6  # + gateway Deployment and Service, 2 policies, SA, CM
+    for obj in owned:
+        refs = obj["metadata"]["ownerReferences"]
+        assert refs == [{"apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "name": NAME,
+                         "uid": uid, "controller": True, "blockOwnerDeletion": True}], obj["metadata"]["name"]
+
+    await make_ready(k8s, merge_patch, st["plan"]["hash"])
+    st = await phase_is(k8s, "Ready")
+    assert phase_history(k8s) == ["Planning", "Deploying", "Ready"]
+    assert st["ready"] == f"{len(plan.partitions)}/{len(plan.partitions)}"
+    assert condition(k8s, "Ready")["reason"] == "AllReady"
+    assert st["message"] == f"serving at http://{NAME}-gateway.{NAMESPACE}.svc:8080"
+
+
+async def test_spec_update_replans_and_replaces_pods(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create,
+                                                     merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment())
+    first, _ = await deployed(k8s)
+    old_pods = {p["metadata"]["name"] for p in partition_pods(k8s)}
+    await make_ready(k8s, merge_patch, first["plan"]["hash"])
+    await phase_is(k8s, "Ready")
+
+    await merge_patch(CR, {"spec": {"solverOptions": {"grid": [1, 2]}, "objective": "throughput"}})
+    await eventually(lambda: status(k8s).get("observedGeneration") == 2, what="generation 2 observed")
+    second, new_plan = await deployed(k8s)
+    assert second["plan"]["hash"] != first["plan"]["hash"]
+    assert new_plan.objective == "throughput"
+    assert len(new_plan.partitions) == 3  # a 1x2 grid, then the head
+    assert second["phase"] == "Deploying"  # the new pods are not ready yet
+    names = {p["metadata"]["name"] for p in partition_pods(k8s)}
+    assert not names & old_pods, "the pods of the old plan are replaced, not patched"
+    assert {s["metadata"]["name"] for s in objects(k8s, "services")} == {
+        f"{NAME}-{p.id}" for p in new_plan.partitions} | {f"{NAME}-gateway"}
+    assert all(c["observedGeneration"] == 2 for c in second["conditions"])
+
+
+async def test_node_not_ready_replans_without_it(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create,
+                                                 merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment())
+    _, plan = await deployed(k8s)
+    assert "edge-2" in plan.devices
+
+    await merge_patch("/api/v1/nodes/edge-2/status", {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}})
+    await eventually(lambda: "edge-2" not in status(k8s).get("devices", ["edge-2"]), what="edge-2 left out")
+    second, new_plan = await deployed(k8s)
+    assert "edge-2" not in new_plan.devices
+    assert all(node_of(p) != "edge-2" for p in partition_pods(k8s))
+    assert second["excludedNodes"] == [{"name": "edge-2", "reason": "NodeNotReady",
+                                        "message": "node edge-2 is NotReady"}]
+    assert condition(k8s, "Degraded")["status"] == "True"
+
+    await make_ready(k8s, merge_patch, second["plan"]["hash"])
+    st = await phase_is(k8s, "Degraded")
+    assert "edge-2" in st["message"]
+
+    # the node comes back: the plan uses it again
+    await merge_patch("/api/v1/nodes/edge-2/status", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    await eventually(lambda: "edge-2" in status(k8s).get("devices", []), what="edge-2 back")
+    third, _ = await deployed(k8s)
+    assert third["excludedNodes"] == []
+
+
+async def test_failed_partition_pod_replans_over_the_other_nodes(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                                create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment())
+    await deployed(k8s)
+    victim = next(p for p in partition_pods(k8s) if node_of(p) == "edge-3")
+    await merge_patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{victim['metadata']['name']}/status",
+                {"status": {"phase": "Running", "containerStatuses": [{
+                    "name": "partition", "ready": False, "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
+    await eventually(lambda: "edge-3" not in status(k8s).get("devices", ["edge-3"]), what="edge-3 left out")
+    second, plan = await deployed(k8s)
+    assert "edge-3" not in plan.devices
+    assert victim["metadata"]["name"] not in {p["metadata"]["name"] for p in partition_pods(k8s)}
+    excluded = second["excludedNodes"]
+    assert [(e["name"], e["reason"]) for e in excluded] == [("edge-3", "PartitionFailed")]
+    assert victim["metadata"]["name"] in excluded[0]["message"]
+    # the exclusion is remembered after the failed pod is gone (until the spec changes)
+    await make_ready(k8s, merge_patch, second["plan"]["hash"])
+    await phase_is(k8s, "Degraded")
+    assert status(k8s)["excludedNodes"] == excluded
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"network": {"bandwidth": "fast"}}, "spec.network.bandwidth"),
+    ({"model": {"name": "no-such-model"}}, "spec.model.name"),
+    ({"objective": "speed"}, "spec.objective"),
+    ({"master": "edge-9"}, "spec.master"),
+])
+async def test_invalid_spec_fails_naming_the_field(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create,
+                                                   spec: dict[str, Any], field: str) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(**spec))
+    st = await phase_is(k8s, "Failed")
+    assert st["message"].startswith(field + ":") or f"{field}:" in st["message"], st["message"]
+    failed = [c for c in st["conditions"] if c["status"] == "False"]
+    assert len(failed) == 1 and failed[0]["reason"] in ("InvalidSpec", "PlanningFailed")
+    assert field in failed[0]["message"]
+    assert partition_pods(k8s) == []
+
+
+async def test_no_matching_node_is_pending(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create) -> None:
+    await create_object(deployment(nodeSelector={"pool": "nowhere"}))
+    st = await phase_is(k8s, "Pending")
+    assert condition(k8s, "DevicesAvailable")["reason"] == "NoMatchingNodes"
+    assert "pool" in st["message"]
+
+
+async def test_deletion_removes_the_finalizer(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create) -> None:
+    await create_object(profile_config_map("edge-small"))
+    cr = await create_object(deployment())
+    await deployed(k8s)
+    assert resource(k8s)["metadata"]["finalizers"] == ["edgepart.io/finalizer"]
+    async with k8s.delete(CR) as response:
+        assert response.status == 200
+    await eventually(lambda: get(k8s, "dnndeployments", NAME) is None, what="the resource gone")
+    # kmock has no garbage collector: check that it would have something to collect
+    for pod in partition_pods(k8s):
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+
+
+async def test_missing_profile_runs_a_profiling_job(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create,
+                                                    operator_settings: OperatorSettings) -> None:
+    await create_object(deployment())
+    st = await phase_is(k8s, "Profiling")
+    assert condition(k8s, "Profiled")["reason"] == "ProfilingJobsRunning"
+    assert "edge-small" in st["message"]
+    job = await eventually(lambda: get(k8s, "jobs", "edgepart-profile-edge-small"), what="the profiling job")
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["nodeSelector"]["kubernetes.io/hostname"].startswith("edge-")
+    assert pod_spec["containers"][0]["image"] == operator_settings.image
+    assert "edgepart profile" in pod_spec["containers"][0]["args"][0]
+    assert partition_pods(k8s) == []
+
+    # play the job controller and the kubelet: the job's pod printed a profile and finished
+    pod_name = "edgepart-profile-edge-small-x7k2p"
+    k8s[f"get /api/v1/namespaces/{NAMESPACE}/pods/{pod_name}/log"] << (
+        f"profiling conv...\n{PROFILE_BEGIN}\n{profile_json('edge-small')}\n{PROFILE_END}\n").encode()
+    async with k8s.post(f"/api/v1/namespaces/{NAMESPACE}/pods", json={
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": NAMESPACE,
+                     "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": job["metadata"]["name"]}},
+        "spec": pod_spec, "status": {"phase": "Succeeded"}}) as response:
+        assert response.status == 201
+    async with k8s.patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job['metadata']['name']}/status",
+                             json={"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+                             headers={"Content-Type": "application/merge-patch+json"}) as response:
+        assert response.status == 200
+
+    profile = await eventually(lambda: get(k8s, "configmaps", "edgepart-profile-edge-small"),
+                               what="the profile ConfigMap")
+    assert profile["metadata"]["labels"]["edgepart.io/device-class"] == "edge-small"
+    st, plan = await deployed(k8s)
+    assert condition(k8s, "Profiled")["status"] == "True"
+    assert len(partition_pods(k8s)) == len(plan.partitions)

@@ -1,0 +1,127 @@
+"""Emulated devices: network namespaces with tbf-capped links and cgroup v1 CPU quotas (root only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgepart.executor import use_exact_kernels
+from edgepart.graph.loader import ModelRef, load_model
+from edgepart.runtime import emulate
+from edgepart.runtime.client import infer
+from edgepart.runtime.emulate import EmulationError, create_testbed, destroy_testbed, support_problems, used_indexes
+from edgepart.runtime.local import LocalRuntime
+from edgepart.spec import DeviceSpec, NetworkSpec, deployment_from_dict
+
+needs_root = pytest.mark.skipif(bool(support_problems()), reason="emulation needs root, iproute2 and cgroup v1 cpu: "
+                                + "; ".join(support_problems()))
+
+TINY = '''
+import torch
+from torch import nn
+
+def tiny():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, 10))
+'''
+
+
+def _free_index() -> int:
+    return next(i for i in range(200, 255) if i not in used_indexes())
+
+
+def _in_ns(netns: str, code: str, timeout: float = 60) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_without_root_the_message_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emulate.os, "geteuid", lambda: 1000)
+    problems = support_problems()
+    assert problems and "--emulate needs root" in problems[0] and "drop --emulate" in problems[0]
+    with pytest.raises(EmulationError, match="needs root"):
+        create_testbed("nope", 0, [DeviceSpec(name="a")], NetworkSpec())
+
+
+@needs_root
+def test_a_testbed_caps_bandwidth_and_cpu_and_cleans_up() -> None:
+    run = f"t{os.getpid()}"
+    devices = [DeviceSpec(name="a", cpus=0.5), DeviceSpec(name="b")]
+    testbed = create_testbed(run, _free_index(), devices, NetworkSpec(bandwidth="40Mbps", latency="1ms"))
+    try:
+        a, b = testbed.devices
+        assert Path(f"/run/netns/{a.netns}").exists() and Path(f"/run/netns/{testbed.hub}").exists()
+        qdisc = subprocess.run(["ip", "netns", "exec", a.netns, "tc", "qdisc", "show", "dev", a.device_if],
+                               capture_output=True, text=True, check=True).stdout
+        assert "tbf" in qdisc and "40Mbit" in qdisc
+        assert a.cgroup is not None and b.cgroup is None
+        quota = int(Path(a.cgroup, "cpu.cfs_quota_us").read_text())
+        period = int(Path(a.cgroup, "cpu.cfs_period_us").read_text())
+        assert quota / period == 0.5
+        nbytes = 2_000_000
+        server = _in_ns(b.netns, f"""
+import socket
+s = socket.create_server(("{b.address}", 9555)); c, _ = s.accept(); n = 0
+while (d := c.recv(1 << 20)): n += len(d)
+print(n)""")
+        time.sleep(1.0)
+        client = _in_ns(a.netns, f"""
+import socket, time
+for _ in range(50):
+    try:
+        c = socket.create_connection(("{b.address}", 9555)); break
+    except OSError:
+        time.sleep(0.1)
+t = time.perf_counter(); c.sendall(b"x" * {nbytes}); c.shutdown(socket.SHUT_WR); c.recv(1)
+print(time.perf_counter() - t)""")
+        seconds = float(client.communicate(timeout=60)[0])
+        assert int(server.communicate(timeout=60)[0]) == nbytes
+        mbps = nbytes * 8 / seconds / 1e6
+        assert 25 < mbps < 45, f"{mbps:.1f} Mbit/s through a 40 Mbit/s cap"
+    finally:
+        problems = destroy_testbed(testbed)
+    assert problems == []
+    assert not any(Path(f"/run/netns/{ns}").exists() for ns in (testbed.hub, *(d.netns for d in testbed.devices)))
+    assert not Path(emulate.CGROUP_CPU, "edgepart", run).exists()
+
+
+@needs_root
+async def test_up_emulate_runs_and_down_removes_everything(tmp_path: Path) -> None:
+    model = tmp_path / "tiny_emulated.py"
+    model.write_text(TINY)
+    name = f"emu{os.getpid()}"
+    manifest = deployment_from_dict({
+        "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": name},
+        "spec": {"model": {"name": f"{model}:tiny", "inputShape": [1, 3, 32, 32]}, "solver": "ftp-grid",
+                 "solverOptions": {"grid": "2x1"}, "devices": [{"name": "a", "cpus": 0.5}, {"name": "b", "cpus": 0.5}],
+                 "network": {"bandwidth": "100Mbps", "latency": "20ms"}, "requestTimeout": "20s"},
+    })
+    runtime = LocalRuntime(tmp_path / "run")
+    state = await runtime.up(manifest, port=0, emulate=True, ready_timeout_s=180)
+    try:
+        assert state.gateway_url.startswith("http://127.0.0.1:") and state.testbed is not None
+        procs = {p.id: p for p in state.processes}
+        assert procs["s0p1"].netns == state.testbed.device("b").netns
+        assert procs["s0p1"].url.startswith("http://10.123.")
+        cgroup = Path(procs["s0p1"].cgroup or "")
+        assert str(procs["s0p1"].pid) in (cgroup / "cgroup.procs").read_text().split()
+        use_exact_kernels(True)
+        reference = load_model(ModelRef(f"{model}:tiny", (1, 3, 32, 32)))
+        x = torch.randn(1, 3, 32, 32)
+        results = [await infer(state.gateway_url, x) for _ in range(3)]
+        with torch.no_grad():
+            torch.testing.assert_close(results[-1].output, reference(x), atol=1e-5, rtol=1e-4)
+        # gateway -> b (20 ms) and b -> a (20 ms) are emulated hops; a's tile stays on a
+        assert min(r.latency_s for r in results) >= 0.040
+        statuses = await runtime.status(name)
+        assert statuses[0].ready and statuses[0].emulated
+    finally:
+        await runtime.down(name)
+    assert not any(Path("/run/netns").glob(f"edgepart-{name}-*"))
+    assert not Path(emulate.CGROUP_CPU, "edgepart", name).exists()

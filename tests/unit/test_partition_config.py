@@ -1,0 +1,219 @@
+"""render_configs: every piece a partition waits for is sent by exactly one peer, with the right region."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgepart.geometry import Region, tiles_partition
+from edgepart.graph.layer_graph import LayerGraph, trace
+from edgepart.graph.loader import ModelRef, load_graph
+from edgepart.partition_service.config import (
+    GATEWAY,
+    ConfigError,
+    DeploymentConfigs,
+    GatewayConfig,
+    PartitionConfig,
+    ServiceSettings,
+    load_gateway_config,
+    load_partition_config,
+    render_configs,
+)
+from edgepart.plan import Plan, make_plan
+from edgepart.planner.builders import (
+    build_ftp_grid,
+    build_layerwise,
+    build_single,
+    make_stage,
+    single_stage,
+)
+
+_GRAPHS: dict[str, LayerGraph] = {}
+
+
+def graph_of(name: str) -> LayerGraph:
+    if name not in _GRAPHS:
+        _GRAPHS[name] = load_graph(ModelRef(name))
+    return _GRAPHS[name]
+
+
+def _plans() -> dict[str, Callable[[], Plan]]:
+    def ftp(name: str, grid: tuple[int, int], devices: int) -> Callable[[], Plan]:
+        return lambda: build_ftp_grid(graph_of(name), ModelRef(name), [f"d{i}" for i in range(devices)], grid)
+
+    def lw(name: str, devices: int) -> Callable[[], Plan]:
+        return lambda: build_layerwise(graph_of(name), ModelRef(name), [f"d{i}" for i in range(devices)])
+
+    return {
+        "vgg16-ftp-2x2": ftp("vgg16", (2, 2), 3),
+        "yolov2-ftp-3x3": ftp("yolov2", (3, 3), 4),
+        "googlenet-ftp-2x1": ftp("googlenet", (2, 1), 2),
+        "vgg16-layerwise-3": lw("vgg16", 3),
+        "resnet50-layerwise-2": lw("resnet50", 2),
+        "yolov2-layerwise-2": lw("yolov2", 2),
+        "alexnet-single": lambda: build_single(graph_of("alexnet"), ModelRef("alexnet"), ["d0"]),
+    }
+
+
+PLANS = _plans()
+
+
+def render(plan: Plan, delay: Callable[[str, str], float] | None = None) -> DeploymentConfigs:
+    addresses = {p.id: f"http://{p.id}.svc:8000" for p in plan.partitions}
+    return render_configs(plan, "demo", addresses, "http://gateway.svc:8080", link_delay=delay,
+                          input_shape=graph_of(plan.model.name).input_shape)
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_every_piece_is_sent_by_exactly_one_peer(name: str) -> None:
+    plan = PLANS[name]()
+    configs = render(plan)
+    by_id = {c.partition: c for c in configs.partitions}
+    assert set(by_id) == {p.id for p in plan.partitions}
+    sent = {(c.partition, r.target, r.region) for c in configs.partitions for r in c.outputs}
+    sent |= {(GATEWAY, r.target, r.region) for r in configs.gateway.routes}
+    expected = {(p.sender, c.partition, p.region) for c in configs.partitions for p in c.inputs}
+    expected |= {(p.sender, GATEWAY, p.region) for p in configs.gateway.inputs}
+    assert sent == expected
+    for config in configs.partitions:
+        relative = [p.region.relative_to(config.input_region) for p in config.inputs]
+        assert tiles_partition(relative, config.input_region.shape) is None
+        for route in config.outputs:
+            need = (Region.full(configs.gateway.output_shape[1:]) if route.target == GATEWAY
+                    else by_id[route.target].input_region)
+            assert route.region == config.output_region.intersect(need)
+            assert route.url.endswith(":8080" if route.target == GATEWAY else ":8000")
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_the_gateway_cuts_the_first_stage_and_assembles_the_last(name: str) -> None:
+    plan = PLANS[name]()
+    gateway = render(plan).gateway
+    first, last = plan.stages[0], plan.stages[-1]
+    assert [(r.target, r.region) for r in gateway.routes] == [(p.id, p.input_region) for p in first.partitions]
+    assert [(p.sender, p.region) for p in gateway.inputs] == [(p.id, p.output_region) for p in last.partitions]
+    graph = graph_of(plan.model.name)
+    assert gateway.input_shape == graph.input_shape
+    assert gateway.output_shape == (graph.batch, *graph.output_shape)
+    assert gateway.stages == len(plan.stages)
+    assert gateway.plan == plan.to_dict()
+
+
+def test_layer_ranges_regions_and_listen_addresses() -> None:
+    plan = PLANS["vgg16-ftp-2x2"]()
+    addresses = {p.id: f"http://10.0.0.{i + 2}:{9100 + i}" for i, p in enumerate(plan.partitions)}
+    configs = render_configs(plan, "demo", addresses, "http://10.0.0.1:9000", hosts={"s0p0": "10.0.0.2"},
+                             bind_host="127.0.0.1", threads={"d0": 2}, request_timeout_s=7.5)
+    for i, (stage, part) in enumerate((s, p) for s in plan.stages for p in s.partitions):
+        config = configs.partition(part.id)
+        assert (config.start, config.stop, config.first_layer, config.last_layer) == (
+            stage.start, stage.stop, stage.first_layer, stage.last_layer)
+        assert (config.input_region, config.output_region) == (part.input_region, part.output_region)
+        assert config.port == 9100 + i
+        assert config.host == ("10.0.0.2" if part.id == "s0p0" else "127.0.0.1")
+        assert config.threads == (2 if part.device == "d0" else 1)
+        assert config.request_timeout_s == 7.5
+        assert config.model.name == "vgg16" and config.model.input_shape == (1, 3, 224, 224)
+    assert configs.gateway.port == 9000
+
+
+def test_emulated_latency_only_between_devices() -> None:
+    plan = PLANS["vgg16-ftp-2x2"]()  # tiles on d0, d1, d2, d0; the tail on d0 (the master)
+    configs = render(plan, delay=lambda a, b: 0.004 if {a, b} == {"d0", "d2"} else 0.002)
+    device = {p.id: p.device for p in plan.partitions}
+    for config in configs.partitions:
+        for route in config.outputs:
+            to = "d0" if route.target == GATEWAY else device[route.target]
+            expected = 0.0 if to == config.device else (0.004 if {to, config.device} == {"d0", "d2"} else 0.002)
+            assert route.delay_s == expected
+    assert [r.delay_s for r in configs.gateway.routes] == [0.0, 0.002, 0.004, 0.0]
+
+
+@pytest.mark.parametrize("name", ["vgg16-ftp-2x2", "resnet50-layerwise-2"])
+def test_configs_round_trip_as_json(name: str) -> None:
+    configs = render(PLANS[name]())
+    for config in configs.partitions:
+        assert load_partition_config(config.model_dump_json()) == config
+    assert load_gateway_config(configs.gateway.model_dump_json()) == configs.gateway
+
+
+def test_settings_read_a_file_or_inline_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = render(PLANS["vgg16-ftp-2x2"]()).partitions[1]
+    path = tmp_path / "s0p1.json"
+    path.write_text(config.model_dump_json())
+    monkeypatch.setenv("EDGEPART_CONFIG", str(path))
+    monkeypatch.setenv("EDGEPART_LISTEN_FDS", "3, 4")
+    settings = ServiceSettings()
+    assert settings.listen_fds == (3, 4)
+    assert load_partition_config(settings.config_text()) == config
+    monkeypatch.setenv("EDGEPART_CONFIG", config.model_dump_json())
+    monkeypatch.delenv("EDGEPART_LISTEN_FDS")
+    settings = ServiceSettings()
+    assert settings.listen_fds == ()
+    assert load_partition_config(settings.config_text()) == config
+    monkeypatch.setenv("EDGEPART_CONFIG", str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        ServiceSettings().config_text()
+
+
+def test_bad_configs_name_the_field() -> None:
+    configs = render(PLANS["vgg16-ftp-2x2"]())
+    data = json.loads(configs.partitions[0].model_dump_json())
+    with pytest.raises(ConfigError, match="kind: expected 'partition', got 'gateway'"):
+        load_partition_config(json.dumps({**data, "kind": "gateway"}))
+    with pytest.raises(ConfigError, match="threads"):
+        load_partition_config(json.dumps({**data, "threads": 0}))
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_partition_config("{oops")
+    with pytest.raises(ConfigError, match="inputs: the pieces must tile"):
+        load_partition_config(json.dumps({**data, "inputs": data["inputs"] * 2}))
+    with pytest.raises(ConfigError, match="outputs"):
+        bad_route = {**data["outputs"][0], "region": {"c": [0, 999], "h": [0, 1], "w": [0, 1]}}
+        load_partition_config(json.dumps({**data, "outputs": [bad_route]}))
+    gateway = json.loads(configs.gateway.model_dump_json())
+    with pytest.raises(ConfigError, match="inputs"):
+        load_gateway_config(json.dumps({**gateway, "inputs": gateway["inputs"][:-1] or [{"sender": "x", "stage": 0,
+                                                                                          "region": {"c": [0, 1]}}]}))
+    assert isinstance(load_gateway_config(json.dumps(gateway)), GatewayConfig)
+    assert isinstance(load_partition_config(json.dumps(data)), PartitionConfig)
+
+
+def test_render_refuses_missing_or_portless_addresses() -> None:
+    plan = PLANS["vgg16-ftp-2x2"]()
+    addresses = {p.id: f"http://{p.id}:8000" for p in plan.partitions}
+    with pytest.raises(ConfigError, match=r"no base URL for partitions \['s1p0'\]"):
+        render_configs(plan, "demo", {k: v for k, v in addresses.items() if k != "s1p0"}, "http://gw:1")
+    with pytest.raises(ConfigError, match="must name a port"):
+        render_configs(plan, "demo", {**addresses, "s0p2": "http://s0p2"}, "http://gw:1")
+
+
+class _PadWider(nn.Module):
+    """A 1x1 conv padded by 2: the border rows of its output come from padding alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+        self.wide = nn.Conv2d(4, 4, 1, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wide(self.head(x))
+
+
+def test_a_tile_in_padding_gets_a_trigger_piece() -> None:
+    _, graph = trace(_PadWider(), (1, 3, 8, 8), "padwider")
+    ref = ModelRef("padwider", (1, 3, 8, 8))
+    rows = [Region.of((0, 4), (0, 2), (0, 12)), Region.of((0, 4), (2, 12), (0, 12))]
+    stages = (single_stage(graph, 0, 0, 1, "d0"),
+              make_stage(graph, 1, "layerwise", "rows", 1, 2, [("d0", rows[0]), ("d1", rows[1])]))
+    plan = make_plan(ref, "manual", "latency", ("d0", "d1"), stages)
+    assert plan.stages[1].partitions[0].input_region.empty
+    configs = render_configs(plan, "t", {p.id: f"http://{p.id}:1" for p in plan.partitions}, "http://gw:2")
+    padded = configs.partition("s1p0")
+    assert [(p.sender, p.region) for p in padded.inputs] == [("s0p0", padded.input_region)]
+    triggers = [r for r in configs.partition("s0p0").outputs if r.target == "s1p0"]
+    assert len(triggers) == 1 and triggers[0].region.empty

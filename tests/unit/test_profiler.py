@@ -1,0 +1,95 @@
+"""The profiler: tiles are timed the way partitions compute them; a short run fits a usable profile;
+the network probe fits alpha + bytes/bandwidth."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+
+from edgepart.geometry import Region
+from edgepart.graph.loader import ModelRef, load_graph
+from edgepart.planner.costmodel import profile_from_json
+from edgepart.profiler.microbench import (
+    channel_counts,
+    layer_tiles,
+    tile_call,
+    tile_heights,
+    time_call,
+)
+from edgepart.profiler.netprobe import echo_app, fit_link, probe
+from edgepart.profiler.run import ProfileConfig, profile_device, synthetic_layers
+
+
+def test_time_call_reports_a_positive_median_and_loops_tiny_calls() -> None:
+    timing = time_call(lambda: None, warmup=1, repeats=5)
+    assert timing.median_s > 0 and timing.inner > 1 and timing.runs == 5
+    x = torch.randn(64, 64)
+    big = time_call(lambda: x @ x, warmup=1, repeats=3, min_run_s=0.0)
+    assert big.inner == 1
+
+
+def test_tile_sizes() -> None:
+    assert tile_heights(224, 5) == [1, 8, 32, 128, 224] or len(tile_heights(224, 5)) == 5
+    assert tile_heights(224, 5)[0] == 1 and tile_heights(224, 5)[-1] == 224
+    assert tile_heights(3, 5) == [1, 2, 3]
+    assert channel_counts(64) == [8, 16, 32, 64]
+    assert channel_counts(96, step=32) == [32, 96]
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "yolov2", "mobilenet_v2", "googlenet", "alexnet"])
+def test_tile_calls_compute_the_tile_shape(name: str) -> None:
+    graph = load_graph(ModelRef(name))
+    seen = set()
+    for layer in graph.layers:
+        if layer.op in seen:
+            continue
+        seen.add(layer.op)
+        for region in layer_tiles(layer, heights=3):
+            out = tile_call(layer, region, graph.batch)()
+            assert isinstance(out, torch.Tensor)
+            if layer.op.value in ("conv", "pool_max", "pool_avg", "fc", "bn", "act", "add", "concat"):
+                assert tuple(out.shape[1:]) == region.shape, (name, layer.name, region)
+
+
+def test_a_short_profile_run_fits_every_family_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert {layer.op.value for layer in synthetic_layers(3)} >= {"conv", "pool_max", "pool_avg", "fc", "bn", "act",
+                                                                 "add", "concat", "upsample", "space_to_depth"}
+    calls = []
+    config = ProfileConfig(name="ci", models=(), quick=True, threads=1, repeats=3, warmup=1, heights=3,
+                           synthetic=6, validate=False)
+    profile = profile_device(config, lambda done, total, what: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1]
+    assert {"conv", "conv_1x1", "conv_grouped", "fc", "bn", "act", "pool_max"} <= set(profile.ops)
+    assert profile.threads == 1 and profile.meta["kernels"] == "exact"
+    path = tmp_path / "device.json"
+    profile.save(path)
+    loaded = profile_from_json(path.read_text())
+    layer = load_graph(ModelRef("vgg16")).layers[2]
+    tile = Region.full(layer.out_shape).replace(1, (0, 16))
+    assert loaded.layer_time(layer, tile) == pytest.approx(profile.layer_time(layer, tile))
+    assert profile.layer_time(layer) > profile.layer_time(layer, tile) > 0
+
+
+def test_fit_link_recovers_alpha_and_bandwidth() -> None:
+    sizes = [2**k for k in range(10, 25, 2)]
+    link = fit_link(sizes, [3e-3 + n / 12.5e6 for n in sizes])
+    assert link.alpha_s == pytest.approx(3e-3, rel=1e-6)
+    assert link.bandwidth_Bps == pytest.approx(12.5e6, rel=1e-6)
+
+
+def test_probe_against_the_echo_app() -> None:
+    async def run() -> tuple[float, float, int, int]:
+        transport = httpx.ASGITransport(app=echo_app)
+        link = await probe("http://probe", sizes=(1024, 65536, 1 << 20), repeats=2, transport=transport)
+        async with httpx.AsyncClient(transport=transport) as client:
+            missing = await client.get("http://probe/nope")
+            counted = await client.post("http://probe/sink", content=b"x" * 1000)
+        assert counted.json() == {"bytes": 1000}
+        return link.alpha_s, link.bandwidth_Bps, missing.status_code, counted.status_code
+
+    alpha, bandwidth, missing, ok = asyncio.run(run())
+    assert alpha >= 0 and bandwidth > 0
+    assert missing == 404 and ok == 200
