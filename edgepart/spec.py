@@ -38,13 +38,13 @@ class SpecError(EdgepartError, ValueError):
 
 # ---------------------------------------------------------------- quantities
 
-_BANDWIDTH_UNITS = {
+BANDWIDTH_UNITS = {
     "bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
     "b/s": 1.0, "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9,
     "kib/s": 1024.0, "mib/s": 1024.0**2, "gib/s": 1024.0**3,
 }
-_TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-_MEMORY_UNITS = {
+TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+MEMORY_UNITS = {
     "": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
     "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40,
 }
@@ -57,10 +57,10 @@ def parse_bandwidth(value: str | float | int) -> float:
         raise ValueError(f"bandwidth {value!r} needs a unit, e.g. '100Mbps' or '12.5MB/s'")
     match = re.fullmatch(_NUMBER + r"\s*([A-Za-z/]+)", str(value).strip())
     unit = match.group(2).lower() if match else ""
-    if not match or unit not in _BANDWIDTH_UNITS:
+    if not match or unit not in BANDWIDTH_UNITS:
         raise ValueError(f"bandwidth {value!r}: expected a number and a unit "
                          "(bps, Kbps, Mbps, Gbps, B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s)")
-    result = float(match.group(1)) * _BANDWIDTH_UNITS[unit]
+    result = float(match.group(1)) * BANDWIDTH_UNITS[unit]
     if result <= 0:
         raise ValueError(f"bandwidth {value!r} must be greater than zero")
     return result
@@ -72,9 +72,9 @@ def parse_duration(value: str | float | int) -> float:
         seconds = float(value)
     else:
         match = re.fullmatch(_NUMBER + r"\s*([a-zµ]+)", str(value).strip())
-        if not match or match.group(2) not in _TIME_UNITS:
+        if not match or match.group(2) not in TIME_UNITS:
             raise ValueError(f"duration {value!r}: expected a number and a unit (ns, us, ms, s)")
-        seconds = float(match.group(1)) * _TIME_UNITS[match.group(2)]
+        seconds = float(match.group(1)) * TIME_UNITS[match.group(2)]
     if seconds < 0:
         raise ValueError(f"duration {value!r} must not be negative")
     return seconds
@@ -87,32 +87,32 @@ def parse_memory(value: str | int) -> int:
     else:
         match = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", str(value).strip())
         unit = match.group(2).lower() if match else ""
-        if not match or unit not in _MEMORY_UNITS:
+        if not match or unit not in MEMORY_UNITS:
             raise ValueError(f"memory {value!r}: expected a Kubernetes quantity like 512Mi, 2Gi or 1G")
-        result = int(float(match.group(1)) * _MEMORY_UNITS[unit])
+        result = int(float(match.group(1)) * MEMORY_UNITS[unit])
     if result <= 0:
         raise ValueError(f"memory {value!r} must be greater than zero")
     return result
 
 
-def _check_bandwidth(value: str) -> str:
+def check_bandwidth(value: str) -> str:
     parse_bandwidth(value)
     return value
 
 
-def _check_duration(value: str) -> str:
+def check_duration(value: str) -> str:
     parse_duration(value)
     return value
 
 
-def _check_memory(value: str) -> str:
+def check_memory(value: str) -> str:
     parse_memory(value)
     return value
 
 
-Bandwidth = Annotated[str, AfterValidator(_check_bandwidth)]
-Duration = Annotated[str, AfterValidator(_check_duration)]
-Memory = Annotated[str, AfterValidator(_check_memory)]
+Bandwidth = Annotated[str, AfterValidator(check_bandwidth)]
+Duration = Annotated[str, AfterValidator(check_duration)]
+Memory = Annotated[str, AfterValidator(check_memory)]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
 
@@ -189,8 +189,9 @@ class ModelSpec(_Model):
 
 
 class DeploymentSpec(_Model):
-    model: ModelSpec
-    objective: Literal["latency", "throughput"] = Field(default="latency")
+    model: ModelSpec = Field(description="The network to run.")
+    objective: Literal["latency", "throughput"] = Field(
+        default="latency", description="latency: answer one request fast; throughput: pipeline many.")
     solver: str = Field(default="auto", description="Solver name (see `edgepart plan --help`), or auto.")
     solver_options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the solver.")
     devices: list[DeviceSpec] = Field(default_factory=list,
@@ -198,7 +199,7 @@ class DeploymentSpec(_Model):
                                                   "leave empty and use nodeSelector.")
     node_selector: dict[str, str] = Field(default_factory=dict,
                                           description="Kubernetes: nodes with these labels are the devices.")
-    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec, description="Links between the devices.")
     master: Name | None = Field(default=None, description="Device holding the input (default: the first).")
     request_timeout: Duration = Field(default="30s", description="Per-request timeout in the data plane.")
 

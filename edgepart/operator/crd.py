@@ -50,17 +50,17 @@ def _alternatives(words: list[str], anycase: bool) -> str:
     return "(" + "|".join(_anycase(w) if anycase else w for w in ordered) + ")"
 
 
-BANDWIDTH_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module._BANDWIDTH_UNITS), True)
+BANDWIDTH_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module.BANDWIDTH_UNITS), True)
                      + r"\s*$")
-DURATION_PATTERN = r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module._TIME_UNITS), False) + r"\s*$"
-MEMORY_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives([u for u in spec_module._MEMORY_UNITS if u], True)
+DURATION_PATTERN = r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module.TIME_UNITS), False) + r"\s*$"
+MEMORY_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives([u for u in spec_module.MEMORY_UNITS if u], True)
                   + r"?\s*$")
 
 # The pydantic validators whose accepted strings these patterns describe.
 _VALIDATOR_PATTERNS: dict[Callable[..., Any], str] = {
-    spec_module._check_bandwidth: BANDWIDTH_PATTERN,
-    spec_module._check_duration: DURATION_PATTERN,
-    spec_module._check_memory: MEMORY_PATTERN,
+    spec_module.check_bandwidth: BANDWIDTH_PATTERN,
+    spec_module.check_duration: DURATION_PATTERN,
+    spec_module.check_memory: MEMORY_PATTERN,
 }
 
 # Bounds the CRD adds so the API server can bound the cost of the CEL rules

@@ -419,8 +419,8 @@ def gateway_app(service: GatewayService) -> FastAPI:
             tensor = frame.tensor
             service.metrics.bytes_in.inc(frame.nbytes)
         else:
-            raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or application/json, "
-                                            f"not {kind or 'no Content-Type'}")
+            raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or "
+                                            f"application/json, not {kind or 'no Content-Type'}")
         result = await service.infer(tensor, proposed)
         if _wants_json(request):
             return JSONResponse({"request_id": result.request_id, "shape": list(result.output.shape),

@@ -126,7 +126,8 @@ def _from_le(buffer: bytearray, dtype: torch.dtype, shape: Sequence[int], little
     return flat.view(dtype).reshape(tuple(shape))
 
 
-def encode_frame(header: FrameHeader, tensor: torch.Tensor, *, little: bool = _NATIVE_LITTLE) -> list[bytes | memoryview]:
+def encode_frame(header: FrameHeader, tensor: torch.Tensor, *,
+                 little: bool = _NATIVE_LITTLE) -> list[bytes | memoryview]:
     """The frame as [prefix + header, payload]; the payload is a view of the tensor (no copy when contiguous)."""
     if tuple(tensor.shape) != header.shape or DTYPES[header.dtype] != tensor.dtype:
         raise FrameError(f"tensor {tuple(tensor.shape)} {tensor.dtype} does not match its header "
