@@ -528,14 +528,26 @@ def serve_gateway_command() -> None:
 
 @app.command("demo")
 @user_errors
-def demo_command() -> None:
-    """The main job end to end: plan VGG-16 and YOLOv2 as fused-tile grids and verify them exactly."""
+def demo_command(
+    deployment: Annotated[Path, typer.Option(help="The DNNDeployment to run.")] = Path(
+        "examples/deployments/vgg16-4dev.yaml"),
+    requests: Annotated[int, typer.Option(min=1, help="Requests to time on each deployment.")] = 5,
+) -> None:
+    """The main job end to end: verify fused-tile splits of VGG-16 and YOLOv2, then deploy VGG-16 on
+    4 (emulated, when root) devices, answer requests, check them against the whole model and compare
+    measured with predicted latency and with one device."""
+    from edgepart.runtime.demo import run_demo
+
     for model, grid in (("vgg16", "3x3"), ("yolov2", "3x3")):
         typer.echo(f"\n$ edgepart plan {model} --devices 4 --solver ftp-grid --grid {grid} -o out/{model}.json")
         Path("out").mkdir(exist_ok=True)
         plan_command(model, Path(f"out/{model}.json"), solver="ftp-grid", grid=grid)
         typer.echo(f"\n$ edgepart verify {model} --plan out/{model}.json")
         verify_command(model, Path(f"out/{model}.json"))
+    typer.echo(f"\n$ edgepart up {deployment} ... infer --check ... down")
+    report = run_demo(deployment, requests=requests, echo=typer.echo)
+    if not report.ok:
+        raise fail("the deployed split did not reproduce the whole model's output", code=1)
 
 
 # ------------------------------------------------------------------ kubernetes: render / crd / operator

@@ -294,6 +294,9 @@ class DeviceProfile:
     meta: Mapping[str, Any] = field(default_factory=dict)  # torch version, date, whole-model checks
     layer_overhead_s: float = 0.0  # [R] the executor's per-layer bookkeeping (crop, pad, dispatch)
     layers: Mapping[str, Calibration] = field(default_factory=dict)  # layer_key -> calibration, see above
+    # [R] measured partitions (the executor's SliceRunner: crops, border pads, fresh buffers) over the sum of
+    # their layers' micro-benchmark predictions; multiplies every prediction
+    executor_scale: float = 1.0
 
     def model_for(self, layer: Layer) -> LinearModel | None:
         return self.ops.get(op_family(layer))
@@ -301,7 +304,8 @@ class DeviceProfile:
     def time_of_counts(self, layer: Layer, counts: TileCounts) -> float:
         model = self.model_for(layer)
         if model is None:
-            return self.layer_overhead_s + self.roofline.time(counts.flops, bytes_moved(layer, counts))
+            return self.layer_overhead_s + self.executor_scale * self.roofline.time(counts.flops,
+                                                                                    bytes_moved(layer, counts))
         predicted = model.predict(counts.vector(model.features))
         if self.layers:
             calibration = self.layers.get(layer_key(layer))
@@ -310,7 +314,7 @@ class DeviceProfile:
                     predicted = calibration[2] + calibration[3] * predicted
                 else:
                     predicted = calibration[0] + calibration[1] * predicted
-        return self.layer_overhead_s + predicted
+        return self.layer_overhead_s + self.executor_scale * predicted
 
     def layer_time(self, layer: Layer, region: Region | None = None, batch: int = 1) -> float:
         """Predicted seconds for `layer` to produce `region` (default: its whole output).
@@ -329,7 +333,7 @@ class DeviceProfile:
         roof = Roofline(self.roofline.peak_flops * speed, self.roofline.mem_bandwidth * speed)
         layers = {k: (c / speed, scale, cc / speed, cscale) for k, (c, scale, cc, cscale) in self.layers.items()}
         return DeviceProfile(name or self.name, ops, roof, self.arch, self.threads, dict(self.meta),
-                             self.layer_overhead_s / speed, layers)
+                             self.layer_overhead_s / speed, layers, self.executor_scale)
 
     # -------------------------------------------------------------- JSON
 
@@ -340,6 +344,7 @@ class DeviceProfile:
             "device": {"name": self.name, "arch": self.arch, "threads": self.threads},
             "roofline": {"peakFlops": self.roofline.peak_flops, "memBandwidth": self.roofline.mem_bandwidth},
             "layerOverheadS": self.layer_overhead_s,
+            "executorScale": self.executor_scale,
             "ops": {k: self.ops[k].to_dict() for k in sorted(self.ops)},
             "layers": {k: list(self.layers[k]) for k in sorted(self.layers)},
             "meta": dict(self.meta),
@@ -425,9 +430,10 @@ def profile_from_dict(data: Any, source: str = "profile") -> DeviceProfile:
         if min(c, scale, cc, cscale) < 0:
             raise ProfileError(f"{source}: layers.{key}: offsets and scales must be non-negative, got {values}")
         layers[str(key)] = (c, scale, cc, cscale)
+    scale = _number(data.get("executorScale", 1.0), "executorScale", positive=True)
     return DeviceProfile(device["name"], ops, roofline, str(device.get("arch", "unknown")),
                          int(threads) if isinstance(threads, int) else 1, meta if isinstance(meta, dict) else {},
-                         overhead, layers)
+                         overhead, layers, scale)
 
 
 def profile_from_json(text: str, source: str = "profile") -> DeviceProfile:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from edgepart.geometry import Region, backprop, required_input
 from edgepart.graph.layer_graph import INPUT, LayerGraph
 from edgepart.graph.ops import OpKind
-from edgepart.plan import Partition, Plan, Predicted, Stage, StageCost
+from edgepart.plan import Plan, Predicted, Stage, StageCost
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
 
@@ -326,7 +326,3 @@ def check_memory(plan: Plan, graph: LayerGraph, cluster: Cluster) -> None:
             over.append(f"{device} needs {need / 2**20:.1f} MiB but has {capacity / 2**20:.1f} MiB")
     if over:
         raise PlanningError(f"{plan.solver} plan does not fit in memory: " + "; ".join(over))
-
-
-def partitions_of(plan: Plan) -> list[tuple[Stage, Partition]]:
-    return [(s, p) for s in plan.stages for p in s.partitions]

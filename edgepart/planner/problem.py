@@ -436,13 +436,20 @@ class Problem:
         return self._channel_work[key]
 
     def _channel_lines(self, i: int, profile: DeviceProfile) -> tuple[tuple[float, float], ...] | None:
+        """Lines through 1 and 2 blocks, checked at n - 1 blocks: a split part never holds all n (a whole
+        layer is costed differently by a calibrated profile: see costmodel's layer calibration)."""
         key = (i, id(profile))
         if key not in self._channel_affine:
             _, n = self.channel_step(i)
-            samples = [self._channel_unit(i, profile, 0, c) for c in (1, 2, n)]
-            lines = [_affine([w.compute_s for w in samples], n), _affine([w.in_bytes for w in samples], n),
-                     _affine([w.out_bytes for w in samples], n)]
-            self._channel_affine[key] = None if None in lines else tuple(x for x in lines if x is not None)
+            if n <= 2:  # every part holds one block: a constant
+                one = self._channel_unit(i, profile, 0, 1)
+                lines = [(one.compute_s, 0.0), (one.in_bytes, 0.0), (one.out_bytes, 0.0)]
+                self._channel_affine[key] = tuple(lines)
+                return self._channel_affine[key]
+            samples = [self._channel_unit(i, profile, 0, c) for c in (1, 2, n - 1)]
+            fitted = [_affine([w.compute_s for w in samples], n - 1), _affine([w.in_bytes for w in samples], n - 1),
+                      _affine([w.out_bytes for w in samples], n - 1)]
+            self._channel_affine[key] = None if None in fitted else tuple(x for x in fitted if x is not None)
         return self._channel_affine[key]
 
     def channel_lanes(self, i: int, devices: Sequence[int]) -> list[Lane]:

@@ -29,7 +29,6 @@ import numpy as np
 from edgepart.geometry import Region, backprop, required_input
 from edgepart.graph.layer_graph import INPUT, Layer, LayerGraph
 from edgepart.graph.ops import Spatial
-from edgepart.planner.cluster import Device
 from edgepart.planner.costmodel import DeviceProfile, tile_counts
 
 IntArray = np.ndarray
@@ -253,7 +252,3 @@ class SegmentCost:
 def strip_region(graph: LayerGraph, end: int, a: int, b: int) -> Region:
     shape = graph.shape_at(end)
     return Region.of((0, shape[0]), (a, b), (0, shape[2]))
-
-
-def device_strip_time(cost: SegmentCost, device: Device, a: int, b: int) -> float:
-    return cost.time(a, b) / device.speed

@@ -15,18 +15,19 @@ The profile also records predicted vs measured latency of the whole models.
 
 from __future__ import annotations
 
+import math
 import platform
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from edgepart.executor import Executor, use_exact_kernels
-from edgepart.geometry import Region
+from edgepart.geometry import Region, backprop
 from edgepart.graph.layer_graph import Layer, LayerGraph, trace
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
 from edgepart.planner.costmodel import (
@@ -35,11 +36,11 @@ from edgepart.planner.costmodel import (
     Sample,
     fit_profile,
     layer_key,
+    layer_signature,
     op_family,
     region_counts,
 )
 from edgepart.profiler.microbench import (
-    layer_signature,
     layer_tiles,
     tile_call,
     time_call,
@@ -222,23 +223,57 @@ def roofline_of(samples: Sequence[Sample]) -> Roofline:
 # ------------------------------------------------------------------ whole-model check
 
 
+def predicted_partition(profile: DeviceProfile, graph: LayerGraph, start: int, stop: int, region: Region) -> float:
+    """The cost model's compute time of one partition (the layers' predictions over the exact geometry)."""
+    geometry = backprop(graph, start, stop, region)
+    return sum(profile.layer_time(graph.layers[i], r, graph.batch) for i, r in geometry.regions.items())
+
+
 def predicted_whole(profile: DeviceProfile, graph: LayerGraph) -> float:
-    return sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
+    return predicted_partition(profile, graph, 0, len(graph), Region.full(graph.output_shape))
 
 
-def measure_whole(gm: fx.GraphModule, graph: LayerGraph, repeats: int = 5) -> float:
-    x = torch.randn(*graph.input_shape)
+def measure_partition(executor: Executor, start: int, stop: int, region: Region, repeats: int = 5) -> float:
+    """Seconds the executor takes for one partition, as a partition process runs it."""
+    runner = executor.runner(start, stop, region)
+    tile = torch.randn(executor.graph.batch, *runner.input_region.shape)
     with torch.no_grad():
-        return time_call(lambda: gm(x), warmup=2, repeats=repeats).median_s
+        return time_call(lambda: runner(tile), warmup=2, repeats=repeats).median_s
 
 
-def check_models(profile: DeviceProfile, models: Sequence[str], repeats: int = 5) -> list[ModelCheck]:
+def partition_checks(profile: DeviceProfile, models: Sequence[str], repeats: int = 5,
+                     strips: bool = True) -> list[ModelCheck]:
+    """Measured vs predicted partitions: each whole model (one partition) and, with `strips`, row strips
+    (1/2 and 1/4) of its first fused block."""
     checks = []
     for name in models:
         ref = ModelRef(name)
         gm, graph = trace_ref(ref, load_model(ref))
-        checks.append(ModelCheck(name, measure_whole(gm, graph, repeats), predicted_whole(profile, graph)))
+        executor = Executor(gm, graph)
+        parts = [(name, 0, len(graph), Region.full(graph.output_shape))]
+        fused = graph.longest_fusable_prefix() // 2
+        if strips and fused > 0:
+            stop = graph.units[fused - 1].stop
+            shape = graph.shape_at(stop)
+            for share in (2, 4):
+                rows = shape[1] // share
+                parts.append((f"{name} strip 1/{share}", 0, stop,
+                              Region.of((0, shape[0]), (rows, 2 * rows), (0, shape[2]))))
+        for label, start, stop, region in parts:
+            checks.append(ModelCheck(label, measure_partition(executor, start, stop, region, repeats),
+                                     predicted_partition(profile, graph, start, stop, region)))
     return checks
+
+
+def check_models(profile: DeviceProfile, models: Sequence[str], repeats: int = 5) -> list[ModelCheck]:
+    """Measured vs predicted whole models, each run by the executor as one partition."""
+    return partition_checks(profile, models, repeats, strips=False)
+
+
+def executor_scale(checks: Sequence[ModelCheck]) -> float:
+    """The geometric mean of measured / predicted: least relative error for one multiplicative factor."""
+    ratios = [c.measured_s / c.predicted_s for c in checks if c.predicted_s > 0 and c.measured_s > 0]
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else 1.0
 
 
 # ------------------------------------------------------------------ entry point
@@ -265,11 +300,14 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
         profile = fit_profile(samples, config.name, torch.get_num_threads(), roof, meta, seed=config.seed,
                               layer_overhead_s=overhead)
         if config.validate and config.models:
-            checks = check_models(profile, config.models[:1] if config.quick else config.models)
+            models = config.models[:1] if config.quick else config.models
+            scale = executor_scale(partition_checks(profile, models, repeats=3))
+            profile = replace(profile, executor_scale=scale)
+            checks = check_models(profile, models)
+            meta["executorScale"] = round(scale, 4)
             meta["wholeModels"] = [{"model": c.model, "measuredS": c.measured_s, "predictedS": c.predicted_s,
                                     "error": round(c.error, 4)} for c in checks]
-            profile = DeviceProfile(profile.name, profile.ops, profile.roofline, profile.arch, profile.threads,
-                                    meta, profile.layer_overhead_s)
+            profile = replace(profile, meta=meta)
         return profile
     finally:
         torch.set_num_threads(previous_threads)
@@ -295,5 +333,5 @@ def samples_summary(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 __all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "ModelCheck", "ProfileConfig", "check_models", "collect_samples",
-           "measure_whole", "predicted_whole", "profile_device", "roofline_of", "samples_summary",
-           "synthetic_layers"]
+           "executor_scale", "measure_partition", "partition_checks", "predicted_partition", "predicted_whole",
+           "profile_device", "roofline_of", "samples_summary", "synthetic_layers"]

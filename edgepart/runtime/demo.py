@@ -34,7 +34,7 @@ from edgepart.planner.evaluate import evaluate
 from edgepart.runtime.client import infer
 from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
-from edgepart.runtime.planning import model_ref, plan_deployment
+from edgepart.runtime.planning import model_ref, plan_deployment, with_cpu_speeds
 from edgepart.spec import DeviceSpec, DNNDeployment, load_deployment
 
 __all__ = ["DEFAULT_DEPLOYMENT", "DemoReport", "DemoRun", "calibrated", "demo", "export_weights", "per_core_speed",
@@ -113,10 +113,10 @@ def with_weights(deployment: DNNDeployment, path: Path) -> DNNDeployment:
 
 def calibrated(deployment: DNNDeployment, speed_per_core: float) -> DNNDeployment:
     """Devices without a speed or profile get speed = cpus x `speed_per_core` (1 cpu when unset)."""
-    devices = [d if d.speed is not None or d.profile is not None
-               else d.model_copy(update={"speed": round((d.cpus or 1.0) * speed_per_core, 4)})
-               for d in deployment.spec.devices]
-    return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
+    devices = [d if d.cpus is not None or d.speed is not None or d.profile is not None
+               else d.model_copy(update={"cpus": 1.0}) for d in deployment.spec.devices]
+    whole = deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
+    return with_cpu_speeds(whole, speed_per_core)
 
 
 def single_device(deployment: DNNDeployment) -> tuple[DNNDeployment, DeviceSpec]:

@@ -27,6 +27,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -177,10 +178,9 @@ def destroy_testbed(tb: Testbed) -> list[str]:
         _quiet("ip", "netns", "del", tb.hub)
     for d in tb.devices:
         if d.cgroup is not None and Path(d.cgroup).exists():
-            try:
-                Path(d.cgroup).rmdir()
-            except OSError as err:
-                problems.append(f"cannot remove cgroup {d.cgroup}: {err.strerror} (processes still in it?)")
+            error = _rmdir_when_released(Path(d.cgroup))
+            if error is not None:
+                problems.append(f"cannot remove cgroup {d.cgroup}: {error} (processes still in it?)")
     if tb.cgroup_root is not None:
         root = Path(tb.cgroup_root)
         for path in (root, root.parent):
@@ -193,6 +193,21 @@ def destroy_testbed(tb: Testbed) -> list[str]:
         if (NETNS_DIR / ns).exists():
             problems.append(f"network namespace {ns} is still there")
     return problems
+
+
+def _rmdir_when_released(path: Path, timeout_s: float = 10.0) -> str | None:
+    """rmdir a cgroup; an exited process holds it (EBUSY) until its parent reaps it, so retry a while."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            path.rmdir()
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if time.monotonic() > deadline:
+                return err.strerror
+        time.sleep(0.05)
 
 
 def used_indexes() -> set[int]:

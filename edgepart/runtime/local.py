@@ -264,13 +264,16 @@ class LocalRuntime:
                 raise LocalRuntimeError(f"deployment {name} is already up (gateway {existing.gateway_url}); "
                                         f"run `edgepart down {name}` first")
             await self.teardown(existing)
+        from edgepart.plan import save_plan
+        from edgepart.runtime.planning import plan_deployment, with_cpu_speeds
+
         if emulate:
             problems = support_problems()
             if problems:
                 raise EmulationError("; ".join(problems))
-        from edgepart.plan import save_plan
-        from edgepart.runtime.planning import plan_deployment
-
+            # an emulated device runs under its `cpus` quota: cost it as that fraction of a core
+            deployment = with_cpu_speeds(deployment)
+            spec = deployment.spec
         cluster = spec.cluster()
         self._echo(f"planning {spec.model.name} on {len(cluster.devices)} devices (solver {spec.solver})")
         planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)

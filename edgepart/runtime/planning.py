@@ -11,9 +11,9 @@ from edgepart.plan import Plan, Predicted, check_plan, make_plan
 from edgepart.planner.cluster import cluster_from_spec
 from edgepart.planner.evaluate import evaluate
 from edgepart.planner.registry import solve
-from edgepart.spec import ClusterSpec, DeploymentSpec, ModelSpec
+from edgepart.spec import ClusterSpec, DeploymentSpec, DNNDeployment, ModelSpec
 
-__all__ = ["Planned", "model_ref", "plan_deployment", "predict"]
+__all__ = ["Planned", "model_ref", "plan_deployment", "predict", "with_cpu_speeds"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,18 @@ def model_ref(model: ModelSpec, base: Path | None = None) -> ModelRef:
     shape = tuple(model.input_shape) if model.input_shape else None
     ref = ModelRef(name, shape, weights, model.seed)
     return ModelRef(name, input_shape_of(ref), weights, model.seed)
+
+
+def with_cpu_speeds(deployment: DNNDeployment, per_core: float = 1.0) -> DNNDeployment:
+    """Devices with `cpus` and neither `speed` nor `profile` get speed = cpus x `per_core`.
+
+    For emulated devices `cpus` is the CPU quota they run under, so the planner should cost them at that
+    fraction of a core (`per_core`: this host's core against the reference profile; 1.0 when unknown).
+    """
+    devices = [d.model_copy(update={"speed": round(d.cpus * per_core, 4)})
+               if d.cpus is not None and d.speed is None and d.profile is None else d
+               for d in deployment.spec.devices]
+    return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
 
 
 def predict(plan: Plan, graph: LayerGraph, cluster_spec: ClusterSpec, base: Path | None = None) -> Predicted:

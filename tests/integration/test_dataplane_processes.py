@@ -125,7 +125,7 @@ def test_metrics_parse_and_histograms_count_the_requests(running: tuple[LocalRun
     before = {p.id: metrics(p.url) for p in partitions}
     gateway_before = metrics(state.gateway_url)
     n = 7
-    for i in range(n):
+    for _ in range(n):
         asyncio.run(infer(state.gateway_url, torch.randn(SHAPE)))
     gateway = metrics(state.gateway_url)
     for name in ("edgepart_request_seconds_count", "edgepart_queue_seconds_count"):

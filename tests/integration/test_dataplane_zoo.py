@@ -17,7 +17,13 @@ from edgepart.executor import use_exact_kernels
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.plan import Plan, Stage, make_plan
-from edgepart.planner.builders import build_ftp_grid, channel_split, make_stage, row_split, single_stage
+from edgepart.planner.builders import (
+    build_ftp_grid,
+    channel_split,
+    make_stage,
+    row_split,
+    single_stage,
+)
 from edgepart.runtime.client import infer
 from edgepart.runtime.local import LocalRuntime
 from edgepart.spec import deployment_from_dict
