@@ -11,7 +11,7 @@ import difflib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,34 +121,43 @@ def load_model(ref: ModelRef, only: Iterable[str] | None = None) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str, only: Iterable[str] | None = None) -> None:
-    """Copy tensors from a safetensors file into `model`, checking names, shapes and dtypes."""
+def read_weights(path: str, like: Mapping[str, torch.Tensor], names: Iterable[str] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Read tensors `names` (default: all of `like`) from a safetensors file, checking each against the
+    shape and dtype of the same key in `like`. Only the named tensors are read from disk."""
     from safetensors import safe_open
 
-    state = model.state_dict()
-    wanted = list(state) if only is None else list(only)
+    wanted = list(like) if names is None else list(names)
     if not Path(path).is_file():
         raise ModelLoadError(f"weights file {path} does not exist")
     try:
         handle = safe_open(path, framework="pt")
     except Exception as err:
         raise ModelLoadError(f"weights file {path}: not a safetensors file ({err})") from err
+    result = {}
     with handle as f:
         available = set(f.keys())
         missing = [k for k in wanted if k not in available]
         if missing:
             raise ModelLoadError(f"weights file {path}: missing tensors {missing[:5]}"
                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-        with torch.no_grad():
-            for key in wanted:
-                if key not in state:
-                    raise ModelLoadError(f"weights file {path}: the model has no parameter {key!r}")
-                tensor = f.get_tensor(key)
-                target = state[key]
-                if tuple(tensor.shape) != tuple(target.shape):
-                    raise ModelLoadError(f"weights file {path}: tensor {key!r} has shape {tuple(tensor.shape)}, "
-                                         f"the model expects {tuple(target.shape)}")
-                target.copy_(tensor.to(target.dtype))
+        for key in wanted:
+            if key not in like:
+                raise ModelLoadError(f"weights file {path}: the model has no parameter {key!r}")
+            tensor, target = f.get_tensor(key), like[key]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ModelLoadError(f"weights file {path}: tensor {key!r} has shape {tuple(tensor.shape)}, "
+                                     f"the model expects {tuple(target.shape)}")
+            result[key] = tensor.to(target.dtype)
+    return result
+
+
+def load_weights(model: nn.Module, path: str, only: Iterable[str] | None = None) -> None:
+    """Copy tensors from a safetensors file into `model`, checking names, shapes and dtypes."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, tensor in read_weights(path, state, only).items():
+            state[key].copy_(tensor)
 
 
 def trace_ref(ref: ModelRef, model: nn.Module | None = None) -> tuple[fx.GraphModule, LayerGraph]:

@@ -9,15 +9,12 @@ in order), then every tensor outside the slice is released.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
-
 import torch
 from torch import fx
 
 from edgepart.executor import SliceRunner
 from edgepart.graph.layer_graph import LayerGraph
-from edgepart.graph.loader import ModelLoadError, load_model, trace_ref
+from edgepart.graph.loader import load_model, read_weights, trace_ref
 from edgepart.partition_service.config import PartitionConfig
 
 __all__ = ["SliceError", "load_slice", "resident_bytes"]
@@ -27,37 +24,13 @@ class SliceError(RuntimeError):
     """The partition's slice does not match its model (wrong layers or regions)."""
 
 
-def _read_tensors(path: str, names: Iterable[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise ModelLoadError(f"weights file {path} does not exist")
-    try:
-        handle = safe_open(path, framework="pt")
-    except Exception as err:
-        raise ModelLoadError(f"weights file {path}: not a safetensors file ({err})") from err
-    result = {}
-    with handle as f:
-        available = set(f.keys())
-        for name in names:
-            if name not in available:
-                raise ModelLoadError(f"weights file {path}: missing tensor {name!r}")
-            tensor = f.get_tensor(name)
-            target = like[name]
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise ModelLoadError(f"weights file {path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                     f"the model expects {tuple(target.shape)}")
-            result[name] = tensor.to(target.dtype)
-    return result
-
-
 def _build(config: PartitionConfig) -> tuple[fx.GraphModule, LayerGraph]:
     ref = config.model.ref()
     if ref.weights is not None:
         gm, graph = trace_ref(ref)  # meta device: no storage, no init
         names = graph.param_names(config.start, config.stop)
         state = gm.state_dict(keep_vars=True)
-        gm.load_state_dict(_read_tensors(ref.weights, names, state), strict=False, assign=True)
+        gm.load_state_dict(read_weights(ref.weights, state, names), strict=False, assign=True)
         return gm, graph
     model = load_model(ref)
     gm, graph = trace_ref(ref, model)
