@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
-from edgepart.errors import EdgepartError
+from edgepart.errors import EdgepartError, explain_validation
 from edgepart.geometry import GeometryError, Region, backprop, tiles_partition
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
@@ -155,25 +155,6 @@ def make_plan(model: ModelRef, solver: str, objective: Objective, devices: tuple
                 devices=devices, stages=stages, predicted=predicted, meta=meta or {})
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part not in ("function-plain",):
-            path += f".{part}" if path else str(part)
-    return path or "(top level)"
-
-
-def _explain(err: ValidationError) -> str:
-    lines = []
-    for item in err.errors()[:10]:
-        msg = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{_field_path(tuple(item['loc']))}: {msg}")
-    more = err.error_count() - len(lines)
-    return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
-
-
 def plan_from_dict(data: Any) -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"plan: expected a JSON object, got {type(data).__name__}")
@@ -183,7 +164,7 @@ def plan_from_dict(data: Any) -> Plan:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as err:
-        raise PlanError(_explain(err)) from None
+        raise PlanError(explain_validation(err)) from None
 
 
 def plan_from_json(text: str) -> Plan:

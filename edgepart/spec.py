@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from edgepart.errors import EdgepartError
+from edgepart.errors import EdgepartError, explain_validation
 
 API_GROUP = "edgepart.io"
 API_VERSION = "v1alpha1"
@@ -209,7 +209,7 @@ class DeploymentSpec(_Model):
         try:
             return ClusterSpec(devices=self.devices, network=self.network, master=self.master)
         except ValidationError as err:
-            raise SpecError("spec." + explain(err)) from None
+            raise SpecError("spec." + explain_validation(err)) from None
 
 
 class Metadata(_Model):
@@ -229,28 +229,6 @@ class DNNDeployment(_Model):
 # ---------------------------------------------------------------- loading
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "(top level)"
-
-
-def explain(err: ValidationError) -> str:
-    """One line per problem, each naming the field: 'devices[1].memory: ...'."""
-    parts = []
-    for item in err.errors()[:8]:
-        msg = str(item["msg"]).removeprefix("Value error, ")
-        loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
-        parts.append(f"{_loc(loc)}: {msg}")
-    if err.error_count() > 8:
-        parts.append(f"and {err.error_count() - 8} more")
-    return "; ".join(parts)
-
-
 def _read_yaml(path: str | Path) -> Any:
     try:
         text = Path(path).read_text()
@@ -268,7 +246,7 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> ClusterSpec:
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(f"{source}: {explain(err)}") from None
+        raise SpecError(f"{source}: {explain_validation(err)}") from None
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
@@ -281,7 +259,7 @@ def deployment_from_dict(data: Any, source: str = "deployment") -> DNNDeployment
     try:
         return DNNDeployment.model_validate(data)
     except ValidationError as err:
-        raise SpecError(f"{source}: {explain(err)}") from None
+        raise SpecError(f"{source}: {explain_validation(err)}") from None
 
 
 def load_deployment(path: str | Path) -> DNNDeployment:

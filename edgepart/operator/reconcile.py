@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgepart.errors import EdgepartError
+from edgepart.errors import EdgepartError, explain_validation
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of, is_zoo_name
 from edgepart.graph.zoo import ZOO, UnknownModelError
 from edgepart.operator import names, render
@@ -61,7 +61,7 @@ from edgepart.operator.status import (
 )
 from edgepart.plan import Plan
 from edgepart.planner.costmodel import DeviceProfile
-from edgepart.spec import ClusterSpec, DeploymentSpec, DeviceSpec, explain, parse_duration
+from edgepart.spec import ClusterSpec, DeploymentSpec, DeviceSpec, parse_duration
 
 # A ConfigMap holds at most 1 MiB; leave room for metadata.
 CONFIG_MAP_LIMIT = 1_000_000
@@ -223,7 +223,7 @@ def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
     try:
         parsed = DeploymentSpec.model_validate(dict(spec))
     except ValidationError as err:
-        raise _Halt("Failed", SPEC_VALID, "InvalidSpec", "spec." + explain(err)) from None
+        raise _Halt("Failed", SPEC_VALID, "InvalidSpec", "spec." + explain_validation(err)) from None
     for i, device in enumerate(parsed.devices):
         if device.profile is not None:
             raise _Halt("Failed", SPEC_VALID, "InvalidSpec",

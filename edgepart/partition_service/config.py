@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from edgepart.errors import EdgepartError
-from edgepart.geometry import Region, tiles_partition
+from edgepart.errors import EdgepartError, explain_validation
+from edgepart.geometry import Region, hull_all, tiles_partition
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of
 from edgepart.partition_service.wire import Limits
 from edgepart.plan import InputRegionField, Plan, RegionField
@@ -271,7 +271,7 @@ def render_configs(
     master = gateway_device or plan.devices[0]
     delay = link_delay or (lambda a, b: 0.0)
     last = plan.stages[-1]
-    out_whole = Region.full(output_shape[1:]) if output_shape else _hull(p.output_region for p in last.partitions)
+    out_whole = Region.full(output_shape[1:]) if output_shape else hull_all(p.output_region for p in last.partitions)
     out_shape = (batch, *out_whole.shape)
 
     def url(part_id: str) -> str:
@@ -329,7 +329,7 @@ def render_configs(
                     max_tensor_bytes=limits.max_tensor_bytes,
                 ))
             except ValidationError as err:
-                raise ConfigError(f"partition {part.id}: {_explain(err)}") from None
+                raise ConfigError(f"partition {part.id}: {explain_validation(err)}") from None
     first = plan.stages[0]
     gateway_routes = tuple(
         Route(target=p.id, url=url(p.id), region=p.input_region,
@@ -351,24 +351,8 @@ def render_configs(
             plan=plan.to_dict(),
         )
     except ValidationError as err:
-        raise ConfigError(f"gateway: {_explain(err)}") from None
+        raise ConfigError(f"gateway: {explain_validation(err)}") from None
     return DeploymentConfigs(gateway=gateway, partitions=tuple(configs))
-
-
-def _hull(regions: Any) -> Region:
-    items = list(regions)
-    result: Region = items[0]
-    for region in items[1:]:
-        result = result.hull(region)
-    return result
-
-
-def _explain(err: ValidationError) -> str:
-    parts = []
-    for item in err.errors()[:6]:
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function")) or "(top level)"
-        parts.append(f"{loc}: {str(item['msg']).removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- settings
@@ -415,7 +399,7 @@ def _load(model: type[PartitionConfig] | type[GatewayConfig], text: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_explain(err)) from None
+        raise ConfigError(explain_validation(err)) from None
 
 
 def load_partition_config(text: str) -> PartitionConfig:
