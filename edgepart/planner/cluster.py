@@ -3,9 +3,19 @@
 A `Device` is a profile (per-op cost models, `costmodel.py`) times a speed
 factor, plus the memory its partitions may use. A `Link` costs
 t = alpha + bytes / bandwidth (SOLVERS.md §2 A.2); a device talks to itself
-for free. `medium` says which transfers queue behind each other: `switched`
-gives every NIC direction its own FIFO, `shared` (Wi-Fi) puts every transfer
-on one FIFO. The `master` holds the input and receives the output.
+for free.
+
+[R] Every message between two devices also costs software time on both ends
+(HTTP stack, frame encoding, event loop): each device's `message_s`, its
+profile's `message_overhead_s` (CPU seconds at the profile's speed, measured
+through the real data plane) divided by its speed. `Cluster.link(u, v)` is
+the link the cost model uses: the configured wire (`Cluster.wire`) with both
+ends' message costs added to its alpha. Every consumer (evaluator,
+simulator, fused-dp, pipeline-dp, brute force) costs transfers through it.
+
+`medium` says which transfers queue behind each other: `switched` gives every
+NIC direction its own FIFO, `shared` (Wi-Fi) puts every transfer on one FIFO.
+The `master` holds the input and receives the output.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from edgepart.spec import ClusterSpec, DeviceSpec, parse_bandwidth, parse_durati
 Medium = Literal["switched", "shared"]
 
 REFERENCE_PROFILE = "reference_profile.json"
+# [R] used only when the reference profile carries no messageOverheadS (it does: see bench/bench_msgcost.py)
+FALLBACK_MESSAGE_OVERHEAD_S = 1e-3
 
 
 class ClusterError(EdgepartError, ValueError):
@@ -38,6 +50,12 @@ def reference_profile() -> DeviceProfile:
     """The built-in profile (`speed: 1.0`): this project's profiler on one core of a development machine."""
     text = importlib.resources.files("edgepart.planner").joinpath(REFERENCE_PROFILE).read_text()
     return profile_from_json(text, f"edgepart/planner/{REFERENCE_PROFILE}")
+
+
+def reference_message_overhead() -> float:
+    """CPU seconds one message costs each end of a hop at the reference speed (one core)."""
+    value = reference_profile().message_overhead_s
+    return FALLBACK_MESSAGE_OVERHEAD_S if value is None else value
 
 
 @dataclass(frozen=True)
@@ -69,12 +87,27 @@ class Device:
     speed: float = 1.0  # times faster than `profile`
     memory_bytes: int = 4 * 2**30
     cpus: float | None = None
+    # CPU seconds per message sent or received at the profile's speed; None: the profile's own value,
+    # or the reference profile's when the profile has none
+    message_overhead_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
             raise ClusterError(f"device {self.name!r}: speed must be > 0, got {self.speed}")
         if self.memory_bytes <= 0:
             raise ClusterError(f"device {self.name!r}: memory must be > 0, got {self.memory_bytes}")
+        if self.message_overhead_s is not None and not self.message_overhead_s >= 0:
+            raise ClusterError(f"device {self.name!r}: message overhead must be >= 0, got {self.message_overhead_s}")
+
+    @property
+    def message_s(self) -> float:
+        """Seconds one message (sent or received) costs this device: its overhead over its speed."""
+        base = self.message_overhead_s
+        if base is None:
+            base = self.profile.message_overhead_s
+        if base is None:
+            base = reference_message_overhead()
+        return base / self.speed
 
     def layer_time(self, layer: Layer, region: Region | None = None, batch: int = 1) -> float:
         """Predicted seconds for `layer` to produce `region` (default: its whole output) here."""
@@ -106,8 +139,16 @@ class Cluster:
             for end in (u, v):
                 if end not in names:
                     raise ClusterError(f"link override ({u} -> {v}): {end!r} is not one of the devices {names}")
-        # every pair's link, looked up millions of times by the searches
-        table = {(u, v): LOCAL if u == v else self.overrides.get((u, v), self.network) for u in names for v in names}
+        # every pair's link, looked up millions of times by the searches: the wire plus both ends' message costs
+        message = {d.name: d.message_s for d in self.devices}
+        table = {}
+        for u in names:
+            for v in names:
+                if u == v:
+                    table[(u, v)] = LOCAL
+                    continue
+                wire = self.overrides.get((u, v), self.network)
+                table[(u, v)] = Link(wire.alpha_s + message[u] + message[v], wire.bandwidth_Bps)
         object.__setattr__(self, "_links", table)
 
     @property
@@ -123,7 +164,15 @@ class Cluster:
                 return d
         raise ClusterError(f"unknown device {name!r}; the cluster has {list(self.names)}")
 
+    def wire(self, u: str, v: str) -> Link:
+        """The configured link from u to v (network latency and bandwidth, no software cost)."""
+        if u == v:
+            return LOCAL
+        self.link(u, v)  # names checked
+        return self.overrides.get((u, v), self.network)
+
     def link(self, u: str, v: str) -> Link:
+        """What a message from u to v costs: the wire's, plus u's and v's per-message software time."""
         try:
             return self._links[(u, v)]  # type: ignore[attr-defined,no-any-return]
         except KeyError:

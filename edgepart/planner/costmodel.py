@@ -297,6 +297,9 @@ class DeviceProfile:
     # [R] measured partitions (the executor's SliceRunner: crops, border pads, fresh buffers) over the sum of
     # their layers' micro-benchmark predictions; multiplies every prediction
     executor_scale: float = 1.0
+    # [R] CPU seconds one tensor message costs each end of a hop on this device (HTTP stack, frame encoding,
+    # event loop); None: not measured, the planner uses the reference profile's value scaled by speed
+    message_overhead_s: float | None = None
 
     def model_for(self, layer: Layer) -> LinearModel | None:
         return self.ops.get(op_family(layer))
@@ -332,8 +335,9 @@ class DeviceProfile:
         ops = {k: m.scaled(1.0 / speed) for k, m in self.ops.items()}
         roof = Roofline(self.roofline.peak_flops * speed, self.roofline.mem_bandwidth * speed)
         layers = {k: (c / speed, scale, cc / speed, cscale) for k, (c, scale, cc, cscale) in self.layers.items()}
+        message = None if self.message_overhead_s is None else self.message_overhead_s / speed
         return DeviceProfile(name or self.name, ops, roof, self.arch, self.threads, dict(self.meta),
-                             self.layer_overhead_s / speed, layers, self.executor_scale)
+                             self.layer_overhead_s / speed, layers, self.executor_scale, message)
 
     # -------------------------------------------------------------- JSON
 
@@ -345,6 +349,7 @@ class DeviceProfile:
             "roofline": {"peakFlops": self.roofline.peak_flops, "memBandwidth": self.roofline.mem_bandwidth},
             "layerOverheadS": self.layer_overhead_s,
             "executorScale": self.executor_scale,
+            **({} if self.message_overhead_s is None else {"messageOverheadS": self.message_overhead_s}),
             "ops": {k: self.ops[k].to_dict() for k in sorted(self.ops)},
             "layers": {k: list(self.layers[k]) for k in sorted(self.layers)},
             "meta": dict(self.meta),
@@ -431,9 +436,12 @@ def profile_from_dict(data: Any, source: str = "profile") -> DeviceProfile:
             raise ProfileError(f"{source}: layers.{key}: offsets and scales must be non-negative, got {values}")
         layers[str(key)] = (c, scale, cc, cscale)
     scale = _number(data.get("executorScale", 1.0), "executorScale", positive=True)
+    message = _optional_number(data.get("messageOverheadS"), "messageOverheadS")
+    if message is not None and message < 0:
+        raise ProfileError(f"{source}: messageOverheadS: must not be negative, got {message}")
     return DeviceProfile(device["name"], ops, roofline, str(device.get("arch", "unknown")),
                          int(threads) if isinstance(threads, int) else 1, meta if isinstance(meta, dict) else {},
-                         overhead, layers, scale)
+                         overhead, layers, scale, message)
 
 
 def profile_from_json(text: str, source: str = "profile") -> DeviceProfile:

@@ -53,7 +53,8 @@ def device_types(cluster: Cluster) -> list[list[int]]:
         if name == master or name in special:
             key: object = ("unique", name)
         else:
-            key = (device.cost_key, device.memory_bytes, cluster.link(master, name), cluster.link(name, master))
+            key = (device.cost_key, device.message_s, device.memory_bytes, cluster.link(master, name),
+                   cluster.link(name, master))
         groups.setdefault(key, []).append(index)
     return list(groups.values())
 

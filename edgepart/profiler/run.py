@@ -30,6 +30,7 @@ from edgepart.executor import Executor, use_exact_kernels
 from edgepart.geometry import Region, backprop
 from edgepart.graph.layer_graph import Layer, LayerGraph, trace
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
+from edgepart.planner.cluster import reference_message_overhead, reference_profile
 from edgepart.planner.costmodel import (
     DeviceProfile,
     Roofline,
@@ -212,6 +213,22 @@ def layer_overhead(layers: int = 100, repeats: int = 10) -> float:
     return max(0.0, chain / layers - op)
 
 
+def message_overhead(layer_overhead_s: float) -> float:
+    """Per-message CPU seconds of the data plane on this machine, for the planner's links.
+
+    [R] The profiler cannot run the data plane (it sits below it), so it scales the reference
+    profile's value (measured through the real HTTP hop: bench/bench_msgcost.py) by this machine's
+    interpreter speed against the reference's, the ratio of their per-layer bookkeeping overheads
+    (both are Python-bound), clamped to [1/4, 4] against a noisy timing. Falls back to the reference
+    value when either overhead is unknown.
+    """
+    reference = reference_profile()
+    value = reference_message_overhead()
+    if reference.layer_overhead_s > 0 and layer_overhead_s > 0:
+        value *= min(4.0, max(0.25, layer_overhead_s / reference.layer_overhead_s))
+    return value
+
+
 def roofline_of(samples: Sequence[Sample]) -> Roofline:
     """Peak FLOP/s from dense convolutions and memory bandwidth from elementwise ops, as measured."""
     flops = [s.counts.flops / s.seconds for s in samples if s.family in ("conv", "conv_1x1", "fc") and s.counts.flops > 0]
@@ -299,6 +316,7 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
         }
         profile = fit_profile(samples, config.name, torch.get_num_threads(), roof, meta, seed=config.seed,
                               layer_overhead_s=overhead)
+        profile = replace(profile, message_overhead_s=message_overhead(overhead))
         if config.validate and config.models:
             models = config.models[:1] if config.quick else config.models
             scale = executor_scale(partition_checks(profile, models, repeats=3))

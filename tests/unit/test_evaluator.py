@@ -10,6 +10,7 @@ from edgepart.geometry import Region, backprop
 from edgepart.graph.loader import ModelRef, load_graph
 from edgepart.planner.builders import build_ftp_grid, build_single
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
+from edgepart.planner.costmodel import DeviceProfile
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.evaluate import (
     PartWork,
@@ -28,7 +29,13 @@ from edgepart.planner.segments import RowMaps, strip_region
 
 def two_devices(medium: str = "switched", alpha: float = 0.0, bandwidth: float = 1000.0) -> Cluster:
     base = reference_profile()
-    return Cluster((Device("m", base), Device("w", base)), "m", medium, Link(alpha, bandwidth))  # type: ignore[arg-type]
+    # no per-message software cost: the link is exactly alpha + bytes / bandwidth
+    return Cluster((Device("m", base, message_overhead_s=0.0), Device("w", base, message_overhead_s=0.0)), "m",
+                   medium, Link(alpha, bandwidth))  # type: ignore[arg-type]
+
+
+def bare(profile: DeviceProfile, *names: str) -> tuple[Device, ...]:
+    return tuple(Device(n, profile, message_overhead_s=0.0) for n in names)
 
 
 def test_a3_switched_two_devices_by_hand() -> None:
@@ -46,7 +53,7 @@ def test_a3_switched_two_devices_by_hand() -> None:
 
 def test_a3_fifo_scatter_and_gather_in_completion_order() -> None:
     base = reference_profile()
-    cluster = Cluster((Device("m", base), Device("a", base), Device("b", base)), "m", "switched", Link(0.0, 1.0))
+    cluster = Cluster(bare(base, "m", "a", "b"), "m", "switched", Link(0.0, 1.0))
     parts = [PartWork("a", 2, 1, 5.0), PartWork("b", 1, 4, 1.0)]
     s = schedule_stage(parts, "m", "m", cluster)
     # scatter: a [0, 2], b [2, 3] (the master's send queue); compute a [2, 7], b [3, 4]
@@ -58,7 +65,7 @@ def test_a3_fifo_scatter_and_gather_in_completion_order() -> None:
 
 def test_a3_shared_medium_queues_gathers_behind_scatters() -> None:
     base = reference_profile()
-    cluster = Cluster((Device("m", base), Device("a", base), Device("b", base)), "m", "shared", Link(0.0, 1.0))
+    cluster = Cluster(bare(base, "m", "a", "b"), "m", "shared", Link(0.0, 1.0))
     parts = [PartWork("a", 1, 1, 0.5), PartWork("b", 3, 1, 0.5)]
     s = schedule_stage(parts, "m", "m", cluster)
     # scatter a [0,1], b [1,4]; a computes [1,1.5] but the medium is busy until 4: gather a [4,5], b [5,6]
@@ -96,7 +103,7 @@ def test_holders_route_single_stages_directly() -> None:
 
 def test_pipeline_latency_and_bottleneck_throughput() -> None:
     base = reference_profile()
-    cluster = Cluster((Device("m", base), Device("u", base), Device("v", base)), "m", "switched", Link(0.0, 10.0))
+    cluster = Cluster(bare(base, "m", "u", "v"), "m", "switched", Link(0.0, 10.0))
     works = [[PartWork("u", 10, 20, 1.0)], [PartWork("v", 20, 5, 4.0)]]
     result = evaluate_plan_works(works, cluster)
     # m->u 1 s, compute 1 s, u->v 2 s, compute 4 s, v->m 0.5 s
@@ -188,3 +195,43 @@ def test_single_stage_costs_match_the_geometry() -> None:
         fast = problem.single_work(0, i, j)
         assert fast.compute_s == pytest.approx(exact.compute_s, rel=1e-9)
         assert fast.in_bytes == exact.in_bytes and fast.out_bytes == exact.out_bytes
+
+
+# ------------------------------------------------------------------ per-message software cost
+
+
+def test_message_overhead_is_charged_on_both_ends_of_every_hop() -> None:
+    graph = load_graph(ModelRef("alexnet"))
+    ref = ModelRef("alexnet")
+    base = reference_profile()
+
+    def cluster(overhead: float) -> Cluster:
+        devices = (Device("m", base, 1.0, message_overhead_s=overhead), Device("w", base, 0.5,
+                                                                               message_overhead_s=overhead))
+        return Cluster(devices, "m", "switched", Link(2e-3, 12.5e6))
+
+    plain, costly = cluster(0.0), cluster(4e-3)
+    assert costly.device("m").message_s == pytest.approx(4e-3) and costly.device("w").message_s == pytest.approx(8e-3)
+    assert costly.link("m", "w").alpha_s == pytest.approx(2e-3 + 4e-3 + 8e-3)
+    assert costly.wire("m", "w") == Link(2e-3, 12.5e6) and costly.link("w", "w").time(1e6) == 0.0
+    # the whole model on the worker: the input goes m -> w, the output w -> m, two messages
+    remote = build_single(graph, ref, ["w"])
+    grown = evaluate(remote, graph, costly).latency_s - evaluate(remote, graph, plain).latency_s
+    assert grown == pytest.approx(2 * (4e-3 + 8e-3), rel=1e-9)
+    local = build_single(graph, ref, ["m"])  # no hop, nothing charged
+    assert evaluate(local, graph, costly).latency_s == pytest.approx(evaluate(local, graph, plain).latency_s)
+    # a two-device split: each partition on w receives its input and sends its output
+    split = build_ftp_grid(graph, ref, ["m", "w"], grid=(2, 1), fused_units=3)
+    grown = evaluate(split, graph, costly).latency_s - evaluate(split, graph, plain).latency_s
+    assert grown >= 2 * (4e-3 + 8e-3) * (1 - 1e-9)
+
+
+def test_device_message_overhead_defaults_to_the_profiles_then_the_references() -> None:
+    base = reference_profile()
+    assert base.message_overhead_s is not None and base.message_overhead_s > 0
+    assert Device("a", base, 0.25).message_s == pytest.approx(base.message_overhead_s / 0.25)
+    own = base.scaled(2.0)  # twice as fast: its measured overhead halves too
+    assert own.message_overhead_s == pytest.approx(base.message_overhead_s / 2)
+    assert Device("b", own).message_s == pytest.approx(base.message_overhead_s / 2)
+    unmeasured = DeviceProfile("old", base.ops, base.roofline)
+    assert Device("c", unmeasured, 0.5).message_s == pytest.approx(base.message_overhead_s / 0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from edgepart.planner.cluster import (
     Link,
     cluster_from_spec,
     load_cluster_file,
+    reference_message_overhead,
     reference_profile,
 )
-from edgepart.planner.costmodel import Roofline
+from edgepart.planner.costmodel import Roofline, load_profile
 from edgepart.spec import SpecError, cluster_from_dict
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "clusters"
@@ -36,9 +38,32 @@ def test_heterogeneous_sample_has_speeds_memory_and_a_wired_pair() -> None:
     assert cluster.device("pi-1").memory_bytes == 2 * 2**30
     wired = cluster.link("edge-server", "jetson-0")
     assert wired == cluster.link("jetson-0", "edge-server")  # an override applies both ways
-    assert wired.bandwidth_Bps == pytest.approx(1e9 / 8) and wired.alpha_s == pytest.approx(2e-4)
+    assert wired.bandwidth_Bps == pytest.approx(1e9 / 8)
+    assert cluster.wire("edge-server", "jetson-0").alpha_s == pytest.approx(2e-4)
+    # the cost model's link adds both ends' per-message software time to the wire's latency
+    ends = cluster.device("edge-server").message_s + cluster.device("jetson-0").message_s
+    assert ends > 0 and wired.alpha_s == pytest.approx(2e-4 + ends)
     assert cluster.link("pi-1", "pi-2").bandwidth_Bps == pytest.approx(100e6 / 8)
     assert cluster.link("pi-1", "pi-1").time(10**9) == 0.0
+
+
+def test_a_profiles_message_overhead_round_trips_and_scales_with_speed(tmp_path: Path) -> None:
+    profile = replace(reference_profile().scaled(1.0, name="measured"), message_overhead_s=3e-3)
+    profile.save(tmp_path / "dev.json")
+    loaded = load_profile(tmp_path / "dev.json")
+    assert loaded.message_overhead_s == pytest.approx(3e-3)
+    (tmp_path / "c.yaml").write_text(
+        "devices:\n"
+        "  - {name: a, profile: dev.json, speed: 0.5}\n"
+        "  - {name: b, speed: 2}\n"
+        "network: {bandwidth: 10MB/s, latency: 1ms}\n")
+    cluster = load_cluster_file(tmp_path / "c.yaml")
+    assert cluster.device("a").message_s == pytest.approx(6e-3)
+    assert cluster.device("b").message_s == pytest.approx(reference_message_overhead() / 2)
+    assert cluster.link("a", "b").alpha_s == pytest.approx(1e-3 + 6e-3 + reference_message_overhead() / 2)
+    assert cluster.tx("a", "b", 10e6) == pytest.approx(cluster.link("a", "b").alpha_s + 1.0)
+    with pytest.raises(ClusterError, match="message overhead"):
+        Device("x", reference_profile(), message_overhead_s=-1.0)
 
 
 def test_link_time_and_local_transfers() -> None:

@@ -242,3 +242,45 @@ def test_device_types_group_identical_devices_only() -> None:
     cluster = Cluster(devices, "d0", overrides={("d1", "d2"): Link(0.0, 1e9)})
     groups = sorted(sorted(g) for g in device_types(cluster))
     assert groups == [[0], [1], [2], [3], [4, 5]]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fused_dp_equals_brute_force_with_message_overheads(seed: int) -> None:
+    rng = random.Random(4000 + seed)
+    compared = 0
+    for _ in range(6):
+        graph = random_graph(rng, f"ovh{seed}")
+        loose = random_cluster(rng, devices=rng.randint(2, 3))
+        devices = tuple(Device(d.name, d.profile, d.speed, d.memory_bytes,
+                               message_overhead_s=rng.choice([0.0, 1e-6, 1e-5, 1e-4]) * rng.uniform(0.5, 2))
+                        for d in loose.devices)
+        cluster = Cluster(devices, loose.master, loose.medium, loose.network)
+        ref = ModelRef(f"ovh{seed}", input_shape=graph.input_shape)
+        problem = Problem(graph, cluster, ref)
+        try:
+            oracle = solve_brute_force(problem, "latency", device_sets="subsets", max_plans=20_000)
+        except PlanningError:
+            continue  # too many plans for the oracle
+        best = evaluate(oracle, graph, cluster).latency_s
+        found = evaluate(solve_fused_dp(problem, device_sets="subsets"), graph, cluster).latency_s
+        assert math.isclose(found, best, rel_tol=1e-9), (seed, found, best)
+        compared += 1
+    assert compared >= 2
+
+
+def test_a_large_message_overhead_makes_fused_dp_use_fewer_partitions() -> None:
+    layers = [layer for _ in range(4) for layer in (nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())]
+    _, graph = trace(nn.Sequential(*layers).eval(), (1, 16, 64, 64), "convs")
+    ref = ModelRef("convs", input_shape=graph.input_shape)
+
+    def partitions(overhead: float) -> int:
+        base = reference_profile()
+        cluster = Cluster(tuple(Device(f"d{i}", base, 1.0, message_overhead_s=overhead) for i in range(4)), "d0",
+                          "switched", Link(1e-4, 1e9 / 8))
+        plan = solve(graph, ref, cluster, "latency", "fused-dp")
+        return len(plan.partitions)
+
+    cheap, costly, prohibitive = partitions(0.0), partitions(2e-3), partitions(1.0)
+    assert cheap > 1
+    assert prohibitive == 1  # any hop costs more than the whole model: it stays on the master
+    assert cheap >= costly >= prohibitive
