@@ -52,9 +52,11 @@ from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetri
 from edgepart.partition_service.partition import FAILURES_PATH
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
+    HopClient,
     Sender,
     content_length,
     make_client,
+    make_hop_client,
     media_type,
     peer_error,
     receive_frame,
@@ -117,11 +119,14 @@ class GatewayService:
         self._queued = 0
         self._ready_cache: tuple[float, list[str]] | None = None
         self._sender: Sender | None = None
+        self._hop: HopClient | None = None
 
     async def start(self) -> None:
         if self._client is None:
             self._client = make_client(self.config.request_timeout_s)
-        self._sender = Sender(self._client)
+        if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
+            self._hop = make_hop_client(self.config.request_timeout_s)
+        self._sender = Sender(self._client, self._hop)
 
     async def aclose(self) -> None:
         for waiter in self._waiters.values():
@@ -129,6 +134,8 @@ class GatewayService:
                 waiter.set_exception(NotReadyError("the gateway is shutting down"))
         if self._client is not None and self._own_client:
             await self._client.aclose()
+        if self._hop is not None:
+            await self._hop.aclose()
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -47,8 +47,10 @@ from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetri
 from edgepart.partition_service.slicing import load_slice
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
+    HopClient,
     Sender,
     make_client,
+    make_hop_client,
     peer_error,
     receive_frame,
 )
@@ -98,6 +100,7 @@ class PartitionService:
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
         self._sender: Sender | None = None
+        self._hop: HopClient | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -108,7 +111,9 @@ class PartitionService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slice-{self.id}")
         if self._client is None:
             self._client = make_client(self.config.request_timeout_s)
-        self._sender = Sender(self._client)
+        if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
+            self._hop = make_hop_client(self.config.request_timeout_s)
+        self._sender = Sender(self._client, self._hop)
         self.state = "loading"
         self._spawn(self._load())
         self._worker = asyncio.create_task(self._compute_loop(), name=f"compute-{self.id}")
@@ -125,6 +130,8 @@ class PartitionService:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._client is not None and self._own_client:
             await self._client.aclose()
+        if self._hop is not None:
+            await self._hop.aclose()
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Moving frames over HTTP: send with a persistent httpx.AsyncClient, receive from a Starlette request.
+"""Moving frames over HTTP: send with the keep-alive `HopClient` (or any httpx.AsyncClient), receive from ASGI.
 
 Transport failures become typed errors that name the peer: a refused or
 lost connection is `PeerUnreachableError` (503), a slow peer `RequestTimeoutError`
@@ -24,6 +24,7 @@ from edgepart.partition_service.errors import (
     UnsupportedMediaTypeError,
     error_from_response,
 )
+from edgepart.partition_service.hop import HopClient
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
     Frame,
@@ -34,7 +35,8 @@ from edgepart.partition_service.wire import (
     read_frame,
 )
 
-__all__ = ["TENSOR_PATH", "Sender", "content_length", "make_client", "peer_error", "receive_frame", "send_frame"]
+__all__ = ["TENSOR_PATH", "HopClient", "Sender", "content_length", "make_client", "make_hop_client", "peer_error",
+           "receive_frame", "send_frame"]
 
 TENSOR_PATH = "/v1/tensor"
 SEND_CHUNK = 1024 * 1024
@@ -47,6 +49,11 @@ def make_client(timeout_s: float, max_connections: int = 256) -> httpx.AsyncClie
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=30.0),
         trust_env=False,
     )
+
+
+def make_hop_client(timeout_s: float) -> HopClient:
+    """The process's client for the tensor hop (POST /v1/tensor), much cheaper per request than httpx."""
+    return HopClient(timeout_s, connect_timeout_s=5.0)
 
 
 def peer_error(err: Exception, peer: str, url: str, what: str) -> ServiceError:
@@ -64,9 +71,9 @@ def peer_error(err: Exception, peer: str, url: str, what: str) -> ServiceError:
     return PeerError(f"{what} to {peer} at {url} failed: {kind}: {text}", peer=peer)
 
 
-def _answer_error(response: httpx.Response, peer: str, url: str) -> ServiceError:
-    err = error_from_response(response.status_code, response.content, peer)
-    detail = f"{peer} at {url} answered {response.status_code}: {err.detail}"
+def _answer_error(status: int, content: bytes, peer: str, url: str) -> ServiceError:
+    err = error_from_response(status, content, peer)
+    detail = f"{peer} at {url} answered {status}: {err.detail}"
     if err.status in (503, 504):
         return type(err)(detail, peer=err.peer or peer, request_id=err.request_id)
     return PeerError(detail, peer=peer, request_id=err.request_id)
@@ -84,7 +91,7 @@ async def _chunks(parts: Sequence[bytes | memoryview], sent: Callable[[], None] 
         sent()
 
 
-async def send_frame(client: httpx.AsyncClient, url: str, header: FrameHeader, tensor: torch.Tensor, *,
+async def send_frame(client: httpx.AsyncClient | HopClient, url: str, header: FrameHeader, tensor: torch.Tensor, *,
                      peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None) -> int:
     """POST one frame to `url`/v1/tensor; the number of bytes sent. Raises a typed error naming `peer`.
 
@@ -94,22 +101,31 @@ async def send_frame(client: httpx.AsyncClient, url: str, header: FrameHeader, t
     size = frame_size(parts)
     headers = {"content-type": CONTENT_TYPE, "content-length": str(size), "x-request-id": header.request_id}
     target = url + TENSOR_PATH
+    if isinstance(client, HopClient):
+        answer = await client.post(target, parts, headers, peer=peer, peer_url=url, timeout_s=timeout_s, sent=sent,
+                                   what=f"sending request {header.request_id}")
+        if answer.status >= 300:
+            raise _answer_error(answer.status, answer.content, peer, url)
+        return size
     try:
         response = await client.post(target, content=_chunks(parts, sent), headers=headers,
                                      timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT)
     except httpx.HTTPError as err:
         raise peer_error(err, peer, url, f"sending request {header.request_id}") from err
     if response.status_code >= 300:
-        raise _answer_error(response, peer, url)
+        raise _answer_error(response.status_code, response.content, peer, url)
     return size
 
 
 class Sender:
     """A process's outgoing link: frames leave one at a time in the order they were queued (a NIC's FIFO,
-    as the planner's evaluator assumes), each body after its emulated latency; answers overlap."""
+    as the planner's evaluator assumes), each body after its emulated latency; answers overlap.
 
-    def __init__(self, client: httpx.AsyncClient):
+    Frames to http:// peers go through `hop` when given (the fast path), otherwise through `client`."""
+
+    def __init__(self, client: httpx.AsyncClient, hop: HopClient | None = None):
         self.client = client
+        self.hop = hop
         self._fifo = asyncio.Lock()
 
     async def send(self, url: str, header: FrameHeader, tensor: torch.Tensor, *, peer: str,
@@ -126,7 +142,10 @@ class Sender:
         try:
             if delay_s:
                 await asyncio.sleep(delay_s)
-            return await send_frame(self.client, url, header, tensor, peer=peer, sent=release)
+            client: httpx.AsyncClient | HopClient = self.client
+            if self.hop is not None and self.hop.supports(url):
+                client = self.hop
+            return await send_frame(client, url, header, tensor, peer=peer, sent=release)
         finally:
             release()
 

@@ -229,7 +229,8 @@ class FrameReader:
             room = len(self._payload) - self._filled
             if view.nbytes > room:
                 raise FrameError(f"frame has trailing bytes after its {len(self._payload)}-byte payload")
-            self._payload[self._filled:self._filled + view.nbytes] = view
+            # through a memoryview: a plain copy (bytearray slice assignment first copies `view` into a temporary)
+            memoryview(self._payload)[self._filled:self._filled + view.nbytes] = view
             self._filled += view.nbytes
             view = view[view.nbytes:]
 
