@@ -22,11 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from edgepart.geometry import Region
-from edgepart.partition_service.transport import TENSOR_PATH, Sender, make_client, receive_frame
+from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
+from edgepart.partition_service.transport import (
+    TENSOR_PATH,
+    Sender,
+    make_client,
+    make_hop_client,
+    receive_frame,
+)
 from edgepart.partition_service.wire import Limits, make_header
 
 SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)
@@ -46,7 +52,12 @@ def _serve(port: int) -> None:
     async def cpu() -> dict[str, float]:
         return {"cpu_s": time.process_time()}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_keep_alive=120)
+    # the services' own server set-up: allocator tuning, uvloop, httptools
+    tune_allocator()
+    factory = loop_factory()
+    runner = asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner()
+    with runner:
+        runner.run(serve(app, [bind("127.0.0.1", port)]))
 
 
 def _free_port() -> int:
@@ -58,8 +69,9 @@ def _free_port() -> int:
 async def _measure(port: int, reps: int) -> list[tuple[int, float, float]]:
     rows = []
     url = f"http://127.0.0.1:{port}"
+    hop = make_hop_client(60.0)  # the tensor hop the partitions use
     async with make_client(60.0) as client:
-        sender = Sender(client)
+        sender = Sender(client, hop)
         for size in SIZES:
             tensor = torch.randn(1, max(1, size // 4 // 64), 8, 8)
             header = make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench")
@@ -73,6 +85,7 @@ async def _measure(port: int, reps: int) -> list[tuple[int, float, float]]:
             client1 = time.process_time()
             server1 = (await client.get(f"{url}/cpu")).json()["cpu_s"]
             rows.append((tensor.numel() * 4, (client1 - client0) / count, (server1 - server0) / count))
+    await hop.aclose()
     return rows
 
 

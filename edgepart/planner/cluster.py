@@ -148,7 +148,8 @@ class Cluster:
                     table[(u, v)] = LOCAL
                     continue
                 wire = self.overrides.get((u, v), self.network)
-                table[(u, v)] = Link(wire.alpha_s + message[u] + message[v], wire.bandwidth_Bps)
+                ends = sum(sorted((message[u], message[v])))  # same float both ways round
+                table[(u, v)] = Link(wire.alpha_s + ends, wire.bandwidth_Bps)
         object.__setattr__(self, "_links", table)
 
     @property
