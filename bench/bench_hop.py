@@ -21,41 +21,24 @@ import json
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import uvicorn
-from fastapi import FastAPI, Request, Response
 
+from bench._servers import start_server
 from edgepart.geometry import Region
 from edgepart.partition_service.server import tune_allocator
 from edgepart.partition_service.transport import (
-    TENSOR_PATH,
     Sender,
     make_client,
     make_hop_client,
-    receive_frame,
 )
-from edgepart.partition_service.wire import Limits, encode_frame, make_header
+from edgepart.partition_service.wire import encode_frame, make_header
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
-
-
-def _serve_http(port: int) -> None:
-    app = FastAPI()
-    limits = Limits()
-
-    @app.post(TENSOR_PATH)
-    async def tensor(request: Request) -> Response:
-        frame = await receive_frame(request, limits)
-        assert frame.tensor.numel() > 0
-        return Response(status_code=204)
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_keep_alive=120)
 
 
 def _recv_exact(conn: socket.socket, view: memoryview) -> None:
@@ -122,27 +105,6 @@ def _serve_async_raw(port: int) -> None:
     asyncio.run(serve())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(kind: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_hop", kind, str(port)],
-                            cwd=Path(__file__).parent.parent)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{kind} server did not start")
-
-
 def _tensor(nbytes: int) -> torch.Tensor:
     return torch.randn(1, max(1, nbytes // 4 // 64), 8, 8)
 
@@ -196,9 +158,9 @@ async def _async_raw_times(port: int, tensor: torch.Tensor, reps: int) -> list[f
 
 def main(quick: bool) -> None:
     tune_allocator()  # the client process too
-    http, http_port = _start("serve-http")
-    raw, raw_port = _start("serve-raw")
-    araw, araw_port = _start("serve-async-raw")
+    http, http_port = start_server("bench._servers")
+    raw, raw_port = start_server("bench.bench_hop", "serve-raw")
+    araw, araw_port = start_server("bench.bench_hop", "serve-async-raw")
     rows: list[dict[str, float]] = []
     try:
         conn = socket.create_connection(("127.0.0.1", raw_port))
@@ -241,9 +203,7 @@ def main(quick: bool) -> None:
 
 if __name__ == "__main__":
     tune_allocator()
-    if len(sys.argv) == 3 and sys.argv[1] == "serve-http":
-        _serve_http(int(sys.argv[2]))
-    elif len(sys.argv) == 3 and sys.argv[1] == "serve-raw":
+    if len(sys.argv) == 3 and sys.argv[1] == "serve-raw":
         _serve_raw(int(sys.argv[2]))
     elif len(sys.argv) == 3 and sys.argv[1] == "serve-async-raw":
         _serve_async_raw(int(sys.argv[2]))

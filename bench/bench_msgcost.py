@@ -14,56 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, Response
 
+from bench._servers import start_server
 from edgepart.geometry import Region
-from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
 from edgepart.partition_service.transport import (
-    TENSOR_PATH,
     Sender,
     make_client,
     make_hop_client,
-    receive_frame,
 )
-from edgepart.partition_service.wire import Limits, make_header
+from edgepart.partition_service.wire import make_header
 
 SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)
-
-
-def _serve(port: int) -> None:
-    app = FastAPI()
-    limits = Limits()
-
-    @app.post(TENSOR_PATH)
-    async def tensor(request: Request) -> Response:
-        frame = await receive_frame(request, limits)
-        assert frame.tensor.numel() > 0
-        return Response(status_code=204)
-
-    @app.get("/cpu")
-    async def cpu() -> dict[str, float]:
-        return {"cpu_s": time.process_time()}
-
-    # the services' own server set-up: allocator tuning, uvloop, httptools
-    tune_allocator()
-    factory = loop_factory()
-    runner = asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner()
-    with runner:
-        runner.run(serve(app, [bind("127.0.0.1", port)]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _measure(port: int, reps: int) -> list[tuple[int, float, float]]:
@@ -92,19 +58,8 @@ async def _measure(port: int, reps: int) -> list[tuple[int, float, float]]:
 def main(quick: bool = False) -> None:
     reps = 100 if quick else 400
     torch.set_num_threads(1)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_msgcost", "serve", str(port)],
-                            cwd=Path(__file__).parent.parent)
+    proc, port = start_server("bench._servers")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("receiver did not start") from None
-                time.sleep(0.1)
         rows = asyncio.run(_measure(port, reps))
     finally:
         proc.terminate()
@@ -121,7 +76,4 @@ def main(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        _serve(int(sys.argv[2]))
-    else:
-        main()
+    main(quick="--quick" in sys.argv)

@@ -614,13 +614,13 @@ ZOO: dict[str, ZooEntry] = {
             "yolov2",
             YOLOv2,
             (1, 3, 416, 416),
-            "YOLOv2 (Redmon & Farhadi), Darknet-19 + passthrough, 416x416 -> 13x13x425, 50.7M params",
+            "YOLOv2 (Redmon & Farhadi), Darknet-19 + passthrough, 416x416 -> 13x13x425, 51.0M params",
         ),
         ZooEntry(
             "yolov2-608",
             YOLOv2,
             (1, 3, 608, 608),
-            "YOLOv2 (Redmon & Farhadi), Darknet-19 + passthrough, 608x608 -> 19x19x425, 50.7M params",
+            "YOLOv2 (Redmon & Farhadi), Darknet-19 + passthrough, 608x608 -> 19x19x425, 51.0M params",
         ),
         ZooEntry(
             "alexnet",

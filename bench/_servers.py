@@ -1,0 +1,65 @@
+"""Helpers the transport benchmarks share: a frame sink served like the services, and free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+
+from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
+from edgepart.partition_service.transport import TENSOR_PATH, receive_frame
+from edgepart.partition_service.wire import Limits
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_frame_sink(port: int) -> None:
+    """Decode every POSTed frame with the partitions' own `receive_frame`; GET /cpu reports CPU time.
+
+    Served with the services' own set-up: tuned allocator, uvloop, httptools.
+    """
+    app = FastAPI()
+    limits = Limits()
+
+    @app.post(TENSOR_PATH)
+    async def tensor(request: Request) -> Response:
+        frame = await receive_frame(request, limits)
+        assert frame.tensor.numel() > 0
+        return Response(status_code=204)
+
+    @app.get("/cpu")
+    async def cpu() -> dict[str, float]:
+        return {"cpu_s": time.process_time()}
+
+    tune_allocator()
+    factory = loop_factory()
+    with asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner() as runner:
+        runner.run(serve(app, [bind("127.0.0.1", port)]))
+
+
+def start_server(module: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Run `python -m module *args PORT` and wait until it accepts connections."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", module, *args, str(port)], cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{module} {' '.join(args)} did not start")
+
+
+if __name__ == "__main__":
+    serve_frame_sink(int(sys.argv[1]))
