@@ -13,14 +13,12 @@ pieces when every partition is alive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +46,7 @@ from edgepart.partition_service.errors import (
     error_from_response,
     install_error_handlers,
 )
+from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.partition import FAILURES_PATH
 from edgepart.partition_service.transport import (
@@ -400,15 +399,7 @@ def _result_headers(result: InferResult, size: int | None = None) -> dict[str, s
 def gateway_app(service: GatewayService) -> FastAPI:
     """The HTTP face of the gateway (one uvicorn worker)."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.aclose()
-
-    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=lifespan, docs_url=None,
+    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=service_lifespan(service), docs_url=None,
                   redoc_url=None)
     install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
 

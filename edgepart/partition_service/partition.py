@@ -15,11 +15,10 @@ gateway's /v1/failures so the client gets an answer naming the problem.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +42,7 @@ from edgepart.partition_service.errors import (
     error_body,
     install_error_handlers,
 )
+from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.slicing import load_slice
 from edgepart.partition_service.transport import (
@@ -331,15 +331,7 @@ class PartitionService:
 def partition_app(service: PartitionService) -> FastAPI:
     """The HTTP face of one partition (run it with one uvicorn worker)."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.aclose()
-
-    app = FastAPI(title=f"edgepart partition {service.id}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title=f"edgepart partition {service.id}", lifespan=service_lifespan(service), docs_url=None, redoc_url=None)
     install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive one piece of a request's input tile (tensor frame).")
