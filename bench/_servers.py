@@ -11,9 +11,10 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 
+from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame
-from edgepart.partition_service.wire import Limits
+from edgepart.partition_service.wire import Frame, Limits
 
 
 def free_port() -> int:
@@ -30,11 +31,15 @@ def serve_frame_sink(port: int) -> None:
     app = FastAPI()
     limits = Limits()
 
+    async def ingest(frame: Frame) -> None:
+        assert frame.tensor.numel() > 0
+
     @app.post(TENSOR_PATH)
     async def tensor(request: Request) -> Response:
-        frame = await receive_frame(request, limits)
-        assert frame.tensor.numel() > 0
+        await ingest(await receive_frame(request, limits))
         return Response(status_code=204)
+
+    app.state.tensor_lane = TensorLane(TENSOR_PATH, limits, ingest)  # as the services serve frames
 
     @app.get("/cpu")
     async def cpu() -> dict[str, float]:

@@ -1,12 +1,13 @@
 """One tensor hop over loopback: edgepart's HTTP frame path against a raw TCP socket, side by side.
 
 HTTP hop: the data plane's own sender (`Sender` with its keep-alive `HopClient`, as the
-services run it) POSTs a frame to a uvicorn server (one worker) that decodes it with the
-partition's own `receive_frame` into a tensor and answers 204.
+services run it) POSTs a frame to a uvicorn server (one worker) served like a partition: its tensor
+lane (`partition_service/lane.py`) receives the frame straight into a tensor and answers 204.
 Raw hop: a blocking socket sends the same frame bytes to a server that reads
 them with recv_into into one preallocated buffer, builds the tensor and
 answers one byte. A third column does the same raw exchange through asyncio
-streams (the event-loop machinery the HTTP path also pays, without HTTP). Every
+streams (the event-loop machinery the HTTP path also pays, without HTTP). Clients and
+servers run on the services' event loop (uvloop when installed). Every
 server runs in its own process; sizes alternate between the three so all see
 the same machine state. Every process (servers and client) gets the allocator tuning the services
 run with (`server.tune_allocator`), so no side pays fresh pages for its buffers. Reported: median round
@@ -23,13 +24,15 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bench._servers import start_server
 from edgepart.geometry import Region
-from edgepart.partition_service.server import tune_allocator
+from edgepart.partition_service.server import loop_factory, tune_allocator
 from edgepart.partition_service.transport import (
     Sender,
     make_client,
@@ -102,7 +105,8 @@ def _serve_async_raw(port: int) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve())
 
 
 def _tensor(nbytes: int) -> torch.Tensor:
@@ -156,6 +160,12 @@ async def _async_raw_times(port: int, tensor: torch.Tensor, reps: int) -> list[f
     return times
 
 
+def _run(main: Coroutine[Any, Any, list[float]]) -> list[float]:
+    """Run a client on the event loop the services run on (uvloop when installed)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
+
+
 def main(quick: bool) -> None:
     tune_allocator()  # the client process too
     http, http_port = start_server("bench._servers")
@@ -174,8 +184,8 @@ def main(quick: bool) -> None:
             araw_t: list[float] = []
             for _ in range(3):  # interleave: all three see the same machine state
                 raw_t += _raw_times(conn, tensor, reps // 3 + 1)
-                http_t += asyncio.run(_http_times(http_port, tensor, reps // 3 + 1))
-                araw_t += asyncio.run(_async_raw_times(araw_port, tensor, reps // 3 + 1))
+                http_t += _run(_http_times(http_port, tensor, reps // 3 + 1))
+                araw_t += _run(_async_raw_times(araw_port, tensor, reps // 3 + 1))
             h, r, a = statistics.median(http_t), statistics.median(raw_t), statistics.median(araw_t)
             rows.append({"bytes": nbytes, "http_ms": h * 1e3, "raw_ms": r * 1e3, "async_raw_ms": a * 1e3,
                          "http_MBps": nbytes / h / 1e6, "raw_MBps": nbytes / r / 1e6,

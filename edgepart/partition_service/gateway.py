@@ -46,6 +46,7 @@ from edgepart.partition_service.errors import (
     error_from_response,
     install_error_handlers,
 )
+from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.partition import FAILURES_PATH
@@ -402,6 +403,8 @@ def gateway_app(service: GatewayService) -> FastAPI:
     app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=service_lifespan(service), docs_url=None,
                   redoc_url=None)
     install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
+    app.state.tensor_lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest,
+                                       on_error=lambda err: service.metrics.error(err.reason))
 
     @app.post("/v1/infer", summary="Run the model: a tensor frame or JSON {shape, data} in; frame or JSON out.")
     async def infer(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """A small keep-alive HTTP/1.1 client for the tensor hop (POST a frame, read the short answer).
 
 httpx costs about a millisecond per request, more than a whole small tensor takes on the wire. This client
-speaks plain HTTP/1.1 over non-blocking sockets with the event loop's ``sock_*`` calls: a pool of
+speaks plain HTTP/1.1 over the event loop's transports (one protocol object per connection): a pool of
 connections per host:port (opened lazily, TCP_NODELAY, reused while the peer keeps them alive, closed on any
 error or cancellation), the request head and frame header in one write, then the tensor straight from its own
 memory (no copy). The answer is parsed by status line, headers and a Content-Length (or chunked) body.
@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 from edgepart.partition_service.errors import PeerUnreachableError, RequestTimeoutError
@@ -27,7 +28,6 @@ __all__ = ["Answer", "HopClient"]
 MAX_ANSWER_HEAD = 64 * 1024
 MAX_ANSWER_BODY = 4 * 1024 * 1024
 COALESCE = 64 * 1024  # a payload up to this size goes out in the same write as the head
-_RECV = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,26 +49,96 @@ class _Target:
     path: str
 
 
-class _Connection:
-    __slots__ = ("buffer", "idle_since", "sock")
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection, driven by the event loop's transport.
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+    The socket stays registered with the loop for its whole life, so an answer costs one wake-up (the loop's
+    `sock_recv` registers and unregisters the socket every call). Writes go out at once when the socket takes
+    them; the write-buffer limit of 0 makes `drained` wait until the kernel has all of the body.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.idle_since = 0.0
+        self.closed = False
+        self._arrived: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport.set_write_buffer_limits(high=0)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake_reader(None)
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        self._wake_reader(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake_reader(None)
+        self._wake_writer(exc or ConnectionResetError("the peer closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writer(None)
+
+    def _wake_reader(self, _: None) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+    def _wake_writer(self, exc: BaseException | None) -> None:
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
+
+    async def drained(self) -> None:
+        """Until the kernel holds everything written (the body has left this process)."""
+        while self._paused:
+            if self.closed:
+                raise ConnectionResetError("the connection is closed")
+            self._writable = asyncio.get_running_loop().create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+
+    async def more(self) -> bool:
+        """Wait for more answer bytes; False when the peer has closed its side and nothing more will come."""
+        if self.closed:
+            return False
+        size = len(self.buffer)
+        self._arrived = asyncio.get_running_loop().create_future()
+        try:
+            await self._arrived
+        finally:
+            self._arrived = None
+        return len(self.buffer) > size or not self.closed
 
     def alive(self) -> bool:
         """False when an idle connection was closed by the peer (or has unexpected bytes waiting)."""
-        try:
-            self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False
+        return not self.closed and not self.buffer and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
-        self.sock.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _target(url: str) -> _Target:
@@ -134,25 +204,12 @@ class HopClient:
         idle.append(conn)
 
     async def _connect(self, host: str, port: int) -> _Connection:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        last: OSError = OSError(f"no address for {host}")
-        for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.sock_connect(sock, address)
-            except OSError as err:
-                sock.close()
-                last = err
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            self.opened += 1
-            return _Connection(sock)
-        raise last
+        _, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port)
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.opened += 1
+        return conn
 
     # ------------------------------------------------------------ one exchange
 
@@ -203,7 +260,6 @@ class HopClient:
 
     async def _send(self, conn: _Connection, target: _Target, parts: Sequence[bytes | memoryview],
                     headers: dict[str, str]) -> None:
-        loop = asyncio.get_running_loop()
         views = [memoryview(p).cast("B") for p in parts]
         size = sum(v.nbytes for v in views)
         lines = [f"POST {target.path} HTTP/1.1", f"Host: {target.authority}", f"Content-Length: {size}"]
@@ -216,16 +272,15 @@ class HopClient:
         head = bytearray(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         while views and len(head) + views[0].nbytes <= COALESCE:  # small pieces ride with the head
             head += views.pop(0)
-        await loop.sock_sendall(conn.sock, head)
+        conn.write(head)
         for view in views:
             if view.nbytes:
-                await loop.sock_sendall(conn.sock, view)
+                conn.write(view)  # the transport sends from the tensor's own memory
+        await conn.drained()
 
     async def _fill(self, conn: _Connection, why: str) -> None:
-        chunk = await asyncio.get_running_loop().sock_recv(conn.sock, _RECV)
-        if not chunk:
+        if not await conn.more():
             raise _ProtocolError(f"the peer closed the connection {why}")
-        conn.buffer += chunk
 
     async def _line(self, conn: _Connection) -> bytes:
         while (end := conn.buffer.find(b"\r\n")) < 0:

@@ -42,6 +42,7 @@ from edgepart.partition_service.errors import (
     error_body,
     install_error_handlers,
 )
+from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.slicing import load_slice
@@ -333,6 +334,8 @@ def partition_app(service: PartitionService) -> FastAPI:
 
     app = FastAPI(title=f"edgepart partition {service.id}", lifespan=service_lifespan(service), docs_url=None, redoc_url=None)
     install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
+    app.state.tensor_lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest,
+                                       on_error=lambda err: service.metrics.error(err.reason))
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive one piece of a request's input tile (tensor frame).")
     async def tensor(request: Request) -> Response:

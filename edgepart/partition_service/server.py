@@ -6,7 +6,8 @@ Besides host:port from its config, a process serves sockets it inherits
 (`EDGEPART_LISTEN_FDS`), which the local runtime uses to give an emulated
 device's gateway a listener on the host's loopback.
 
-Speed: the process runs on uvloop with uvicorn's httptools parser when they are installed, and keeps
+Speed: the process runs on uvloop with uvicorn's httptools parser when they are installed, serves tensor frames
+on the app's tensor lane (`lane.py`: below ASGI, received straight into the tensor), and keeps
 frame-sized buffers in the C heap (`tune_allocator`) so that a hop does not pay fresh pages for every frame.
 """
 
@@ -20,7 +21,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,9 +33,10 @@ from edgepart.partition_service.config import (
     load_partition_config,
 )
 from edgepart.partition_service.gateway import GatewayService, gateway_app
+from edgepart.partition_service.lane import TensorLane, lane_protocol
 from edgepart.partition_service.partition import PartitionService, partition_app
 
-__all__ = ["Role", "bind", "loop_factory", "main", "serve", "tune_allocator"]
+__all__ = ["Role", "bind", "http_protocol", "loop_factory", "main", "serve", "tune_allocator"]
 
 Role = Literal["partition", "gateway"]
 
@@ -83,10 +85,22 @@ def _listens_on(sock: socket.socket, host: str, port: int) -> bool:
     return bool(address[1] == port and address[0] == host)
 
 
+def http_protocol(app: FastAPI) -> Any:
+    """uvicorn's HTTP protocol (httptools when installed), behind the app's tensor lane when it has one."""
+    http: type[asyncio.Protocol]
+    if _installed("httptools"):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        http = HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        http = H11Protocol
+    lane = getattr(app.state, "tensor_lane", None)
+    return lane_protocol(lane, http) if isinstance(lane, TensorLane) else http
+
+
 async def serve(app: FastAPI, sockets: Sequence[socket.socket], log_level: str = "warning") -> None:
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", workers=1,
-                            http="httptools" if _installed("httptools") else "h11",
-                            timeout_keep_alive=120, timeout_graceful_shutdown=5)
+                            http=http_protocol(app), timeout_keep_alive=120, timeout_graceful_shutdown=5)
     await uvicorn.Server(config).serve(sockets=list(sockets))
 
 

@@ -234,6 +234,22 @@ class FrameReader:
             self._filled += view.nbytes
             view = view[view.nbytes:]
 
+    def payload_window(self) -> memoryview | None:
+        """The payload bytes still to come, to receive straight into (None until the header is read).
+
+        A socket can `recv_into` this window and report the count with `advance`: no copy besides the kernel's.
+        """
+        if self._payload is None:
+            return None
+        return memoryview(self._payload)[self._filled:]
+
+    def advance(self, count: int) -> None:
+        """`count` bytes were written into `payload_window()`."""
+        if self._payload is None or self._filled + count > len(self._payload):
+            raise FrameError(f"frame has trailing bytes after its {len(self._payload or b'')}-byte payload")
+        self._filled += count
+        self._total += count
+
     def _feed_head(self, view: memoryview) -> memoryview:
         need = 4 if self._header_len is None else 4 + self._header_len
         take = min(need - len(self._head), view.nbytes)

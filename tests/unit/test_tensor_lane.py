@@ -1,0 +1,284 @@
+"""The tensor lane (POST /v1/tensor below ASGI) against a real uvicorn server: what it serves itself, what it
+answers for bad frames, and what it hands to the FastAPI app behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from edgepart.geometry import Region
+from edgepart.partition_service.errors import (
+    ServiceError,
+    UnexpectedPieceError,
+    install_error_handlers,
+)
+from edgepart.partition_service.hop import HopClient
+from edgepart.partition_service.lane import LaneProtocol, TensorLane
+from edgepart.partition_service.server import http_protocol
+from edgepart.partition_service.transport import TENSOR_PATH, receive_frame, send_frame
+from edgepart.partition_service.wire import CONTENT_TYPE, Frame, Limits, frame_bytes, make_header
+
+LIMITS = Limits(max_header_bytes=4096, max_tensor_bytes=64 << 20)
+
+
+@dataclass
+class Sink:
+    url: str
+    port: int
+    server: uvicorn.Server
+    lane: list[str] = field(default_factory=list)  # request ids the lane ingested
+    route: list[str] = field(default_factory=list)  # request ids the FastAPI route ingested
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    app = FastAPI()
+    install_error_handlers(app)
+    holder: list[Sink] = []
+
+    async def ingest(frame: Frame, via: str) -> None:
+        rid = frame.header.request_id
+        if rid.startswith("reject"):
+            raise UnexpectedPieceError("s1p0 expects pieces from ['s0p1']", peer="s1p0", request_id=rid)
+        if rid.startswith("crash"):
+            raise RuntimeError("boom")
+        if rid.startswith("slow"):
+            await asyncio.sleep(0.5)
+        getattr(holder[0], via).append(rid)
+        holder[0].tensors[rid] = frame.tensor
+
+    @app.post(TENSOR_PATH, status_code=204)
+    async def tensor(request: Request) -> Response:
+        await ingest(await receive_frame(request, LIMITS), "route")
+        return Response(status_code=204)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def lane_ingest(frame: Frame) -> None:
+        await ingest(frame, "lane")
+
+    app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, lane_ingest,
+                                       on_error=lambda err: holder[0].errors.append(err.reason))
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = sock.getsockname()[1]
+    holder.append(Sink(f"http://127.0.0.1:{port}", port, server))
+    try:
+        yield holder[0]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+def _frame(rid: str, tensor: torch.Tensor) -> bytes:
+    return frame_bytes(make_header(rid, tensor, Region.full(tensor.shape[1:]), 0, "s0p0"), tensor)
+
+
+def _post(body: bytes, *, length: int | None = None, media: str = CONTENT_TYPE, extra: str = "") -> bytes:
+    size = len(body) if length is None else length
+    return (f"POST {TENSOR_PATH} HTTP/1.1\r\nhost: x\r\ncontent-type: {media}\r\ncontent-length: {size}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+class Conn:
+    """A raw client connection that reads whole HTTP answers (Content-Length bodies)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self) -> tuple[int, dict[str, str], bytes]:
+        head = (await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(head[0].split(" ")[1]), headers, body
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), 10) == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def test_frames_of_every_size_are_received_by_the_lane_intact(sink: Sink) -> None:
+    tensors = {"tiny": torch.randn(1, 4), "empty": torch.zeros(1, 0, 4, 5), "int": torch.arange(60).reshape(1, 3, 4, 5),
+               "big": torch.randn(1, 64, 128, 96), "half": torch.randn(1, 3, 33, 7).half()}  # big: 3 MiB
+    async with HopClient(10.0) as hop:
+        for rid, tensor in tensors.items():
+            await send_frame(hop, sink.url, make_header(rid, tensor, Region.full(tensor.shape[1:]), 0, "s0p0"),
+                             tensor, peer="sink")
+        assert hop.opened == 1  # one kept-alive connection
+    assert sink.lane == list(tensors) and sink.route == []
+    for rid, tensor in tensors.items():
+        assert sink.tensors[rid].dtype == tensor.dtype and torch.equal(sink.tensors[rid], tensor)
+
+
+async def test_pipelined_requests_and_byte_by_byte_delivery(sink: Sink) -> None:
+    conn = await Conn.open(sink.port)
+    a, b = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 7, 2)
+    await conn.send(_post(_frame("p1", a)) + _post(_frame("p2", b)))  # two requests in one write
+    assert (await conn.answer())[0] == 204 and (await conn.answer())[0] == 204
+    for byte in _post(_frame("p3", a)):  # and one dribbled a byte at a time
+        await conn.send(bytes([byte]))
+    assert (await conn.answer())[0] == 204
+    await conn.close()
+    assert sink.lane == ["p1", "p2", "p3"] and torch.equal(sink.tensors["p2"], b)
+
+
+@pytest.mark.parametrize(("mangle", "status", "words"), [
+    (lambda f: struct.pack(">I", 5) + b"{oops" + f[struct.unpack(">I", f[:4])[0] + 4:], 400, "not valid JSON"),
+    (lambda f: f.replace(b'"float32"', b'"float99"'), 400, "dtype"),
+    (lambda f: f.replace(b'"shape":[1,2,3,4]', b'"shape":[1,2,3,5]'), 400, "region"),
+    (lambda f: f + b"\x00" * 8, 400, "trailing bytes"),
+    (lambda f: f[:-4], 400, "truncated"),
+    (lambda f: struct.pack(">I", 99999) + f[4:], 413, "header length 99999"),
+])
+async def test_bad_frames_get_a_4xx_naming_the_problem_and_the_connection_stays_usable(
+        sink: Sink, mangle: object, status: int, words: str) -> None:
+    assert callable(mangle)
+    conn = await Conn.open(sink.port)
+    bad = mangle(_frame("bad", torch.randn(1, 2, 3, 4)))
+    await conn.send(_post(bad))
+    code, headers, body = await conn.answer()
+    assert code == status and headers["content-type"] == "application/json"
+    assert words in json.loads(body)["detail"]
+    await conn.send(_post(_frame("after", torch.randn(1, 2, 3, 4))))
+    assert (await conn.answer())[0] == 204
+    await conn.close()
+    assert sink.lane == ["after"] and len(sink.errors) == 1
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read_and_the_connection_closed(sink: Sink) -> None:
+    conn = await Conn.open(sink.port)
+    await conn.send(_post(b"", length=LIMITS.max_frame_bytes + 1))
+    code, headers, body = await conn.answer()
+    assert code == 413 and headers.get("connection") == "close"
+    assert "over the limit" in json.loads(body)["detail"]
+    assert await conn.closed()
+    await conn.close()
+    assert sink.errors == ["frame_too_large"]
+
+
+async def test_service_errors_answer_like_the_route(sink: Sink) -> None:
+    conn = await Conn.open(sink.port)
+    await conn.send(_post(_frame("reject-1", torch.randn(1, 2))))
+    code, _, body = await conn.answer()
+    assert code == 422
+    assert json.loads(body) == {"error": "unexpected_piece", "detail": "s1p0 expects pieces from ['s0p1']",
+                                "peer": "s1p0", "request_id": "reject-1"}
+    await conn.send(_post(_frame("crash-1", torch.randn(1, 2))))
+    code, _, body = await conn.answer()
+    assert code == 500 and "RuntimeError: boom" in json.loads(body)["detail"]
+    await conn.send(_post(_frame("fine", torch.randn(1, 2))))
+    assert (await conn.answer())[0] == 204
+    await conn.close()
+    assert sink.errors == ["unexpected_piece", "internal"]
+
+
+async def test_other_requests_are_handed_to_the_app_on_the_same_connection(sink: Sink) -> None:
+    conn = await Conn.open(sink.port)
+    await conn.send(_post(_frame("lane-1", torch.randn(1, 3))))
+    assert (await conn.answer())[0] == 204
+    await conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    code, _, body = await conn.answer()
+    assert code == 200 and json.loads(body) == {"status": "ok"}
+    await conn.send(_post(_frame("route-1", torch.randn(1, 3))))  # uvicorn owns the connection from now on
+    assert (await conn.answer())[0] == 204
+    await conn.send(_post(_frame("x", torch.randn(1, 3)), media="text/plain"))
+    code, _, body = await conn.answer()
+    assert code == 415 and "text/plain" in json.loads(body)["detail"]
+    await conn.close()
+    assert sink.lane == ["lane-1"] and sink.route == ["route-1"]
+
+
+async def test_chunked_and_expect_continue_bodies_go_to_the_app(sink: Sink) -> None:
+    tensor = torch.randn(1, 8, 16, 4)
+    body = _frame("chunked", tensor)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100]
+
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(sink.url + TENSOR_PATH, content=chunks(), headers={"content-type": CONTENT_TYPE})
+        assert answer.status_code == 204
+        answer = await client.post(sink.url + TENSOR_PATH, content=_frame("expect", tensor),
+                                   headers={"content-type": CONTENT_TYPE, "expect": "100-continue"})
+        assert answer.status_code == 204
+    assert sink.route == ["chunked", "expect"] and torch.equal(sink.tensors["chunked"], tensor)
+
+
+async def test_a_client_vanishing_mid_body_does_not_disturb_others(sink: Sink) -> None:
+    gone = await Conn.open(sink.port)
+    frame = _frame("gone", torch.randn(1, 4, 256, 256))
+    await gone.send(_post(frame)[:len(frame) // 2])
+    await gone.close()
+    async with HopClient(10.0) as hop:
+        tensor = torch.randn(1, 4)
+        await send_frame(hop, sink.url, make_header("ok", tensor, Region.full((4,)), 0, "s0p0"), tensor, peer="sink")
+    assert sink.lane == ["ok"]
+
+
+async def test_connection_close_and_http_1_0_close_after_the_answer(sink: Sink) -> None:
+    for extra, version in (("connection: close\r\n", "HTTP/1.1"), ("", "HTTP/1.0")):
+        conn = await Conn.open(sink.port)
+        await conn.send(_post(_frame("c", torch.randn(1, 2)), extra=extra).replace(b"HTTP/1.1", version.encode(), 1))
+        code, headers, _ = await conn.answer()
+        assert code == 204 and headers.get("connection") == "close"
+        assert await conn.closed()
+        await conn.close()
+
+
+async def test_graceful_shutdown_waits_for_an_answer_in_progress(sink: Sink) -> None:
+    idle = await Conn.open(sink.port)
+    busy = await Conn.open(sink.port)
+    await busy.send(_post(_frame("slow-1", torch.randn(1, 2))))
+    await asyncio.sleep(0.01)
+    assert any(isinstance(c, LaneProtocol) for c in sink.server.server_state.connections)
+    sink.server.should_exit = True
+    code, headers, _ = await busy.answer()
+    assert code == 204 and headers.get("connection") == "close"
+    assert await idle.closed() and await busy.closed()
+    await idle.close()
+    await busy.close()
+    assert sink.lane == ["slow-1"]
+
+
+def test_the_lane_protocol_is_what_services_serve_with() -> None:
+    app = FastAPI()
+    assert not issubclass(http_protocol(app), LaneProtocol)
+
+    async def ingest(frame: Frame) -> None:
+        raise ServiceError("unused")
+
+    app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, ingest)
+    protocol = http_protocol(app)
+    assert issubclass(protocol, LaneProtocol) and protocol.lane.path == TENSOR_PATH
