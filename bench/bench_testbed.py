@@ -7,6 +7,8 @@ speed is 0.2 x this host's calibrated per-core speed, deploy it with `up --emula
 
 - latency: median of the gateway's own latency over sequential requests, against the planner's
   predicted latency (target within 15 %), and the speedup over the 1-device deployment;
+- compute: each partition's mean compute time (from the gateway's /v1/status) against the cost
+  model's prediction for it (median and worst partition), which separates compute from transfer;
 - pipelined throughput: M requests sent at once, M / makespan, against the discrete-event
   simulator's prediction for the same M requests (`edgepart.sim.simulate`).
 
@@ -29,6 +31,7 @@ import torch
 
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.planner.cluster import cluster_from_spec
+from edgepart.planner.evaluate import part_work
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import calibrated, export_weights, per_core_speed
 from edgepart.runtime.emulate import support_problems
@@ -73,13 +76,24 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, reques
             for _ in range(requests):
                 result = await infer(state.gateway_url, x, client=client, timeout_s=600)
                 latencies.append(result.server_latency_s or result.latency_s)
+            status = (await client.get(state.gateway_url + "/v1/status")).json()
             started = time.perf_counter()
             await asyncio.gather(*(infer(state.gateway_url, x, client=client, timeout_s=600) for _ in range(burst)))
             makespan = time.perf_counter() - started
     finally:
         await runtime.down(state.name)
     assert plan.predicted is not None
+    # each partition's mean compute (warm-up and latency requests) against the cost model's prediction
+    ratios = []
+    for part in status["partitions"]:
+        stage = plan.stages[part["stage"]]
+        mine = next(p for p in stage.partitions if p.id == part["id"])
+        predicted = part_work(graph, cluster, stage.start, stage.stop, mine.device, mine.output_region).compute_s
+        if part.get("compute_mean_s") and predicted > 1e-3:
+            ratios.append(part["compute_mean_s"] / predicted)
     return {
+        "compute_ratio_median": statistics.median(ratios) if ratios else None,
+        "compute_ratio_max": max(ratios) if ratios else None,
         "model": model, "devices": devices, "solver": plan.solver, "partitions": len(plan.partitions),
         "stages": len(plan.stages), "measured_s": statistics.median(latencies), "predicted_s": plan.predicted.latency_s,
         "throughput_measured": burst / makespan, "throughput_simulated": burst / sim.makespan_s,
@@ -110,16 +124,24 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _compute_ratios(row: dict[str, Any]) -> str:
+    """Median and worst partition: mean measured compute / predicted compute."""
+    if row.get("compute_ratio_median") is None:
+        return "-"
+    return f"{row['compute_ratio_median']:.2f}/{row['compute_ratio_max']:.2f}"
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     header = (f"{'model':7} {'dev':>3} {'parts':>5} {'measured':>9} {'predicted':>9} {'meas/pred':>9} "
-              f"{'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
+              f"{'compute m/p':>11} {'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
     print(header)
     print("-" * len(header))
     base: dict[str, dict[str, Any]] = {r["model"]: r for r in rows if r["devices"] == 1}
     for r in rows:
         one = base.get(r["model"], r)
         print(f"{r['model']:7} {r['devices']:>3} {r['partitions']:>5} {r['measured_s']:>8.2f}s {r['predicted_s']:>8.2f}s "
-              f"{r['measured_s'] / r['predicted_s']:>9.2f} {one['measured_s'] / r['measured_s']:>6.2f}x "
+              f"{r['measured_s'] / r['predicted_s']:>9.2f} {_compute_ratios(r):>11} "
+              f"{one['measured_s'] / r['measured_s']:>6.2f}x "
               f"{one['predicted_s'] / r['predicted_s']:>7.2f}x {r['throughput_measured']:>6.2f} "
               f"{r['throughput_simulated']:>6.2f} {r['throughput_measured'] / r['throughput_simulated']:>7.2f}")
 

@@ -13,6 +13,7 @@ pieces when every partition is alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -313,7 +314,8 @@ class GatewayService:
         return result
 
     async def partition_status(self) -> list[dict[str, Any]]:
-        """Liveness and readiness of every partition, as the gateway sees them."""
+        """Liveness and readiness of every partition, as the gateway sees them, with how many requests each
+        has computed and their mean compute time."""
         async def one(e: Endpoint) -> dict[str, Any]:
             try:
                 response = await self.client.get(e.url + "/readyz", timeout=2.0)
@@ -324,8 +326,13 @@ class GatewayService:
             detail = None if response.status_code == 200 else str(body.get("detail") or f"HTTP {response.status_code}")
             if body.get("failure"):
                 detail = f"{detail}: {body['failure']}"
+            computed, mean = None, None
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                info = (await self.client.get(e.url + "/v1/info", timeout=2.0)).json()
+                computed, mean = info.get("computed"), info.get("compute_mean_s")
             return {**e.model_dump(), "live": True, "ready": response.status_code == 200,
-                    "state": body.get("state", "ready" if response.status_code == 200 else None), "detail": detail}
+                    "state": body.get("state", "ready" if response.status_code == 200 else None), "detail": detail,
+                    "computed": computed, "compute_mean_s": mean}
 
         return list(await asyncio.gather(*(one(e) for e in self.config.partitions)))
 

@@ -84,6 +84,8 @@ class PartitionService:
         self.config = config
         self.id = config.partition
         self.metrics = metrics or ServiceMetrics(config.deployment, str(config.stage), config.partition)
+        self.computed = 0  # requests computed, and their total compute time (for /v1/info)
+        self.compute_total_s = 0.0
         self.state: State = "created"
         self.failure: str | None = None
         self._loader = loader
@@ -255,6 +257,8 @@ class PartitionService:
                 self._spawn(self._report(job.request_id, failure))
                 continue
             self.metrics.compute.observe(seconds)
+            self.computed += 1
+            self.compute_total_s += seconds
             self._spawn(self._send_all(job, pieces))
 
     def _compute(self, tile: torch.Tensor) -> tuple[list[tuple[Route, torch.Tensor]], float]:
@@ -326,6 +330,8 @@ class PartitionService:
             "inputs": [p.sender for p in c.inputs], "outputs": [r.target for r in c.outputs],
             "state": self.state, "failure": self.failure, "threads": c.threads,
             "assembling": len(self._assembler), "queued": self._queue.qsize(),
+            "computed": self.computed,
+            "compute_mean_s": self.compute_total_s / self.computed if self.computed else None,
         }
 
 

@@ -54,6 +54,10 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
     return state
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
 async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool:
     runtime = LocalRuntime(root, echo=echo)
     runs = await runtime.status(name)
@@ -66,9 +70,11 @@ async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool
              f"{ready}/{len(run.partitions)} partitions ready{', emulated devices' if run.emulated else ''}"
              + (f"; {run.detail}" if run.detail else ""))
         rows = [[p["id"], p["device"], p["stage"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
-                 "yes" if p["ready"] else "NO", p["url"], p["detail"] or ""] for p in run.partitions]
+                 "yes" if p["ready"] else "NO", p.get("computed") or 0, _ms(p.get("compute_mean_s")), p["url"],
+                 p["detail"] or ""] for p in run.partitions]
         if rows:
-            echo(table(["partition", "device", "stage", "pid", "alive", "ready", "url", "detail"], rows))
+            echo(table(["partition", "device", "stage", "pid", "alive", "ready", "requests", "compute", "url",
+                        "detail"], rows))
     return all(r.ready for r in runs)
 
 

@@ -208,6 +208,7 @@ async def test_http_frames_json_and_request_ids(model_file: Path) -> None:
         assert info["model"]["name"] == plan.model.name and info["input_shape"] == list(SHAPE)
         status = (await d.client.get("/v1/status")).json()
         assert status["ready"] and [p["id"] for p in status["partitions"]] == [p.id for p in plan.partitions]
+        assert all(p["computed"] == 2 and p["compute_mean_s"] > 0 for p in status["partitions"])  # both requests
         assert (await d.client.get("/readyz")).status_code == 200
 
 
