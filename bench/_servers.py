@@ -1,4 +1,4 @@
-"""Helpers the transport benchmarks share: a frame sink served like the services, and free ports."""
+"""Helpers the transport benchmarks share: a frame sink served like the services, their event loop, free ports."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
 
@@ -15,6 +17,15 @@ from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame
 from edgepart.partition_service.wire import Frame, Limits
+
+T = TypeVar("T")
+
+
+def run_on_service_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark's client on the event loop the services run on (uvloop when installed)."""
+    factory = loop_factory()
+    with asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner() as runner:
+        return runner.run(main)
 
 
 def free_port() -> int:

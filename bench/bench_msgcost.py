@@ -1,7 +1,7 @@
 """CPU seconds one tensor hop costs its sender and its receiver, through the real data plane.
 
-The sender is `Sender.send` (httpx, the frame encoder); the receiver a FastAPI app on uvicorn whose
-handler is `receive_frame` (as a partition's ingest), in its own process. Each side's CPU time
+The sender is `Sender.send` (the keep-alive hop client, the frame encoder); the receiver the frame sink
+served like a partition (uvicorn with the tensor lane), in its own process; both on the services' event loop. Each side's CPU time
 (`time.process_time`, so it does not depend on how many cores the host has) over N sequential frames,
 divided by N, is the per-message cost on one core; a line through sizes gives the per-byte part.
 The reference profile's `messageOverheadS` (`edgepart/planner/reference_profile.json`) is the sum of
@@ -12,7 +12,6 @@ the two sides' per-message cost halved (the planner charges it once on each end 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from bench._servers import start_server
+from bench._servers import run_on_service_loop, start_server
 from edgepart.geometry import Region
 from edgepart.partition_service.transport import (
     Sender,
@@ -60,7 +59,7 @@ def main(quick: bool = False) -> None:
     torch.set_num_threads(1)
     proc, port = start_server("bench._servers")
     try:
-        rows = asyncio.run(_measure(port, reps))
+        rows = run_on_service_loop(_measure(port, reps))
     finally:
         proc.terminate()
         proc.wait(10)
