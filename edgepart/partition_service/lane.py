@@ -87,6 +87,7 @@ class LaneProtocol(asyncio.BufferedProtocol):
         self.error: ServiceError | None = None
         self.into_payload = False  # the last get_buffer handed out the frame's payload window
         self.closing = False
+        self.paused = False  # reading paused: a pipelined request filled the scratch while answering
         self.idle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ transport callbacks
@@ -130,6 +131,10 @@ class LaneProtocol(asyncio.BufferedProtocol):
                 self._body_done()
             return
         self.end += nbytes
+        if self.state is _State.ANSWERING and self.end == len(self.scratch) and self.transport is not None:
+            self.transport.pause_reading()  # the next request fills the scratch: wait for the answer
+            self.paused = True
+            return
         self._process()
 
     # ------------------------------------------------------------ uvicorn's server calls these
@@ -193,7 +198,6 @@ class LaneProtocol(asyncio.BufferedProtocol):
         except FrameTooLargeError as err:  # do not read a body over the limit: answer and close
             self.keep_alive = False
             self.state = _State.ANSWERING
-            self._pause()
             self._answer_error(err)
             return False
         return True
@@ -233,13 +237,8 @@ class LaneProtocol(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ answering
 
-    def _pause(self) -> None:
-        assert self.transport is not None
-        self.transport.pause_reading()
-
     def _body_done(self) -> None:
-        self.state = _State.ANSWERING
-        self._pause()
+        self.state = _State.ANSWERING  # bytes that come meanwhile wait in the scratch (a pipelined request)
         if self.error is not None:
             self._answer_error(self.error)
             return
@@ -289,7 +288,9 @@ class LaneProtocol(asyncio.BufferedProtocol):
             transport.close()
             return
         self.state = _State.HEAD
-        transport.resume_reading()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
         self._process()  # a pipelined request may already be here
         if self.state is _State.HEAD and self.start == self.end:
             self._arm_idle()

@@ -153,6 +153,15 @@ async def test_pipelined_requests_and_byte_by_byte_delivery(sink: Sink) -> None:
     assert sink.lane == ["p1", "p2", "p3"] and torch.equal(sink.tensors["p2"], b)
 
 
+async def test_a_pipelined_request_larger_than_the_scratch_waits_for_the_answer(sink: Sink) -> None:
+    conn = await Conn.open(sink.port)
+    a, b = torch.randn(1, 8, 64, 64), torch.randn(1, 8, 64, 64)  # 128 KiB each: more than the 64 KiB scratch
+    await conn.send(_post(_frame("slow-a", a)) + _post(_frame("b", b)))  # the first answer takes 0.5 s
+    assert (await conn.answer())[0] == 204 and (await conn.answer())[0] == 204
+    await conn.close()
+    assert sink.lane == ["slow-a", "b"] and torch.equal(sink.tensors["b"], b)
+
+
 @pytest.mark.parametrize(("mangle", "status", "words"), [
     (lambda f: struct.pack(">I", 5) + b"{oops" + f[struct.unpack(">I", f[:4])[0] + 4:], 400, "not valid JSON"),
     (lambda f: f.replace(b'"float32"', b'"float99"'), 400, "dtype"),
