@@ -29,6 +29,7 @@ and the table reports the median over rounds.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import platform
 import statistics
@@ -45,7 +46,7 @@ from edgepart.geometry import Region
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
 from edgepart.planner.cluster import Cluster, Device, reference_profile
-from edgepart.planner.costmodel import DeviceProfile
+from edgepart.planner.costmodel import DeviceProfile, load_profile
 from edgepart.planner.evaluate import part_work
 from edgepart.planner.segments import strip_region
 from edgepart.profiler.microbench import partition_allocator, time_call
@@ -134,6 +135,23 @@ def measure(cases: list[Case], rounds: int, repeats: int) -> None:
                 case.measured.append(time_call(case.run, warmup=1, repeats=repeats).median_s)
 
 
+def _profile_to(path: str) -> None:
+    profile_device(ProfileConfig(name=platform.node() or "this-machine", threads=1)).save(path)
+
+
+def fresh_profile(path: Path) -> DeviceProfile:
+    """Profile this machine in a child process (pinned like this one), so that the cases run in a process
+    that, like a partition process, has not first timed thousands of micro-benchmark tiles (the C heap keeps
+    freed memory, see partition_allocator)."""
+    path.parent.mkdir(exist_ok=True)
+    child = multiprocessing.get_context("spawn").Process(target=_profile_to, args=(str(path),))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"profiling this machine failed (exit code {child.exitcode})")
+    return load_profile(path)
+
+
 def summary(errors: list[float]) -> str:
     within = sum(e <= 0.15 for e in errors)
     return (f"{within} of {len(errors)} within 15%; median |error| {statistics.median(errors) * 100:.1f}%, "
@@ -147,9 +165,7 @@ def main(quick: bool) -> None:
             source = f"built-in reference profile (created {profile.meta.get('created', '?')})"
         else:
             started = time.perf_counter()
-            profile = profile_device(ProfileConfig(name=platform.node() or "this-machine", threads=1))
-            RESULTS.mkdir(exist_ok=True)
-            profile.save(RESULTS / "costmodel-profile.json")
+            profile = fresh_profile(RESULTS / "costmodel-profile.json")
             source = (f"fresh profile of this machine fitted by this run ({time.perf_counter() - started:.0f} s, "
                       "bench/results/costmodel-profile.json)")
         print(f"  predictions: {source}", flush=True)

@@ -32,6 +32,23 @@ eighth of its filters does a skinny GEMM). Both stay affine in the tile's
 features, so every tile is costed consistently (and the searches' O(1) strip
 costs stay exact); layers of other models use the family regression alone.
 
+[R] Executor terms. Micro-benchmarks time one layer over and over, so its
+input, output and weights stay in cache; in a partition every layer reads
+activations the previous ones wrote and writes fresh ones, through memory.
+So a layer in a partition costs
+
+    layer_overhead + executor_scale · t_layer
+        + executor_elem_s · (in_elems + out_elems) + executor_weight_s · weight_elems
+
+with the four executor terms fitted (NNLS, relative error) on partitions
+the executor ran during profiling (whole models, row strips, channel
+slices). The memory terms are what a single scale factor misses: they weigh
+little against vgg16's compute-heavy convolutions and a lot against the
+many small layers of resnet50, squeezenet or alexnet (one scale
+over-predicted the first by ~10% and under-predicted the others by 10-15%).
+They are affine in the tile like every other term (the weights a tile
+touches shrink with its channel range).
+
 A `DeviceProfile` is the JSON a profiler run writes (device, arch, threads,
 per-op coefficients with their fit quality); `Device` in `cluster.py` pairs a
 profile with a speed factor.
@@ -300,15 +317,22 @@ class DeviceProfile:
     # [R] CPU seconds one tensor message costs each end of a hop on this device (HTTP stack, frame encoding,
     # event loop); None: not measured, the planner uses the reference profile's value scaled by speed
     message_overhead_s: float | None = None
+    # [R] seconds per activation element a layer reads or writes in a partition beyond its micro-benchmark
+    # (cold activations, see "Executor terms" above)
+    executor_elem_s: float = 0.0
+    # [R] seconds per weight element a layer streams in a partition (cold weights, ditto)
+    executor_weight_s: float = 0.0
 
     def model_for(self, layer: Layer) -> LinearModel | None:
         return self.ops.get(op_family(layer))
 
     def time_of_counts(self, layer: Layer, counts: TileCounts) -> float:
         model = self.model_for(layer)
+        memory = self.executor_elem_s * (counts.in_elems + counts.out_elems) + \
+            self.executor_weight_s * counts.weight_elems
         if model is None:
-            return self.layer_overhead_s + self.executor_scale * self.roofline.time(counts.flops,
-                                                                                    bytes_moved(layer, counts))
+            return self.layer_overhead_s + memory + self.executor_scale * self.roofline.time(
+                counts.flops, bytes_moved(layer, counts))
         predicted = model.predict(counts.vector(model.features))
         if self.layers:
             calibration = self.layers.get(layer_key(layer))
@@ -317,7 +341,7 @@ class DeviceProfile:
                     predicted = calibration[2] + calibration[3] * predicted
                 else:
                     predicted = calibration[0] + calibration[1] * predicted
-        return self.layer_overhead_s + self.executor_scale * predicted
+        return self.layer_overhead_s + memory + self.executor_scale * predicted
 
     def layer_time(self, layer: Layer, region: Region | None = None, batch: int = 1) -> float:
         """Predicted seconds for `layer` to produce `region` (default: its whole output).
@@ -337,7 +361,8 @@ class DeviceProfile:
         layers = {k: (c / speed, scale, cc / speed, cscale) for k, (c, scale, cc, cscale) in self.layers.items()}
         message = None if self.message_overhead_s is None else self.message_overhead_s / speed
         return DeviceProfile(name or self.name, ops, roof, self.arch, self.threads, dict(self.meta),
-                             self.layer_overhead_s / speed, layers, self.executor_scale, message)
+                             self.layer_overhead_s / speed, layers, self.executor_scale, message,
+                             self.executor_elem_s / speed, self.executor_weight_s / speed)
 
     # -------------------------------------------------------------- JSON
 
@@ -349,6 +374,8 @@ class DeviceProfile:
             "roofline": {"peakFlops": self.roofline.peak_flops, "memBandwidth": self.roofline.mem_bandwidth},
             "layerOverheadS": self.layer_overhead_s,
             "executorScale": self.executor_scale,
+            "executorElemS": self.executor_elem_s,
+            "executorWeightS": self.executor_weight_s,
             **({} if self.message_overhead_s is None else {"messageOverheadS": self.message_overhead_s}),
             "ops": {k: self.ops[k].to_dict() for k in sorted(self.ops)},
             "layers": {k: list(self.layers[k]) for k in sorted(self.layers)},
@@ -439,9 +466,14 @@ def profile_from_dict(data: Any, source: str = "profile") -> DeviceProfile:
     message = _optional_number(data.get("messageOverheadS"), "messageOverheadS")
     if message is not None and message < 0:
         raise ProfileError(f"{source}: messageOverheadS: must not be negative, got {message}")
+    elem = _number(data.get("executorElemS", 0.0), "executorElemS")
+    weight = _number(data.get("executorWeightS", 0.0), "executorWeightS")
+    for key, value in (("executorElemS", elem), ("executorWeightS", weight)):
+        if value < 0:
+            raise ProfileError(f"{source}: {key}: must not be negative, got {value}")
     return DeviceProfile(device["name"], ops, roofline, str(device.get("arch", "unknown")),
                          int(threads) if isinstance(threads, int) else 1, meta if isinstance(meta, dict) else {},
-                         overhead, layers, scale, message)
+                         overhead, layers, scale, message, elem, weight)
 
 
 def profile_from_json(text: str, source: str = "profile") -> DeviceProfile:

@@ -10,8 +10,11 @@ run looping enough times to be well above the timer's resolution.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,36 @@ class Timing:
 
 
 Clock = Callable[[], float]
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
+_M_MMAP_MAX = -4
+
+
+def partition_allocator(trim_threshold: int = 1 << 30) -> bool:
+    """Keep the C heap's freed memory for reuse: the allocator settings tiles are timed (and partitions should
+    run) with.
+
+    [R] The native convolution unfolds its input into a scratch matrix of in_channels·k²·out_rows·out_cols
+    floats (115 MB for vgg16's second conv). With glibc's defaults a buffer that large is mmap'ed and unmapped
+    on every call, or trimmed back to the kernel once freed, so each call page-faults it in again (~1.3 µs a
+    4 KiB page: vgg16 features_2 ran 140 ms instead of 63 ms). Whether a tile faults then depends on its size
+    against glibc's moving mmap threshold and on what ran before: layer time jumped (non-linearly) with tile
+    size and tiles' times swung by tens of percent between runs. With no mmap'ed chunks and no trimming below
+    `trim_threshold`, scratch pages stay mapped and warm and a layer's time is close to linear in its tile
+    (what remains is the scratch outgrowing the last-level cache). Buffers over 64 MiB allocated on other
+    threads still came fresh from the kernel on every call (measured, even with one arena), so tiles are
+    timed on the main thread, and partitions should compute there too. True when applied (glibc, no MALLOC_*_ variable set by the operator).
+    """
+    if not sys.platform.startswith("linux") or any(
+            os.environ.get(name) for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_")):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 def default_clock() -> Clock:

@@ -15,14 +15,17 @@ The profile also records predicted vs measured latency of the whole models.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,11 +33,13 @@ from edgepart.executor import Executor, use_exact_kernels
 from edgepart.geometry import Region, backprop
 from edgepart.graph.layer_graph import Layer, LayerGraph, trace
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
+from edgepart.graph.ops import OpKind
 from edgepart.planner.cluster import reference_message_overhead, reference_profile
 from edgepart.planner.costmodel import (
     DeviceProfile,
     Roofline,
     Sample,
+    fit_linear_model,
     fit_profile,
     layer_key,
     layer_signature,
@@ -43,6 +48,7 @@ from edgepart.planner.costmodel import (
 )
 from edgepart.profiler.microbench import (
     layer_tiles,
+    partition_allocator,
     tile_call,
     time_call,
     unique_layers,
@@ -50,7 +56,7 @@ from edgepart.profiler.microbench import (
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
-DEFAULT_MODELS = ("vgg16", "yolov2", "resnet50", "mobilenet_v2", "googlenet")
+DEFAULT_MODELS = ("vgg16", "yolov2", "resnet50", "mobilenet_v2", "googlenet", "squeezenet1_1", "alexnet")
 QUICK_MODELS = ("vgg16",)
 
 
@@ -62,7 +68,8 @@ class ProfileConfig:
     threads: int | None = None  # None: leave torch's setting
     exact_kernels: bool = True  # time the kernels partitions run (see executor.use_exact_kernels)
     warmup: int = 3
-    repeats: int = 10
+    repeats: int = 5  # timed runs per tile and pass
+    passes: int = 3  # passes over all tiles; a tile's time is the median over passes
     heights: int = 5  # tile heights per layer
     synthetic: int = 60  # synthetic conv configurations
     seed: int = 0
@@ -185,18 +192,21 @@ def collect_samples(config: ProfileConfig, progress: Progress | None = None) -> 
             jobs.append((layer, batch))
     heights = max(2, config.heights - (2 if config.quick else 0))
     tiles = [(layer, batch, region) for layer, batch in jobs for region in layer_tiles(layer, heights)]
-    samples: list[Sample] = []
-    repeats = max(5, config.repeats // 2) if config.quick else config.repeats
-    for i, (layer, batch, region) in enumerate(tiles):
-        if progress is not None:
-            progress(i, len(tiles), f"{layer.op.value} {region}")
-        fn = tile_call(layer, region, batch)
-        with torch.no_grad():
-            timing = time_call(fn, config.warmup, repeats)
-        samples.append(Sample(op_family(layer), region_counts(layer, region, batch), timing.median_s,
-                              layer_key(layer)))
+    passes = 1 if config.quick else max(1, config.passes)
+    # [R] Separate passes over all tiles, not one burst per tile: background load on this shared machine comes
+    # in bursts that inflated every run of whichever tile was timing (20-50%); the median over passes drops them.
+    times: list[list[float]] = [[] for _ in tiles]
+    for p in range(passes):
+        for i, (layer, batch, region) in enumerate(tiles):
+            if progress is not None:
+                progress(p * len(tiles) + i, passes * len(tiles), f"{layer.op.value} {region}")
+            fn = tile_call(layer, region, batch)
+            with torch.no_grad():
+                times[i].append(time_call(fn, config.warmup, config.repeats).median_s)
     if progress is not None:
-        progress(len(tiles), len(tiles), "done")
+        progress(passes * len(tiles), passes * len(tiles), "done")
+    samples = [Sample(op_family(layer), region_counts(layer, region, batch), statistics.median(t), layer_key(layer))
+               for (layer, batch, region), t in zip(tiles, times, strict=True)]
     return samples
 
 
@@ -224,8 +234,10 @@ def message_overhead(layer_overhead_s: float) -> float:
     """
     reference = reference_profile()
     value = reference_message_overhead()
-    if reference.layer_overhead_s > 0 and layer_overhead_s > 0:
-        value *= min(4.0, max(0.25, layer_overhead_s / reference.layer_overhead_s))
+    # the reference's measured dispatch cost (its layer overhead also holds fitted executor costs)
+    dispatch = reference.meta.get("dispatchS", reference.layer_overhead_s)
+    if isinstance(dispatch, int | float) and dispatch > 0 and layer_overhead_s > 0:
+        value *= min(4.0, max(0.25, layer_overhead_s / dispatch))
     return value
 
 
@@ -237,7 +249,7 @@ def roofline_of(samples: Sequence[Sample]) -> Roofline:
     return Roofline(max(flops, default=1e10), max(elementwise, default=1e10))
 
 
-# ------------------------------------------------------------------ whole-model check
+# ------------------------------------------------------------------ partitions: executor terms and checks
 
 
 def predicted_partition(profile: DeviceProfile, graph: LayerGraph, start: int, stop: int, region: Region) -> float:
@@ -258,11 +270,22 @@ def measure_partition(executor: Executor, start: int, stop: int, region: Region,
         return time_call(lambda: runner(tile), warmup=2, repeats=repeats).median_s
 
 
-def partition_checks(profile: DeviceProfile, models: Sequence[str], repeats: int = 5,
-                     strips: bool = True) -> list[ModelCheck]:
-    """Measured vs predicted partitions: each whole model (one partition) and, with `strips`, row strips
-    (1/2 and 1/4) of its first fused block."""
-    checks = []
+@dataclass(frozen=True)
+class PartitionCase:
+    """One partition the executor runs: a whole model, a row strip or a channel slice."""
+
+    label: str
+    graph: LayerGraph
+    start: int
+    stop: int
+    region: Region
+    run: Callable[[], object]
+
+
+def partition_cases(models: Sequence[str], strips: bool = True, channels: bool = True) -> list[PartitionCase]:
+    """Each whole model (one partition) and, with `strips`, row strips (1/2, 1/4) of its first fused block
+    and, with `channels`, output-channel slices (1/2, 1/4) of its first convolution unit after the stem."""
+    cases = []
     for name in models:
         ref = ModelRef(name)
         gm, graph = trace_ref(ref, load_model(ref))
@@ -276,10 +299,75 @@ def partition_checks(profile: DeviceProfile, models: Sequence[str], repeats: int
                 rows = shape[1] // share
                 parts.append((f"{name} strip 1/{share}", 0, stop,
                               Region.of((0, shape[0]), (rows, 2 * rows), (0, shape[2]))))
+        unit = next((u for u in graph.units[1:] if graph.layers[u.start].op is OpKind.CONV), None)
+        if channels and unit is not None:
+            out = graph.shape_at(unit.stop)
+            for share in (2, 4):
+                if out[0] // share > 0:
+                    parts.append((f"{name} channels 1/{share} of {unit.name}", unit.start, unit.stop,
+                                  Region.of((0, out[0] // share), *((0, n) for n in out[1:]))))
         for label, start, stop, region in parts:
-            checks.append(ModelCheck(label, measure_partition(executor, start, stop, region, repeats),
-                                     predicted_partition(profile, graph, start, stop, region)))
-    return checks
+            runner = executor.runner(start, stop, region)
+            tile = torch.randn(graph.batch, *runner.input_region.shape)
+            cases.append(PartitionCase(label, graph, start, stop, region, functools.partial(runner, tile)))
+    return cases
+
+
+def measure_cases(cases: Sequence[PartitionCase], rounds: int = 3, repeats: int = 3) -> list[float]:
+    """Median seconds of each case over `rounds` interleaved rounds (a burst of background load then hits every
+    case alike instead of one)."""
+    times: list[list[float]] = [[] for _ in cases]
+    with torch.no_grad():
+        for _ in range(rounds):
+            for case, bucket in zip(cases, times, strict=True):
+                bucket.append(time_call(case.run, warmup=1, repeats=repeats).median_s)
+    return [statistics.median(t) for t in times]
+
+
+def partition_terms(profile: DeviceProfile, case: PartitionCase) -> tuple[float, float, float, float]:
+    """(Σ micro-benchmark predictions, Σ activation elements read and written, Σ weight elements, layers
+    computed) of one case under `profile` without its executor terms."""
+    bare = replace(profile, layer_overhead_s=0.0, executor_scale=1.0, executor_elem_s=0.0, executor_weight_s=0.0)
+    geometry = backprop(case.graph, case.start, case.stop, case.region)
+    layers = elems = weights = seconds = 0.0
+    for i, region in geometry.regions.items():
+        if region.empty:
+            continue
+        layer = case.graph.layers[i]
+        counts = region_counts(layer, region, case.graph.batch)
+        seconds += bare.time_of_counts(layer, counts)
+        elems += counts.in_elems + counts.out_elems
+        weights += counts.weight_elems
+        layers += 1
+    return seconds, elems, weights, layers
+
+
+def fit_executor_terms(profile: DeviceProfile, cases: Sequence[PartitionCase], measured: Sequence[float],
+                       dispatch_s: float = 0.0) -> DeviceProfile:
+    """`profile` with its executor terms (scale, per activation element, per weight element, per layer) fitted
+    on measured partitions (NNLS, least relative error; see costmodel "Executor terms"). The per-layer
+    overhead is at least `dispatch_s`, the bookkeeping measured on a chain of trivial layers."""
+    terms = np.array([partition_terms(profile, c) for c in cases])
+    y = np.asarray(measured, dtype=float) - dispatch_s * terms[:, 3]
+    keep = y > 0
+    if keep.sum() < 4:
+        return replace(profile, layer_overhead_s=dispatch_s)
+    model = fit_linear_model(terms[keep], y[keep], ("scale", "elem", "weight", "layer"))
+    scale, elem, weight, layer = model.coef
+    if scale <= 0:  # the micro-benchmarks carry no information: keep them as they are
+        return replace(profile, layer_overhead_s=dispatch_s)
+    return replace(profile, executor_scale=scale, executor_elem_s=elem, executor_weight_s=weight,
+                   layer_overhead_s=dispatch_s + layer)
+
+
+def partition_checks(profile: DeviceProfile, models: Sequence[str], repeats: int = 3,
+                     strips: bool = True) -> list[ModelCheck]:
+    """Measured vs predicted partitions: each whole model (one partition) and, with `strips`, row strips and
+    channel slices (see `partition_cases`)."""
+    cases = partition_cases(models, strips, strips)
+    measured = measure_cases(cases, repeats=repeats)
+    return [ModelCheck(c.label, m, predicted_partition(profile, c.graph, c.start, c.stop, c.region))
+            for c, m in zip(cases, measured, strict=True)]
 
 
 def check_models(profile: DeviceProfile, models: Sequence[str], repeats: int = 5) -> list[ModelCheck]:
@@ -302,6 +390,7 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     use_exact_kernels(config.exact_kernels)
+    allocator = partition_allocator()
     try:
         started = time.perf_counter()
         samples = collect_samples(config, progress)
@@ -311,20 +400,27 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
             "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cpu": _cpu_model(), "kernels": "exact" if config.exact_kernels else "fast",
             "clock": "thread-cpu" if torch.get_num_threads() == 1 else "wall",
+            "allocator": "keep freed memory (microbench.partition_allocator)" if allocator else "default",
             "samples": len(samples), "models": list(config.models),
             "seconds": round(time.perf_counter() - started, 1),
         }
+        meta["dispatchS"] = overhead
         profile = fit_profile(samples, config.name, torch.get_num_threads(), roof, meta, seed=config.seed,
                               layer_overhead_s=overhead)
         profile = replace(profile, message_overhead_s=message_overhead(overhead))
         if config.validate and config.models:
             models = config.models[:1] if config.quick else config.models
-            scale = executor_scale(partition_checks(profile, models, repeats=3))
-            profile = replace(profile, executor_scale=scale)
-            checks = check_models(profile, models)
-            meta["executorScale"] = round(scale, 4)
-            meta["wholeModels"] = [{"model": c.model, "measuredS": c.measured_s, "predictedS": c.predicted_s,
-                                    "error": round(c.error, 4)} for c in checks]
+            cases = partition_cases(models)
+            measured = measure_cases(cases, rounds=2 if config.quick else 3)
+            profile = fit_executor_terms(profile, cases, measured, overhead)
+            meta["executorTerms"] = {"scale": round(profile.executor_scale, 4),
+                                     "elemS": profile.executor_elem_s, "weightS": profile.executor_weight_s,
+                                     "layerS": profile.layer_overhead_s,
+                                     "partitions": len(cases)}
+            meta["wholeModels"] = [
+                {"model": c.label, "measuredS": m, "predictedS": p, "error": round((p - m) / m, 4)}
+                for c, m in zip(cases, measured, strict=True) if c.start == 0 and c.stop == len(c.graph)
+                for p in (predicted_partition(profile, c.graph, c.start, c.stop, c.region),)]
             profile = replace(profile, meta=meta)
         return profile
     finally:
@@ -350,6 +446,7 @@ def samples_summary(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 
-__all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "ModelCheck", "ProfileConfig", "check_models", "collect_samples",
-           "executor_scale", "measure_partition", "partition_checks", "predicted_partition", "predicted_whole",
+__all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "ModelCheck", "PartitionCase", "ProfileConfig", "check_models",
+           "collect_samples", "executor_scale", "fit_executor_terms", "measure_cases", "measure_partition",
+           "partition_cases", "partition_checks", "partition_terms", "predicted_partition", "predicted_whole",
            "profile_device", "roofline_of", "samples_summary", "synthetic_layers"]

@@ -150,6 +150,8 @@ def test_profile_json_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-d
     (lambda d: d.update(layers={"abc": [1.0, 2.0]}), "layers.abc: expected"),
     (lambda d: d.update(layers={"abc": [1.0, -2.0, 0.0, 1.0]}), "layers.abc: offsets and scales"),
     (lambda d: d.update(layerOverheadS=-1.0), "layerOverheadS"),
+    (lambda d: d.update(executorElemS=-1e-9), "executorElemS: must not be negative"),
+    (lambda d: d.update(executorWeightS="x"), "executorWeightS"),
 ])
 def test_bad_profiles_name_the_field(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     data = json.loads(reference_profile().to_json())
@@ -194,3 +196,29 @@ def test_layer_calibration_corrects_profiled_layers_only() -> None:
     again = profile_from_json(profile.to_json())
     assert again.layer_time(layer, tile) == pytest.approx(profile.layer_time(layer, tile))
     assert profile.scaled(2.0).layer_time(layer, tile) == pytest.approx(profile.layer_time(layer, tile) / 2)
+
+
+def test_executor_terms_add_memory_costs_affine_in_the_tile() -> None:
+    graph = load_graph(ModelRef("vgg16"))
+    layer = graph.layers[2]
+    full = Region.full(layer.out_shape)
+    family = LinearModel(CONV_FEATURES, (1e-5, 1e-11, 0.0, 0.0, 0.0))
+    plain = DeviceProfile("p", {"conv": family}, Roofline(1e9, 1e9))
+    terms = DeviceProfile("p", {"conv": family}, Roofline(1e9, 1e9), layer_overhead_s=2e-5, executor_scale=1.2,
+                          executor_elem_s=3e-10, executor_weight_s=5e-10)
+    for tile in (full, full.replace(1, (10, 50)), full.replace(0, (0, 16))):
+        counts = region_counts(layer, tile, 1)
+        expected = 2e-5 + 1.2 * plain.layer_time(layer, tile) + 3e-10 * (counts.in_elems + counts.out_elems) \
+            + 5e-10 * counts.weight_elems
+        assert terms.layer_time(layer, tile) == pytest.approx(expected)
+    # affine in rows and in channels: what the searches' O(1) strip and channel lines rely on
+    rows = [terms.layer_time(layer, full.replace(1, (100, 100 + h))) for h in (4, 8, 12)]
+    assert rows[2] - rows[1] == pytest.approx(rows[1] - rows[0])
+    channels = [terms.layer_time(layer, full.replace(0, (0, c))) for c in (8, 16, 24)]
+    assert channels[2] - channels[1] == pytest.approx(channels[1] - channels[0])
+    again = profile_from_json(terms.to_json())
+    assert again.executor_elem_s == 3e-10 and again.executor_weight_s == 5e-10
+    assert terms.scaled(2.0).layer_time(layer) == pytest.approx(terms.layer_time(layer) / 2)
+    legacy = json.loads(terms.to_json())
+    del legacy["executorElemS"], legacy["executorWeightS"]  # profiles written before these terms
+    assert profile_from_dict(legacy).executor_elem_s == 0.0

@@ -4,6 +4,8 @@ the network probe fits alpha + bytes/bandwidth."""
 from __future__ import annotations
 
 import asyncio
+import resource
+import sys
 
 import httpx
 import pytest
@@ -11,16 +13,26 @@ import torch
 
 from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_graph
+from edgepart.planner.cluster import reference_profile
 from edgepart.planner.costmodel import profile_from_json
 from edgepart.profiler.microbench import (
     channel_counts,
     layer_tiles,
+    partition_allocator,
     tile_call,
     tile_heights,
     time_call,
 )
 from edgepart.profiler.netprobe import echo_app, fit_link, probe
-from edgepart.profiler.run import ProfileConfig, profile_device, synthetic_layers
+from edgepart.profiler.run import (
+    ProfileConfig,
+    fit_executor_terms,
+    partition_cases,
+    partition_terms,
+    predicted_partition,
+    profile_device,
+    synthetic_layers,
+)
 
 
 def test_time_call_reports_a_positive_median_and_loops_tiny_calls() -> None:
@@ -93,3 +105,37 @@ def test_probe_against_the_echo_app() -> None:
     alpha, bandwidth, missing, ok = asyncio.run(run())
     assert alpha >= 0 and bandwidth > 0
     assert missing == 404 and ok == 200
+
+
+def test_fit_executor_terms_recovers_synthetic_terms() -> None:
+    base = reference_profile()
+    cases = partition_cases(["squeezenet1_1", "resnet50"])
+    assert {c.label.split(" ")[1] if " " in c.label else "whole" for c in cases} == {"whole", "strip", "channels"}
+    terms = [partition_terms(base, c) for c in cases]
+    dispatch = 5e-6
+    truth = (1.3, 2e-10, 4e-10, 2e-5)  # scale, per activation element, per weight element, per layer
+    measured = [truth[0] * t + truth[1] * e + truth[2] * w + (dispatch + truth[3]) * n for t, e, w, n in terms]
+    fitted = fit_executor_terms(base, cases, measured, dispatch)
+    assert fitted.executor_scale == pytest.approx(truth[0], rel=1e-3)
+    assert fitted.executor_elem_s == pytest.approx(truth[1], rel=1e-2)
+    assert fitted.executor_weight_s == pytest.approx(truth[2], rel=1e-2)
+    assert fitted.layer_overhead_s == pytest.approx(dispatch + truth[3], rel=1e-2)
+    for case, m in zip(cases, measured, strict=True):  # the fitted profile predicts the partitions
+        assert predicted_partition(fitted, case.graph, case.start, case.stop, case.region) == pytest.approx(m, rel=1e-3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_partition_allocator_keeps_big_scratch_buffers_mapped() -> None:
+    """A 64 MiB buffer (a large convolution's unfold scratch) allocated again after being freed must not
+    page-fault in again: that cost made layer times jump with tile size (see microbench.partition_allocator)."""
+    if not partition_allocator():
+        pytest.skip("allocator settings overridden by MALLOC_* variables")
+
+    def faults_of_one_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(16 << 20).fill_(1.0)  # 64 MiB, freed at once
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    for _ in range(3):  # the heap settles (small allocations may take the freed chunk's head at first)
+        faults_of_one_buffer()
+    assert faults_of_one_buffer() < 1000  # 16384 pages when mapped afresh each time
