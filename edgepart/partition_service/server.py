@@ -14,10 +14,8 @@ frame-sized buffers in the C heap (`tune_allocator`) so that a hop does not pay 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import logging
-import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -35,30 +33,19 @@ from edgepart.partition_service.config import (
 from edgepart.partition_service.gateway import GatewayService, gateway_app
 from edgepart.partition_service.lane import TensorLane, lane_protocol
 from edgepart.partition_service.partition import PartitionService, partition_app
+from edgepart.profiler.microbench import partition_allocator
 
 __all__ = ["Role", "bind", "http_protocol", "loop_factory", "main", "serve", "tune_allocator"]
 
 Role = Literal["partition", "gateway"]
 
-_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
-_M_MMAP_THRESHOLD = -3
-
-
-def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Serve frame-sized allocations (up to `mmap_threshold`) from the heap and keep up to `trim_threshold` of
-    free heap, so that receiving a frame reuses warm pages instead of mapping (and faulting in) fresh ones every
-    time (with glibc's defaults, reading a 1 MiB frame took about four times as long). True when applied (glibc,
-    and no MALLOC_*_THRESHOLD_ variable set by the operator)."""
-    if not sys.platform.startswith("linux") or any(
-            os.environ.get(name) for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+def tune_allocator() -> bool:
+    """Keep freed C-heap memory mapped for reuse: received frames, activations and convolution scratch then
+    land on warm pages instead of fresh ones (with glibc's defaults, reading a 1 MiB frame took about four
+    times as long, and a large convolution paid its scratch buffer's page faults on every call). These are
+    the settings the profiler times layers with (`profiler.microbench.partition_allocator`), so partitions
+    run as they were profiled. True when applied (glibc, and no MALLOC_* variable set by the operator)."""
+    return partition_allocator()
 
 
 def _installed(module: str) -> bool:
