@@ -45,6 +45,47 @@ def use_exact_kernels(exact: bool = True) -> None:
     torch.backends.mkldnn.set_flags(not exact)  # type: ignore[no-untyped-call]
 
 
+# [R] bytes of unfolded input one native convolution call may build: larger convolutions run in row chunks
+CONV_SCRATCH_BYTES = 8 << 20
+MIN_CHUNK_OUTPUTS = 1024
+
+
+def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                dilation: tuple[int, int], groups: int = 1, scratch_bytes: int = CONV_SCRATCH_BYTES) -> Tensor:
+    """`F.conv2d` of an already padded input, computed in chunks of output rows when the native kernel's
+    unfolded input would exceed `scratch_bytes`.
+
+    [R] With oneDNN off (exact kernels), a convolution first unfolds its input into a scratch matrix of
+    in_channels·k²·out_rows·out_cols elements: 115 MB for VGG-16's second layer. A buffer that large is
+    page-faulted in afresh on most calls and streams through the last-level cache, which other devices'
+    processes share: the layer ran 2.2x slower than in chunks (140 vs 63 ms), and tiles computed side by side
+    on one host slowed each other down by up to 2x. Row chunks keep the scratch small and warm. Each chunk is
+    the GEMM one call would do, on fewer columns: for the zoo's convolutions (output channels a multiple of
+    16, chunks of at least MIN_CHUNK_OUTPUTS positions) the result is bit-identical to one call, as the split
+    tiles are (tests/unit/test_conv_rows.py; `edgepart verify` still gives 0 for VGG-16 and YOLOv2 tiles);
+    with other shapes the BLAS may round the last bit differently, well inside `compare`'s tolerance. With
+    oneDNN on, it decides itself and gets one call.
+    """
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    rows_out = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    cols_out = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    per_row = x.shape[0] * x.shape[1] // groups * kh * kw * max(cols_out, 0) * x.element_size()
+    pointwise = kh == kw == 1 and stride == (1, 1)  # no unfold: the input is the GEMM operand
+    if torch.backends.mkldnn.enabled or groups != 1 or pointwise or rows_out <= 1 \
+            or per_row * rows_out <= scratch_bytes:
+        return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+    # at least MIN_CHUNK_OUTPUTS output positions a call: the BLAS rounds very short GEMMs differently
+    chunk = max(scratch_bytes // max(per_row, 1), -(-MIN_CHUNK_OUTPUTS // max(cols_out, 1)), 1)
+    if chunk >= rows_out:
+        return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+    out = x.new_empty((x.shape[0], weight.shape[0], rows_out, cols_out))
+    for r0 in range(0, rows_out, chunk):
+        r1 = min(rows_out, r0 + chunk)
+        first, last = r0 * stride[0], (r1 - 1) * stride[0] + dilation[0] * (kh - 1) + 1
+        out[:, :, r0:r1] = F.conv2d(x[:, :, first:last], weight, bias, stride, 0, dilation, groups)
+    return out
+
+
 class ExecutionError(EdgepartError, RuntimeError):
     """A tile could not be computed (wrong input shape, unsupported slicing)."""
 
@@ -235,7 +276,7 @@ class SliceRunner:
         bias = module.bias
         if bias is not None and (c0, c1) != (0, cout):
             bias = bias[c0:c1]
-        out = F.conv2d(x, weight, bias, window.stride, 0, window.dilation, g)
+        out = conv2d_rows(x, weight, bias, window.stride, window.dilation, g)
         return out, Region.of((c0, c1), region.rows, region.cols)
 
 

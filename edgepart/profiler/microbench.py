@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from edgepart.executor import conv2d_rows
 from edgepart.geometry import Region, conv_input_channels, required_input, window_slices
 from edgepart.graph.layer_graph import Layer
 from edgepart.graph.ops import OpKind, Spatial
@@ -138,7 +139,7 @@ def tile_call(layer: Layer, region: Region | None = None, batch: int = 1,
             bias = torch.randn(region.shape[0])
 
             def conv() -> Tensor:
-                return F.conv2d(F.pad(x, pads, value=value), weight, bias, window.stride, 0, window.dilation, g)
+                return conv2d_rows(F.pad(x, pads, value=value), weight, bias, window.stride, window.dilation, g)
             return conv
         if op is OpKind.POOL_MAX:
             return lambda: F.max_pool2d(F.pad(x, pads, value=value), window.kernel, window.stride, 0,
