@@ -315,7 +315,8 @@ def profile_command(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer sizes and repetitions, one model (~1 min).")] = False,
     models: Annotated[str | None, typer.Option("--models", help="Comma-separated zoo models whose layers to time "
                                                                 "(default: vgg16,yolov2,resnet50,mobilenet_v2,"
-                                                                "googlenet; with --quick: vgg16).")] = None,
+                                                                "googlenet,squeezenet1_1,alexnet; with --quick: "
+                                                                "vgg16).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads while timing "
                                                                          "(default: torch's setting).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Device name in the profile (default: host).")] = None,
