@@ -107,9 +107,8 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
     try:
         for model in MODELS:
             ref = ModelRef(model)
-            graph = load_graph(ref)
             whole = await asyncio.to_thread(load_model, ref)
-            speed = await asyncio.to_thread(per_core_speed, graph, whole)
+            speed = await asyncio.to_thread(per_core_speed, ref, whole)
             weights = await asyncio.to_thread(export_weights, whole, scratch / f"{model}.safetensors")
             del whole
             print(f"{model}: one core here = {speed:.2f}x the reference profile; devices at {CPUS} CPU "

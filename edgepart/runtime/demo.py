@@ -24,13 +24,15 @@ from pathlib import Path
 
 import torch
 
-from edgepart.executor import compare, use_exact_kernels
+from edgepart.executor import Executor, compare, use_exact_kernels
+from edgepart.geometry import Region
 from edgepart.graph.layer_graph import LayerGraph
-from edgepart.graph.loader import ModelRef, load_graph, load_model
+from edgepart.graph.loader import ModelRef, load_graph, load_model, trace_ref
 from edgepart.plan import Plan
 from edgepart.planner.builders import build_single
 from edgepart.planner.cluster import cluster_from_spec, reference_profile
 from edgepart.planner.evaluate import evaluate
+from edgepart.profiler.microbench import partition_allocator
 from edgepart.runtime.client import infer
 from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
@@ -77,19 +79,28 @@ class DemoReport:
         return self.single.predicted_s / self.split.predicted_s
 
 
-def per_core_speed(graph: LayerGraph, model: torch.nn.Module, repeats: int = 2) -> float:
-    """This host's speed on one core, relative to the planner's reference profile, with exact kernels."""
+def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 3) -> float:
+    """This host's speed on one core, relative to the planner's reference profile.
+
+    The whole model runs as one partition through the executor, as partitions compute (exact kernels,
+    row-chunked convolutions, the services' warm heap, one thread), best of `repeats` after a warm-up:
+    timing the plain module instead measured a different code path (one huge convolution scratch buffer,
+    page-faulted on each call) and mis-calibrated every emulated device by 10-15%.
+    """
+    partition_allocator()
     use_exact_kernels(True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        gm, graph = trace_ref(ref, model)
+        runner = Executor(gm, graph).runner(0, len(graph), Region.full(graph.shape_at(len(graph))))
         x = torch.randn(graph.input_shape)
         with torch.no_grad():
-            model(x)
+            runner(x)
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                model(x)
+                runner(x)
                 times.append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
@@ -175,7 +186,7 @@ async def demo(deployment: str | Path = DEFAULT_DEPLOYMENT, *, requests: int = 5
     echo(f"edgepart demo: {ref.name} on {len(original.spec.devices)} devices from {deployment}")
     echo("  loading the whole model here (the reference every output is checked against)")
     reference = await asyncio.to_thread(load_model, ref)
-    speed = await asyncio.to_thread(per_core_speed, graph, reference)
+    speed = await asyncio.to_thread(per_core_speed, ref, reference)
     echo(f"  calibrated: one core here runs at {speed:.2f}x the planner's reference profile (exact kernels); "
          f"device speed = cpus x {speed:.2f}")
     weights_dir = Path(tempfile.mkdtemp(prefix="edgepart-demo-"))
