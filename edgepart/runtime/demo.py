@@ -79,12 +79,13 @@ class DemoReport:
         return self.single.predicted_s / self.split.predicted_s
 
 
-def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 3) -> float:
+def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5) -> float:
     """This host's speed on one core, relative to the planner's reference profile.
 
     The whole model runs as one partition through the executor, as partitions compute (exact kernels,
-    row-chunked convolutions, the services' warm heap, one thread), best of `repeats` after a warm-up:
-    timing the plain module instead measured a different code path (one huge convolution scratch buffer,
+    row-chunked convolutions, the services' warm heap, one thread), the median of `repeats` after a warm-up
+    (a throttled device computes for seconds, so its sustained speed matters, not the host's best moment).
+    Timing the plain module instead measured a different code path (one huge convolution scratch buffer,
     page-faulted on each call) and mis-calibrated every emulated device by 10-15%.
     """
     partition_allocator()
@@ -106,7 +107,7 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 3) -> f
         torch.set_num_threads(threads)
     profile = reference_profile()
     predicted = sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
-    return predicted / min(times)
+    return predicted / statistics.median(times)
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> Path:
