@@ -34,7 +34,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +43,13 @@ import torch
 
 from edgepart.executor import Executor, use_exact_kernels
 from edgepart.geometry import Region
-from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
 from edgepart.planner.cluster import Cluster, Device, reference_profile
 from edgepart.planner.costmodel import DeviceProfile, load_profile
 from edgepart.planner.evaluate import part_work
 from edgepart.planner.segments import strip_region
 from edgepart.profiler.microbench import partition_allocator, time_call
-from edgepart.profiler.run import ProfileConfig, profile_device
+from edgepart.profiler.run import PartitionCase, ProfileConfig, profile_device
 
 RESULTS = Path(__file__).parent / "results"
 TILED = ("vgg16", "yolov2", "resnet50")
@@ -59,12 +58,7 @@ TILED = ("vgg16", "yolov2", "resnet50")
 @dataclass
 class Case:
     model: str
-    label: str
-    graph: LayerGraph
-    start: int
-    stop: int
-    region: Region
-    run: Callable[[], object]
+    part: PartitionCase  # what the executor runs
     predicted_s: float
     reference_s: float  # the built-in reference profile's prediction
     measured: list[float]  # one median per round
@@ -122,8 +116,8 @@ def build_cases(profile: DeviceProfile, quick: bool) -> list[Case]:
                 torch.randn(graph.batch, *runner.input_region.shape)
             predicted = part_work(graph, cluster, start, end, "ref", region).compute_s
             built_in = part_work(graph, reference, start, end, "ref", region).compute_s
-            cases.append(Case(name, label, graph, start, end, region,
-                              functools.partial(runner, tile), predicted, built_in, []))
+            part = PartitionCase(label, graph, start, end, region, functools.partial(runner, tile))
+            cases.append(Case(name, part, predicted, built_in, []))
     return cases
 
 
@@ -132,7 +126,7 @@ def measure(cases: list[Case], rounds: int, repeats: int) -> None:
     with torch.no_grad():
         for _ in range(rounds):
             for case in cases:
-                case.measured.append(time_call(case.run, warmup=1, repeats=repeats).median_s)
+                case.measured.append(time_call(case.part.run, warmup=1, repeats=repeats).median_s)
 
 
 def _profile_to(path: str) -> None:
@@ -171,10 +165,10 @@ def main(quick: bool) -> None:
         print(f"  predictions: {source}", flush=True)
         cases = build_cases(profile, quick)
         measure(cases, rounds=3 if quick else 5, repeats=3)
-    rows = [(c.model, c.label, statistics.median(c.measured), c.predicted_s, c.reference_s) for c in cases]
+    rows = [(c.model, c.part.label, statistics.median(c.measured), c.predicted_s, c.reference_s) for c in cases]
     for c, (_, _, m, p, _) in zip(cases, rows, strict=True):
         spread = (max(c.measured) - min(c.measured)) / m
-        print(f"  {c.model:14s} {c.label:40s} measured {m * 1e3:8.2f} ms (spread {spread * 100:3.0f}%)  "
+        print(f"  {c.model:14s} {c.part.label:40s} measured {m * 1e3:8.2f} ms (spread {spread * 100:3.0f}%)  "
               f"predicted {p * 1e3:8.2f} ms  ratio {p / m:5.2f}", flush=True)
     table = ["| model | what | measured (ms) | predicted (ms) | predicted / measured | built-in reference / measured |",
              "|---|---|---|---|---|---|"]
