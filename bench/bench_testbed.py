@@ -3,7 +3,8 @@
 Devices: 8 emulated devices at 0.2 CPU each (cgroup v1 quota), each in its own network namespace
 behind a 100 Mbit/s tbf cap, 2 ms link latency added in userspace. For VGG-16 and YOLOv2 with
 1, 2, 4 and 8 devices: plan with the planner (`auto`, objective latency) on a cluster whose device
-speed is 0.2 x this host's calibrated per-core speed, deploy it with `up --emulate`, and measure
+speed is calibrated by running the whole model through the executor under a 0.2-CPU quota (as
+the devices run), deploy it with `up --emulate`, and measure
 
 - latency: median of the gateway's own latency over sequential requests, against the planner's
   predicted latency (target within 15 %), and the speedup over the 1-device deployment;
@@ -108,11 +109,11 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
         for model in MODELS:
             ref = ModelRef(model)
             whole = await asyncio.to_thread(load_model, ref)
-            speed = await asyncio.to_thread(per_core_speed, ref, whole)
+            speed = await asyncio.to_thread(per_core_speed, ref, whole, 3, CPUS)  # inside a CPUS quota
             weights = await asyncio.to_thread(export_weights, whole, scratch / f"{model}.safetensors")
             del whole
-            print(f"{model}: one core here = {speed:.2f}x the reference profile; devices at {CPUS} CPU "
-                  f"= speed {speed * CPUS:.3f}", flush=True)
+            print(f"{model}: a {CPUS}-CPU device here runs at {speed * CPUS:.3f}x the reference profile "
+                  f"(calibrated under the quota)", flush=True)
             for devices in DEVICE_COUNTS:
                 row = await _measure(model, devices, weights, speed, requests, burst, scratch / "run")
                 rows.append(row)

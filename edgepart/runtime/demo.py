@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -34,7 +35,7 @@ from edgepart.planner.cluster import cluster_from_spec, reference_profile
 from edgepart.planner.evaluate import evaluate
 from edgepart.profiler.microbench import partition_allocator
 from edgepart.runtime.client import infer
-from edgepart.runtime.emulate import support_problems
+from edgepart.runtime.emulate import cpu_capped, support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import model_ref, plan_deployment, with_cpu_speeds
 from edgepart.spec import DeviceSpec, DNNDeployment, load_deployment
@@ -79,7 +80,7 @@ class DemoReport:
         return self.single.predicted_s / self.split.predicted_s
 
 
-def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5) -> float:
+def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None) -> float:
     """This host's speed on one core, relative to the planner's reference profile.
 
     The whole model runs as one partition through the executor, as partitions compute (exact kernels,
@@ -87,6 +88,11 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5) -> f
     (a throttled device computes for seconds, so its sustained speed matters, not the host's best moment).
     Timing the plain module instead measured a different code path (one huge convolution scratch buffer,
     page-faulted on each call) and mis-calibrated every emulated device by 10-15%.
+
+    With `cpus` (root), the timing runs under the CPU quota an emulated device with `cpus` gets
+    (`emulate.cpu_capped`) and the result is its speed divided by `cpus`: a throttled process runs slower
+    than its share of a free core (it restarts cold after every throttled slice), and that is what the
+    devices will do.
     """
     partition_allocator()
     use_exact_kernels(True)
@@ -96,7 +102,7 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5) -> f
         gm, graph = trace_ref(ref, model)
         runner = Executor(gm, graph).runner(0, len(graph), Region.full(graph.shape_at(len(graph))))
         x = torch.randn(graph.input_shape)
-        with torch.no_grad():
+        with torch.no_grad(), cpu_capped(cpus) if cpus is not None else contextlib.nullcontext():
             runner(x)
             times = []
             for _ in range(repeats):
@@ -107,7 +113,7 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5) -> f
         torch.set_num_threads(threads)
     profile = reference_profile()
     predicted = sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
-    return predicted / statistics.median(times)
+    return predicted / statistics.median(times) / (cpus or 1.0)
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> Path:
@@ -164,6 +170,12 @@ async def _run(runtime: LocalRuntime, deployment: DNNDeployment, plan: Plan, lab
         await runtime.down(state.name)
 
 
+def _calibration_cpus(deployment: DNNDeployment) -> float | None:
+    """The CPU quota most devices of `deployment` get (None: none has one)."""
+    quotas = [d.cpus for d in deployment.spec.devices if d.cpus is not None]
+    return statistics.mode(quotas) if quotas else None
+
+
 def _whole(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = model(x)
@@ -187,9 +199,15 @@ async def demo(deployment: str | Path = DEFAULT_DEPLOYMENT, *, requests: int = 5
     echo(f"edgepart demo: {ref.name} on {len(original.spec.devices)} devices from {deployment}")
     echo("  loading the whole model here (the reference every output is checked against)")
     reference = await asyncio.to_thread(load_model, ref)
-    speed = await asyncio.to_thread(per_core_speed, ref, reference)
-    echo(f"  calibrated: one core here runs at {speed:.2f}x the planner's reference profile (exact kernels); "
-         f"device speed = cpus x {speed:.2f}")
+    capped = _calibration_cpus(original) if emulate else None
+    if capped is None:
+        speed = await asyncio.to_thread(per_core_speed, ref, reference)
+        echo(f"  calibrated: one core here runs at {speed:.2f}x the planner's reference profile (exact kernels); "
+             f"device speed = cpus x {speed:.2f}")
+    else:
+        speed = await asyncio.to_thread(per_core_speed, ref, reference, 3, capped)
+        echo(f"  calibrated under a {capped:g}-CPU quota (as the emulated devices run): {speed * capped:.3f}x the "
+             f"planner's reference profile, i.e. device speed = cpus x {speed:.2f}")
     weights_dir = Path(tempfile.mkdtemp(prefix="edgepart-demo-"))
     try:
         return await _demo(original, ref, graph, reference, speed, weights_dir, requests, emulate, port, root, echo)

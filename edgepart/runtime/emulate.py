@@ -23,12 +23,14 @@ Everything is created with rollback on failure and destroyed idempotently.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -36,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from edgepart.errors import EdgepartError
 from edgepart.spec import DeviceSpec, NetworkSpec, parse_bandwidth
 
-__all__ = ["EmulatedDevice", "EmulationError", "Testbed", "create_testbed", "destroy_testbed", "enter",
+__all__ = ["EmulatedDevice", "EmulationError", "Testbed", "cpu_capped", "create_testbed", "destroy_testbed", "enter",
            "support_problems"]
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
@@ -208,6 +210,39 @@ def _rmdir_when_released(path: Path, timeout_s: float = 10.0) -> str | None:
             if time.monotonic() > deadline:
                 return err.strerror
         time.sleep(0.05)
+
+
+def _cpu_cgroup_of(tid: int) -> Path:
+    """The cgroup v1 cpu group a thread is in now."""
+    for line in Path(f"/proc/self/task/{tid}/cgroup").read_text().splitlines():
+        _, controllers, where = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return CGROUP_CPU / where.lstrip("/")
+    return CGROUP_CPU
+
+
+@contextlib.contextmanager
+def cpu_capped(cpus: float) -> Iterator[None]:
+    """Run the calling thread under the CPU quota an emulated device with `cpus` gets (cgroup v1, the same
+    period), then put it back where it was. Root only, like the testbed; for calibrating device speeds."""
+    tid = threading.get_native_id()
+    home = _cpu_cgroup_of(tid)
+    group = CGROUP_CPU / "edgepart" / f"calibrate-{os.getpid()}-{tid}"
+    try:
+        group.mkdir(parents=True, exist_ok=True)
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(cpus * CFS_PERIOD_US))))
+        (group / "tasks").write_text(str(tid))
+    except OSError as err:
+        _rmdir_when_released(group, timeout_s=1.0)
+        raise EmulationError(f"cannot cap this thread at {cpus:g} CPU with a cgroup ({group}): {err}") from err
+    try:
+        yield
+    finally:
+        (home / "tasks").write_text(str(tid))
+        _rmdir_when_released(group)
+        with contextlib.suppress(OSError):
+            group.parent.rmdir()  # unless a testbed uses it
 
 
 def used_indexes() -> set[int]:

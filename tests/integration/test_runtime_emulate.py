@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,3 +143,22 @@ def test_emulated_devices_are_costed_at_their_cpu_quota() -> None:
     })
     speeds = [d.speed for d in with_cpu_speeds(manifest, per_core=0.5).spec.devices]
     assert speeds == [0.1, 3.0, None]  # an explicit speed wins; no quota, no change
+
+
+@needs_root
+def test_cpu_capped_throttles_the_calling_thread_and_puts_it_back() -> None:
+    def busy() -> float:
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        return time.perf_counter() - started
+
+    free = busy()
+    with emulate.cpu_capped(0.2):
+        capped = busy()
+        assert emulate._cpu_cgroup_of(threading.get_native_id()).name.startswith("calibrate-")
+    after = busy()
+    assert not emulate._cpu_cgroup_of(threading.get_native_id()).name.startswith("calibrate-")
+    assert capped > 3 * min(free, after)  # a 0.2-CPU quota: about 5x the wall time (plus throttling slack)
+    assert not list(emulate.CGROUP_CPU.glob("edgepart/calibrate-*"))  # its group is gone
