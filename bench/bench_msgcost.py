@@ -4,14 +4,21 @@ The sender is `Sender.send` (the keep-alive hop client, the frame encoder); the 
 served like a partition (uvicorn with the tensor lane), in its own process; both on the services' event loop. Each side's CPU time
 (`time.process_time`, so it does not depend on how many cores the host has) over N sequential frames,
 divided by N, is the per-message cost on one core; a line through sizes gives the per-byte part.
-The reference profile's `messageOverheadS` (`edgepart/planner/reference_profile.json`) is the sum of
-the two sides' per-message cost halved (the planner charges it once on each end of a hop).
+
+Two regimes: back to back (a stream of frames, every cache warm) and after an idle gap (each frame
+follows 30 ms of silence on both ends, as in a pipeline where a partition waits for its input between
+requests). On this VM the second costs about ten times the first: a process woken from idle runs its
+first milliseconds cold. The planner's links carry the idle-gap figure, since that is the message a
+single request's latency pays: the reference profile's `messageOverheadS`
+(`edgepart/planner/reference_profile.json`) is the two sides' idle-gap per-message cost halved (the
+planner charges it once on each end of a hop).
 
     python -m bench msgcost [--quick]        # prints the table and the fitted line
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -29,23 +36,30 @@ from edgepart.partition_service.transport import (
 from edgepart.partition_service.wire import make_header
 
 SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)
+IDLE_SIZES = (1 << 10, 64 << 10)
+IDLE_GAP_S = 0.03
 
 
-async def _measure(port: int, reps: int) -> list[tuple[int, float, float]]:
+async def _measure(port: int, reps: int, gap_s: float = 0.0, sizes: tuple[int, ...] = SIZES
+                   ) -> list[tuple[int, float, float]]:
     rows = []
     url = f"http://127.0.0.1:{port}"
     hop = make_hop_client(60.0)  # the tensor hop the partitions use
     async with make_client(60.0) as client:
         sender = Sender(client, hop)
-        for size in SIZES:
+        for size in sizes:
             tensor = torch.randn(1, max(1, size // 4 // 64), 8, 8)
             header = make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench")
             count = reps if size <= (64 << 10) else max(20, reps // 10)
+            if gap_s:
+                count = max(20, reps // 5)
             for _ in range(5):
                 await sender.send(url, header, tensor, peer="sink")
             server0 = (await client.get(f"{url}/cpu")).json()["cpu_s"]
             client0 = time.process_time()
             for _ in range(count):
+                if gap_s:
+                    await asyncio.sleep(gap_s)  # both ends go idle (the sink's CPU counts only its work)
                 await sender.send(url, header, tensor, peer="sink")
             client1 = time.process_time()
             server1 = (await client.get(f"{url}/cpu")).json()["cpu_s"]
@@ -60,17 +74,21 @@ def main(quick: bool = False) -> None:
     proc, port = start_server("bench._servers")
     try:
         rows = run_on_service_loop(_measure(port, reps))
+        idle = run_on_service_loop(_measure(port, reps, IDLE_GAP_S, IDLE_SIZES))
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"{'bytes':>9} {'sender ms':>10} {'receiver ms':>11}")
-    for nbytes, snd, rcv in rows:
-        print(f"{nbytes:>9} {snd * 1e3:>10.3f} {rcv * 1e3:>11.3f}")
+    print(f"{'bytes':>9} {'regime':>16} {'sender ms':>10} {'receiver ms':>11}")
+    for regime, table in (("back to back", rows), (f"after {IDLE_GAP_S * 1e3:g} ms idle", idle)):
+        for nbytes, snd, rcv in table:
+            print(f"{nbytes:>9} {regime:>16} {snd * 1e3:>10.3f} {rcv * 1e3:>11.3f}")
     sizes = np.array([r[0] for r in rows], dtype=float)
     total = np.array([r[1] + r[2] for r in rows])
     slope, intercept = np.polyfit(sizes, total, 1)
     small = rows[0][1] + rows[0][2]
+    after_idle = idle[0][1] + idle[0][2]
     print(json.dumps({"per_message_both_ends_s": small, "per_end_s": small / 2,
+                      "per_end_after_idle_s": after_idle / 2, "idle_gap_s": IDLE_GAP_S,
                       "fit_intercept_s": float(intercept), "per_byte_both_ends_s": float(slope)}))
 
 

@@ -10,6 +10,9 @@ the devices run), deploy it with `up --emulate`, and measure
   predicted latency (target within 15 %), and the speedup over the 1-device deployment;
 - compute: each partition's mean compute time (from the gateway's /v1/status) against the cost
   model's prediction for it (median and worst partition), which separates compute from transfer;
+- device CPU: the CPU time each device's partition processes used per latency request (their threads'
+  scheduler run time) against the CPU the cost model gives the device's partitions (predicted compute x
+  cpus), for the busiest device: what the device spends beyond computing (messages, wake-ups) shows here;
 - pipelined throughput: M requests sent at once, M / makespan, against the discrete-event
   simulator's prediction for the same M requests (`edgepart.sim.simulate`).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -59,6 +63,25 @@ def _deployment(model: str, weights: Path, devices: int) -> DNNDeployment:
     })
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time all threads of `pid` have run (the scheduler's own count, in ns, not tick-sampled)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def _device_cpu(processes: list[Any]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for proc in processes:
+        if proc.role == "partition":
+            result[proc.device] = result.get(proc.device, 0.0) + _cpu_seconds(proc.pid)
+    return result
+
+
 async def _measure(model: str, devices: int, weights: Path, speed: float, requests: int, burst: int,
                    root: Path) -> dict[str, Any]:
     deployment = calibrated(_deployment(model, weights, devices), speed)
@@ -73,10 +96,12 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, reques
         x = torch.randn(graph.input_shape)
         async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
             await infer(state.gateway_url, x, client=client, timeout_s=600)  # warm-up
+            cpu_before = _device_cpu(state.processes)
             latencies = []
             for _ in range(requests):
                 result = await infer(state.gateway_url, x, client=client, timeout_s=600)
                 latencies.append(result.server_latency_s or result.latency_s)
+            cpu_after = _device_cpu(state.processes)
             status = (await client.get(state.gateway_url + "/v1/status")).json()
             started = time.perf_counter()
             await asyncio.gather(*(infer(state.gateway_url, x, client=client, timeout_s=600) for _ in range(burst)))
@@ -92,7 +117,17 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, reques
         predicted = part_work(graph, cluster, stage.start, stage.stop, mine.device, mine.output_region).compute_s
         if part.get("compute_mean_s") and predicted > 1e-3:
             ratios.append(part["compute_mean_s"] / predicted)
+    # CPU per request of each device against the CPU its partitions' predicted compute takes
+    predicted_cpu: dict[str, float] = {}
+    for stage in plan.stages:
+        for part in stage.partitions:
+            work = part_work(graph, cluster, stage.start, stage.stop, part.device, part.output_region)
+            predicted_cpu[part.device] = predicted_cpu.get(part.device, 0.0) + work.compute_s * CPUS
+    used = {d: (cpu_after[d] - cpu_before.get(d, 0.0)) / requests for d in cpu_after}
+    busiest = max(used, key=lambda d: used[d])
     return {
+        "device_cpu_s": used[busiest], "device_cpu_predicted_s": predicted_cpu.get(busiest, 0.0),
+        "busiest_device": busiest,
         "compute_ratio_median": statistics.median(ratios) if ratios else None,
         "compute_ratio_max": max(ratios) if ratios else None,
         "model": model, "devices": devices, "solver": plan.solver, "partitions": len(plan.partitions),
@@ -131,16 +166,23 @@ def _compute_ratios(row: dict[str, Any]) -> str:
     return f"{row['compute_ratio_median']:.2f}/{row['compute_ratio_max']:.2f}"
 
 
+def _cpu_ratio(row: dict[str, Any]) -> str:
+    """The busiest device: CPU its processes used per request / CPU of its partitions' predicted compute."""
+    if not row.get("device_cpu_predicted_s"):
+        return "-"
+    return f"{row['device_cpu_s'] / row['device_cpu_predicted_s']:.2f}"
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     header = (f"{'model':7} {'dev':>3} {'parts':>5} {'measured':>9} {'predicted':>9} {'meas/pred':>9} "
-              f"{'compute m/p':>11} {'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
+              f"{'compute m/p':>11} {'dev cpu m/p':>11} {'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
     print(header)
     print("-" * len(header))
     base: dict[str, dict[str, Any]] = {r["model"]: r for r in rows if r["devices"] == 1}
     for r in rows:
         one = base.get(r["model"], r)
         print(f"{r['model']:7} {r['devices']:>3} {r['partitions']:>5} {r['measured_s']:>8.2f}s {r['predicted_s']:>8.2f}s "
-              f"{r['measured_s'] / r['predicted_s']:>9.2f} {_compute_ratios(r):>11} "
+              f"{r['measured_s'] / r['predicted_s']:>9.2f} {_compute_ratios(r):>11} {_cpu_ratio(r):>11} "
               f"{one['measured_s'] / r['measured_s']:>6.2f}x "
               f"{one['predicted_s'] / r['predicted_s']:>7.2f}x {r['throughput_measured']:>6.2f} "
               f"{r['throughput_simulated']:>6.2f} {r['throughput_measured'] / r['throughput_simulated']:>7.2f}")

@@ -496,6 +496,8 @@ def infer_command(
     requests: Annotated[int, typer.Option("--requests", min=1, help="Send the input this many times; report "
                                                                     "the median latency.")] = 1,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the output to this .npy.")] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Print the last request's timeline at every partition "
+                                                        "(first piece, assembled, compute, sent).")] = False,
 ) -> None:
     """Send one input to a gateway; print the output shape and latency."""
     import asyncio
@@ -503,7 +505,8 @@ def infer_command(
     from edgepart.runtime import commands
 
     code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
-                                              seed=seed, requests=requests, output_path=output, echo=typer.echo))
+                                              seed=seed, requests=requests, output_path=output, echo=typer.echo,
+                                              show_trace=trace))
     if code:
         raise typer.Exit(code)
 

@@ -51,6 +51,7 @@ from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.partition import FAILURES_PATH
+from edgepart.partition_service.timeline import Timeline
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
     HopClient,
@@ -121,6 +122,8 @@ class GatewayService:
         self._ready_cache: tuple[float, list[str]] | None = None
         self._sender: Sender | None = None
         self._hop: HopClient | None = None
+        self.timeline = Timeline()  # wall-clock events of recent requests, by pipeline id
+        self._pipeline_ids: dict[str, str] = {}  # a client's id -> the pipeline id of its latest request
 
     async def start(self) -> None:
         if self._client is None:
@@ -173,8 +176,13 @@ class GatewayService:
     async def infer(self, tensor: torch.Tensor, request_id: str | None = None) -> InferResult:
         """Run one request through the pipeline; the assembled output."""
         started = time.monotonic()
+        received = time.time()
         self.check_input(tensor)
         client_id, rid = self.new_request_id(request_id)
+        self.timeline.mark(rid, "received", received)
+        self._pipeline_ids[client_id] = rid
+        while len(self._pipeline_ids) > self.timeline.capacity:
+            del self._pipeline_ids[next(iter(self._pipeline_ids))]
         timeout = self.config.request_timeout_s
         deadline = started + timeout
         if self._slots.locked() and self._queued >= self.config.max_queue:
@@ -198,7 +206,9 @@ class GatewayService:
         self._assembler.open(rid)
         try:
             await self._scatter(rid, tensor, deadline)
+            self.timeline.mark(rid, "scattered")
             output = await self._wait(rid, waiter, deadline)
+            self.timeline.mark(rid, "output")
         except ServiceError as err:
             err.request_id = rid
             self.metrics.error(err.reason)
@@ -336,6 +346,31 @@ class GatewayService:
 
         return list(await asyncio.gather(*(one(e) for e in self.config.partitions)))
 
+    async def trace(self, request_id: str) -> dict[str, Any] | None:
+        """One recent request followed through every partition: each one's events in seconds after the gateway
+        received the request (None when the gateway has no record of it)."""
+        rid = self._pipeline_ids.get(request_id, request_id)
+        events = self.timeline.get(rid)
+        if events is None:
+            return None
+        origin = events["received"]
+
+        async def one(e: Endpoint) -> dict[str, Any]:
+            base: dict[str, Any] = {"partition": e.id, "device": e.device, "stage": e.stage, "events": {}}
+            try:
+                response = await self.client.get(f"{e.url}/v1/timeline/{rid}", timeout=2.0)
+            except httpx.HTTPError as err:
+                return {**base, "detail": peer_error(err, e.id, e.url, "GET /v1/timeline").detail}
+            body = response.json() if response.status_code in (200, 404) else {}
+            if response.status_code != 200:
+                return {**base, "detail": str(body.get("detail") or f"HTTP {response.status_code}")}
+            return {**base, "events": {k: v - origin for k, v in body["events"].items()}}
+
+        parts = await asyncio.gather(*(one(e) for e in self.config.partitions))
+        return {"request_id": request_id, "pipeline_id": rid,
+                "gateway": {k: v - origin for k, v in events.items()},
+                "partitions": sorted(parts, key=lambda p: (p["stage"], p["partition"]))}
+
     def model_info(self) -> dict[str, Any]:
         c = self.config
         return {
@@ -470,6 +505,15 @@ def gateway_app(service: GatewayService) -> FastAPI:
         parts = await service.partition_status()
         return {"deployment": service.config.deployment, "ready": all(p["ready"] for p in parts),
                 "partitions": parts}
+
+    @app.get("/v1/trace/{request_id}", summary="One recent request's timeline at the gateway and every partition.")
+    async def trace(request_id: str) -> JSONResponse:
+        found = await service.trace(request_id)
+        if found is None:
+            return JSONResponse({"error": "not_found", "detail": f"the gateway has no record of request "
+                                 f"{request_id[:140]!r} (unknown, or older than its last "
+                                 f"{service.timeline.capacity})"}, status_code=404)
+        return JSONResponse(found)
 
     @app.get("/v1/plan", summary="The plan this deployment runs.")
     async def plan() -> dict[str, Any]:

@@ -46,6 +46,7 @@ from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.slicing import load_slice
+from edgepart.partition_service.timeline import Timeline
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
     HopClient,
@@ -86,6 +87,7 @@ class PartitionService:
         self.metrics = metrics or ServiceMetrics(config.deployment, str(config.stage), config.partition)
         self.computed = 0  # requests computed, and their total compute time (for /v1/info)
         self.compute_total_s = 0.0
+        self.timeline = Timeline()  # wall-clock events of recent requests (GET /v1/timeline/{id})
         self.state: State = "created"
         self.failure: str | None = None
         self._loader = loader
@@ -182,9 +184,11 @@ class PartitionService:
         if rid not in self._assembler:
             await self._admit(rid)
         first = self._assembler.started(rid) or time.monotonic()
+        self.timeline.mark(rid, "first_piece")
         tile = self._assembler.add(header, frame.tensor)
         if tile is None:
             return
+        self.timeline.mark(rid, "assembled")
         now = time.monotonic()
         timer = self._timers.pop(rid, None)
         if timer is not None:
@@ -245,7 +249,7 @@ class PartitionService:
             job = await self._queue.get()
             self.metrics.queue.observe(job.admission_wait + time.monotonic() - job.ready_at)
             try:
-                pieces, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
+                pieces, began, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -257,17 +261,21 @@ class PartitionService:
                 self._spawn(self._report(job.request_id, failure))
                 continue
             self.metrics.compute.observe(seconds)
+            self.timeline.mark(job.request_id, "compute_start", began)
+            self.timeline.mark(job.request_id, "compute_end", began + seconds)
             self.computed += 1
             self.compute_total_s += seconds
             self._spawn(self._send_all(job, pieces))
 
-    def _compute(self, tile: torch.Tensor) -> tuple[list[tuple[Route, torch.Tensor]], float]:
+    def _compute(self, tile: torch.Tensor) -> tuple[list[tuple[Route, torch.Tensor]], float, float]:
+        """The pieces to send, the wall-clock start and the duration of the compute."""
         assert self._runner is not None
+        began = time.time()
         started = time.perf_counter()
         out = self._runner(tile)
         whole = self.config.output_region
         pieces = [(route, self._cut(out, whole, route.region)) for route in self.config.outputs]
-        return pieces, time.perf_counter() - started
+        return pieces, began, time.perf_counter() - started
 
     def _cut(self, out: torch.Tensor, whole: Region, region: Region) -> torch.Tensor:
         if region == whole:
@@ -293,6 +301,7 @@ class PartitionService:
                 if route.target != GATEWAY:  # the gateway already knows: it refused the piece or is gone
                     await self._report(job.request_id, err)
             if not failures:
+                self.timeline.mark(job.request_id, "sent")
                 self.metrics.request.observe(time.monotonic() - job.first_piece_at)
         finally:
             self._finish(job.request_id)
@@ -369,5 +378,15 @@ def partition_app(service: PartitionService) -> FastAPI:
     @app.get("/v1/info", summary="What this partition computes and its state.")
     async def info() -> dict[str, Any]:
         return service.info()
+
+    @app.get("/v1/timeline/{request_id}", summary="Wall-clock events of one recent request at this partition.")
+    async def timeline(request_id: str) -> JSONResponse:
+        events = service.timeline.get(request_id)
+        if events is None:
+            return JSONResponse({"error": "not_found", "detail": f"partition {service.id} has no record of request "
+                                 f"{request_id[:140]!r} (not seen, or older than its last "
+                                 f"{service.timeline.capacity})"}, status_code=404)
+        c = service.config
+        return JSONResponse({"partition": c.partition, "stage": c.stage, "device": c.device, "events": events})
 
     return app

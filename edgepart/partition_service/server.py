@@ -14,11 +14,13 @@ frame-sized buffers in the C heap (`tune_allocator`) so that a hop does not pay 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any, Literal
 
 import uvicorn
@@ -35,7 +37,7 @@ from edgepart.partition_service.lane import TensorLane, lane_protocol
 from edgepart.partition_service.partition import PartitionService, partition_app
 from edgepart.profiler.microbench import partition_allocator
 
-__all__ = ["Role", "bind", "http_protocol", "loop_factory", "main", "serve", "tune_allocator"]
+__all__ = ["QuietServer", "Role", "bind", "http_protocol", "loop_factory", "main", "serve", "tune_allocator"]
 
 Role = Literal["partition", "gateway"]
 
@@ -85,10 +87,42 @@ def http_protocol(app: FastAPI) -> Any:
     return lane_protocol(lane, http) if isinstance(lane, TensorLane) else http
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, waking once a second instead of ten times.
+
+    uvicorn polls for shutdown every 100 ms. On an edge device each idle partition process then costs about
+    2 ms of CPU a second here (a wake-up of an interpreter in a VM is ~0.2 ms), and with several partitions on a
+    0.2-CPU device their ticks took a few percent of its quota away from computing. Here the loop sleeps a second
+    (the Date header's resolution) and a signal wakes it at once, so shutdown is as prompt as before.
+    """
+
+    TICK_S = 1.0
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        should_exit = await self.on_tick(0)
+        while not should_exit:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.TICK_S):
+                    await self._wake.wait()
+            should_exit = await self.on_tick(0)  # tick 0: uvicorn refreshes the Date header
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+
 async def serve(app: FastAPI, sockets: Sequence[socket.socket], log_level: str = "warning") -> None:
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", workers=1,
                             http=http_protocol(app), timeout_keep_alive=120, timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve(sockets=list(sockets))
+    await QuietServer(config).serve(sockets=list(sockets))
 
 
 def build_app(role: Role, settings: ServiceSettings) -> tuple[FastAPI, str, int]:

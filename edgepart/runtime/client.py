@@ -26,7 +26,7 @@ from edgepart.partition_service.wire import (
     make_header,
 )
 
-__all__ = ["ClientResult", "check", "fetch_model", "infer", "reference_output"]
+__all__ = ["ClientResult", "check", "fetch_model", "fetch_trace", "infer", "reference_output"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,19 @@ async def fetch_model(url: str, *, client: httpx.AsyncClient | None = None) -> d
             response = await c.get(_url(url) + "/v1/model")
         except httpx.HTTPError as err:
             raise peer_error(err, "gateway", url, "GET /v1/model") from err
+        if response.status_code != 200:
+            raise error_from_response(response.status_code, response.content, GATEWAY)
+        result: dict[str, Any] = response.json()
+        return result
+
+
+async def fetch_trace(url: str, request_id: str, *, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    """One recent request's timeline at the gateway and every partition (GET /v1/trace/{id})."""
+    async with _maybe_client(client) as c:
+        try:
+            response = await c.get(f"{_url(url)}/v1/trace/{request_id}")
+        except httpx.HTTPError as err:
+            raise peer_error(err, "gateway", url, "GET /v1/trace") from err
         if response.status_code != 200:
             raise error_from_response(response.status_code, response.content, GATEWAY)
         result: dict[str, Any] = response.json()

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `s
 
     from edgepart.plan import Plan
 
-__all__ = ["down", "infer_command", "read_input", "status", "table", "up"]
+__all__ = ["down", "infer_command", "read_input", "status", "table", "trace_table", "up"]
 
 Echo = Callable[[str], None]
 
@@ -98,12 +98,34 @@ def read_input(path: Path, shape: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
+def trace_table(trace: dict[str, Any]) -> str:
+    """A request's timeline: per partition (by stage) when its first piece arrived, its tile was complete,
+    it computed and its pieces were delivered, in ms after the gateway received the request."""
+    def at(events: dict[str, float], key: str) -> str:
+        return f"{events[key] * 1e3:.1f}" if key in events else "-"
+
+    def took(events: dict[str, float], begin: str, end: str) -> str:
+        return f"{(events[end] - events[begin]) * 1e3:.1f}" if begin in events and end in events else "-"
+
+    rows = []
+    for p in trace["partitions"]:
+        e = p["events"]
+        rows.append([p["stage"], p["partition"], p["device"], at(e, "first_piece"), at(e, "assembled"),
+                     at(e, "compute_start"), took(e, "compute_start", "compute_end"), at(e, "sent"),
+                     p.get("detail") or ""])
+    g = trace["gateway"]
+    rows.append(["", "gateway", "", "", "", "", "", at(g, "output"), f"scattered at {at(g, 'scattered')} ms"])
+    return (f"request {trace['request_id']} (pipeline id {trace['pipeline_id']}), ms after the gateway received it:\n"
+            + table(["stage", "partition", "device", "first piece", "assembled", "compute start", "compute ms",
+                     "sent", "detail"], rows))
+
+
 async def infer_command(url: str, *, random: bool, input_path: Path | None, check_output: bool, seed: int,
-                        requests: int, output_path: Path | None, echo: Echo) -> int:
+                        requests: int, output_path: Path | None, echo: Echo, show_trace: bool = False) -> int:
     import numpy as np
     import torch
 
-    from edgepart.runtime.client import check, fetch_model, infer
+    from edgepart.runtime.client import check, fetch_model, fetch_trace, infer
 
     if random == (input_path is not None):
         raise EdgepartError("give exactly one of --random and --input FILE.npy")
@@ -126,6 +148,8 @@ async def infer_command(url: str, *, random: bool, input_path: Path | None, chec
     if predicted:
         summary += f"; predicted {predicted * 1e3:.1f} ms"
     echo(summary)
+    if show_trace:
+        echo(trace_table(await fetch_trace(url, last.request_id)))
     if output_path is not None:
         np.save(output_path, last.output.numpy(), allow_pickle=False)
         echo(f"wrote {output_path}")

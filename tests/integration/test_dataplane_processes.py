@@ -22,7 +22,7 @@ from edgepart.executor import use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame, frame_bytes, make_header
-from edgepart.runtime.client import infer
+from edgepart.runtime.client import fetch_trace, infer
 from edgepart.runtime.local import LocalRuntime, RunState
 from edgepart.spec import deployment_from_dict
 
@@ -143,6 +143,26 @@ def test_metrics_parse_and_histograms_count_the_requests(running: tuple[LocalRun
         assert after[("edgepart_sent_bytes_total", proc.id)] > 0
 
 
+async def test_a_request_is_traced_through_every_partition(running: tuple[LocalRuntime, RunState]) -> None:
+    _, state = running
+    async with httpx.AsyncClient(timeout=60) as client:
+        await infer(state.gateway_url, torch.randn(SHAPE), request_id="traced", client=client)
+        trace = await fetch_trace(state.gateway_url, "traced", client=client)
+        missing = await client.get(state.gateway_url + "/v1/trace/never-sent")
+    assert trace["request_id"] == "traced" and trace["pipeline_id"].startswith("traced.")
+    gateway = trace["gateway"]
+    assert gateway["received"] == 0.0 and 0.0 <= gateway["scattered"] <= gateway["output"]
+    parts = trace["partitions"]
+    assert [p["stage"] for p in parts] == [0, 0, 1] and all("detail" not in p for p in parts)
+    for part in parts:  # each partition's events in the order they happen, within the request's lifetime
+        events = part["events"]
+        order = [events[k] for k in ("first_piece", "assembled", "compute_start", "compute_end", "sent")]
+        assert order == sorted(order) and order[0] >= 0.0 and order[-1] <= gateway["output"] + 0.05, part
+    tail = parts[2]["events"]
+    assert tail["assembled"] >= max(p["events"]["sent"] for p in parts[:2]) - 0.05  # it waited for both tiles
+    assert missing.status_code == 404 and "no record of request 'never-sent'" in missing.json()["detail"]
+
+
 def _post_raw(port: int, head: bytes, body: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head + body)
@@ -244,9 +264,10 @@ def test_the_cli_runs_a_deployment_from_another_shell(model_file: Path, tmp_path
         status = _cli("status", env=env)
         assert status.returncode == 0, status.stdout
         assert "tiny-cli: ready" in status.stdout and "s1p0" in status.stdout
-        check = _cli("infer", url, "--random", "--check", env=env)
+        check = _cli("infer", url, "--random", "--check", "--trace", env=env)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "output 1x10" in check.stdout and "OK" in check.stdout and "latency" in check.stdout
+        assert "compute start" in check.stdout and "s1p0" in check.stdout and "scattered at" in check.stdout
         array = tmp_path / "x.npy"
         np.save(array, np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
         out = tmp_path / "y.npy"

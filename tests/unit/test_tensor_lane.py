@@ -291,3 +291,55 @@ def test_the_lane_protocol_is_what_services_serve_with() -> None:
     app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, ingest)
     protocol = http_protocol(app)
     assert issubclass(protocol, LaneProtocol) and protocol.lane.path == TENSOR_PATH
+
+
+async def test_a_streamed_payload_wakes_the_loop_in_large_steps_then_heads_are_read_at_once(sink: Sink) -> None:
+    """While a payload streams in, SO_RCVLOWAT holds wake-ups back to large steps; after it, a small request head
+    must still be answered at once (a threshold left behind would stall the connection)."""
+    conn = await Conn.open(sink.port)
+    big = torch.randn(1, 3 << 20 >> 2)  # 3 MiB: several RCV_LOWAT steps
+    frame = _post(_frame("big", big))
+    await conn.send(frame[:len(frame) // 2])
+    await asyncio.sleep(0.05)
+    lane = next(c for c in sink.server.server_state.connections if isinstance(c, LaneProtocol))
+    assert lane.sock is not None and lane.lowat > 1  # mid-payload: waiting for a large step
+    assert lane.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == lane.lowat
+    await conn.send(frame[len(frame) // 2:])
+    assert (await conn.answer())[0] == 204
+    for i in range(3):  # tiny frames right after: each head wakes the loop
+        await conn.send(_post(_frame(f"tiny-{i}", torch.randn(1, 2))))
+        assert (await asyncio.wait_for(conn.answer(), 2))[0] == 204
+    assert lane.lowat == 1 and lane.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    assert torch.equal(sink.tensors["big"], big) and sink.lane == ["big", "tiny-0", "tiny-1", "tiny-2"]
+    await conn.close()
+
+
+async def test_the_services_server_ticks_once_a_second_and_a_signal_stops_it_at_once() -> None:
+    import signal
+    import time
+
+    from edgepart.partition_service.server import QuietServer
+
+    app = FastAPI()
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    ticks = 0
+    tick = server.on_tick
+
+    async def counting(counter: int) -> bool:
+        nonlocal ticks
+        ticks += 1
+        return await tick(counter)
+
+    server.on_tick = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(1.5)
+    assert 1 <= ticks <= 3  # uvicorn's own loop ticks 15 times in 1.5 s
+    started = time.monotonic()
+    server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+    server._captured_signals.clear()  # uvicorn would re-raise SIGTERM at exit: not in the test process
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 0.5
+    sock.close()
