@@ -41,30 +41,27 @@ def _url(base: str) -> str:
     return base.rstrip("/")
 
 
-async def fetch_model(url: str, *, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
-    """What the gateway serves: model reference, shapes, partitions, predicted costs (GET /v1/model)."""
+async def _get_json(url: str, path: str, client: httpx.AsyncClient | None) -> dict[str, Any]:
+    """GET a gateway's JSON resource; its typed error (or the peer's unreachability) on failure."""
     async with _maybe_client(client) as c:
         try:
-            response = await c.get(_url(url) + "/v1/model")
+            response = await c.get(_url(url) + path)
         except httpx.HTTPError as err:
-            raise peer_error(err, "gateway", url, "GET /v1/model") from err
+            raise peer_error(err, "gateway", url, f"GET {path}") from err
         if response.status_code != 200:
             raise error_from_response(response.status_code, response.content, GATEWAY)
         result: dict[str, Any] = response.json()
         return result
+
+
+async def fetch_model(url: str, *, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    """What the gateway serves: model reference, shapes, partitions, predicted costs (GET /v1/model)."""
+    return await _get_json(url, "/v1/model", client)
 
 
 async def fetch_trace(url: str, request_id: str, *, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
     """One recent request's timeline at the gateway and every partition (GET /v1/trace/{id})."""
-    async with _maybe_client(client) as c:
-        try:
-            response = await c.get(f"{_url(url)}/v1/trace/{request_id}")
-        except httpx.HTTPError as err:
-            raise peer_error(err, "gateway", url, "GET /v1/trace") from err
-        if response.status_code != 200:
-            raise error_from_response(response.status_code, response.content, GATEWAY)
-        result: dict[str, Any] = response.json()
-        return result
+    return await _get_json(url, f"/v1/trace/{request_id}", client)
 
 
 async def infer(url: str, x: torch.Tensor, *, request_id: str | None = None, timeout_s: float = 120.0,
