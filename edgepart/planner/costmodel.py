@@ -24,13 +24,18 @@ given on several tiles. One regression per family, weighted for relative
 error, fits the many small layers well and under-predicts the few large ones
 that dominate a model (by ~30% on the reference machine: kernels' efficiency
 depends on shapes no linear feature captures). So a profile also keeps, per
-profiled layer shape, t = c + s·t_family fitted on that layer's own tiles,
-one pair for row tiles of at least a tenth of the layer (the tiles plans
-use; small strips run relatively faster, the time is convex in the rows) and
-one for output-channel slices (which run far less efficiently: a conv with an
-eighth of its filters does a skinny GEMM). Both stay affine in the tile's
-features, so every tile is costed consistently (and the searches' O(1) strip
-costs stay exact); layers of other models use the family regression alone.
+profiled layer shape, t = c + s·t_family fitted on that layer's own tiles
+for row tiles of at least a tenth of the layer (the tiles plans use; small
+strips run relatively faster, the time is convex in the rows), and a scale
+t = s·t_family for output-channel slices of at least a quarter of the
+channels: the median of their and the whole layer's measured / family
+ratios. (An offset fitted on three or four noisy slices swung slice
+predictions by 10-25% from one profile to the next: vgg16 features_2 got
+c = 7.5 ms, s = 1.02 where its slices measured 1.15-1.24x the family; and a
+conv with an eighth of its filters, a skinny GEMM the plans rarely use,
+pulled the offset up.) Both stay affine in the tile's features, so every
+tile is costed consistently (and the searches' O(1) strip costs stay exact);
+layers of other models use the family regression alone.
 
 [R] Executor terms. Micro-benchmarks time one layer over and over, so its
 input, output and weights stay in cache; in a partition every layer reads
@@ -501,10 +506,17 @@ def _calibrate(rows: Sequence[Sample], model: LinearModel) -> tuple[float, float
     return fit.coef[0], fit.coef[1]
 
 
+def _scale(rows: Sequence[Sample], model: LinearModel) -> tuple[float, float]:
+    """(0, median of measured / family prediction): a robust scale from a few noisy tiles."""
+    ratios = [r.seconds / base for r in rows if (base := model.predict(r.counts.vector(model.features))) > 0]
+    return (0.0, float(np.median(ratios))) if ratios else (0.0, 1.0)
+
+
 def calibrate_layers(samples: Sequence[Sample], ops: Mapping[str, LinearModel],
-                     min_rows_share: float = 0.1) -> dict[str, Calibration]:
-    """Per layer (sample group): (c, s) for row tiles of at least `min_rows_share` of the layer and for
-    channel slices, t = c + s·t_family by NNLS with weights 1/t²; the whole layer anchors both."""
+                     min_rows_share: float = 0.1, min_channel_share: float = 0.25) -> dict[str, Calibration]:
+    """Per layer (sample group): (c, s) for row tiles of at least `min_rows_share` of the layer, t = c + s·t_family
+    by NNLS with weights 1/t², and (0, s) for channel slices of at least `min_channel_share` of the channels,
+    the median ratio over them and the whole layer (which anchors both)."""
     groups: dict[str, list[Sample]] = {}
     for sample in samples:
         groups.setdefault(sample.group, []).append(sample)
@@ -517,9 +529,9 @@ def calibrate_layers(samples: Sequence[Sample], ops: Mapping[str, LinearModel],
             if any(r.counts.channel_share >= 1.0 for r in rows) else 0.0
         whole = [r for r in rows if r.counts.channel_share >= 1.0 and r.counts.out_elems >= largest]
         strips = [r for r in rows if r.counts.channel_share >= 1.0 and r.counts.out_elems >= min_rows_share * largest]
-        slices = [r for r in rows if r.counts.channel_share < 1.0]
+        slices = [r for r in rows if min_channel_share <= r.counts.channel_share < 1.0]
         row_fit = _calibrate(strips, model)
-        channel_fit = _calibrate([*slices, *whole], model) if slices else row_fit
+        channel_fit = _scale([*slices, *whole], model) if slices else row_fit
         result[key] = (*row_fit, *channel_fit)
     return result
 
