@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgepart.executor import use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_model
+from edgepart.partition_service.timeline import GATEWAY_EVENTS, PARTITION_EVENTS
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame, frame_bytes, make_header
 from edgepart.runtime.client import fetch_trace, infer
 from edgepart.runtime.local import LocalRuntime, RunState
@@ -152,11 +153,12 @@ async def test_a_request_is_traced_through_every_partition(running: tuple[LocalR
     assert trace["request_id"] == "traced" and trace["pipeline_id"].startswith("traced.")
     gateway = trace["gateway"]
     assert gateway["received"] == 0.0 and 0.0 <= gateway["scattered"] <= gateway["output"]
+    assert set(gateway) == set(GATEWAY_EVENTS)
     parts = trace["partitions"]
     assert [p["stage"] for p in parts] == [0, 0, 1] and all("detail" not in p for p in parts)
     for part in parts:  # each partition's events in the order they happen, within the request's lifetime
         events = part["events"]
-        order = [events[k] for k in ("first_piece", "assembled", "compute_start", "compute_end", "sent")]
+        order = [events[k] for k in PARTITION_EVENTS]
         assert order == sorted(order) and order[0] >= 0.0 and order[-1] <= gateway["output"] + 0.05, part
     tail = parts[2]["events"]
     assert tail["assembled"] >= max(p["events"]["sent"] for p in parts[:2]) - 0.05  # it waited for both tiles
