@@ -156,9 +156,14 @@ def test_cpu_capped_throttles_the_calling_thread_and_puts_it_back() -> None:
 
     free = busy()
     with emulate.cpu_capped(0.2):
+        group = emulate._cpu_cgroup_of(threading.get_native_id())
         capped = busy()
-        assert emulate._cpu_cgroup_of(threading.get_native_id()).name.startswith("calibrate-")
+        assert group.name.startswith("calibrate-")
+        throttled = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
     after = busy()
     assert not emulate._cpu_cgroup_of(threading.get_native_id()).name.startswith("calibrate-")
-    assert capped > 3 * min(free, after)  # a 0.2-CPU quota: about 5x the wall time (plus throttling slack)
+    # ~80 ms of CPU under 2 ms per 10 ms period cannot run without being throttled. The wall time is only
+    # loosely bounded: on 2 vCPUs the kernel's per-CPU runtime slack lets a short burst run at up to ~2x quota.
+    assert int(throttled["nr_throttled"]) >= 3
+    assert capped > 2 * min(free, after)
     assert not list(emulate.CGROUP_CPU.glob("edgepart/calibrate-*"))  # its group is gone
