@@ -6,8 +6,9 @@ behind a 100 Mbit/s tbf cap, 2 ms link latency added in userspace. For VGG-16 an
 speed is calibrated by running the whole model through the executor under a 0.2-CPU quota (as
 the devices run), deploy it with `up --emulate`, and measure
 
-- latency: median of the gateway's own latency over sequential requests, against the planner's
-  predicted latency (target within 15 %), and the speedup over the 1-device deployment;
+- latency: median of the gateway's own latency over sequential requests after two warm-up requests,
+  against the planner's predicted latency (target within 15 %), and the speedup over the 1-device
+  deployment; the fastest and slowest request show how much one request varies here;
 - compute: each partition's mean compute time (from the gateway's /v1/status) against the cost
   model's prediction for it (median and worst partition), which separates compute from transfer;
 - device CPU: the CPU time each device's partition processes used per latency request (their threads'
@@ -83,7 +84,7 @@ def _device_cpu(processes: list[Any]) -> dict[str, float]:
 
 
 async def _measure(model: str, devices: int, weights: Path, speed: float, requests: int, burst: int,
-                   root: Path) -> dict[str, Any]:
+                   root: Path, warmup: int) -> dict[str, Any]:
     deployment = calibrated(_deployment(model, weights, devices), speed)
     graph = load_graph(ModelRef(model))
     planned = await asyncio.to_thread(plan_deployment, deployment.spec, graph=graph)
@@ -95,7 +96,8 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, reques
     try:
         x = torch.randn(graph.input_shape)
         async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
-            await infer(state.gateway_url, x, client=client, timeout_s=600)  # warm-up
+            for _ in range(warmup):  # the first requests fault in each process's working memory
+                await infer(state.gateway_url, x, client=client, timeout_s=600)
             cpu_before = _device_cpu(state.processes)
             latencies = []
             for _ in range(requests):
@@ -132,13 +134,14 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, reques
         "compute_ratio_max": max(ratios) if ratios else None,
         "model": model, "devices": devices, "solver": plan.solver, "partitions": len(plan.partitions),
         "stages": len(plan.stages), "measured_s": statistics.median(latencies), "predicted_s": plan.predicted.latency_s,
+        "measured_min_s": min(latencies), "measured_max_s": max(latencies),
         "throughput_measured": burst / makespan, "throughput_simulated": burst / sim.makespan_s,
     }
 
 
 async def _run(quick: bool) -> list[dict[str, Any]]:
     rows = []
-    requests, burst = (2, 4) if quick else (5, 8)
+    requests, burst, warmup = (2, 4, 1) if quick else (9, 8, 2)
     scratch = Path(tempfile.mkdtemp(prefix="edgepart-testbed-"))
     try:
         for model in MODELS:
@@ -150,7 +153,7 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
             print(f"{model}: a {CPUS}-CPU device here runs at {speed * CPUS:.3f}x the reference profile "
                   f"(calibrated under the quota)", flush=True)
             for devices in DEVICE_COUNTS:
-                row = await _measure(model, devices, weights, speed, requests, burst, scratch / "run")
+                row = await _measure(model, devices, weights, speed, requests, burst, scratch / "run", warmup)
                 rows.append(row)
                 print(f"  {devices} devices: {row['partitions']} partitions, measured {row['measured_s']:.2f} s, "
                       f"predicted {row['predicted_s']:.2f} s", flush=True)
@@ -174,14 +177,16 @@ def _cpu_ratio(row: dict[str, Any]) -> str:
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    header = (f"{'model':7} {'dev':>3} {'parts':>5} {'measured':>9} {'predicted':>9} {'meas/pred':>9} "
+    header = (f"{'model':7} {'dev':>3} {'parts':>5} {'measured':>9} {'min-max':>9} {'predicted':>9} {'meas/pred':>9} "
               f"{'compute m/p':>11} {'dev cpu m/p':>11} {'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
     print(header)
     print("-" * len(header))
     base: dict[str, dict[str, Any]] = {r["model"]: r for r in rows if r["devices"] == 1}
     for r in rows:
         one = base.get(r["model"], r)
-        print(f"{r['model']:7} {r['devices']:>3} {r['partitions']:>5} {r['measured_s']:>8.2f}s {r['predicted_s']:>8.2f}s "
+        spread = f"{r['measured_min_s']:.2f}-{r['measured_max_s']:.2f}" if "measured_min_s" in r else "-"
+        print(f"{r['model']:7} {r['devices']:>3} {r['partitions']:>5} {r['measured_s']:>8.2f}s {spread:>9} "
+              f"{r['predicted_s']:>8.2f}s "
               f"{r['measured_s'] / r['predicted_s']:>9.2f} {_compute_ratios(r):>11} {_cpu_ratio(r):>11} "
               f"{one['measured_s'] / r['measured_s']:>6.2f}x "
               f"{one['predicted_s'] / r['predicted_s']:>7.2f}x {r['throughput_measured']:>6.2f} "
