@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame
 from edgepart.partition_service.wire import Frame, Limits
+from edgepart.runtime.emulate import cpu_capped
 
 T = TypeVar("T")
 
@@ -34,10 +36,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_frame_sink(port: int) -> None:
+def serve_frame_sink(port: int, cpus: float | None = None) -> None:
     """Decode every POSTed frame with the partitions' own `receive_frame`; GET /cpu reports CPU time.
 
-    Served with the services' own set-up: tuned allocator, uvloop, httptools.
+    Served with the services' own set-up: tuned allocator, uvloop, httptools; with `cpus` (root), under
+    the CPU quota an emulated device with `cpus` gets.
     """
     app = FastAPI()
     limits = Limits()
@@ -58,7 +61,8 @@ def serve_frame_sink(port: int) -> None:
 
     tune_allocator()
     factory = loop_factory()
-    with asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner() as runner:
+    capped = cpu_capped(cpus) if cpus is not None else contextlib.nullcontext()
+    with capped, asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner() as runner:
         runner.run(serve(app, [bind("127.0.0.1", port)]))
 
 
@@ -78,4 +82,7 @@ def start_server(module: str, *args: str) -> tuple[subprocess.Popen[bytes], int]
 
 
 if __name__ == "__main__":
-    serve_frame_sink(int(sys.argv[1]))
+    if sys.argv[1] == "--cpus":
+        serve_frame_sink(int(sys.argv[3]), float(sys.argv[2]))
+    else:
+        serve_frame_sink(int(sys.argv[1]))
