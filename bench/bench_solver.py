@@ -15,7 +15,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_graph
+from edgepart.plan import Objective
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
 from edgepart.planner.registry import solve
 from edgepart.sim.draw import line_chart_svg
@@ -31,7 +33,8 @@ def edge_cluster(n: int) -> Cluster:
     return Cluster(devices, "d0", "switched", Link(2e-3, 100e6 / 8))
 
 
-def timed(repeats: int, graph, ref, cluster, solver: str, objective: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def timed(repeats: int, graph: LayerGraph, ref: ModelRef, cluster: Cluster, solver: str,
+          objective: Objective) -> tuple[float, float]:
     """(wall, cpu) seconds, each the best of `repeats`."""
     wall = cpu = float("inf")
     for _ in range(repeats):
