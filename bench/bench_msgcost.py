@@ -40,6 +40,7 @@ from edgepart.partition_service.transport import (
     make_hop_client,
 )
 from edgepart.partition_service.wire import make_header
+from edgepart.runtime.demo import BUSY_LOOP
 from edgepart.runtime.emulate import cpu_capped, support_problems
 
 SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)
@@ -48,7 +49,6 @@ IDLE_GAP_S = 0.03
 CAPPED_CPUS = 0.2
 CAPPED_GAP_S = 1.0
 CAPPED_SIZES = (1 << 10, 64 << 10)
-BUSY_LOOP = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 
 
 async def _measure(port: int, reps: int, gap_s: float = 0.0, sizes: tuple[int, ...] = SIZES,

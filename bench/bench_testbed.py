@@ -2,9 +2,10 @@
 
 Devices: 8 emulated devices at 0.2 CPU each (cgroup v1 quota), each in its own network namespace
 behind a 100 Mbit/s tbf cap, 2 ms link latency added in userspace. For VGG-16 and YOLOv2 with
-1, 2, 4 and 8 devices: plan with the planner (`auto`, objective latency) on a cluster whose device
-speed is calibrated by running the whole model through the executor under a 0.2-CPU quota (as
-the devices run), deploy it with `up --emulate`, and measure
+1, 2, 4 and 8 devices: plan with the planner (`auto`, objective latency) on a cluster whose devices
+are calibrated as they run, under a 0.2-CPU quota: their speed by running the whole model through the
+executor, their message cost through a chain of partitions (`edgepart.runtime.demo.message_cpu`);
+deploy it with `up --emulate`, and measure
 
 - latency: median of the gateway's own latency over sequential requests after two warm-up requests,
   against the planner's predicted latency (target within 15 %), and the speedup over the 1-device
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -39,7 +39,13 @@ from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.planner.cluster import cluster_from_spec
 from edgepart.planner.evaluate import part_work
 from edgepart.runtime.client import infer
-from edgepart.runtime.demo import calibrated, export_weights, per_core_speed
+from edgepart.runtime.demo import (
+    calibrated,
+    export_weights,
+    message_cpu,
+    per_core_speed,
+    process_cpu_seconds,
+)
 from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import plan_deployment
@@ -64,28 +70,17 @@ def _deployment(model: str, weights: Path, devices: int) -> DNNDeployment:
     })
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time all threads of `pid` have run (the scheduler's own count, in ns, not tick-sampled)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
-
-
 def _device_cpu(processes: list[Any]) -> dict[str, float]:
     result: dict[str, float] = {}
     for proc in processes:
         if proc.role == "partition":
-            result[proc.device] = result.get(proc.device, 0.0) + _cpu_seconds(proc.pid)
+            result[proc.device] = result.get(proc.device, 0.0) + process_cpu_seconds(proc.pid)
     return result
 
 
-async def _measure(model: str, devices: int, weights: Path, speed: float, requests: int, burst: int,
-                   root: Path, warmup: int) -> dict[str, Any]:
-    deployment = calibrated(_deployment(model, weights, devices), speed)
+async def _measure(model: str, devices: int, weights: Path, speed: float, message_s: float, requests: int,
+                   burst: int, root: Path, warmup: int) -> dict[str, Any]:
+    deployment = calibrated(_deployment(model, weights, devices), speed, message_s)
     graph = load_graph(ModelRef(model))
     planned = await asyncio.to_thread(plan_deployment, deployment.spec, graph=graph)
     plan = planned.plan
@@ -144,6 +139,9 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
     requests, burst, warmup = (2, 4, 1) if quick else (9, 8, 2)
     scratch = Path(tempfile.mkdtemp(prefix="edgepart-testbed-"))
     try:
+        message_s = await message_cpu(CPUS, root=scratch / "probe")
+        print(f"a message costs a {CPUS}-CPU device {message_s * 1e3:.2f} ms of CPU at each end "
+              f"({message_s / CPUS * 1e3:.1f} ms under its quota; measured through a chain of partitions)", flush=True)
         for model in MODELS:
             ref = ModelRef(model)
             whole = await asyncio.to_thread(load_model, ref)
@@ -153,7 +151,7 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
             print(f"{model}: a {CPUS}-CPU device here runs at {speed * CPUS:.3f}x the reference profile "
                   f"(calibrated under the quota)", flush=True)
             for devices in DEVICE_COUNTS:
-                row = await _measure(model, devices, weights, speed, requests, burst, scratch / "run", warmup)
+                row = await _measure(model, devices, weights, speed, message_s, requests, burst, scratch / "run", warmup)
                 rows.append(row)
                 print(f"  {devices} devices: {row['partitions']} partitions, measured {row['measured_s']:.2f} s, "
                       f"predicted {row['predicted_s']:.2f} s", flush=True)

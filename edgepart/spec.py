@@ -132,6 +132,11 @@ class DeviceSpec(_Model):
     memory: Memory = Field(default="4Gi", description="Memory available to partitions, e.g. 1Gi.")
     cpus: float | None = Field(default=None, gt=0, le=256,
                                description="CPU cores for emulation (cgroup quota) and pod resources.")
+    message_cost: Duration | None = Field(
+        default=None,
+        description="Software time one message costs this device at each end (sending or receiving), e.g. 4ms; "
+                    "default: its profile's messageOverheadS divided by its speed. The demo and the testbed "
+                    "benchmark measure it for emulated devices.")
     arch: str | None = Field(default=None, description="CPU architecture, e.g. arm64 or amd64 (informational).")
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels (device class etc.).")
 

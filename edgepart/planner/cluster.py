@@ -233,7 +233,9 @@ def _device_from_spec(spec: DeviceSpec, index: int, reference: DeviceProfile, ba
             raise ClusterError(f"{where}.profile: {err}") from None
     # [R] speed scales whichever profile the device has: "like this profile, but twice as fast"
     speed = spec.speed if spec.speed is not None else 1.0
-    return Device(spec.name, profile, speed, parse_memory(spec.memory), spec.cpus)
+    # a given message cost is this device's own time; the Device keeps it at the profile's speed
+    message = None if spec.message_cost is None else parse_duration(spec.message_cost) * speed
+    return Device(spec.name, profile, speed, parse_memory(spec.memory), spec.cpus, message)
 
 
 def cluster_from_spec(spec: ClusterSpec, reference_profile_: DeviceProfile | None = None,

@@ -4,6 +4,7 @@
 
 1. calibrate: time the whole model on one core here (the kernels the partitions use), so the
    planner's reference profile is scaled to this host: a device's speed = its `cpus` x that factor;
+   when emulating, under the devices' CPU quota, and measure what a message costs such a device;
 2. plan the deployment with its solver and start it (`--emulate` semantics when root: network
    namespaces, tbf caps, CPU quotas; plain local processes otherwise);
 3. send requests, check every output against the whole model run here (allclose, atol 1e-5);
@@ -15,22 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import torch
 
+from edgepart.errors import EdgepartError
 from edgepart.executor import Executor, compare, use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_graph, load_model, trace_ref
-from edgepart.plan import Plan
-from edgepart.planner.builders import build_single
+from edgepart.plan import Plan, make_plan
+from edgepart.planner.builders import build_single, single_stage
 from edgepart.planner.cluster import cluster_from_spec, reference_profile
 from edgepart.planner.evaluate import evaluate
 from edgepart.profiler.microbench import partition_allocator
@@ -38,10 +44,10 @@ from edgepart.runtime.client import infer
 from edgepart.runtime.emulate import cpu_capped, support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import model_ref, plan_deployment, with_cpu_speeds
-from edgepart.spec import DeviceSpec, DNNDeployment, load_deployment
+from edgepart.spec import DeviceSpec, DNNDeployment, deployment_from_dict, load_deployment
 
-__all__ = ["DEFAULT_DEPLOYMENT", "DemoReport", "DemoRun", "calibrated", "demo", "export_weights", "per_core_speed",
-           "run_demo", "with_weights"]
+__all__ = ["DEFAULT_DEPLOYMENT", "DemoReport", "DemoRun", "calibrated", "demo", "export_weights", "message_cpu",
+           "per_core_speed", "process_cpu_seconds", "run_demo", "with_weights"]
 
 DEFAULT_DEPLOYMENT = Path("examples/deployments/vgg16-4dev.yaml")
 
@@ -116,6 +122,89 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus
     return predicted / statistics.median(times) / (cpus or 1.0)
 
 
+# a chain of partitions that compute next to nothing: what they cost their device is their messages
+PROBE_MODEL = """
+from torch import nn
+
+
+def chain():
+    return nn.Sequential(*(nn.ReLU() for _ in range(4)))
+"""
+PROBE_INPUT = (1, 32, 40, 40)  # 200 KiB pieces, the size of a typical split plan's (the model has no per-byte CPU)
+# keeps a core busy while the probe's processes idle between requests, as the other devices' compute does
+BUSY_LOOP = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time all threads of `pid` have run (the scheduler's own count, in ns, not tick-sampled); 0 once gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+async def message_cpu(cpus: float, *, requests: int = 12, gap_s: float = 0.5, root: Path | None = None) -> float:
+    """CPU seconds one message costs an emulated device with `cpus` at each end, measured through the data plane.
+
+    The per-message figure in the reference profile was measured on a free core. A device under a small
+    CPU quota pays more per message: every message wakes a process whose caches the other devices' work
+    has evicted, and its quota runs out in slices. So this runs a chain of 4 partitions that compute next to
+    nothing (ReLUs on a small tensor) on one emulated device with `cpus`, sends requests through it one at a
+    time, `gap_s` apart while another process keeps a core busy, and divides the device's CPU per request (its
+    processes' scheduler run time) by the 8 message ends it handles (each partition receives once and sends
+    once). Under the quota one end then takes that over `cpus` seconds (`with_cpu_speeds`). What a partition
+    does per request besides its layers (assembling its tile, handing it to its compute thread) is counted
+    with its messages. Root only, like `up --emulate`.
+    """
+    problems = support_problems()
+    if problems:
+        raise EdgepartError("measuring the message cost needs emulated devices: " + "; ".join(problems))
+    scratch = Path(tempfile.mkdtemp(prefix="edgepart-msgprobe-"))
+    busy: subprocess.Popen[bytes] | None = None
+    try:
+        source = scratch / "probe_chain.py"
+        source.write_text(PROBE_MODEL)
+        deployment = deployment_from_dict({
+            "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": f"msgprobe-{os.getpid()}"},
+            "spec": {"model": {"name": f"{source}:chain", "inputShape": list(PROBE_INPUT)},
+                     "devices": [{"name": "probe", "cpus": cpus}], "requestTimeout": "60s"},
+        })
+        ref = model_ref(deployment.spec.model)
+        graph = load_graph(ref)
+        stages = tuple(single_stage(graph, i, i, i + 1, "probe") for i in range(len(graph)))
+        plan = make_plan(ref, "chain", "latency", ("probe",), stages)
+        runtime = LocalRuntime(root or scratch / "run", echo=lambda message: None)
+        state = await runtime.up(deployment, port=0, emulate=True, plan=plan)
+        try:
+            partitions = [p.pid for p in state.processes if p.role == "partition"]
+            x = torch.randn(PROBE_INPUT)
+            busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+            async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+                for _ in range(2):  # warm-up
+                    await infer(state.gateway_url, x, client=client, timeout_s=60)
+                await asyncio.sleep(gap_s)
+                before = sum(process_cpu_seconds(pid) for pid in partitions)
+                for _ in range(requests):
+                    await infer(state.gateway_url, x, client=client, timeout_s=60)
+                    await asyncio.sleep(gap_s)
+                used = sum(process_cpu_seconds(pid) for pid in partitions) - before
+        finally:
+            await runtime.down(state.name)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return used / requests / (2 * len(stages))
+
+
 def export_weights(model: torch.nn.Module, path: Path) -> Path:
     """Write the model's weights to a safetensors file (each partition then reads only its own tensors)."""
     from safetensors.torch import save_file
@@ -129,12 +218,13 @@ def with_weights(deployment: DNNDeployment, path: Path) -> DNNDeployment:
     return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"model": model})})
 
 
-def calibrated(deployment: DNNDeployment, speed_per_core: float) -> DNNDeployment:
-    """Devices without a speed or profile get speed = cpus x `speed_per_core` (1 cpu when unset)."""
+def calibrated(deployment: DNNDeployment, speed_per_core: float, message_cpu_s: float | None = None) -> DNNDeployment:
+    """Devices without a speed or profile get speed = cpus x `speed_per_core` (1 cpu when unset), and with
+    `message_cpu_s` (`message_cpu`) a message cost of `message_cpu_s` / cpus."""
     devices = [d if d.cpus is not None or d.speed is not None or d.profile is not None
                else d.model_copy(update={"cpus": 1.0}) for d in deployment.spec.devices]
     whole = deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
-    return with_cpu_speeds(whole, speed_per_core)
+    return with_cpu_speeds(whole, speed_per_core, message_cpu_s)
 
 
 def single_device(deployment: DNNDeployment) -> tuple[DNNDeployment, DeviceSpec]:
@@ -204,25 +294,30 @@ async def demo(deployment: str | Path = DEFAULT_DEPLOYMENT, *, requests: int = 5
         speed = await asyncio.to_thread(per_core_speed, ref, reference)
         echo(f"  calibrated: one core here runs at {speed:.2f}x the planner's reference profile (exact kernels); "
              f"device speed = cpus x {speed:.2f}")
+        message_s = None
     else:
         speed = await asyncio.to_thread(per_core_speed, ref, reference, 3, capped)
         echo(f"  calibrated under a {capped:g}-CPU quota (as the emulated devices run): {speed * capped:.3f}x the "
              f"planner's reference profile, i.e. device speed = cpus x {speed:.2f}")
+        message_s = await message_cpu(capped, requests=8)
+        echo(f"  a message costs such a device {message_s * 1e3:.2f} ms of CPU at each end (a chain of partitions "
+             f"under the quota), i.e. messageCost = {message_s * 1e3:.2f} ms / cpus")
     weights_dir = Path(tempfile.mkdtemp(prefix="edgepart-demo-"))
     try:
-        return await _demo(original, ref, graph, reference, speed, weights_dir, requests, emulate, port, root, echo)
+        return await _demo(original, ref, graph, reference, speed, message_s, weights_dir, requests, emulate, port,
+                           root, echo)
     finally:
         shutil.rmtree(weights_dir, ignore_errors=True)
 
 
 async def _demo(original: DNNDeployment, ref: ModelRef, graph: LayerGraph, reference: torch.nn.Module, speed: float,
-                weights_dir: Path, requests: int, emulate: bool, port: int, root: Path | None,
-                echo: Callable[[str], None]) -> DemoReport:
+                message_s: float | None, weights_dir: Path, requests: int, emulate: bool, port: int,
+                root: Path | None, echo: Callable[[str], None]) -> DemoReport:
     if original.spec.model.weights is None:  # seeded weights: export them once, partitions read their slices
         echo(f"  exporting the seeded weights to {weights_dir} so each partition reads only its own tensors")
         await asyncio.to_thread(export_weights, reference, weights_dir / "weights.safetensors")
         original = with_weights(original, weights_dir / "weights.safetensors")
-    tuned = calibrated(original, speed)
+    tuned = calibrated(original, speed, message_s)
     ref = model_ref(tuned.spec.model)
     cluster = cluster_from_spec(tuned.spec.cluster(), base_dir=Path.cwd())
     planned = await asyncio.to_thread(plan_deployment, tuned.spec, graph=graph)

@@ -41,15 +41,22 @@ def model_ref(model: ModelSpec, base: Path | None = None) -> ModelRef:
     return ModelRef(name, input_shape_of(ref), weights, model.seed)
 
 
-def with_cpu_speeds(deployment: DNNDeployment, per_core: float = 1.0) -> DNNDeployment:
-    """Devices with `cpus` and neither `speed` nor `profile` get speed = cpus x `per_core`.
+def with_cpu_speeds(deployment: DNNDeployment, per_core: float = 1.0,
+                    message_cpu_s: float | None = None) -> DNNDeployment:
+    """Devices with `cpus` and neither `speed` nor `profile` get speed = cpus x `per_core`, and with
+    `message_cpu_s` (CPU seconds per message end measured under such a quota) and no `messageCost` of
+    their own, messageCost = `message_cpu_s` / cpus.
 
     For emulated devices `cpus` is the CPU quota they run under, so the planner should cost them at that
     fraction of a core (`per_core`: this host's core against the reference profile; 1.0 when unknown).
     """
-    devices = [d.model_copy(update={"speed": round(d.cpus * per_core, 4)})
-               if d.cpus is not None and d.speed is None and d.profile is None else d
-               for d in deployment.spec.devices]
+    devices = []
+    for d in deployment.spec.devices:
+        if d.cpus is not None and d.speed is None and d.profile is None:
+            d = d.model_copy(update={"speed": round(d.cpus * per_core, 4)})
+        if d.cpus is not None and message_cpu_s is not None and d.message_cost is None:
+            d = d.model_copy(update={"message_cost": f"{message_cpu_s / d.cpus * 1e3:.4g}ms"})
+        devices.append(d)
     return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
 
 

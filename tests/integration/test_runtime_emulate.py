@@ -16,6 +16,7 @@ from edgepart.executor import use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.runtime import emulate
 from edgepart.runtime.client import infer
+from edgepart.runtime.demo import message_cpu
 from edgepart.runtime.emulate import (
     EmulationError,
     create_testbed,
@@ -143,6 +144,8 @@ def test_emulated_devices_are_costed_at_their_cpu_quota() -> None:
     })
     speeds = [d.speed for d in with_cpu_speeds(manifest, per_core=0.5).spec.devices]
     assert speeds == [0.1, 3.0, None]  # an explicit speed wins; no quota, no change
+    costs = [d.message_cost for d in with_cpu_speeds(manifest, 0.5, message_cpu_s=1e-3).spec.devices]
+    assert costs == ["5ms", "2ms", None]  # a message's CPU over the device's quota; no quota, the profile's
 
 
 @needs_root
@@ -166,4 +169,13 @@ def test_cpu_capped_throttles_the_calling_thread_and_puts_it_back() -> None:
     # loosely bounded: on 2 vCPUs the kernel's per-CPU runtime slack lets a short burst run at up to ~2x quota.
     assert int(throttled["nr_throttled"]) >= 3
     assert capped > 2 * min(free, after)
-    assert not list(emulate.CGROUP_CPU.glob("edgepart/calibrate-*"))  # its group is gone
+    assert not group.exists()  # its group is gone
+
+
+@needs_root
+async def test_the_message_probe_measures_a_chain_of_partitions_under_the_quota_and_cleans_up() -> None:
+    cpu = await message_cpu(0.5, requests=3, gap_s=0.05)
+    # a real hop costs a partition process tenths of a millisecond of CPU or more; nothing near a second
+    assert 5e-5 < cpu < 0.05
+    assert not any(Path("/run/netns").glob(f"edgepart-msgprobe-{os.getpid()}*"))
+    assert not Path(emulate.CGROUP_CPU, "edgepart", f"msgprobe-{os.getpid()}").exists()

@@ -66,6 +66,18 @@ def test_a_profiles_message_overhead_round_trips_and_scales_with_speed(tmp_path:
         Device("x", reference_profile(), message_overhead_s=-1.0)
 
 
+def test_a_devices_own_message_cost_is_its_time_per_end_whatever_its_speed(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "devices:\n"
+        "  - {name: a, speed: 0.2, messageCost: 5ms}\n"
+        "  - {name: b, speed: 0.2}\n"
+        "network: {bandwidth: 10MB/s, latency: 1ms}\n")
+    cluster = load_cluster_file(tmp_path / "c.yaml")
+    assert cluster.device("a").message_s == pytest.approx(5e-3)  # given, not scaled by the speed again
+    assert cluster.device("b").message_s == pytest.approx(reference_message_overhead() / 0.2)
+    assert cluster.link("b", "a").alpha_s == pytest.approx(1e-3 + 5e-3 + reference_message_overhead() / 0.2)
+
+
 def test_link_time_and_local_transfers() -> None:
     link = Link(2e-3, 12.5e6)
     assert link.time(12.5e6) == pytest.approx(1.002)
@@ -115,6 +127,7 @@ def test_cluster_errors_name_the_device(tmp_path: Path, document: dict, message:
     ({"devices": [{"name": "a"}], "network": {"latency": "2 fortnights"}}, "network.latency"),
     ({"devices": [{"name": "a"}], "master": "b"}, "master: 'b' is not one of the devices"),
     ({"devices": [{"name": "a", "memory": "lots"}]}, "devices[0].memory"),
+    ({"devices": [{"name": "a", "messageCost": "fast"}]}, "devices[0].messageCost"),
     ({"devices": [{"name": "a"}], "network": {"links": [{"from": "a", "to": "z"}]}}, "'z' is not one of"),
 ])
 def test_spec_errors_name_the_field(document: dict, message: str) -> None:  # type: ignore[type-arg]
