@@ -12,6 +12,8 @@ through the real data plane) divided by its speed. `Cluster.link(u, v)` is
 the link the cost model uses: the configured wire (`Cluster.wire`) with both
 ends' message costs added to its alpha. Every consumer (evaluator,
 simulator, fused-dp, pipeline-dp, brute force) costs transfers through it.
+Partitions on one device are separate processes too: a message between them
+crosses no wire but costs both ends' software time (`Cluster.local_s`).
 
 `medium` says which transfers queue behind each other: `switched` gives every
 NIC direction its own FIFO, `shared` (Wi-Fi) puts every transfer on one FIFO.
@@ -151,6 +153,7 @@ class Cluster:
                 ends = sum(sorted((message[u], message[v])))  # same float both ways round
                 table[(u, v)] = Link(wire.alpha_s + ends, wire.bandwidth_Bps)
         object.__setattr__(self, "_links", table)
+        object.__setattr__(self, "_local", {name: 2 * message[name] for name in names})
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -179,6 +182,13 @@ class Cluster:
         except KeyError:
             unknown = u if u not in self.names else v
             raise ClusterError(f"unknown device {unknown!r}; the cluster has {list(self.names)}") from None
+
+    def local_s(self, device: str) -> float:
+        """What a message between two partitions on `device` costs: no wire, both ends' software time."""
+        try:
+            return self._local[device]  # type: ignore[attr-defined,no-any-return]
+        except KeyError:
+            raise ClusterError(f"unknown device {device!r}; the cluster has {list(self.names)}") from None
 
     def tx(self, u: str, v: str, nbytes: float) -> float:
         if nbytes <= 0:

@@ -9,8 +9,10 @@ when its output is assembled at h_{s+1}. Within a stage, in an idle system:
 - compute: each partition starts when its input has arrived and its device is
   free (a device's partitions queue in arrival order);
 - gather: in order of compute completion, each partition sends its output
-  region to h_{s+1}. A partition on h_s receives nothing; one on h_{s+1}
-  sends nothing.
+  region to h_{s+1}. A partition on h_s receives nothing. One on h_{s+1}
+  hands its output to the process there in a local message: no wire and no
+  NIC queue, but both ends' software time (`Cluster.local_s`), as the runtime
+  sends it from one partition process to the next.
 
 The stage time is the last arrival at h_{s+1}; latency is the sum of stage
 times (the client is co-located with the master [R]).
@@ -160,8 +162,11 @@ def _gather(parts: Sequence[PartWork], front: _Front, sink: str, cluster: Cluste
     for i in front.gather_order:
         p = parts[i]
         done = front.done[i]
-        if p.device == sink or p.out_bytes <= 0:
+        if p.out_bytes <= 0:
             finish = max(finish, done)
+            continue
+        if p.device == sink:
+            finish = max(finish, done + cluster.local_s(sink))
             continue
         duration = cluster.tx(p.device, sink, p.out_bytes)
         if shared:

@@ -91,6 +91,7 @@ def _search(problem: Problem, device_sets: DeviceSets, max_fused: int | None,
     choice: dict[tuple[int, int], _Choice] = {}
     out_bytes = problem.boundary_bytes
     tx = [[cluster.link(u, v) for v in names] for u in names]
+    local = [cluster.local_s(name) for name in names]
     for b in range(n_units - 1, -1, -1):
         splits = problem.split_options(b, device_sets, max_fused, layerwise)
         holders = [m] if b == 0 else range(n_dev)
@@ -111,7 +112,11 @@ def _search(problem: Problem, device_sets: DeviceSets, max_fused: int | None,
                         rest = row[h2]
                         if rest == inf:
                             continue
-                        total = base + tx[d][h2].time(out_bytes[j]) + rest
+                        if d == h2:  # to the next stage's process on d (or the gateway): a local message
+                            hop = local[d] if out_bytes[j] > 0 else 0.0
+                        else:
+                            hop = tx[d][h2].time(out_bytes[j])
+                        total = base + hop + rest
                         if total < best:
                             best, arg = total, (_Single(d, j), h2)
             if b == 0 or h == m:

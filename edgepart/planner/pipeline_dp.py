@@ -129,6 +129,8 @@ def solve_pipeline_dp(problem: Problem, objective: Objective = "throughput", *,
                                  value[3] + t0)
                     if j == n_units:
                         tx = 0.0 if t == master_type else cluster.tx(names[d], master, out[n_units])
+                        # on the master the output still goes to the gateway's process: latency, not a queue
+                        hand_off = cluster.local_s(master) if t == master_type and out[n_units] > 0 else 0.0
                         closed = max(value[0], comp)
                         send, recv = value[1], value[2]
                         if shared:
@@ -137,7 +139,7 @@ def solve_pipeline_dp(problem: Problem, objective: Objective = "throughput", *,
                             if t != master_type:
                                 closed = max(closed, tx)  # t's send queue closes here
                             recv += tx
-                        final: Value = (closed, send, recv, value[3] + comp + tx)
+                        final: Value = (closed, send, recv, value[3] + comp + tx + hand_off)
                         if best is None or key(final) < best[0]:
                             best = (key(final), state, start_value, j, final)
                         continue

@@ -218,8 +218,10 @@ def test_message_overhead_is_charged_on_both_ends_of_every_hop() -> None:
     remote = build_single(graph, ref, ["w"])
     grown = evaluate(remote, graph, costly).latency_s - evaluate(remote, graph, plain).latency_s
     assert grown == pytest.approx(2 * (4e-3 + 8e-3), rel=1e-9)
-    local = build_single(graph, ref, ["m"])  # no hop, nothing charged
-    assert evaluate(local, graph, costly).latency_s == pytest.approx(evaluate(local, graph, plain).latency_s)
+    # on the master no wire, but its process hands the output to the gateway's: a local message, both ends
+    local = build_single(graph, ref, ["m"])
+    grown = evaluate(local, graph, costly).latency_s - evaluate(local, graph, plain).latency_s
+    assert grown == pytest.approx(costly.local_s("m")) and costly.local_s("m") == pytest.approx(2 * 4e-3)
     # a two-device split: each partition on w receives its input and sends its output
     split = build_ftp_grid(graph, ref, ["m", "w"], grid=(2, 1), fused_units=3)
     grown = evaluate(split, graph, costly).latency_s - evaluate(split, graph, plain).latency_s
