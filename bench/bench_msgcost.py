@@ -40,7 +40,7 @@ from edgepart.partition_service.transport import (
     make_hop_client,
 )
 from edgepart.partition_service.wire import make_header
-from edgepart.runtime.demo import BUSY_LOOP
+from edgepart.runtime.calibrate import BUSY_LOOP
 from edgepart.runtime.emulate import cpu_capped, support_problems
 
 SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)

@@ -4,7 +4,7 @@ Devices: 8 emulated devices at 0.2 CPU each (cgroup v1 quota), each in its own n
 behind a 100 Mbit/s tbf cap, 2 ms link latency added in userspace. For VGG-16 and YOLOv2 with
 1, 2, 4 and 8 devices: plan with the planner (`auto`, objective latency) on a cluster whose devices
 are calibrated as they run, under a 0.2-CPU quota: their speed by running the whole model through the
-executor, their message cost through a chain of partitions (`edgepart.runtime.demo.message_cpu`);
+executor, their message cost through a chain of partitions (`edgepart.runtime.calibrate.message_cpu`);
 deploy it with `up --emulate`, and measure
 
 - latency: median of the gateway's own latency over sequential requests after two warm-up requests,
@@ -38,14 +38,9 @@ import torch
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.planner.cluster import cluster_from_spec
 from edgepart.planner.evaluate import part_work
+from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed, process_cpu_seconds
 from edgepart.runtime.client import infer
-from edgepart.runtime.demo import (
-    calibrated,
-    export_weights,
-    message_cpu,
-    per_core_speed,
-    process_cpu_seconds,
-)
+from edgepart.runtime.demo import export_weights
 from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import plan_deployment

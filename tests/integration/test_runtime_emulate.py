@@ -15,8 +15,8 @@ import torch
 from edgepart.executor import use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.runtime import emulate
+from edgepart.runtime.calibrate import message_cpu
 from edgepart.runtime.client import infer
-from edgepart.runtime.demo import message_cpu
 from edgepart.runtime.emulate import (
     EmulationError,
     create_testbed,

@@ -1,0 +1,170 @@
+"""Calibration: what this host's cores and an emulated device's messages cost, against the planner's reference.
+
+The planner costs devices from its reference profile times a speed, and messages from a per-message
+software time. For emulated devices both depend on this host and on the CPU quota they run under, so
+`make demo` and the testbed benchmark measure them here first:
+
+- `per_core_speed`: the whole model through the executor, on one core or under a quota;
+- `message_cpu`: a chain of partitions that compute next to nothing, under a quota;
+- `calibrated`: a deployment whose emulated devices carry both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from edgepart.errors import EdgepartError
+from edgepart.executor import Executor, use_exact_kernels
+from edgepart.geometry import Region
+from edgepart.graph.loader import ModelRef, load_graph, trace_ref
+from edgepart.plan import make_plan
+from edgepart.planner.builders import single_stage
+from edgepart.planner.cluster import reference_profile
+from edgepart.profiler.microbench import partition_allocator
+from edgepart.runtime.client import infer
+from edgepart.runtime.emulate import cpu_capped, support_problems
+from edgepart.runtime.local import LocalRuntime
+from edgepart.runtime.planning import model_ref, with_cpu_speeds
+from edgepart.spec import DNNDeployment, deployment_from_dict
+
+__all__ = ["BUSY_LOOP", "calibrated", "message_cpu", "per_core_speed", "process_cpu_seconds"]
+
+
+def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None) -> float:
+    """This host's speed on one core, relative to the planner's reference profile.
+
+    The whole model runs as one partition through the executor, as partitions compute (exact kernels,
+    row-chunked convolutions, the services' warm heap, one thread), the median of `repeats` after a warm-up
+    (a throttled device computes for seconds, so its sustained speed matters, not the host's best moment).
+    Timing the plain module instead measured a different code path (one huge convolution scratch buffer,
+    page-faulted on each call) and mis-calibrated every emulated device by 10-15%.
+
+    With `cpus` (root), the timing runs under the CPU quota an emulated device with `cpus` gets
+    (`emulate.cpu_capped`) and the result is its speed divided by `cpus`: a throttled process runs slower
+    than its share of a free core (it restarts cold after every throttled slice), and that is what the
+    devices will do.
+    """
+    partition_allocator()
+    use_exact_kernels(True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gm, graph = trace_ref(ref, model)
+        runner = Executor(gm, graph).runner(0, len(graph), Region.full(graph.shape_at(len(graph))))
+        x = torch.randn(graph.input_shape)
+        with torch.no_grad(), cpu_capped(cpus) if cpus is not None else contextlib.nullcontext():
+            runner(x)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                runner(x)
+                times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    profile = reference_profile()
+    predicted = sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
+    return predicted / statistics.median(times) / (cpus or 1.0)
+
+
+# a chain of partitions that compute next to nothing: what they cost their device is their messages
+PROBE_MODEL = """
+from torch import nn
+
+
+def chain():
+    return nn.Sequential(*(nn.ReLU() for _ in range(4)))
+"""
+PROBE_INPUT = (1, 32, 40, 40)  # 200 KiB pieces, the size of a typical split plan's (the model has no per-byte CPU)
+# keeps a core busy while the probe's processes idle between requests, as the other devices' compute does
+BUSY_LOOP = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time all threads of `pid` have run (the scheduler's own count, in ns, not tick-sampled); 0 once gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+async def message_cpu(cpus: float, *, requests: int = 12, gap_s: float = 0.5, root: Path | None = None) -> float:
+    """CPU seconds one message costs an emulated device with `cpus` at each end, measured through the data plane.
+
+    The per-message figure in the reference profile was measured on a free core. A device under a small
+    CPU quota pays more per message: every message wakes a process whose caches the other devices' work
+    has evicted, and its quota runs out in slices. So this runs a chain of 4 partitions that compute next to
+    nothing (ReLUs on 200 KiB tensors) on one emulated device with `cpus`, sends requests through it one at a
+    time, `gap_s` apart while another process keeps a core busy, and divides the device's CPU per request (its
+    processes' scheduler run time) by the 8 message ends it handles (each partition receives once and sends
+    once). Under the quota one end then takes that over `cpus` seconds (`with_cpu_speeds`). What a partition
+    does per request besides its layers (assembling its tile, handing it to its compute thread) is counted
+    with its messages. Root only, like `up --emulate`.
+    """
+    problems = support_problems()
+    if problems:
+        raise EdgepartError("measuring the message cost needs emulated devices: " + "; ".join(problems))
+    scratch = Path(tempfile.mkdtemp(prefix="edgepart-msgprobe-"))
+    busy: subprocess.Popen[bytes] | None = None
+    try:
+        source = scratch / "probe_chain.py"
+        source.write_text(PROBE_MODEL)
+        deployment = deployment_from_dict({
+            "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": f"msgprobe-{os.getpid()}"},
+            "spec": {"model": {"name": f"{source}:chain", "inputShape": list(PROBE_INPUT)},
+                     "devices": [{"name": "probe", "cpus": cpus}], "requestTimeout": "60s"},
+        })
+        ref = model_ref(deployment.spec.model)
+        graph = load_graph(ref)
+        stages = tuple(single_stage(graph, i, i, i + 1, "probe") for i in range(len(graph)))
+        plan = make_plan(ref, "chain", "latency", ("probe",), stages)
+        runtime = LocalRuntime(root or scratch / "run", echo=lambda message: None)
+        state = await runtime.up(deployment, port=0, emulate=True, plan=plan)
+        try:
+            partitions = [p.pid for p in state.processes if p.role == "partition"]
+            x = torch.randn(PROBE_INPUT)
+            busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+            async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+                for _ in range(2):  # warm-up
+                    await infer(state.gateway_url, x, client=client, timeout_s=60)
+                await asyncio.sleep(gap_s)
+                before = sum(process_cpu_seconds(pid) for pid in partitions)
+                for _ in range(requests):
+                    await infer(state.gateway_url, x, client=client, timeout_s=60)
+                    await asyncio.sleep(gap_s)
+                used = sum(process_cpu_seconds(pid) for pid in partitions) - before
+        finally:
+            await runtime.down(state.name)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return used / requests / (2 * len(stages))
+
+
+def calibrated(deployment: DNNDeployment, speed_per_core: float, message_cpu_s: float | None = None) -> DNNDeployment:
+    """Devices without a speed or profile get speed = cpus x `speed_per_core` (1 cpu when unset), and with
+    `message_cpu_s` (`message_cpu`) a message cost of `message_cpu_s` / cpus."""
+    devices = [d if d.cpus is not None or d.speed is not None or d.profile is not None
+               else d.model_copy(update={"cpus": 1.0}) for d in deployment.spec.devices]
+    whole = deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
+    return with_cpu_speeds(whole, speed_per_core, message_cpu_s)
