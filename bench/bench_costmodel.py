@@ -46,8 +46,8 @@ from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
 from edgepart.planner.cluster import Cluster, Device, reference_profile
 from edgepart.planner.costmodel import DeviceProfile, load_profile
-from edgepart.planner.evaluate import part_work
 from edgepart.planner.segments import strip_region
+from edgepart.planner.stage_costs import part_work
 from edgepart.profiler.microbench import partition_allocator, time_call
 from edgepart.profiler.run import PartitionCase, ProfileConfig, profile_device
 

@@ -70,7 +70,7 @@ def strip_split(graph, ref, target: Cluster, aware: bool) -> float:  # type: ign
     stages = [problem.split_stage(0, option)]
     if stop < problem.L:
         stages.append(problem.single_stage(1, stop, problem.L, problem.master_index))
-    plan = make_plan(ref, "strips", "latency", target.names, tuple(stages))
+    plan = make_plan(ref, "strips", "latency", target.names, tuple(stages)).to_plan(target.master)
     return evaluate(plan, graph, target).latency_s
 
 

@@ -37,7 +37,7 @@ import torch
 
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.planner.cluster import cluster_from_spec
-from edgepart.planner.evaluate import part_work
+from edgepart.planner.evaluate import task_compute
 from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed, process_cpu_seconds
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
@@ -104,17 +104,13 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, messag
     # each partition's mean compute (warm-up and latency requests) against the cost model's prediction
     ratios = []
     for part in status["partitions"]:
-        stage = plan.stages[part["stage"]]
-        mine = next(p for p in stage.partitions if p.id == part["id"])
-        predicted = part_work(graph, cluster, stage.start, stage.stop, mine.device, mine.output_region).compute_s
+        predicted = task_compute(plan.task(part["id"]), graph, cluster)
         if part.get("compute_mean_s") and predicted > 1e-3:
             ratios.append(part["compute_mean_s"] / predicted)
     # CPU per request of each device against the CPU its partitions' predicted compute takes
     predicted_cpu: dict[str, float] = {}
-    for stage in plan.stages:
-        for part in stage.partitions:
-            work = part_work(graph, cluster, stage.start, stage.stop, part.device, part.output_region)
-            predicted_cpu[part.device] = predicted_cpu.get(part.device, 0.0) + work.compute_s * CPUS
+    for task in plan.tasks:
+        predicted_cpu[task.device] = predicted_cpu.get(task.device, 0.0) + task_compute(task, graph, cluster) * CPUS
     used = {d: (cpu_after[d] - cpu_before.get(d, 0.0)) / requests for d in cpu_after}
     busiest = max(used, key=lambda d: used[d])
     return {
@@ -122,8 +118,8 @@ async def _measure(model: str, devices: int, weights: Path, speed: float, messag
         "busiest_device": busiest,
         "compute_ratio_median": statistics.median(ratios) if ratios else None,
         "compute_ratio_max": max(ratios) if ratios else None,
-        "model": model, "devices": devices, "solver": plan.solver, "partitions": len(plan.partitions),
-        "stages": len(plan.stages), "measured_s": statistics.median(latencies), "predicted_s": plan.predicted.latency_s,
+        "model": model, "devices": devices, "solver": plan.solver, "partitions": len(plan.tasks),
+        "stages": len(plan.stage_view()), "measured_s": statistics.median(latencies), "predicted_s": plan.predicted.latency_s,
         "measured_min_s": min(latencies), "measured_max_s": max(latencies),
         "throughput_measured": burst / makespan, "throughput_simulated": burst / sim.makespan_s,
     }

@@ -181,23 +181,46 @@ def build_plan(graph: Any, ref: Any, devices: int, solver: str, grid: str, fused
 
 
 def print_plan(plan: Any) -> None:
+    """The tasks grouped by stage (a derived view), then the predicted costs."""
+    several = len(plan.models) > 1
+    timing = {t.id: t for t in plan.predicted.tasks} if plan.predicted is not None else {}
     rows = []
-    for stage in plan.stages:
-        for part in stage.partitions:
-            rows.append([stage.index, stage.kind, stage.split, f"[{stage.start},{stage.stop})",
-                         f"{stage.first_layer}..{stage.last_layer}", part.id, part.device,
-                         str(part.output_region), str(part.input_region)])
-    typer.echo(format_table(["stage", "kind", "split", "layers", "names", "partition", "device", "output region",
-                             "input region"], rows))
+    for view in plan.stage_view():
+        for task in view.tasks:
+            when = timing.get(task.id)
+            rows.append([*([view.model] if several else []), view.index, view.kind, f"[{task.start},{task.stop})",
+                         f"{task.first_layer}..{task.last_layer}", task.id, task.device, str(task.output),
+                         ", ".join(f"{i.source}:{i.region}" for i in task.inputs),
+                         f"{when.start_s * 1e3:.1f}-{when.end_s * 1e3:.1f}" if when else ""])
+    relays = [t for t in plan.tasks if t.relay]
+    typer.echo(format_table([*(["model"] if several else []), "stage", "kind", "layers", "names", "task", "device",
+                             "output region", "reads (from:region)", "compute ms"], rows))
+    if relays:
+        typer.echo("relays (gather and forward a whole tensor): "
+                   + ", ".join(f"{t.id} on {t.device} at cut {t.start}" for t in relays))
     if plan.predicted is not None:
         if plan.predicted.stages:
-            costs = [[c.index, plan.stages[c.index].kind, ",".join(plan.stages[c.index].devices),
+            views = plan.stage_view()
+            costs = [[c.index, views[c.index].kind, ",".join(views[c.index].devices),
                       f"{c.scatter_s * 1e3:.2f}", f"{c.compute_s * 1e3:.2f}", f"{c.gather_s * 1e3:.2f}",
-                      f"{c.time_s * 1e3:.2f}"] for c in plan.predicted.stages]
+                      f"{c.time_s * 1e3:.2f}"] for c in plan.predicted.stages if c.index < len(views)]
             typer.echo("\n" + format_table(["stage", "kind", "devices", "scatter ms", "compute ms", "gather ms",
                                              "stage ms"], costs, right=(3, 4, 5, 6)))
-        typer.echo(f"predicted latency {plan.predicted.latency_s * 1e3:.1f} ms, "
+        per_model = "" if not several else " (" + ", ".join(
+            f"{m} {v * 1e3:.1f} ms" for m, v in plan.predicted.models.items()) + ")"
+        typer.echo(f"predicted latency {plan.predicted.latency_s * 1e3:.1f} ms{per_model}, "
                    f"throughput {plan.predicted.throughput_per_s:.2f}/s")
+
+
+def is_deployment_file(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) and Path(text).is_file()
+
+
+def plan_graphs(plan: Any) -> dict[str, Any]:
+    """Each model's layer graph (traced on the meta device)."""
+    from edgepart.graph.loader import load_graph
+
+    return {m.id: load_graph(m.ref) for m in plan.models}
 
 
 @app.command("plan")
@@ -220,29 +243,46 @@ def plan_command(
     svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the plan: a device x time Gantt chart "
                                                            "and the tile split of every stage.")] = None,
 ) -> None:
-    """Split MODEL across devices and write the plan as JSON (with predicted costs)."""
+    """Split MODEL across devices and write the plan (a task graph) as JSON, with predicted costs.
+
+    MODEL may also be a DNNDeployment file: its models (one or several), devices, network, objective,
+    solver and options are planned (command-line options do not apply then).
+    """
     from edgepart.graph.loader import load_graph
     from edgepart.plan import save_plan
 
-    ref = model_ref(model, input_shape, weights, seed)
-    graph = load_graph(ref)
-    target = load_cluster_option(cluster, devices, bandwidth)
-    plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split, cluster=target,
-                      objective=objective, options=option)
+    if is_deployment_file(model):
+        from edgepart.planner.cluster import cluster_from_spec
+        from edgepart.runtime.planning import plan_deployment
+        from edgepart.spec import load_deployment
+
+        deployment = load_deployment(model)
+        planned = plan_deployment(deployment.spec, base=Path.cwd())
+        plan, graphs = planned.plan, planned.graphs
+        target = cluster_from_spec(deployment.spec.cluster(), base_dir=Path.cwd())
+    else:
+        ref = model_ref(model, input_shape, weights, seed)
+        graph = load_graph(ref)
+        target = load_cluster_option(cluster, devices, bandwidth)
+        plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split, cluster=target,
+                          objective=objective, options=option)
+        graphs = {plan.models[0].id: graph}
     save_plan(plan, output)
     print_plan(plan)
-    typer.echo(f"wrote {output} ({len(plan.stages)} stages, {len(plan.partitions)} partitions)")
+    typer.echo(f"wrote {output} ({len(plan.models)} model{'s' if len(plan.models) > 1 else ''}, "
+               f"{len(plan.compute_tasks)} tasks)")
     if svg is not None:
         from edgepart.sim.draw import plan_svg
 
-        svg.write_text(plan_svg(plan, graph, target))
+        svg.write_text(plan_svg(plan, graphs, target))
         typer.echo(f"wrote {svg}")
 
 
 @app.command("verify")
 @user_errors
 def verify_command(
-    model: ModelArg,
+    model: Annotated[str | None, typer.Argument(help="Zoo name, package.module:factory or path/to/file.py:factory "
+                                                     "(default with --plan: every model the plan names).")] = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="A plan.json to verify.")] = None,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
@@ -260,38 +300,59 @@ def verify_command(
     fast_kernels: Annotated[bool, typer.Option("--fast-kernels", help="Use oneDNN convolutions (faster, "
                                                                     "not bit-exact across tile sizes).")] = False,
 ) -> None:
-    """Run a plan in one process with sliced modules and compare with the whole model.
+    """Run a plan in one process with sliced modules and compare every model with its whole model.
 
-    Exits 0 iff the outputs are allclose(atol, rtol).
+    Exits 0 iff every output is allclose(atol, rtol).
     """
     import torch
 
     from edgepart.executor import Executor, compare, use_exact_kernels
-    from edgepart.graph.loader import load_model, trace_ref
+    from edgepart.graph.loader import ModelRef, load_model, trace_ref
     from edgepart.plan import check_plan, load_plan
 
     use_exact_kernels(not fast_kernels)
-    ref = model_ref(model, input_shape, weights, seed)
+    if plan_file is None and model is None:
+        raise fail("name a MODEL to plan and verify, or give --plan plan.json")
     if plan_file is not None:
         plan = load_plan(plan_file)
-    module = load_model(ref)
-    gm, graph = trace_ref(ref, module)
+        if model is not None:  # the user's reference (weights, seed) for a one-model plan
+            if len(plan.models) != 1:
+                raise fail(f"the plan has {len(plan.models)} models; leave out MODEL to verify them all")
+            refs = {plan.models[0].id: model_ref(model, input_shape, weights, seed)}
+        else:
+            refs = {m.id: ModelRef(m.name, m.input_shape, m.weights, seed if m.weights is None else m.seed)
+                    for m in plan.models}
+    else:
+        assert model is not None
+        ref = model_ref(model, input_shape, weights, seed)
+    traced: dict[str, Any] = {}
     if plan_file is None:
+        module = load_model(ref)
+        gm, graph = trace_ref(ref, module)
         plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split,
                           cluster=load_cluster_option(cluster, devices), objective=objective, options=option)
-    check_plan(plan, graph)
-    executor = Executor(gm, graph)
-    x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(seed))
-    expected = executor.run_whole(x)
-    actual = executor.run_plan(plan, x)
-    result = compare(expected, actual, atol, rtol)
-    typer.echo(f"{graph.model_name}: {plan.solver} plan, {len(plan.stages)} stages, {len(plan.partitions)} "
-               f"partitions on {len(plan.devices)} devices; output {'x'.join(map(str, result.output_shape))}")
-    typer.echo(f"max abs diff {result.max_abs_diff:.3g}, max rel diff {result.max_rel_diff:.3g} "
-               f"(atol {atol:g}, rtol {rtol:g})")
-    if not result.allclose:
-        raise fail("the split model's output differs from the whole model's", code=1)
-    typer.echo("OK: the split output equals the whole model's")
+        traced[plan.models[0].id] = (gm, graph)
+    else:
+        for mid, mref in refs.items():
+            traced[mid] = trace_ref(mref, load_model(mref))
+    check_plan(plan, {mid: graph for mid, (_, graph) in traced.items()})
+    typer.echo(f"{plan.solver} plan: {len(plan.models)} model{'s' if len(plan.models) > 1 else ''}, "
+               f"{len(plan.compute_tasks)} tasks on {len(plan.devices)} devices")
+    failed = []
+    for mid, (gm, graph) in traced.items():
+        executor = Executor(gm, graph)
+        x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(seed))
+        expected = executor.run_whole(x)
+        actual = executor.run_plan(plan, x, mid)
+        result = compare(expected, actual, atol, rtol)
+        typer.echo(f"{mid} ({graph.model_name}): output {'x'.join(map(str, result.output_shape))}, max abs diff "
+                   f"{result.max_abs_diff:.3g}, max rel diff {result.max_rel_diff:.3g} (atol {atol:g}, rtol {rtol:g})")
+        if not result.allclose:
+            failed.append(mid)
+    if failed:
+        raise fail(f"the split output of {', '.join(failed)} differs from the whole model's", code=1)
+    typer.echo("OK: the split output equals the whole model's" if len(traced) == 1 else
+               "OK: every model's split output equals its whole model's")
 
 
 # ------------------------------------------------------------------ planner: solvers / profile / simulate
@@ -395,21 +456,19 @@ def simulate_command(
     svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the plan as SVG.")] = None,
 ) -> None:
     """Predict a plan's latency and throughput, then simulate a stream of requests (queueing included)."""
-    from edgepart.graph.loader import load_graph
     from edgepart.plan import check_plan, load_plan
     from edgepart.planner.cluster import Cluster
     from edgepart.sim.simulate import simulate
 
     plan = load_plan(plan_file)
-    graph = load_graph(plan.model)
-    check_plan(plan, graph)
+    graphs = plan_graphs(plan)
+    check_plan(plan, graphs)
     if cluster is not None:
         target = load_cluster_option(cluster, len(plan.devices))
     else:  # identical reference devices named as in the plan, its master first
-        master = str(plan.meta.get("master", plan.devices[0]))
-        names = [master, *(d for d in plan.devices if d != master)]
+        names = [plan.master, *(d for d in plan.devices if d != plan.master)]
         target = Cluster.homogeneous(len(names), bandwidth=bandwidth, names=names)
-    result = simulate(plan, graph, target, rate if rate else None, requests, seed)
+    result = simulate(plan, graphs, target, rate if rate else None, requests, seed)
     predicted = result.predicted
     resource, busy = predicted.bottleneck
     typer.echo(f"predicted (idle system): latency {predicted.latency_s * 1e3:.2f} ms; throughput "
@@ -419,8 +478,9 @@ def simulate_command(
     typer.echo(f"simulated {result.requests} requests ({arrivals}): throughput {result.throughput_per_s:.2f}/s; "
                f"latency mean {lat.mean_s * 1e3:.2f} ms, p50 {lat.p50_s * 1e3:.2f}, p95 {lat.p95_s * 1e3:.2f}, "
                f"p99 {lat.p99_s * 1e3:.2f}, max {lat.max_s * 1e3:.2f}")
-    rows = [[s.index, plan.stages[s.index].kind, f"{s.scatter_s * 1e3:.2f}", f"{s.compute_s * 1e3:.2f}",
-             f"{s.queue_s * 1e3:.2f}", f"{s.time_s * 1e3:.2f}"] for s in result.stages]
+    views = plan.stage_view()
+    rows = [[s.index, views[s.index].kind if s.index < len(views) else "", f"{s.scatter_s * 1e3:.2f}",
+             f"{s.compute_s * 1e3:.2f}", f"{s.queue_s * 1e3:.2f}", f"{s.time_s * 1e3:.2f}"] for s in result.stages]
     typer.echo(format_table(["stage", "kind", "scatter ms", "compute ms", "queued ms", "stage ms"], rows,
                             right=(2, 3, 4, 5)))
     busiest = sorted(result.utilisation.items(), key=lambda kv: -kv[1])[:6]
@@ -428,7 +488,7 @@ def simulate_command(
     if svg is not None:
         from edgepart.sim.draw import plan_svg
 
-        svg.write_text(plan_svg(plan, graph, target))
+        svg.write_text(plan_svg(plan, graphs, target))
         typer.echo(f"wrote {svg}")
 
 
@@ -498,6 +558,8 @@ def infer_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the output to this .npy.")] = None,
     trace: Annotated[bool, typer.Option("--trace", help="Print the last request's timeline at every partition "
                                                         "(first piece, assembled, compute, sent).")] = False,
+    model_id: Annotated[str | None, typer.Option("--model-id", help="Which model of a deployment with several "
+                                                                    "(its id; see GET /v1/models).")] = None,
 ) -> None:
     """Send one input to a gateway; print the output shape and latency."""
     import asyncio
@@ -506,7 +568,7 @@ def infer_command(
 
     code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
                                               seed=seed, requests=requests, output_path=output, echo=typer.echo,
-                                              show_trace=trace))
+                                              show_trace=trace, model_id=model_id))
     if code:
         raise typer.Exit(code)
 

@@ -29,7 +29,7 @@ from edgepart.geometry import (
 )
 from edgepart.graph.layer_graph import Layer, LayerGraph
 from edgepart.graph.ops import OpKind, Spatial, Window
-from edgepart.plan import Plan
+from edgepart.plan import INPUT, Plan, topological_tasks
 
 
 def use_exact_kernels(exact: bool = True) -> None:
@@ -90,7 +90,7 @@ class ExecutionError(EdgepartError, RuntimeError):
     """A tile could not be computed (wrong input shape, unsupported slicing)."""
 
 
-def _crop(tensor: Tensor, have: Region, want: Region) -> Tensor:
+def crop(tensor: Tensor, have: Region, want: Region) -> Tensor:
     if have == want:
         return tensor
     # contiguous: some kernels (batch-norm, pooling) take a different vector path on strided
@@ -165,9 +165,9 @@ class SliceRunner:
             inputs = []
             for pred, want in zip(step.layer.preds, step.arg_regions, strict=True):
                 tensor, have = env[pred]
-                inputs.append(_crop(tensor, have, want))
+                inputs.append(crop(tensor, have, want))
             out, natural = self._compute(step, inputs)
-            env[step.layer.index] = (_crop(out, natural, step.region), step.region)
+            env[step.layer.index] = (crop(out, natural, step.region), step.region)
         return env[self.geometry.stop - 1][0]
 
     def _compute(self, step: _Step, inputs: list[Tensor]) -> tuple[Tensor, Region]:
@@ -301,21 +301,44 @@ class Executor:
         return out
 
     @torch.no_grad()
-    def run_plan(self, plan: Plan, x: Tensor) -> Tensor:
+    def run_plan(self, plan: Plan, x: Tensor, model_id: str | None = None) -> Tensor:
+        """Run the tasks of one model of `plan` (default: its only model) in dependency order."""
         if tuple(x.shape) != self.graph.input_shape:
             raise ExecutionError(f"input has shape {tuple(x.shape)}, the plan expects {self.graph.input_shape}")
-        current = x
-        for stage in plan.stages:
-            out_shape = (x.shape[0], *self.graph.shape_at(stage.stop))
-            out = torch.empty(out_shape, dtype=x.dtype)
-            for part in stage.partitions:
-                runner = self.runner(stage.start, stage.stop, part.output_region)
-                if runner.input_region != part.input_region:
-                    raise ExecutionError(f"stage {stage.index} partition {part.id}: input region "
-                                         f"{part.input_region} differs from the geometry's {runner.input_region}")
-                out[part.output_region.slices()] = runner(current[part.input_region.slices()])
-            current = out
-        return current
+        mid = model_id if model_id is not None else plan.models[0].id
+        if model_id is None and len(plan.models) != 1:
+            raise ExecutionError(f"the plan has {len(plan.models)} models; name the one to run")
+        full_in = Region.full(self.graph.input_shape[1:])
+        results: dict[str, tuple[Tensor, Region]] = {}
+        for task in topological_tasks(plan):
+            if task.model != mid:
+                continue
+            pieces = [(results[i.source] if i.source != INPUT else (x, full_in), i.region) for i in task.inputs]
+            if task.relay:
+                have = assemble(pieces, task.output, x)
+                results[task.id] = (have, task.output)
+                continue
+            runner = self.runner(task.start, task.stop, task.output)
+            tile = assemble(pieces, runner.input_region, x)
+            results[task.id] = (runner(tile), task.output)
+        out = x.new_zeros((x.shape[0], *self.graph.output_shape))
+        for tid in plan.outputs[mid]:
+            tensor, region = results[tid]
+            out[region.slices()] = tensor
+        return out
+
+
+def assemble(pieces: Sequence[tuple[tuple[Tensor, Region], Region]], want: Region, like: Tensor) -> Tensor:
+    """The region `want` of a tensor, written from pieces ((producer output, its region), region read)."""
+    tile = like.new_zeros((like.shape[0], *want.shape))
+    if want.empty:
+        return tile
+    for (tensor, have), region in pieces:
+        part = region.intersect(want)
+        if part.empty:
+            continue
+        tile[part.relative_to(want).slices()] = tensor[part.relative_to(have).slices()]
+    return tile
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,8 @@ class ClusterSpec(_Model):
 
 
 class ModelSpec(_Model):
+    id: Name | None = Field(default=None, description="The model's id in the plan and at the gateway "
+                                                      "(POST /v1/models/{id}/infer); default: from the name.")
     name: str = Field(min_length=1, description="Zoo name (see `edgepart models`), package.module:factory, "
                                                 "or path/to/file.py:factory.")
     input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
@@ -193,8 +195,18 @@ class ModelSpec(_Model):
     seed: int = Field(default=0, ge=0, description="Seed of the deterministic weights when no file is given.")
 
 
+def default_model_id(name: str) -> str:
+    """A model id from a model reference: the zoo name, or the factory's name, as a DNS label."""
+    text = name.rpartition(":")[2] if ":" in name else name
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return cleaned[:63].strip("-") or "model"
+
+
 class DeploymentSpec(_Model):
-    model: ModelSpec = Field(description="The network to run.")
+    model: ModelSpec | None = Field(default=None, description="The network to run (or `models` for several).")
+    models: list[ModelSpec] = Field(default_factory=list, max_length=16,
+                                    description="Several networks deployed together on the same devices, "
+                                                "planned jointly (instead of `model`).")
     objective: Literal["latency", "throughput"] = Field(
         default="latency", description="latency: answer one request fast; throughput: pipeline many.")
     solver: str = Field(default="auto", description="Solver name (see `edgepart plan --help`), or auto.")
@@ -207,6 +219,25 @@ class DeploymentSpec(_Model):
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Links between the devices.")
     master: Name | None = Field(default=None, description="Device holding the input (default: the first).")
     request_timeout: Duration = Field(default="30s", description="Per-request timeout in the data plane.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_model(self) -> DeploymentSpec:
+        if (self.model is None) == (not self.models):
+            raise ValueError("model: give either `model` (one network) or `models` (several), not both or neither")
+        ids = [i for i, _ in self.model_specs()]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate model ids {dupes}; give each an `id`")
+        return self
+
+    def model_specs(self) -> list[tuple[str, ModelSpec]]:
+        """(id, spec) of every model, ids filled in from the names where not given."""
+        specs = [self.model] if self.model is not None else list(self.models)
+        return [(m.id or default_model_id(m.name), m) for m in specs]
+
+    @property
+    def first_model(self) -> ModelSpec:
+        return self.model_specs()[0][1]
 
     def cluster(self) -> ClusterSpec:
         if not self.devices:

@@ -139,3 +139,37 @@ def intervals_from_sizes(sizes: Sequence[int]) -> list[Interval]:
         result.append((start, start + size))
         start += size
     return result
+
+
+def subtract(box: Region, cut: Region) -> list[Region]:
+    """`box` minus `cut` as disjoint boxes (at most two per axis)."""
+    overlap = box.intersect(cut)
+    if overlap.empty:
+        return [box]
+    pieces = []
+    rest = box
+    for axis, (lo, hi) in enumerate(overlap.dims):
+        a, b = rest.dims[axis]
+        if a < lo:
+            pieces.append(rest.replace(axis, (a, lo)))
+        if hi < b:
+            pieces.append(rest.replace(axis, (hi, b)))
+        rest = rest.replace(axis, (lo, hi))
+    return pieces
+
+
+def disjoint_cover(regions: Sequence[Region]) -> list[list[Region]]:
+    """For each region in order, the disjoint boxes of it that no earlier region covers (empty regions
+    stay as they are: they are triggers, not data)."""
+    taken: list[Region] = []
+    result: list[list[Region]] = []
+    for region in regions:
+        if region.empty:
+            result.append([region])
+            continue
+        parts = [region]
+        for earlier in taken:
+            parts = [p for part in parts for p in subtract(part, earlier)]
+        result.append(parts)
+        taken.extend(parts)
+    return result

@@ -68,6 +68,7 @@ _VALIDATOR_PATTERNS: dict[Callable[..., Any], str] = {
 CRD_BOUNDS: dict[tuple[str, ...], dict[str, Any]] = {
     ("devices",): {"maxItems": 256},
     ("model", "name"): {"maxLength": 512},
+    ("models",): {"maxItems": 16},
     ("network", "links"): {"maxItems": 1024},
 }
 
@@ -77,6 +78,11 @@ SPEC_VALIDATIONS: list[dict[str, str]] = [
                 "(has(self.nodeSelector) && size(self.nodeSelector) > 0)",
         "message": "spec.devices or spec.nodeSelector is required: name the nodes, or select them by label",
         "reason": "FieldValueRequired",
+    },
+    {
+        "rule": "has(self.model) != (has(self.models) && size(self.models) > 0)",
+        "message": "give either spec.model (one network) or spec.models (several), not both or neither",
+        "reason": "FieldValueInvalid",
     },
     {
         "rule": "!has(self.master) || !has(self.devices) || size(self.devices) == 0 || "
@@ -222,6 +228,8 @@ def spec_schema() -> dict[str, Any]:
     devices["x-kubernetes-list-map-keys"] = ["name"]
     schema["x-kubernetes-validations"] = copy.deepcopy(SPEC_VALIDATIONS)
     _at(schema, ("model",))["x-kubernetes-validations"] = copy.deepcopy(MODEL_VALIDATIONS)
+    _at(schema, ("models",))["items"]["x-kubernetes-validations"] = [
+        {**rule, "message": rule["message"].replace("spec.model.", "spec.models[].")} for rule in MODEL_VALIDATIONS]
     schema["description"] = ("What to run (model), where (nodes selected by label, or named), and what to "
                              "optimise (objective); edgepart decides how to split it.")
     return _reorder(schema)

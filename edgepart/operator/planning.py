@@ -18,11 +18,12 @@ from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_graph
 from edgepart.operator.names import digest
 from edgepart.operator.nodes import NodeInfo
-from edgepart.plan import Objective, Partition, Plan, Stage
+from edgepart.plan import Objective, Plan, Task
 from edgepart.planner.cluster import Cluster, cluster_from_spec
 from edgepart.planner.costmodel import DeviceProfile
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.registry import solve
+from edgepart.planner.evaluate import task_memory
+from edgepart.planner.registry import PlanningModel, solve_models
 from edgepart.spec import ClusterSpec
 
 # Resident memory of a partition process before it holds any weights (Python, torch, uvicorn).
@@ -33,7 +34,7 @@ PROCESS_OVERHEAD_BYTES = 320 * 2**20
 class PlanRequest:
     """Everything a plan depends on; equal requests give equal plans."""
 
-    model: ModelRef
+    models: tuple[tuple[str, ModelRef], ...]  # (model id, reference)
     objective: Objective
     solver: str
     cluster: ClusterSpec
@@ -43,7 +44,7 @@ class PlanRequest:
     @property
     def key(self) -> str:
         return digest({
-            "model": [self.model.name, list(self.model.input_shape or ()), self.model.weights, self.model.seed],
+            "models": [[mid, m.name, list(m.input_shape or ()), m.weights, m.seed] for mid, m in self.models],
             "objective": self.objective,
             "solver": self.solver,
             "options": dict(self.options),
@@ -73,12 +74,16 @@ def planner_cluster(request: PlanRequest) -> Cluster:
     return replace(cluster, devices=devices)
 
 
+def graphs_of(request: PlanRequest) -> dict[str, LayerGraph]:
+    return {mid: graph_of(ref) for mid, ref in request.models}
+
+
 def compute_plan(request: PlanRequest) -> Plan:
     """Run the solver the spec names (`auto` by default) over the usable nodes."""
-    graph = graph_of(request.model)
+    models = [PlanningModel(mid, ref, graph_of(ref)) for mid, ref in request.models]
     try:
-        return solve(graph, request.model, planner_cluster(request), request.objective, request.solver,
-                     **dict(request.options))
+        return solve_models(models, planner_cluster(request), request.objective, request.solver,
+                            **dict(request.options))
     except PlanningError as err:
         text = str(err)
         if text.startswith("unknown solver"):
@@ -103,22 +108,24 @@ def _share(region_size: int, full: int) -> float:
     return region_size / full if full else 1.0
 
 
-def partition_resources(graph: LayerGraph, stage: Stage, partition: Partition, node: NodeInfo,
-                        partitions_on_node: int, cpu_share: float = 0.8) -> Resources:
-    """Requests from the plan: the partition's weights and activations, and its share of the node's CPU.
+def partition_resources(graph: LayerGraph, task: Task, node: NodeInfo, partitions_on_node: int,
+                        cpu_share: float = 0.8) -> Resources:
+    """Requests from the plan: the task's weights and activations, and its share of the node's CPU.
 
-    Memory: process overhead + the stage's weights + three live activation buffers of the
-    largest layer in the stage, scaled to the partition's share of the output. The limit
-    adds the whole model's weights, which the seeded initialisation may hold for a moment.
+    Memory: process overhead + the task's weights + three live activation buffers of the
+    largest layer in its range, scaled to its share of the output, + its input buffers (at least
+    the planner's `task_memory`). The limit adds the whole model's weights, which the seeded
+    initialisation may hold for a moment.
     """
-    full_output = math.prod(graph.shape_at(stage.stop))
-    share = _share(partition.output_region.size, full_output)
+    full_output = math.prod(graph.shape_at(task.stop))
+    share = _share(task.output.size, full_output)
     batch = graph.batch
-    layers = graph.layers[stage.start: stage.stop]
+    layers = graph.layers[task.start: task.stop]
     largest = max((layer.out_bytes for layer in layers), default=0) * batch
-    input_bytes = partition.input_region.size * 4 * batch
-    weights = graph.weight_bytes(stage.start, stage.stop)
-    request = PROCESS_OVERHEAD_BYTES + weights + int(3 * largest * share) + input_bytes
+    input_bytes = sum(i.region.size for i in task.inputs) * 4 * batch
+    weights = graph.weight_bytes(task.start, task.stop) if not task.relay else 0
+    working = max(weights + int(3 * largest * share) + input_bytes, task_memory(task, graph))
+    request = PROCESS_OVERHEAD_BYTES + working
     limit = request + graph.weight_bytes()
     cpu = max(0.1, node.cpu * cpu_share / max(1, partitions_on_node))
     return Resources(cpu=cpu, memory_request=request, memory_limit=limit)

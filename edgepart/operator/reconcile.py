@@ -33,7 +33,7 @@ from edgepart.operator.nodes import NodeInfo, format_cpu, format_memory, select_
 from edgepart.operator.planning import (
     PlanFn,
     PlanRequest,
-    graph_of,
+    graphs_of,
     partition_resources,
     plan_digest,
 )
@@ -59,7 +59,7 @@ from edgepart.operator.status import (
     format_seconds,
     make_condition,
 )
-from edgepart.plan import Plan
+from edgepart.plan import Plan, StageView
 from edgepart.planner.costmodel import DeviceProfile
 from edgepart.spec import ClusterSpec, DeploymentSpec, DeviceSpec, parse_duration
 
@@ -317,23 +317,23 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     request = plan_request(spec, usable, profiles, master)
     try:
         plan = planner(request)
-        graph = graph_of(request.model)
+        graphs = graphs_of(request)
     except EdgepartError as err:
         raise _Halt("Failed", PLANNED, "PlanningFailed", _name_field(err)) from None
     plan_hash = plan_digest(plan)
-    ctx.set(PLANNED, True, "PlanComputed", f"{plan.solver}: {len(plan.stages)} stages, "
-                                           f"{len(plan.partitions)} partitions on {len(plan.devices)} nodes")
+    ctx.set(PLANNED, True, "PlanComputed", f"{plan.solver}: {len(plan.models)} model(s), "
+                                           f"{len(plan.tasks)} partitions on {len(plan.devices)} nodes")
 
     # ---- objects
     by_name = {n.name: n for n in usable}
     port = settings.port
-    addresses = {p.id: f"http://{names.partition_service_name(owner.name, p.id)}.{owner.namespace}.svc:{port}"
-                 for p in plan.partitions}
+    addresses = {t.id: f"http://{names.partition_service_name(owner.name, t.id)}.{owner.namespace}.svc:{port}"
+                 for t in plan.tasks}
     gateway_service = names.gateway_name(owner.name)
     gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{port}"
     on_node: dict[str, int] = {}
-    for part in plan.partitions:
-        on_node[part.device] = on_node.get(part.device, 0) + 1
+    for task in plan.tasks:
+        on_node[task.device] = on_node.get(task.device, 0) + 1
     threads = {node: max(1, int(by_name[node].cpu * settings.cpu_share / count))
                for node, count in on_node.items()}
     try:
@@ -355,17 +355,16 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         *render.network_policies(owner, settings),
     ]
     pod_names: dict[str, str] = {}
-    for stage in plan.stages:
-        for part in stage.partitions:
-            resources = partition_resources(graph, stage, part, by_name[part.device], on_node[part.device],
-                                            settings.cpu_share)
-            pod_object = render.partition_pod(owner, render.PartitionPod(
-                partition_id=part.id, node=part.device, cpu=format_cpu(resources.cpu),
-                memory_request=format_memory(resources.memory_request),
-                memory_limit=format_memory(resources.memory_limit)), plan_hash, settings)
-            pod_names[part.id] = pod_object["metadata"]["name"]
-            objects.append(pod_object)
-            objects.append(render.partition_service(owner, part.id, plan_hash, settings))
+    for task in plan.tasks:
+        resources = partition_resources(graphs[task.model], task, by_name[task.device], on_node[task.device],
+                                        settings.cpu_share)
+        pod_object = render.partition_pod(owner, render.PartitionPod(
+            partition_id=task.id, node=task.device, cpu=format_cpu(resources.cpu),
+            memory_request=format_memory(resources.memory_request),
+            memory_limit=format_memory(resources.memory_limit)), plan_hash, settings)
+        pod_names[task.id] = pod_object["metadata"]["name"]
+        objects.append(pod_object)
+        objects.append(render.partition_service(owner, task.id, plan_hash, settings))
     gateway = render.gateway_deployment(owner, master, plan_hash, settings)
     objects.append(gateway)
     objects.append(render.gateway_service(owner, settings))
@@ -437,27 +436,33 @@ def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Map
     cluster = ClusterSpec(devices=devices, network=network, master=master)
     node_profiles = {node.name: profiles[node.device_class] for node in usable
                      if node.device_class in profiles}
-    model = ModelRef(spec.model.name, tuple(spec.model.input_shape) if spec.model.input_shape else None,
-                     spec.model.weights, spec.model.seed)
-    if not is_zoo_name(model.name) and ":" not in model.name:
-        raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
-                    f"spec.model.name: unknown model {model.name!r}: not in the zoo ({', '.join(sorted(ZOO))}) and "
-                    "not of the form package.module:factory or path/to/file.py:factory")
-    if model.input_shape is None:
-        if not is_zoo_name(model.name):
+    several = spec.model is None
+    models = []
+    for k, (model_id, given) in enumerate(spec.model_specs()):
+        field = f"spec.models[{k}]" if several else "spec.model"
+        model = ModelRef(given.name, tuple(given.input_shape) if given.input_shape else None, given.weights,
+                         given.seed)
+        if not is_zoo_name(model.name) and ":" not in model.name:
             raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
-                        "spec.model.inputShape: required for models outside the zoo")
-        # the plan records the input shape, so configs built from it are self-describing
-        model = replace(model, input_shape=input_shape_of(model))
-    return PlanRequest(model=model, objective=spec.objective, solver=spec.solver, cluster=cluster,
+                        f"{field}.name: unknown model {model.name!r}: not in the zoo ({', '.join(sorted(ZOO))}) and "
+                        "not of the form package.module:factory or path/to/file.py:factory")
+        if model.input_shape is None:
+            if not is_zoo_name(model.name):
+                raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                            f"{field}.inputShape: required for models outside the zoo")
+            # the plan records the input shape, so configs built from it are self-describing
+            model = replace(model, input_shape=input_shape_of(model))
+        models.append((model_id, model))
+    return PlanRequest(models=tuple(models), objective=spec.objective, solver=spec.solver, cluster=cluster,
                        profiles=node_profiles, options=dict(spec.solver_options))
 
 
 def plan_summary(plan: Plan, plan_hash: str, config_map: str) -> PlanSummary:
     return PlanSummary(
         solver=plan.solver, objective=plan.objective, hash=plan_hash, devices=list(plan.devices),
-        stages=[StageSummary(index=s.index, kind=s.kind, split=s.split, layers=f"[{s.start}, {s.stop})",
-                             devices=list(s.devices), partitions=len(s.partitions)) for s in plan.stages],
+        stages=[StageSummary(index=v.index, kind=v.kind, split=_split_of(v), layers=f"[{v.start}, {v.stop})",
+                             devices=list(v.devices), partitions=len(v.tasks), model=v.model)
+                for v in plan.stage_view()],
         config_map=config_map,
     )
 
@@ -468,3 +473,15 @@ def predicted_summary(plan: Plan) -> Predicted | None:
     p = plan.predicted
     return Predicted(latency=format_seconds(p.latency_s), latency_seconds=p.latency_s,
                      throughput=format_rate(p.throughput_per_s), throughput_per_second=p.throughput_per_s)
+
+
+def _split_of(view: StageView) -> str:
+    """How a stage's tasks divide its output: none, channels, rows or grid."""
+    if len(view.tasks) == 1:
+        return "none"
+    regions = [t.output for t in view.tasks]
+    if len({r.channels for r in regions}) > 1:
+        return "channels"
+    if len(regions[0].dims) == 3 and len({r.cols for r in regions}) > 1:
+        return "grid"
+    return "rows"

@@ -50,11 +50,13 @@ class Condition(_Model):
 
 class StageSummary(_Model):
     index: int = Field(ge=0)
-    kind: str = Field(description="single, layerwise or fused.")
+    kind: str = Field(description="single, tiles (one layer range split) or paths (tiles cut at different "
+                                  "layers).")
     split: str = Field(description="none, rows, channels or grid.")
     layers: str = Field(description="Half-open layer range, e.g. [0, 17).")
     devices: list[str] = Field(description="Nodes that run this stage.")
     partitions: int = Field(ge=1)
+    model: str = Field(default="", description="Model id (deployments with several models).")
 
 
 class PlanSummary(_Model):

@@ -26,7 +26,7 @@ class Pending:
     request_id: str
     started: float
     tile: torch.Tensor | None = None
-    received: set[str] = field(default_factory=set)
+    received: set[tuple[str, Region]] = field(default_factory=set)
 
 
 class Assembler:
@@ -37,12 +37,15 @@ class Assembler:
         self.region = region
         self.batch = batch
         self.dtype = dtype
-        self.expected = {p.sender: p for p in expected}
+        self.expected = {(p.sender, p.region): p for p in expected}
         if len(self.expected) != len(expected):
-            raise ValueError(f"{owner}: two expected pieces share a sender")
+            raise ValueError(f"{owner}: two expected pieces share a sender and a region")
+        self.senders = {p.sender: [q.region for q in expected if q.sender == p.sender] for p in expected}
         self._pending: dict[str, Pending] = {}
         # one piece covering the whole region needs no copy
         self._whole = len(expected) == 1 and expected[0].region == region
+        # pieces that leave holes in the buffer (regions the layers do not read): zero them
+        self._holes = sum(p.region.size for p in expected) != region.size
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -52,19 +55,21 @@ class Assembler:
 
     def check(self, header: FrameHeader) -> Piece:
         """The expected piece this header announces; raises UnexpectedPieceError naming the mismatch."""
-        piece = self.expected.get(header.sender)
-        if piece is None:
-            raise UnexpectedPieceError(f"{self.owner} expects pieces from {sorted(self.expected)}, not from "
+        regions = self.senders.get(header.sender)
+        if regions is None:
+            raise UnexpectedPieceError(f"{self.owner} expects pieces from {sorted(self.senders)}, not from "
                                        f"{header.sender!r}", request_id=header.request_id)
+        piece = self.expected.get((header.sender, header.region))
+        if piece is None:
+            wanted = ", ".join(str(r) for r in regions)
+            raise UnexpectedPieceError(f"{self.owner}: piece from {header.sender} covers region {header.region}, "
+                                       f"expected {wanted}", request_id=header.request_id)
         if header.stage != piece.stage:
             raise UnexpectedPieceError(f"{self.owner}: piece from {header.sender} says stage {header.stage}, "
                                        f"expected stage {piece.stage}", request_id=header.request_id)
         if header.dtype != self.dtype:
             raise UnexpectedPieceError(f"{self.owner}: piece from {header.sender} has dtype {header.dtype}, "
                                        f"expected {self.dtype}", request_id=header.request_id)
-        if header.region != piece.region:
-            raise UnexpectedPieceError(f"{self.owner}: piece from {header.sender} covers region {header.region}, "
-                                       f"expected {piece.region}", request_id=header.request_id)
         expected_shape = (self.batch, *piece.region.shape)
         if header.shape != expected_shape:
             raise UnexpectedPieceError(f"{self.owner}: piece from {header.sender} has shape {list(header.shape)}, "
@@ -83,15 +88,17 @@ class Assembler:
         pending = self._pending.get(header.request_id)
         if pending is None:
             raise KeyError(header.request_id)
-        if piece.sender in pending.received:
+        key = (piece.sender, piece.region)
+        if key in pending.received:
             raise DuplicatePieceError(f"{self.owner}: second piece from {piece.sender} for request "
                                       f"{header.request_id}", request_id=header.request_id)
-        pending.received.add(piece.sender)
+        pending.received.add(key)
         if self._whole:
             pending.tile = tensor
         else:
             if pending.tile is None:
-                pending.tile = torch.empty((self.batch, *self.region.shape), dtype=DTYPES[self.dtype])
+                make = torch.zeros if self._holes else torch.empty
+                pending.tile = make((self.batch, *self.region.shape), dtype=DTYPES[self.dtype])
             pending.tile[piece.region.relative_to(self.region).slices()] = tensor
         if len(pending.received) < len(self.expected):
             return None
@@ -101,7 +108,7 @@ class Assembler:
     def missing(self, request_id: str) -> tuple[str, ...]:
         pending = self._pending.get(request_id)
         received = pending.received if pending else set()
-        return tuple(sorted(set(self.expected) - received))
+        return tuple(sorted({sender for sender, region in set(self.expected) - received}))
 
     def started(self, request_id: str) -> float | None:
         pending = self._pending.get(request_id)

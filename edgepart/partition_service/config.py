@@ -1,20 +1,20 @@
 """Partition and gateway configs: the standalone contract between a plan and the processes (or pods) that run it.
 
-`render_configs` is pure: from a Plan and the base URL of every partition it
-precomputes, for each partition, the pieces it will receive (sender, stage and
-region of its input tile) and, for each sender, the region of its output that
-each downstream partition needs (the intersection of the sender's output
-region with the receiver's input region, halos included). The last stage
-sends to the gateway; the gateway cuts the first stage's input regions. The
-local runtime writes these configs to files; the operator mounts the same JSON
-into pods. A process reads its config through `ServiceSettings`
+`render_configs` is pure: from a Plan (a task graph) and the base URL of every
+task it precomputes, for each task (one partition process each), the pieces it
+will receive (sender, stage and region of its input buffer: the regions its plan
+inputs read, made disjoint where producers overlap) and, for each producer, the
+region of its output each consumer reads. The tasks that deliver a model's
+output send it to the gateway; the gateway cuts the input regions of every task
+that reads a model's input. The local runtime writes these configs to files;
+the operator mounts the same JSON into pods. A process reads its config through `ServiceSettings`
 (`EDGEPART_CONFIG` = a path to the JSON file, or the JSON itself).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -23,18 +23,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgepart.errors import EdgepartError, explain_validation
-from edgepart.geometry import Region, hull_all, tiles_partition
+from edgepart.geometry import Region, disjoint_cover, hull_all
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of
 from edgepart.partition_service.wire import Limits
-from edgepart.plan import InputRegionField, Plan, RegionField
+from edgepart.plan import INPUT, InputRegionField, Plan, RegionField, Task, topological_tasks
 
 __all__ = [
-    "GATEWAY", "ConfigError", "DeploymentConfigs", "Endpoint", "GatewayConfig", "ModelSource", "PartitionConfig",
+    "GATEWAY", "ConfigError", "DeploymentConfigs", "Endpoint", "GatewayConfig", "GatewayModel", "ModelSource",
+    "PartitionConfig",
     "Piece", "Route", "ServiceSettings", "load_gateway_config", "load_partition_config", "render_configs",
 ]
 
 GATEWAY = "gateway"  # sender / target name of the gateway
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 
 
 class ConfigError(EdgepartError, ValueError):
@@ -71,16 +72,17 @@ class ModelSource(_Base):
 class Piece(_Base):
     """One piece a receiver waits for: who sends it and which region of the receiver's tensor it covers."""
 
-    sender: str = Field(min_length=1, description="Partition id of the sender, or 'gateway'.")
+    sender: str = Field(min_length=1, description="Task id of the sender, or 'gateway'.")
     stage: int = Field(ge=-1, description="Stage of the sender (-1 for the gateway's input).")
-    region: InputRegionField = Field(description="Region in global coordinates of the tensor crossing the stage "
-                                                 "boundary (empty: a trigger for a tile that lies in padding).")
+    region: InputRegionField = Field(description="Region in global coordinates of the tensor crossing the "
+                                                 "receiver's first cut (empty: a trigger for a tile that lies in "
+                                                 "padding).")
 
 
 class Route(_Base):
     """One piece a sender sends: to whom, where, and which region of its output."""
 
-    target: str = Field(min_length=1, description="Partition id of the receiver, or 'gateway'.")
+    target: str = Field(min_length=1, description="Task id of the receiver, or 'gateway'.")
     url: Url
     region: InputRegionField = Field(description="Region of the sender's output (global coordinates) the target "
                                                  "needs (empty: only a trigger).")
@@ -93,26 +95,31 @@ class Endpoint(_Base):
     device: str
     stage: int = Field(ge=0)
     url: Url
+    model: str = Field(default="", description="Model id of the task.")
 
 
 class PartitionConfig(_Base):
     """Everything one partition process needs (a pod's mounted JSON, or a local process's file)."""
 
     kind: Literal["partition"] = "partition"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     deployment: str = Field(min_length=1, description="Deployment name (metrics label).")
-    partition: PartId = Field(description="Partition id from the plan, e.g. s0p1.")
-    stage: int = Field(ge=0)
+    partition: PartId = Field(description="Task id from the plan, e.g. s0p1.")
+    stage: int = Field(ge=0, description="The task's stage (its plan hint, else its depth in the task graph).")
     device: str = Field(min_length=1)
+    model_id: str = Field(default="", description="Model id in the plan.")
     model: ModelSource
     start: int = Field(ge=0, description="First layer (a cut point).")
-    stop: int = Field(gt=0, description="One past the last layer (a cut point).")
-    first_layer: str = Field(description="fx node name of layer `start`; checked when the slice loads.")
-    last_layer: str = Field(description="fx node name of layer `stop - 1`; checked when the slice loads.")
-    input_region: InputRegionField = Field(description="Region of the stage input it needs, halo included "
-                                                       "(empty when its tile lies wholly in padding).")
+    stop: int = Field(ge=0, description="One past the last layer (a cut point); = start: a relay.")
+    first_layer: str | None = Field(default=None, description="fx node name of layer `start`; checked when the "
+                                                              "slice loads.")
+    last_layer: str | None = Field(default=None, description="fx node name of layer `stop - 1`; checked when "
+                                                             "the slice loads.")
+    input_region: InputRegionField = Field(description="Region of the input buffer: the hull of what it reads, "
+                                                       "the layers' need (halo included) inside it (empty when "
+                                                       "its tile lies wholly in padding).")
     output_region: RegionField
-    inputs: tuple[Piece, ...] = Field(min_length=1, description="Pieces that make up the input tile.")
+    inputs: tuple[Piece, ...] = Field(min_length=1, description="Disjoint pieces that fill the input buffer.")
     outputs: tuple[Route, ...] = Field(min_length=1, description="Pieces of the output and where they go.")
     gateway_url: Url = Field(description="Where failures (and, for the last stage, results) are reported.")
     host: str = Field(default="0.0.0.0", description="Listen address.")
@@ -127,9 +134,9 @@ class PartitionConfig(_Base):
 
     @model_validator(mode="after")
     def _consistent(self) -> PartitionConfig:
-        if self.stop <= self.start:
-            raise ValueError(f"stop: {self.stop} must be greater than start {self.start}")
-        _check_tiling("inputs", [p.region for p in self.inputs], self.input_region)
+        if self.stop < self.start:
+            raise ValueError(f"stop: {self.stop} must not be before start {self.start}")
+        _check_pieces("inputs", self.inputs, self.input_region)
         for i, route in enumerate(self.outputs):
             if route.region.empty:
                 continue
@@ -147,16 +154,39 @@ class PartitionConfig(_Base):
         return self.model.input_shape[0]
 
 
-class GatewayConfig(_Base):
-    """Everything the gateway needs: where the first stage's pieces go and which pieces make the output."""
+class GatewayModel(_Base):
+    """One model the gateway serves: where its input goes and which pieces make its output."""
 
-    kind: Literal["gateway"] = "gateway"
-    version: Literal[1] = 1
-    deployment: str = Field(min_length=1)
+    id: str = Field(min_length=1, description="Model id in the plan (POST /v1/models/{id}/infer).")
     model: ModelSource
     output_shape: tuple[int, ...] = Field(min_length=2, description="Full output shape, batch first.")
-    routes: tuple[Route, ...] = Field(min_length=1, description="Input regions sent to the first stage.")
-    inputs: tuple[Piece, ...] = Field(min_length=1, description="Pieces of the last stage that make the output.")
+    routes: tuple[Route, ...] = Field(min_length=1, description="Input regions sent to the tasks that read the input.")
+    inputs: tuple[Piece, ...] = Field(min_length=1, description="Pieces of the output tasks that make the output.")
+    predicted_latency_s: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewayModel:
+        _check_pieces("inputs", self.inputs, Region.full(self.output_shape[1:]), exact=True)
+        full_in = Region.full(self.model.input_shape[1:])
+        for i, route in enumerate(self.routes):
+            if route.region.empty:
+                continue
+            if route.region.ndim != full_in.ndim or not full_in.contains(route.region):
+                raise ValueError(f"routes[{i}].region: {route.region} is outside the input {full_in}")
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.model.input_shape)
+
+
+class GatewayConfig(_Base):
+    """Everything the gateway needs: where each model's input goes and which pieces make its output."""
+
+    kind: Literal["gateway"] = "gateway"
+    version: Literal[2] = 2
+    deployment: str = Field(min_length=1)
+    models: tuple[GatewayModel, ...] = Field(min_length=1)
     partitions: tuple[Endpoint, ...] = Field(min_length=1)
     stages: int = Field(ge=1)
     host: str = Field(default="0.0.0.0")
@@ -172,39 +202,73 @@ class GatewayConfig(_Base):
     plan: dict[str, Any] | None = Field(default=None, description="The plan JSON (served at /v1/plan).")
 
     @model_validator(mode="after")
-    def _consistent(self) -> GatewayConfig:
-        _check_tiling("inputs", [p.region for p in self.inputs], Region.full(self.output_shape[1:]))
-        full_in = Region.full(self.model.input_shape[1:])
-        for i, route in enumerate(self.routes):
-            if route.region.empty:
-                continue
-            if route.region.ndim != full_in.ndim or not full_in.contains(route.region):
-                raise ValueError(f"routes[{i}].region: {route.region} is outside the input {full_in}")
+    def _unique_models(self) -> GatewayConfig:
+        ids = [m.id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"models: duplicate model ids {ids}")
         return self
 
     @property
     def limits(self) -> Limits:
         return Limits(self.max_header_bytes, self.max_tensor_bytes)
 
+    def served(self, model_id: str | None = None) -> GatewayModel:
+        """The model `model_id`, or the only one; ConfigError naming the choices otherwise."""
+        if model_id is None:
+            if len(self.models) != 1:
+                raise ConfigError(f"this deployment serves {len(self.models)} models "
+                                  f"({', '.join(m.id for m in self.models)}): name one")
+            return self.models[0]
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        raise ConfigError(f"unknown model {model_id!r}; this deployment serves {', '.join(m.id for m in self.models)}")
+
+    @property
+    def model(self) -> ModelSource:
+        return self.served().model
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.model.input_shape)
+        return self.served().input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.served().output_shape
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return self.served().routes
+
+    @property
+    def inputs(self) -> tuple[Piece, ...]:
+        return self.served().inputs
 
     def endpoint(self, partition: str) -> Endpoint | None:
         return next((e for e in self.partitions if e.id == partition), None)
 
 
-def _check_tiling(field: str, regions: list[Region], whole: Region) -> None:
+def _check_pieces(field: str, pieces: Sequence[Piece], whole: Region, exact: bool = False) -> None:
+    """Pieces lie inside `whole` and are disjoint (one per sender and region); `exact`: they tile it."""
+    regions = [p.region for p in pieces]
     if whole.empty:
-        if len(regions) != 1 or regions[0] != whole:
-            raise ValueError(f"{field}: an empty region {whole} takes exactly one trigger piece of that region")
+        if any(r != whole for r in regions):
+            raise ValueError(f"{field}: an empty region {whole} takes only trigger pieces of that region")
         return
-    if any(r.ndim != whole.ndim or not whole.contains(r) for r in regions):
-        bad = next(r for r in regions if r.ndim != whole.ndim or not whole.contains(r))
-        raise ValueError(f"{field}: region {bad} is outside {whole}")
-    problem = tiles_partition([r.relative_to(whole) for r in regions], whole.shape)
-    if problem:
-        raise ValueError(f"{field}: the pieces must tile {whole} exactly: {problem}")
+    keys = [(p.sender, p.region) for p in pieces]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{field}: two pieces from the same sender cover the same region")
+    filled = [r for r in regions if not r.empty]
+    for r in filled:
+        if r.ndim != whole.ndim or not whole.contains(r):
+            raise ValueError(f"{field}: region {r} is outside {whole}")
+    for i, a in enumerate(filled):
+        for b in filled[:i]:
+            if not a.intersect(b).empty:
+                raise ValueError(f"{field}: pieces overlap ({b} and {a})")
+    if exact and sum(r.size for r in filled) != whole.size:
+        raise ValueError(f"{field}: the pieces cover {sum(r.size for r in filled)} of the {whole.size} elements "
+                         f"of {whole}")
 
 
 class DeploymentConfigs(_Base):
@@ -228,6 +292,37 @@ def _port(url: str, field: str) -> int:
     return port
 
 
+def task_stages(plan: Plan) -> dict[str, int]:
+    """Each task's stage: its plan hint, else its depth in the task graph counting compute tasks only
+    (readers of the input: 0); a relay belongs to the stage it gathers."""
+    depth: dict[str, int] = {}
+    for task in topological_tasks(plan):
+        before = max((depth[p] for p in task.producers), default=-1)
+        depth[task.id] = before if task.relay else before + 1
+    result: dict[str, int] = {}
+    for task in topological_tasks(plan):
+        if task.relay:
+            result[task.id] = max((result[p] for p in task.producers), default=0)
+        else:
+            result[task.id] = task.stage if task.stage is not None else max(depth[task.id], 0)
+    return result
+
+
+def input_pieces(task: Task, stages: Mapping[str, int]) -> tuple[Region, tuple[Piece, ...]]:
+    """The task's input buffer (the hull of what it reads) and the disjoint pieces that fill it."""
+    regions = [i.region for i in task.inputs]
+    filled = [r for r in regions if not r.empty]
+    buffer = hull_all(filled) if filled else regions[0]
+    pieces: list[Piece] = []
+    for item, parts in zip(task.inputs, disjoint_cover(regions), strict=True):
+        if item.region.empty and filled:
+            continue  # a trigger is needed only when the task reads no data at all
+        sender = GATEWAY if item.source == INPUT else item.source
+        stage = -1 if item.source == INPUT else stages[item.source]
+        pieces.extend(Piece(sender=sender, stage=stage, region=part) for part in parts)
+    return buffer, tuple(dict.fromkeys(pieces))
+
+
 def render_configs(
     plan: Plan,
     deployment: str,
@@ -247,102 +342,103 @@ def render_configs(
     input_shape: tuple[int, ...] | None = None,
     output_shape: tuple[int, ...] | None = None,
 ) -> DeploymentConfigs:
-    """One config per partition plus the gateway's, for `plan` with partitions at `addresses`.
+    """One config per task plus the gateway's, for `plan` with tasks at `addresses`.
 
-    addresses: partition id -> base URL (http://host:port); the partition listens on that
-    port, on `hosts[id]` if given, else `bind_host`. threads: per device name, or one value.
+    addresses: task id -> base URL (http://host:port); the task listens on that port, on
+    `hosts[id]` if given, else `bind_host`. threads: per device name, or one value.
     link_delay(from_device, to_device) -> seconds of emulated latency (0 when omitted); the
-    gateway sits on `gateway_device` (default: the plan's first device, the master).
-    input_shape / output_shape (batch first) default to the plan's model shape (the zoo's
-    default for zoo models) and its last stage's output regions.
+    gateway sits on `gateway_device` (default: the plan's master). input_shape / output_shape
+    (batch first) of a one-model plan default to the model's shape (the zoo's default for zoo
+    models) and the hull of its output tasks' regions.
     """
     limits = limits or Limits()
-    parts = plan.partitions
-    missing = [p.id for p in parts if p.id not in addresses]
+    missing = [t.id for t in plan.tasks if t.id not in addresses]
     if missing:
-        raise ConfigError(f"addresses: no base URL for partitions {missing}")
-    try:
-        model_shape = input_shape or input_shape_of(plan.model)
-    except ModelLoadError:
-        raise ConfigError("model.input_shape: the plan does not record the input shape; pass input_shape"
-                          ) from None
-    model = ModelSource.of(plan.model, tuple(model_shape))
-    batch = model.input_shape[0]
-    master = gateway_device or plan.devices[0]
+        raise ConfigError(f"addresses: no base URL for tasks {missing}")
+    if len(plan.models) > 1 and (input_shape is not None or output_shape is not None):
+        raise ConfigError("input_shape / output_shape: only for a one-model plan (each model records its own)")
+    sources: dict[str, ModelSource] = {}
+    for entry in plan.models:
+        try:
+            shape = input_shape or input_shape_of(entry.ref)
+        except ModelLoadError:
+            raise ConfigError(f"models[{entry.id}].input_shape: the plan does not record the input shape; pass "
+                              "input_shape") from None
+        sources[entry.id] = ModelSource.of(entry.ref, tuple(shape))
+    master = gateway_device or plan.master
     delay = link_delay or (lambda a, b: 0.0)
-    last = plan.stages[-1]
-    out_whole = Region.full(output_shape[1:]) if output_shape else hull_all(p.output_region for p in last.partitions)
-    out_shape = (batch, *out_whole.shape)
+    stages = task_stages(plan)
+    by_id = {t.id: t for t in plan.tasks}
 
-    def url(part_id: str) -> str:
-        return addresses[part_id].rstrip("/")
+    def url(task_id: str) -> str:
+        return addresses[task_id].rstrip("/")
 
-    def routes_to(stage_index: int, source_id: str, source_region: Region, source_device: str
-                  ) -> tuple[Route, ...]:
-        if stage_index == len(plan.stages):
-            return (Route(target=GATEWAY, url=gateway_url.rstrip("/"), region=source_region,
-                          delay_s=delay(source_device, master) if source_device != master else 0.0),)
-        result = []
-        for target in plan.stages[stage_index].partitions:
-            d = delay(source_device, target.device) if source_device != target.device else 0.0
-            if target.input_region.empty:  # its tile lies in padding: the previous stage's first partition
-                if source_id == plan.stages[stage_index - 1].partitions[0].id:  # triggers it
-                    result.append(Route(target=target.id, url=url(target.id), region=target.input_region,
-                                        delay_s=d))
-                continue
-            overlap = source_region.intersect(target.input_region)
-            if not overlap.empty:
-                result.append(Route(target=target.id, url=url(target.id), region=overlap, delay_s=d))
-        return tuple(result)
-
-    def pieces_for(stage_index: int, region: Region) -> tuple[Piece, ...]:
-        if stage_index == 0:
-            return (Piece(sender=GATEWAY, stage=-1, region=region),)
-        if region.empty:
-            trigger = plan.stages[stage_index - 1].partitions[0]
-            return (Piece(sender=trigger.id, stage=stage_index - 1, region=region),)
-        result = []
-        for source in plan.stages[stage_index - 1].partitions:
-            overlap = source.output_region.intersect(region)
-            if not overlap.empty:
-                result.append(Piece(sender=source.id, stage=stage_index - 1, region=overlap))
-        return tuple(result)
+    def hop_delay(source: str, target: str) -> float:
+        return delay(source, target) if source != target else 0.0
 
     def threads_of(device: str) -> int:
         return threads if isinstance(threads, int) else max(1, int(threads.get(device, 1)))
 
+    buffers = {t.id: input_pieces(t, stages) for t in plan.tasks}
+    gateway_pieces: dict[str, tuple[Piece, ...]] = {}
+    for mid, ids in plan.outputs.items():
+        regions = [by_id[t].output for t in ids]
+        gateway_pieces[mid] = tuple(Piece(sender=tid, stage=stages[tid], region=part)
+                                    for tid, parts in zip(ids, disjoint_cover(regions), strict=True)
+                                    for part in parts)
+    routes: dict[str, list[Route]] = {t.id: [] for t in plan.tasks}
+    gateway_routes: dict[str, list[Route]] = {m.id: [] for m in plan.models}
+    for task in plan.tasks:
+        for piece in buffers[task.id][1]:
+            if piece.sender == GATEWAY:
+                gateway_routes[task.model].append(Route(target=task.id, url=url(task.id), region=piece.region,
+                                                        delay_s=hop_delay(master, task.device)))
+            else:
+                sender = by_id[piece.sender]
+                routes[sender.id].append(Route(target=task.id, url=url(task.id), region=piece.region,
+                                               delay_s=hop_delay(sender.device, task.device)))
+    for pieces in gateway_pieces.values():
+        for piece in pieces:
+            sender = by_id[piece.sender]
+            routes[sender.id].append(Route(target=GATEWAY, url=gateway_url.rstrip("/"), region=piece.region,
+                                           delay_s=hop_delay(sender.device, master)))
+
     configs = []
-    for stage in plan.stages:
-        for part in stage.partitions:
-            host = (hosts or {}).get(part.id, bind_host)
-            try:
-                configs.append(PartitionConfig(
-                    deployment=deployment, partition=part.id, stage=stage.index, device=part.device, model=model,
-                    start=stage.start, stop=stage.stop, first_layer=stage.first_layer, last_layer=stage.last_layer,
-                    input_region=part.input_region, output_region=part.output_region,
-                    inputs=pieces_for(stage.index, part.input_region),
-                    outputs=routes_to(stage.index + 1, part.id, part.output_region, part.device),
-                    gateway_url=gateway_url.rstrip("/"), host=host,
-                    port=_port(addresses[part.id], f"addresses[{part.id}]"),
-                    threads=threads_of(part.device), request_timeout_s=request_timeout_s,
-                    max_inflight=2 * max_inflight, max_header_bytes=limits.max_header_bytes,
-                    max_tensor_bytes=limits.max_tensor_bytes,
-                ))
-            except ValidationError as err:
-                raise ConfigError(f"partition {part.id}: {explain_validation(err)}") from None
-    first = plan.stages[0]
-    gateway_routes = tuple(
-        Route(target=p.id, url=url(p.id), region=p.input_region,
-              delay_s=delay(master, p.device) if p.device != master else 0.0)
-        for p in first.partitions
-    )
-    endpoints = tuple(Endpoint(id=p.id, device=p.device, stage=s.index, url=url(p.id))
-                      for s in plan.stages for p in s.partitions)
+    for task in plan.tasks:
+        host = (hosts or {}).get(task.id, bind_host)
+        buffer, pieces = buffers[task.id]
+        try:
+            configs.append(PartitionConfig(
+                deployment=deployment, partition=task.id, stage=stages[task.id], device=task.device,
+                model_id=task.model, model=sources[task.model], start=task.start, stop=task.stop,
+                first_layer=task.first_layer, last_layer=task.last_layer, input_region=buffer,
+                output_region=task.output, inputs=pieces, outputs=tuple(routes[task.id]),
+                gateway_url=gateway_url.rstrip("/"), host=host, port=_port(addresses[task.id], f"addresses[{task.id}]"),
+                threads=threads_of(task.device), request_timeout_s=request_timeout_s,
+                max_inflight=2 * max_inflight, max_header_bytes=limits.max_header_bytes,
+                max_tensor_bytes=limits.max_tensor_bytes,
+            ))
+        except ValidationError as err:
+            raise ConfigError(f"partition {task.id}: {explain_validation(err)}") from None
+    endpoints = tuple(Endpoint(id=t.id, device=t.device, stage=stages[t.id], url=url(t.id), model=t.model)
+                      for t in plan.tasks)
     predicted = plan.predicted
+    models = []
+    for entry in plan.models:
+        source = sources[entry.id]
+        outputs = [by_id[t].output for t in plan.outputs[entry.id]]
+        whole = Region.full(output_shape[1:]) if output_shape else hull_all(outputs)
+        try:
+            models.append(GatewayModel(
+                id=entry.id, model=source, output_shape=(source.input_shape[0], *whole.shape),
+                routes=tuple(gateway_routes[entry.id]), inputs=gateway_pieces[entry.id],
+                predicted_latency_s=predicted.models.get(entry.id) if predicted else None))
+        except ValidationError as err:
+            raise ConfigError(f"gateway: model {entry.id}: {explain_validation(err)}") from None
     try:
         gateway = GatewayConfig(
-            deployment=deployment, model=model, output_shape=out_shape, routes=gateway_routes,
-            inputs=pieces_for(len(plan.stages), out_whole), partitions=endpoints, stages=len(plan.stages),
+            deployment=deployment, models=tuple(models), partitions=endpoints,
+            stages=len({stages[t.id] for t in plan.compute_tasks}),
             host=gateway_host, port=_port(gateway_url, "gateway_url"), request_timeout_s=request_timeout_s,
             max_inflight=max_inflight, max_queue=max_queue, max_header_bytes=limits.max_header_bytes,
             max_tensor_bytes=limits.max_tensor_bytes,

@@ -8,6 +8,7 @@ Exception tree (status code in brackets)::
     │   │   ├── TruncatedFrameError [400]    the body ended before the header or payload did
     │   │   └── FrameTooLargeError [413]     header or tensor over the configured limits
     │   ├── UnsupportedMediaTypeError [415]  neither a tensor frame nor JSON
+    │   ├── UnknownModelError [404]          a model id the deployment does not serve
     │   ├── UnexpectedPieceError [422]       a well-formed frame this receiver does not expect
     │   └── DuplicatePieceError [409]        the same piece of one request arrived twice
     ├── NotReadyError [503]                  slice not loaded / warmed yet
@@ -35,7 +36,8 @@ from edgepart.errors import EdgepartError
 __all__ = [
     "BadRequestError", "ComputeFailedError", "DuplicatePieceError", "FrameError", "FrameTooLargeError",
     "NotReadyError", "OverloadedError", "PeerError", "PeerUnreachableError", "RequestTimeoutError", "ServiceError",
-    "TruncatedFrameError", "UnexpectedPieceError", "UnsupportedMediaTypeError", "error_body", "error_from_response",
+    "TruncatedFrameError", "UnexpectedPieceError", "UnknownModelError", "UnsupportedMediaTypeError", "error_body",
+    "error_from_response",
     "install_error_handlers",
 ]
 
@@ -87,6 +89,11 @@ class UnexpectedPieceError(BadRequestError):
 class DuplicatePieceError(BadRequestError):
     status = 409
     reason = "duplicate_piece"
+
+
+class UnknownModelError(BadRequestError):
+    status = 404
+    reason = "unknown_model"
 
 
 class NotReadyError(ServiceError):

@@ -1,9 +1,10 @@
 """The gateway: the client's entry point and the pipeline's sink.
 
-`POST /v1/infer` takes a tensor frame (or JSON ``{"shape": [...], "data": [...]}``
-for small inputs), cuts the first stage's input regions and streams them to
-their partitions, then waits for the last stage's pieces (`POST /v1/tensor`)
-and answers with the assembled output: a frame, or JSON when the client asks
+`POST /v1/infer` (or `POST /v1/models/{id}/infer` when the deployment runs
+several models) takes a tensor frame (or JSON ``{"shape": [...], "data": [...]}``
+for small inputs), cuts the input regions of every task that reads the model's
+input and streams them to it, then waits for the pieces of the tasks that
+deliver the output (`POST /v1/tensor`) and answers with the assembled output: a frame, or JSON when the client asks
 for it (``Accept: application/json``). Partitions report failures they see to
 `POST /v1/failures`; a request whose pieces stop coming is answered, before its
 timeout, with 503 naming an unreachable partition, or 504 naming the missing
@@ -32,7 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgepart.geometry import Region
 from edgepart.partition_service.assembly import Assembler
-from edgepart.partition_service.config import GATEWAY, Endpoint, GatewayConfig, Route
+from edgepart.partition_service.config import (
+    GATEWAY,
+    ConfigError,
+    Endpoint,
+    GatewayConfig,
+    GatewayModel,
+    Route,
+)
 from edgepart.partition_service.errors import (
     BadRequestError,
     FrameTooLargeError,
@@ -43,6 +51,7 @@ from edgepart.partition_service.errors import (
     RequestTimeoutError,
     ServiceError,
     UnexpectedPieceError,
+    UnknownModelError,
     UnsupportedMediaTypeError,
     error_from_response,
     install_error_handlers,
@@ -114,8 +123,9 @@ class GatewayService:
         self.metrics = metrics or ServiceMetrics(config.deployment, GATEWAY, GATEWAY)
         self._client = client
         self._own_client = client is None
-        batch = config.output_shape[0]
-        self._assembler = Assembler(GATEWAY, Region.full(config.output_shape[1:]), batch, config.inputs)
+        self._assemblers = {m.id: Assembler(GATEWAY, Region.full(m.output_shape[1:]), m.output_shape[0], m.inputs)
+                            for m in config.models}
+        self._request_model: dict[str, str] = {}  # pipeline id -> model id, while pending
         self._waiters: dict[str, asyncio.Future[torch.Tensor]] = {}
         self._slots = asyncio.Semaphore(config.max_inflight)
         self._queued = 0
@@ -155,11 +165,18 @@ class GatewayService:
 
     # ------------------------------------------------------------ inference
 
-    def check_input(self, tensor: torch.Tensor) -> None:
-        expected = self.config.input_shape
+    def served(self, model_id: str | None) -> GatewayModel:
+        try:
+            return self.config.served(model_id)
+        except ConfigError as err:
+            raise (UnknownModelError if model_id is not None else BadRequestError)(str(err)) from None
+
+    def check_input(self, tensor: torch.Tensor, model_id: str | None = None) -> None:
+        served = self.served(model_id)
+        expected = served.input_shape
         if tuple(tensor.shape) != expected:
             raise UnexpectedPieceError(f"input has shape {list(tensor.shape)}, the model "
-                                       f"{self.config.model.name} expects {list(expected)}")
+                                       f"{served.model.name} expects {list(expected)}")
         if tensor.dtype != torch.float32:
             raise UnexpectedPieceError(f"input has dtype {str(tensor.dtype).removeprefix('torch.')}, expected float32")
 
@@ -173,11 +190,13 @@ class GatewayService:
             raise BadRequestError(f"request id {proposed[:140]!r} must match [A-Za-z0-9._:-]{{1,100}}")
         return proposed, f"{proposed}.{uuid.uuid4().hex[:12]}"
 
-    async def infer(self, tensor: torch.Tensor, request_id: str | None = None) -> InferResult:
-        """Run one request through the pipeline; the assembled output."""
+    async def infer(self, tensor: torch.Tensor, request_id: str | None = None,
+                    model_id: str | None = None) -> InferResult:
+        """Run one request of model `model_id` (default: the only one) through its tasks; the assembled output."""
         started = time.monotonic()
         received = time.time()
-        self.check_input(tensor)
+        served = self.served(model_id)
+        self.check_input(tensor, served.id)
         client_id, rid = self.new_request_id(request_id)
         self.timeline.mark(rid, "received", received)
         self._pipeline_ids[client_id] = rid
@@ -203,11 +222,13 @@ class GatewayService:
         self.metrics.inflight.inc()
         waiter: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = waiter
-        self._assembler.open(rid)
+        assembler = self._assemblers[served.id]
+        self._request_model[rid] = served.id
+        assembler.open(rid)
         try:
-            await self._scatter(rid, tensor, deadline)
+            await self._scatter(rid, tensor, deadline, served)
             self.timeline.mark(rid, "scattered")
-            output = await self._wait(rid, waiter, deadline)
+            output = await self._wait(rid, waiter, deadline, assembler)
             self.timeline.mark(rid, "output")
         except ServiceError as err:
             err.request_id = rid
@@ -215,16 +236,18 @@ class GatewayService:
             raise
         finally:
             self._waiters.pop(rid, None)
-            self._assembler.discard(rid)
+            self._request_model.pop(rid, None)
+            assembler.discard(rid)
             self._slots.release()
             self.metrics.inflight.dec()
         latency = time.monotonic() - started
         self.metrics.request.observe(latency)
         return InferResult(client_id, output, latency)
 
-    async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float) -> None:
-        """Send the first stage's input regions concurrently; the first failure aborts the rest."""
-        tasks = [asyncio.create_task(self._send(rid, route, tensor)) for route in self.config.routes]
+    async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel) -> None:
+        """Send the input regions to every task that reads the input, concurrently; the first failure aborts
+        the rest."""
+        tasks = [asyncio.create_task(self._send(rid, route, tensor)) for route in served.routes]
         try:
             _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0),
                                                return_when=asyncio.FIRST_EXCEPTION)
@@ -248,7 +271,8 @@ class GatewayService:
         self.metrics.send.observe(time.perf_counter() - started)
         self.metrics.bytes_out.inc(size)
 
-    async def _wait(self, rid: str, waiter: asyncio.Future[torch.Tensor], deadline: float) -> torch.Tensor:
+    async def _wait(self, rid: str, waiter: asyncio.Future[torch.Tensor], deadline: float,
+                    assembler: Assembler) -> torch.Tensor:
         timeout = self.config.request_timeout_s
         budget = max(deadline - time.monotonic() - min(PROBE_BUDGET_S, timeout / 4), 0.0)
         reported: RequestTimeoutError | None = None
@@ -258,7 +282,7 @@ class GatewayService:
             pass
         except RequestTimeoutError as err:  # a partition gave up waiting: maybe because a peer died
             reported = err
-        missing = self._assembler.missing(rid)
+        missing = assembler.missing(rid)
         dead = await self.unreachable(min(PROBE_BUDGET_S, timeout / 4) * 0.9)
         if dead:
             endpoint, why = dead[0]
@@ -269,16 +293,28 @@ class GatewayService:
         raise RequestTimeoutError(f"request {rid} timed out after {timeout:g} s waiting for pieces from "
                                   f"{', '.join(missing)}", peer=missing[0] if len(missing) == 1 else None)
 
+    def _assembler_for(self, header: FrameHeader) -> Assembler:
+        """The assembler of the request's model; for a request not pending here, the first that knows the
+        sender (so a malformed piece is still refused as such)."""
+        model = self._request_model.get(header.request_id)
+        if model is not None:
+            return self._assemblers[model]
+        for assembler in self._assemblers.values():
+            if header.sender in assembler.senders:
+                return assembler
+        return next(iter(self._assemblers.values()))
+
     async def ingest(self, frame: Frame) -> None:
-        """A piece of some request's output, from a last-stage partition."""
+        """A piece of some request's output, from a task that delivers it."""
         header = frame.header
-        self._assembler.check(header)
+        assembler = self._assembler_for(header)
+        assembler.check(header)
         waiter = self._waiters.get(header.request_id)
         if waiter is None or waiter.done():
             raise RequestTimeoutError(f"request {header.request_id} is not pending at the gateway (timed out, failed "
                                       "or unknown)", request_id=header.request_id)
         self.metrics.bytes_in.inc(frame.nbytes)
-        output = self._assembler.add(header, frame.tensor)
+        output = assembler.add(header, frame.tensor)
         if output is not None:
             waiter.set_result(output)
 
@@ -373,11 +409,16 @@ class GatewayService:
 
     def model_info(self) -> dict[str, Any]:
         c = self.config
+        models = [{"id": m.id, "model": m.model.model_dump(), "input_shape": list(m.input_shape),
+                   "output_shape": list(m.output_shape), "predicted_latency_s": m.predicted_latency_s}
+                  for m in c.models]
+        first = models[0]
         return {
             "deployment": c.deployment,
-            "model": c.model.model_dump(),
-            "input_shape": list(c.input_shape),
-            "output_shape": list(c.output_shape),
+            "model": first["model"] if len(models) == 1 else None,
+            "input_shape": first["input_shape"] if len(models) == 1 else None,
+            "output_shape": first["output_shape"] if len(models) == 1 else None,
+            "models": models,
             "stages": c.stages,
             "partitions": [e.model_dump() for e in c.partitions],
             "predicted": {"latency_s": c.predicted_latency_s, "throughput_per_s": c.predicted_throughput_per_s},
@@ -448,8 +489,8 @@ def gateway_app(service: GatewayService) -> FastAPI:
     app.state.tensor_lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest,
                                        on_error=lambda err: service.metrics.error(err.reason))
 
-    @app.post("/v1/infer", summary="Run the model: a tensor frame or JSON {shape, data} in; frame or JSON out.")
-    async def infer(request: Request) -> Response:
+    async def run(request: Request, model_id: str | None) -> Response:
+        service.served(model_id)  # an unknown model is refused before the body is read
         kind = media_type(request)
         proposed = request.headers.get("x-request-id")
         if kind == "application/json":
@@ -464,12 +505,25 @@ def gateway_app(service: GatewayService) -> FastAPI:
         else:
             raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or "
                                             f"application/json, not {kind or 'no Content-Type'}")
-        result = await service.infer(tensor, proposed)
+        result = await service.infer(tensor, proposed, model_id)
         if _wants_json(request):
             return JSONResponse({"request_id": result.request_id, "shape": list(result.output.shape),
                                  "data": result.output.reshape(-1).tolist(),
                                  "latency_ms": result.latency_s * 1000}, headers=_result_headers(result))
         return _frame_response(result)
+
+    @app.post("/v1/infer", summary="Run the model (a one-model deployment): a tensor frame or JSON {shape, data} "
+                                   "in; frame or JSON out.")
+    async def infer(request: Request) -> Response:
+        return await run(request, None)
+
+    @app.post("/v1/models/{model_id}/infer", summary="Run model `model_id` of the deployment.")
+    async def infer_model(model_id: str, request: Request) -> Response:
+        return await run(request, model_id)
+
+    @app.get("/v1/models", summary="The models this deployment serves.")
+    async def models() -> dict[str, Any]:
+        return {"models": service.model_info()["models"]}
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
     async def tensor(request: Request) -> Response:

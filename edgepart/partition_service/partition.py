@@ -28,7 +28,7 @@ import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from edgepart.executor import SliceRunner, use_exact_kernels
+from edgepart.executor import use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.partition_service.assembly import Assembler
 from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
@@ -45,7 +45,7 @@ from edgepart.partition_service.errors import (
 from edgepart.partition_service.lane import TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from edgepart.partition_service.slicing import load_slice
+from edgepart.partition_service.slicing import TaskRunner, load_slice
 from edgepart.partition_service.timeline import Timeline
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
@@ -63,7 +63,7 @@ __all__ = ["PartitionService", "partition_app"]
 log = logging.getLogger("edgepart.partition")
 
 State = Literal["created", "loading", "ready", "failed", "stopped"]
-SliceLoader = Callable[[PartitionConfig], SliceRunner]
+SliceLoader = Callable[[PartitionConfig], TaskRunner]
 FAILURES_PATH = "/v1/failures"
 _MEMORY = 4096  # request ids remembered as expired or complete
 
@@ -101,7 +101,7 @@ class PartitionService:
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._completed: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._runner: SliceRunner | None = None
+        self._runner: TaskRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
         self._sender: Sender | None = None
@@ -152,7 +152,7 @@ class PartitionService:
         self.state = "ready"
         log.info("partition %s ready in %.1f s", self.id, time.perf_counter() - started)
 
-    def _load_and_warm(self) -> SliceRunner:
+    def _load_and_warm(self) -> TaskRunner:
         runner = self._loader(self.config)
         runner(torch.zeros((self.config.batch, *self.config.input_region.shape)))
         return runner

@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from edgepart.executor import SliceRunner
+from edgepart.executor import SliceRunner, crop
+from edgepart.geometry import Region
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import load_model, read_weights, trace_ref
 from edgepart.partition_service.config import PartitionConfig
 
-__all__ = ["SliceError", "load_slice", "resident_bytes"]
+__all__ = ["SliceError", "TaskRunner", "load_slice", "resident_bytes"]
 
 
 class SliceError(RuntimeError):
@@ -41,20 +42,43 @@ def _build(config: PartitionConfig) -> tuple[fx.GraphModule, LayerGraph]:
     return gm, graph
 
 
-def load_slice(config: PartitionConfig) -> SliceRunner:
-    """The runner for this partition, its layers checked against the config."""
+class TaskRunner:
+    """A task's compute on its input buffer: crop the region the layers need, run them (a relay forwards)."""
+
+    def __init__(self, runner: SliceRunner | None, buffer: Region, output: Region):
+        self.runner = runner
+        self.buffer = buffer
+        self.output = output
+
+    def __call__(self, tile: torch.Tensor) -> torch.Tensor:
+        if self.runner is None:
+            return crop(tile, self.buffer, self.output)
+        need = self.runner.input_region
+        if need.empty:
+            return self.runner(tile.new_zeros((tile.shape[0], *need.shape)))
+        return self.runner(crop(tile, self.buffer, need))
+
+
+def load_slice(config: PartitionConfig) -> TaskRunner:
+    """The runner for this task, its layers checked against the config."""
+    if config.start == config.stop:
+        if not config.input_region.contains(config.output_region):
+            raise SliceError(f"output_region: a relay forwards what it receives, but {config.output_region} is not "
+                             f"inside its input {config.input_region}")
+        return TaskRunner(None, config.input_region, config.output_region)
     gm, graph = _build(config)
     if config.stop > len(graph):
         raise SliceError(f"stop: {config.stop} is past the model's {len(graph)} layers")
     for field, index in (("first_layer", config.start), ("last_layer", config.stop - 1)):
         actual = graph.layers[index].name
-        if getattr(config, field) != actual:
+        if getattr(config, field) not in (None, actual):
             raise SliceError(f"{field}: config says {getattr(config, field)!r}, layer {index} of "
                              f"{graph.model_name} is {actual!r}")
     runner = SliceRunner(gm, graph, config.start, config.stop, config.output_region)
-    if runner.input_region != config.input_region:
-        raise SliceError(f"input_region: config has {config.input_region}, the layers need {runner.input_region}")
-    return runner
+    need = runner.input_region
+    if not need.empty and not config.input_region.contains(need):
+        raise SliceError(f"input_region: config has {config.input_region}, the layers need {need}")
+    return TaskRunner(runner, config.input_region, config.output_region)
 
 
 def resident_bytes(gm: torch.nn.Module) -> int:

@@ -20,11 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from edgepart.geometry import Region
-from edgepart.plan import Objective, Plan, Stage, make_plan
+from edgepart.plan import Objective, Stage, StagedPlan, make_plan
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.evaluate import PartWork, evaluate_works, part_work, partition_memory
 from edgepart.planner.problem import DeviceSets, Problem, SplitOption, used_devices
 from edgepart.planner.segments import strip_region
+from edgepart.planner.stage_costs import PartWork, evaluate_works, part_work, partition_memory
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _better(objective: Objective, latency: float, throughput: float, best: tuple
 
 def solve_brute_force(problem: Problem, objective: Objective = "latency", *, space: str | None = None,
                       device_sets: DeviceSets = "prefix", max_fused: int | None = None, layerwise: bool = True,
-                      max_plans: int = 200_000) -> Plan:
+                      max_plans: int = 200_000) -> StagedPlan:
     space = space or ("fused" if objective == "latency" else "pipeline")
     if space not in ("fused", "pipeline"):
         raise PlanningError(f"brute-force: space must be 'fused' or 'pipeline', got {space!r}")

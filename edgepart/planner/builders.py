@@ -13,7 +13,7 @@ from edgepart.geometry import Region, backprop, grid_regions, split_interval
 from edgepart.graph.layer_graph import LayerGraph, Unit
 from edgepart.graph.loader import ModelRef
 from edgepart.graph.ops import CHANNELWISE, OpKind
-from edgepart.plan import Objective, Partition, Plan, SplitKind, Stage, StageKind, make_plan
+from edgepart.plan import Objective, Partition, SplitKind, Stage, StagedPlan, StageKind, make_plan
 
 
 class PlanBuildError(EdgepartError, ValueError):
@@ -47,7 +47,7 @@ def _check_devices(devices: Sequence[str]) -> tuple[str, ...]:
 
 
 def build_single(graph: LayerGraph, model: ModelRef, devices: Sequence[str],
-                 objective: Objective = "latency") -> Plan:
+                 objective: Objective = "latency") -> StagedPlan:
     """The whole model on the first device."""
     devs = _check_devices(devices)
     return make_plan(model, "single", objective, devs[:1], (single_stage(graph, 0, 0, len(graph), devs[0]),))
@@ -84,7 +84,7 @@ def row_split(graph: LayerGraph, stop: int, parts: int, weights: Sequence[float]
 
 
 def build_layerwise(graph: LayerGraph, model: ModelRef, devices: Sequence[str], split: str = "auto",
-                    objective: Objective = "latency") -> Plan:
+                    objective: Objective = "latency") -> StagedPlan:
     """Every unit is its own stage, split across all devices (HotEdge's layer-wise baseline).
 
     split="channels" splits conv/fc units by output channels, "rows" splits every
@@ -123,7 +123,7 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 
 def build_ftp_grid(graph: LayerGraph, model: ModelRef, devices: Sequence[str], grid: tuple[int, int] = (3, 3),
-                   fused_units: int | None = None, objective: Objective = "latency") -> Plan:
+                   fused_units: int | None = None, objective: Objective = "latency") -> StagedPlan:
     """DeepThings' fused tile partitioning: an N x M grid over the first F units, the rest on one device.
 
     Tiles are dealt to devices round-robin. F defaults to the longest fusable prefix.

@@ -1,234 +1,338 @@
-"""Reference evaluator (SOLVERS.md §2 A.3, §4 C.0): the ground truth every solver is checked against.
+"""The task-graph evaluator: the one cost oracle every solver's plan is costed by.
 
-Single-request latency. Stages run one after the other; stage s starts when
-the whole tensor it reads is assembled at its *holder* device h_s, and ends
-when its output is assembled at h_{s+1}. Within a stage, in an idle system:
+One request of every model of the plan is issued at t = 0 in an idle system,
+and the task graph is list-scheduled:
 
-- scatter: h_s sends each partition its input region, in partition order,
-  one FIFO per NIC direction (`switched`) or one FIFO for everything (`shared`);
-- compute: each partition starts when its input has arrived and its device is
-  free (a device's partitions queue in arrival order);
-- gather: in order of compute completion, each partition sends its output
-  region to h_{s+1}. A partition on h_s receives nothing. One on h_{s+1}
-  hands its output to the process there in a local message: no wire and no
-  NIC queue, but both ends' software time (`Cluster.local_s`), as the runtime
-  sends it from one partition process to the next.
+- a task is *ready* when every region it reads has arrived; a device runs one
+  task at a time and, when free, starts the ready task with the lowest
+  `priority` (ties: plan order). A relay (a task that computes nothing) takes
+  no device time;
+- a task's compute is the sum of `Device.layer_time` over the regions the
+  exact geometry says each of its layers must produce;
+- when a task completes it sends every consumer the region it reads (and the
+  model's output tasks send their output to the model's source), in plan
+  order of the consumers. A transfer from device u to v holds u's send FIFO
+  and v's receive FIFO (`switched`) or the one medium (`shared`) for
+  `Cluster.tx(u, v, bytes)`: the link's latency, bytes / bandwidth and both
+  ends' message software time. The model input starts at its source at t = 0
+  (transfers issued in plan order);
+- a message between two processes on one device crosses no wire but costs
+  both ends' software time (`Cluster.local_s`); what a relay or the input
+  holder hands to a task on its own device costs nothing more (the holder's
+  buffer, as the stage costs charge it), and an empty region (a trigger for a
+  tile that lies wholly in padding) arrives at once.
 
-The stage time is the last arrival at h_{s+1}; latency is the sum of stage
-times (the client is co-located with the master [R]).
+Latency of a model = the last arrival of its output at its source; the plan's
+latency is the makespan over models. Throughput is the bottleneck law over the
+busy time per request of every resource (a device's compute, a NIC direction,
+or the shared medium). On the task graph `plan_from_stages` makes of a chain
+solver's stages these are exactly the stage costs (`stage_costs.py`).
 
-Routing [R] (A.3 gathers at the master between segments; we keep that and
-avoid pointless hops): h_0 = h_S = master; an interior holder is the device
-of the stage that starts there when that stage has one partition (its input
-goes straight to it: a pipeline ships u→v directly, as PipeEdge does), and
-the master otherwise (a split stage is scattered by the master).
-
-Pipelined throughput is the bottleneck law: with U_r the busy time per
-request of each resource r (a device's compute, a NIC direction, or the
-shared medium), Θ = 1 / max_r U_r.
+`schedule` works on a precomputed `CostGraph` (device and seconds per task,
+bytes per edge), so search-based solvers can call it in their inner loop.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgepart.geometry import Region, backprop, required_input
-from edgepart.graph.layer_graph import INPUT, LayerGraph
-from edgepart.graph.ops import OpKind
-from edgepart.plan import Plan, Predicted, Stage, StageCost
+from edgepart.geometry import backprop
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.plan import INPUT, Plan, Predicted, StageCost, Task, TaskTiming
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
+from edgepart.planner.stage_costs import dtype_at, partition_memory, raise_if_over
+
+SOURCE = -1  # edge endpoint: the model's source device (input holder, output sink)
 
 
 @dataclass(frozen=True)
-class PartWork:
-    """What one partition costs, independent of where its data comes from."""
-
+class CostTask:
+    id: str
     device: str
-    in_bytes: float
-    out_bytes: float
     compute_s: float
+    priority: int = 0
+    relay: bool = False  # takes no device time; hands over on its device for free
+    model: str = ""
 
 
 @dataclass(frozen=True)
-class PartTimes:
-    """When one partition's transfers and compute happen, relative to its stage's start."""
-
-    device: str
-    scatter: tuple[float, float] | None  # (start, end) of its input transfer; None when local
-    compute: tuple[float, float]
-    gather: tuple[float, float] | None
+class CostEdge:
+    src: int  # task index, or SOURCE (the model input at its source device)
+    dst: int  # task index, or SOURCE (the model output to its source device)
+    nbytes: float
+    model: str = ""
 
 
 @dataclass(frozen=True)
-class StageSchedule:
-    time_s: float
-    scatter_s: float  # last input arrival
-    compute_s: float  # longest partition compute
-    gather_s: float  # from the last compute completion to the stage end
-    parts: tuple[PartTimes, ...]
-    source: str  # holder the stage reads from
-    sink: str  # holder its output goes to
+class CostGraph:
+    """What the scheduler needs: tasks (device, seconds), edges (bytes) and each model's source device."""
+
+    tasks: tuple[CostTask, ...]
+    edges: tuple[CostEdge, ...]
+    sources: Mapping[str, str]
 
 
-def dtype_at(graph: LayerGraph, position: int) -> int:
-    producer = graph.producer_at(position)
-    return 4 if producer == INPUT else graph.layers[producer].dtype_bytes
+@dataclass(frozen=True)
+class Transfer:
+    edge: int
+    source: str
+    target: str
+    start_s: float
+    end_s: float
+    wire: bool  # crossed a link (False: a local message or a free hand-over)
 
 
-def part_work(graph: LayerGraph, cluster: Cluster, start: int, stop: int, device: str,
-              output_region: Region) -> PartWork:
-    """Bytes in, bytes out and predicted compute of one partition, from the exact geometry."""
-    dev = cluster.device(device)
-    geometry = backprop(graph, start, stop, output_region)
-    compute = sum(dev.layer_time(graph.layers[i], region, graph.batch) for i, region in geometry.regions.items())
-    in_bytes = geometry.input_region.size * graph.batch * dtype_at(graph, start)
-    out_bytes = output_region.size * graph.batch * dtype_at(graph, stop)
-    return PartWork(device, float(in_bytes), float(out_bytes), compute)
+@dataclass(frozen=True)
+class Schedule:
+    ready: tuple[float, ...]
+    start: tuple[float, ...]
+    end: tuple[float, ...]
+    transfers: tuple[Transfer, ...]
+    latency: dict[str, float]  # per model: output assembled at its source
+    busy: dict[str, float]  # busy seconds per request of every resource
+
+    @property
+    def makespan(self) -> float:
+        return max(self.latency.values(), default=0.0)
 
 
-def stage_work(graph: LayerGraph, cluster: Cluster, stage: Stage) -> tuple[PartWork, ...]:
-    return tuple(part_work(graph, cluster, stage.start, stage.stop, p.device, p.output_region)
-                 for p in stage.partitions)
+def transfer_cost(graph: CostGraph, edge: CostEdge, cluster: Cluster) -> tuple[str, str, float, bool]:
+    """(sender device, receiver device, seconds, crosses a wire) of one edge."""
+    src_dev = graph.sources[edge.model] if edge.src == SOURCE else graph.tasks[edge.src].device
+    dst_dev = graph.sources[edge.model] if edge.dst == SOURCE else graph.tasks[edge.dst].device
+    if edge.nbytes <= 0:
+        return src_dev, dst_dev, 0.0, False
+    if src_dev == dst_dev:
+        holder = edge.src == SOURCE or graph.tasks[edge.src].relay
+        return src_dev, dst_dev, 0.0 if holder else cluster.local_s(src_dev), False
+    return src_dev, dst_dev, cluster.tx(src_dev, dst_dev, edge.nbytes), True
 
 
-def holders(stages: Sequence[Sequence[str]], master: str) -> list[str]:
-    """Holder device at each stage boundary (len = stages + 1) from each stage's partition devices."""
-    result = [master]
-    for devices in stages[1:]:
-        result.append(devices[0] if len(devices) == 1 else master)
-    result.append(master)
-    return result
-
-
-@dataclass
-class _Front:
-    """State of a stage after its scatter and compute phases; gathers are appended per sink."""
-
-    ready: list[float]
-    scatter: list[tuple[float, float] | None]
-    done: list[float]
-    compute: list[tuple[float, float]]
-    gather_order: list[int]
-    send: dict[str, float]
-    recv: dict[str, float]
-    medium: float
-
-
-def _scatter_compute(parts: Sequence[PartWork], source: str, cluster: Cluster) -> _Front:
-    shared = cluster.medium == "shared"
-    send: dict[str, float] = {}
-    recv: dict[str, float] = {}
-    medium = 0.0
-    count = len(parts)
-    ready = [0.0] * count
-    scatter: list[tuple[float, float] | None] = [None] * count
-    for i, p in enumerate(parts):
-        if p.device == source or p.in_bytes <= 0:
-            continue
-        duration = cluster.tx(source, p.device, p.in_bytes)
-        start = medium if shared else max(send.get(source, 0.0), recv.get(p.device, 0.0))
-        end = start + duration
-        if shared:
-            medium = end
-        else:
-            send[source] = recv[p.device] = end
-        ready[i] = end
-        scatter[i] = (start, end)
-    free: dict[str, float] = {}
-    done = [0.0] * count
-    rank = [0] * count
-    compute: list[tuple[float, float]] = [(0.0, 0.0)] * count
-    for r, i in enumerate(sorted(range(count), key=lambda k: (ready[k], k))):
-        p = parts[i]
-        start = max(ready[i], free.get(p.device, 0.0))
-        done[i] = free[p.device] = start + p.compute_s
-        rank[i] = r
-        compute[i] = (start, done[i])
-    order = sorted(range(count), key=lambda k: (done[k], rank[k]))
-    return _Front(ready, scatter, done, compute, order, send, recv, medium)
-
-
-def _gather(parts: Sequence[PartWork], front: _Front, sink: str, cluster: Cluster,
-            record: list[tuple[float, float] | None] | None = None) -> float:
-    shared = cluster.medium == "shared"
-    medium = front.medium
-    send = front.send.get
-    recv_sink = front.recv.get(sink, 0.0)
-    busy_send: dict[str, float] = {}
-    finish = 0.0
-    for i in front.gather_order:
-        p = parts[i]
-        done = front.done[i]
-        if p.out_bytes <= 0:
-            finish = max(finish, done)
-            continue
-        if p.device == sink:
-            finish = max(finish, done + cluster.local_s(sink))
-            continue
-        duration = cluster.tx(p.device, sink, p.out_bytes)
-        if shared:
-            start = max(done, medium)
-            medium = start + duration
-        else:
-            start = max(done, busy_send.get(p.device, send(p.device, 0.0)), recv_sink)
-            busy_send[p.device] = recv_sink = start + duration
-        if record is not None:
-            record[i] = (start, start + duration)
-        finish = max(finish, start + duration)
-    return finish
-
-
-def schedule_stage(parts: Sequence[PartWork], source: str, sink: str, cluster: Cluster) -> StageSchedule:
-    """The A.3 timeline of one stage in an idle system (see the module docstring)."""
-    front = _scatter_compute(parts, source, cluster)
-    gather: list[tuple[float, float] | None] = [None] * len(parts)
-    finish = _gather(parts, front, sink, cluster, gather)
-    last_compute = max(front.done, default=0.0)
-    return StageSchedule(
-        time_s=finish, scatter_s=max(front.ready, default=0.0),
-        compute_s=max((p.compute_s for p in parts), default=0.0), gather_s=finish - last_compute,
-        parts=tuple(PartTimes(p.device, front.scatter[i], front.compute[i], gather[i])
-                    for i, p in enumerate(parts)),
-        source=source, sink=sink,
-    )
-
-
-def stage_time(parts: Sequence[PartWork], source: str, sink: str, cluster: Cluster) -> float:
-    return schedule_stage(parts, source, sink, cluster).time_s
-
-
-def stage_times(parts: Sequence[PartWork], source: str, sinks: Sequence[str], cluster: Cluster) -> list[float]:
-    """`stage_time` for several sinks at once (the scatter and compute phases do not depend on the sink)."""
-    front = _scatter_compute(parts, source, cluster)
-    return [_gather(parts, front, sink, cluster) for sink in sinks]
-
-
-def busy_times(works: Sequence[Sequence[PartWork]], route: Sequence[str], cluster: Cluster) -> dict[str, float]:
+def busy_of(graph: CostGraph, cluster: Cluster) -> dict[str, float]:
     """Busy seconds per request of every resource (C.0): compute:<dev>, send:<dev>, recv:<dev> or medium."""
     busy: dict[str, float] = {}
 
     def add(key: str, seconds: float) -> None:
         busy[key] = busy.get(key, 0.0) + seconds
 
-    def transfer(u: str, v: str, nbytes: float) -> None:
-        if u == v or nbytes <= 0:
-            return
-        t = cluster.tx(u, v, nbytes)
+    for task in graph.tasks:
+        if not task.relay:
+            add(f"compute:{task.device}", task.compute_s)
+    for edge in graph.edges:
+        u, v, seconds, wire = transfer_cost(graph, edge, cluster)
+        if not wire:
+            continue
         if cluster.medium == "shared":
-            add("medium", t)
+            add("medium", seconds)
         else:
-            add(f"send:{u}", t)
-            add(f"recv:{v}", t)
-
-    for s, parts in enumerate(works):
-        for p in parts:
-            transfer(route[s], p.device, p.in_bytes)
-            add(f"compute:{p.device}", p.compute_s)
-            transfer(p.device, route[s + 1], p.out_bytes)
+            add(f"send:{u}", seconds)
+            add(f"recv:{v}", seconds)
     return busy
+
+
+def schedule(graph: CostGraph, cluster: Cluster) -> Schedule:
+    """List-schedule one request of every model (see the module docstring)."""
+    tasks = graph.tasks
+    count = len(tasks)
+    incoming = [0] * count
+    outgoing: list[list[int]] = [[] for _ in range(count)]
+    initial: list[int] = []
+    for e, edge in enumerate(graph.edges):
+        if edge.dst != SOURCE:
+            incoming[edge.dst] += 1
+        if edge.src == SOURCE:
+            initial.append(e)
+        else:
+            outgoing[edge.src].append(e)
+    if any(n == 0 for n in incoming):
+        missing = [tasks[i].id for i, n in enumerate(incoming) if n == 0]
+        raise PlanningError(f"tasks {missing} read nothing")
+    ready = [0.0] * count
+    start = [math.nan] * count
+    end = [math.nan] * count
+    arrived = [0] * count
+    latency: dict[str, float] = {}
+    transfers: list[Transfer] = []
+    shared = cluster.medium == "shared"
+    send_free: dict[str, float] = {}
+    recv_free: dict[str, float] = {}
+    medium_free = 0.0
+    device_free: dict[str, float] = {}
+    queues: dict[str, list[tuple[int, int]]] = {}
+    # events: (time, kind, priority, index); kind 0 = a task completes, 1 = a task is ready
+    events: list[tuple[float, int, int, int]] = []
+
+    def issue(e: int, now: float) -> None:
+        nonlocal medium_free
+        edge = graph.edges[e]
+        u, v, seconds, wire = transfer_cost(graph, edge, cluster)
+        begin = now
+        if wire:
+            if shared:
+                begin = max(now, medium_free)
+                medium_free = begin + seconds
+            else:
+                begin = max(now, send_free.get(u, 0.0), recv_free.get(v, 0.0))
+                send_free[u] = recv_free[v] = begin + seconds
+        finish = begin + seconds
+        transfers.append(Transfer(e, u, v, begin, finish, wire))
+        if edge.dst == SOURCE:
+            latency[edge.model] = max(latency.get(edge.model, 0.0), finish)
+            return
+        d = edge.dst
+        ready[d] = max(ready[d], finish)
+        arrived[d] += 1
+        if arrived[d] == incoming[d]:
+            heapq.heappush(events, (ready[d], 1, tasks[d].priority, d))
+
+    for e in initial:
+        issue(e, 0.0)
+    while events:
+        now = events[0][0]
+        while events and events[0][0] == now:
+            _, kind, _, i = heapq.heappop(events)
+            task = tasks[i]
+            if kind == 0:
+                for e in outgoing[i]:
+                    issue(e, now)
+            elif task.relay:
+                start[i] = end[i] = now
+                heapq.heappush(events, (now, 0, task.priority, i))
+            else:
+                heapq.heappush(queues.setdefault(task.device, []), (task.priority, i))
+        for device, queue in queues.items():
+            if queue and device_free.get(device, 0.0) <= now:
+                _, i = heapq.heappop(queue)
+                start[i] = now
+                end[i] = device_free[device] = now + tasks[i].compute_s
+                heapq.heappush(events, (end[i], 0, tasks[i].priority, i))
+    unfinished = [tasks[i].id for i in range(count) if math.isnan(end[i])]
+    if unfinished:
+        raise PlanningError(f"tasks {unfinished[:5]} never run: the task graph has a cycle")
+    return Schedule(tuple(ready), tuple(start), tuple(end), tuple(transfers), latency, busy_of(graph, cluster))
+
+
+# ------------------------------------------------------------------ plans
+
+
+def _graphs_for(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph]) -> dict[str, LayerGraph]:
+    if isinstance(graphs, LayerGraph):
+        if len(plan.models) != 1:
+            raise PlanningError(f"the plan has {len(plan.models)} models; give a graph for each")
+        return {plan.models[0].id: graphs}
+    return dict(graphs)
+
+
+def task_compute(task: Task, graph: LayerGraph, cluster: Cluster) -> float:
+    if task.relay:
+        return 0.0
+    device = cluster.device(task.device)
+    geometry = backprop(graph, task.start, task.stop, task.output)
+    return sum(device.layer_time(graph.layers[i], region, graph.batch) for i, region in geometry.regions.items())
+
+
+def cost_graph(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster) -> CostGraph:
+    """The plan's tasks and edges with their predicted seconds and bytes on `cluster`."""
+    by_model = _graphs_for(plan, graphs)
+    known = set(cluster.names)
+    for task in plan.tasks:
+        if task.device not in known:
+            raise PlanningError(f"task {task.id}: device {task.device!r} is not in the cluster {list(cluster.names)}")
+    index = {t.id: i for i, t in enumerate(plan.tasks)}
+    tasks = tuple(CostTask(t.id, t.device, task_compute(t, by_model[t.model], cluster), t.priority, t.relay,
+                           t.model) for t in plan.tasks)
+    edges: list[CostEdge] = []
+    for i, task in enumerate(plan.tasks):
+        graph = by_model[task.model]
+        width = graph.batch * dtype_at(graph, task.start)
+        for item in task.inputs:
+            if item.source == INPUT:
+                edges.append(CostEdge(SOURCE, i, float(item.region.size * width), task.model))
+    # a producer's sends, in plan order of its consumers; then the model outputs
+    for i, task in enumerate(plan.tasks):
+        graph = by_model[task.model]
+        width = graph.batch * dtype_at(graph, task.start)
+        for item in task.inputs:
+            if item.source != INPUT:
+                edges.append(CostEdge(index[item.source], i, float(item.region.size * width), task.model))
+    for mid, ids in plan.outputs.items():
+        graph = by_model[mid]
+        width = graph.batch * dtype_at(graph, len(graph))
+        for tid in ids:
+            edges.append(CostEdge(index[tid], SOURCE, float(plan.task(tid).output.size * width), mid))
+    sources = {m.id: m.source or plan.master for m in plan.models}
+    for mid, device in sources.items():
+        if device not in known:
+            raise PlanningError(f"model {mid}: its source {device!r} is not in the cluster {list(cluster.names)}")
+    return CostGraph(tasks, _issue_order(edges), sources)
+
+
+def _issue_order(edges: list[CostEdge]) -> tuple[CostEdge, ...]:
+    """Input edges first (issued at t = 0 in plan order), then each producer's edges in consumer order."""
+    return tuple(sorted(edges, key=lambda e: (e.src != SOURCE, e.dst == SOURCE)))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the evaluator computes for one plan: the `Predicted` summary and the timeline."""
+
+    plan: Plan
+    graph: CostGraph
+    schedule: Schedule
+
+    @property
+    def latency_s(self) -> float:
+        return self.schedule.makespan
+
+    @property
+    def throughput_per_s(self) -> float:
+        return throughput_of(self.schedule.busy)
+
+    @property
+    def busy(self) -> dict[str, float]:
+        return self.schedule.busy
+
+    @property
+    def bottleneck(self) -> tuple[str, float]:
+        key = max(self.busy, key=lambda k: self.busy[k])
+        return key, self.busy[key]
+
+    def stage_costs(self) -> tuple[StageCost, ...]:
+        """Per-stage times when every compute task carries a stage (a chain plan), else ()."""
+        plan, sched = self.plan, self.schedule
+        if len(plan.models) != 1 or any(t.stage is None for t in plan.compute_tasks):
+            return ()
+        stage_of = {i: t.stage for i, t in enumerate(plan.tasks) if not t.relay}
+        ends: dict[int, float] = {}
+        for transfer in sched.transfers:
+            src = self.graph.edges[transfer.edge].src
+            if src != SOURCE and src in stage_of:
+                s = stage_of[src]
+                assert s is not None
+                ends[s] = max(ends.get(s, 0.0), transfer.end_s)
+        costs = []
+        previous = 0.0
+        for s in sorted(ends):
+            members = [i for i, k in stage_of.items() if k == s]
+            last_ready = max(sched.ready[i] for i in members)
+            last_done = max(sched.end[i] for i in members)
+            compute = max(self.graph.tasks[i].compute_s for i in members)
+            costs.append(StageCost(index=s, scatter_s=max(0.0, last_ready - previous), compute_s=compute,
+                                   gather_s=max(0.0, ends[s] - last_done), time_s=max(0.0, ends[s] - previous)))
+            previous = ends[s]
+        return tuple(costs)
+
+    def predicted(self) -> Predicted:
+        sched = self.schedule
+        throughput = self.throughput_per_s
+        timings = tuple(TaskTiming(id=t.id, ready_s=sched.ready[i], start_s=sched.start[i], end_s=sched.end[i])
+                        for i, t in enumerate(self.plan.tasks))
+        return Predicted(latency_s=self.latency_s, throughput_per_s=throughput if math.isfinite(throughput) else 0.0,
+                         models=dict(sched.latency), stages=self.stage_costs(), tasks=timings)
 
 
 def throughput_of(busy: dict[str, float]) -> float:
@@ -236,98 +340,35 @@ def throughput_of(busy: dict[str, float]) -> float:
     return 1.0 / bottleneck if bottleneck > 0 else math.inf
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Everything the evaluator computes for one plan (the `Predicted` summary plus the timelines)."""
-
-    latency_s: float
-    throughput_per_s: float
-    stages: tuple[StageSchedule, ...]
-    busy: dict[str, float]
-    works: tuple[tuple[PartWork, ...], ...]
-
-    @property
-    def bottleneck(self) -> tuple[str, float]:
-        key = max(self.busy, key=lambda k: self.busy[k])
-        return key, self.busy[key]
-
-    def predicted(self) -> Predicted:
-        return Predicted(
-            latency_s=self.latency_s,
-            throughput_per_s=self.throughput_per_s if math.isfinite(self.throughput_per_s) else 0.0,
-            stages=tuple(StageCost(index=i, scatter_s=s.scatter_s, compute_s=s.compute_s, gather_s=s.gather_s,
-                                   time_s=s.time_s) for i, s in enumerate(self.stages)),
-        )
+def evaluate_plan(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster) -> Evaluation:
+    graph = cost_graph(plan, graphs, cluster)
+    return Evaluation(plan, graph, schedule(graph, cluster))
 
 
-def evaluate_works(works: Sequence[Sequence[PartWork]], cluster: Cluster) -> Evaluation:
-    route = holders([[p.device for p in parts] for parts in works], cluster.master)
-    schedules = tuple(schedule_stage(parts, route[s], route[s + 1], cluster) for s, parts in enumerate(works))
-    busy = busy_times(works, route, cluster)
-    return Evaluation(sum(s.time_s for s in schedules), throughput_of(busy), schedules, busy,
-                      tuple(tuple(p) for p in works))
-
-
-def _check_devices(plan: Plan, cluster: Cluster) -> None:
-    known = set(cluster.names)
-    for stage in plan.stages:
-        for part in stage.partitions:
-            if part.device not in known:
-                raise PlanningError(f"stage {stage.index} partition {part.id}: device {part.device!r} is not in "
-                                    f"the cluster {list(cluster.names)}")
-
-
-def evaluate_plan(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Evaluation:
-    _check_devices(plan, cluster)
-    return evaluate_works([stage_work(graph, cluster, stage) for stage in plan.stages], cluster)
-
-
-def evaluate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Predicted:
-    """Single-request latency, pipelined throughput and the per-stage breakdown of `plan`."""
-    return evaluate_plan(plan, graph, cluster).predicted()
+def evaluate(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster) -> Predicted:
+    """Latency per model, makespan, pipelined throughput and the per-task timeline of `plan`."""
+    return evaluate_plan(plan, graphs, cluster).predicted()
 
 
 # ------------------------------------------------------------------ memory
 
-_SLICED_PARAMS = frozenset({OpKind.CONV, OpKind.FC, OpKind.BN})
+
+def task_memory(task: Task, graph: LayerGraph) -> int:
+    """Bytes one task's process holds [R]: see `stage_costs.partition_memory`; a relay holds its buffer."""
+    if task.relay:
+        return task.output.size * graph.batch * dtype_at(graph, task.start)
+    return partition_memory(graph, task.start, task.stop, task.output)
 
 
-def partition_memory(graph: LayerGraph, start: int, stop: int, output_region: Region) -> int:
-    """Bytes one partition holds [R]: its weights (sliced with its channels), its input and output
-    buffers, and the largest working set of one layer (the layer's inputs and output tiles)."""
-    geometry = backprop(graph, start, stop, output_region)
-    batch = graph.batch
-    weights = 0.0
-    peak = 0
-    for i, region in geometry.regions.items():
-        layer = graph.layers[i]
-        share = 1.0
-        if layer.op in _SLICED_PARAMS and layer.out_shape:
-            share = (region.channels[1] - region.channels[0]) / layer.out_shape[0]
-        weights += layer.weight_bytes * share
-        ins = sum(required_input(layer, region, a).size for a in range(len(layer.preds)))
-        peak = max(peak, (ins + region.size) * batch * layer.dtype_bytes)
-    buffers = (geometry.input_region.size * dtype_at(graph, start)
-               + output_region.size * dtype_at(graph, stop)) * batch
-    return math.ceil(weights) + buffers + peak
-
-
-def memory_use(plan: Plan, graph: LayerGraph) -> dict[str, int]:
-    """Bytes each device holds: every partition placed on it stays loaded."""
+def memory_use(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph]) -> dict[str, int]:
+    """Bytes each device holds: every task placed on it stays loaded."""
+    by_model = _graphs_for(plan, graphs)
     use: dict[str, int] = {}
-    for stage in plan.stages:
-        for part in stage.partitions:
-            need = partition_memory(graph, stage.start, stage.stop, part.output_region)
-            use[part.device] = use.get(part.device, 0) + need
+    for task in plan.tasks:
+        use[task.device] = use.get(task.device, 0) + task_memory(task, by_model[task.model])
     return use
 
 
-def check_memory(plan: Plan, graph: LayerGraph, cluster: Cluster) -> None:
-    """Raise PlanningError naming every device whose partitions do not fit its memory."""
-    over = []
-    for device, need in memory_use(plan, graph).items():
-        capacity = cluster.device(device).memory_bytes
-        if need > capacity:
-            over.append(f"{device} needs {need / 2**20:.1f} MiB but has {capacity / 2**20:.1f} MiB")
-    if over:
-        raise PlanningError(f"{plan.solver} plan does not fit in memory: " + "; ".join(over))
+def check_memory(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster) -> None:
+    """Raise PlanningError naming every device whose tasks do not fit its memory."""
+    raise_if_over(plan.solver, memory_use(plan, graphs), cluster)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edgepart.plan import Objective, Plan, Stage, make_plan
+from edgepart.plan import Objective, Stage, StagedPlan, make_plan
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.problem import DeviceSets, Problem, SplitOption, used_devices
 
@@ -46,7 +46,7 @@ _Choice = tuple[_Single | SplitOption, int]  # (stage, holder index at its end)
 
 
 def solve_fused_dp(problem: Problem, objective: Objective = "latency", *, device_sets: DeviceSets = "prefix",
-                   max_fused: int | None = None, layerwise: bool = True) -> Plan:
+                   max_fused: int | None = None, layerwise: bool = True) -> StagedPlan:
     if device_sets not in ("prefix", "subsets"):
         raise PlanningError(f"fused-dp: device_sets must be 'prefix' or 'subsets', got {device_sets!r}")
     if max_fused is not None and max_fused < 1:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgepart.plan import Objective, Plan, Stage, make_plan
+from edgepart.plan import Objective, Stage, StagedPlan, make_plan
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.problem import Problem, used_devices
@@ -70,7 +70,7 @@ def _pareto_insert(front: list[Value], value: Value) -> bool:
 
 
 def solve_pipeline_dp(problem: Problem, objective: Objective = "throughput", *,
-                      max_states: int = 2_000_000) -> Plan:
+                      max_states: int = 2_000_000) -> StagedPlan:
     """Best pipeline by (bottleneck, latency) for throughput, or (latency, bottleneck) for latency."""
     cluster = problem.cluster
     types = device_types(cluster)
@@ -174,7 +174,7 @@ def solve_pipeline_dp(problem: Problem, objective: Objective = "throughput", *,
 
 def _rebuild(problem: Problem, objective: Objective, types: Sequence[Sequence[int]],
              state: tuple[int, tuple[int, ...], int], value: Value, stop: int, final: Value,
-             steps: dict[tuple[tuple[int, tuple[int, ...], int], Value], _Step]) -> Plan:
+             steps: dict[tuple[tuple[int, tuple[int, ...], int], Value], _Step]) -> StagedPlan:
     chain: list[tuple[int, int, int]] = []  # (type, start unit, stop unit)
     current: tuple[int, tuple[int, ...], int] | None = state
     current_value: Value | None = value

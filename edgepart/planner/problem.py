@@ -31,8 +31,14 @@ from edgepart.plan import SplitKind, Stage, StageKind
 from edgepart.planner.builders import channel_splittable, make_stage
 from edgepart.planner.cluster import Cluster, Device
 from edgepart.planner.costmodel import DeviceProfile
-from edgepart.planner.evaluate import PartWork, dtype_at, part_work, partition_memory, stage_times
 from edgepart.planner.segments import EndCosts, RowMaps, SegmentCost, strip_region
+from edgepart.planner.stage_costs import (
+    PartWork,
+    dtype_at,
+    part_work,
+    partition_memory,
+    stage_times,
+)
 
 DeviceSets = str  # "prefix" | "subsets"
 

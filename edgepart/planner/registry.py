@@ -1,14 +1,15 @@
 """One entry point for every solver: `solve(graph, model, cluster, objective, solver, **options) -> Plan`.
 
 A solver is a function `(problem, objective, *, option=default, ...) -> Plan`
-registered under a name with `@register`. Its keyword-only parameters are its
+(a task graph; the chain solvers may return a `StagedPlan`, which `finalize`
+turns into one) registered under a name with `@register`. Its keyword-only parameters are its
 options: `solve` rejects unknown ones by name, and `parse_options` turns the
 CLI's `key=value` strings into the annotated types. Later solvers (partial
 offloading, multi-model, MS-MDI, accuracy-aware; SOLVERS.md §5-§8) register
 the same way.
 
 Every plan `solve` returns has passed `check_plan` (geometry) and the memory
-check, and carries `predicted` from the reference evaluator.
+check, and carries `predicted` from the task-graph evaluator.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ from typing import Any
 
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
-from edgepart.plan import Objective, Plan, PlanError, check_plan, make_plan
+from edgepart.plan import (
+    Objective,
+    Plan,
+    PlanError,
+    StagedPlan,
+    check_plan,
+    check_stages,
+    make_plan,
+    merge_plans,
+    rename_model,
+)
 from edgepart.planner.brute_force import solve_brute_force
 from edgepart.planner.builders import (
     PlanBuildError,
@@ -35,12 +46,13 @@ from edgepart.planner.builders import (
 )
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.evaluate import check_memory, evaluate, evaluate_plan
+from edgepart.planner.evaluate import check_memory, evaluate
 from edgepart.planner.fused_dp import solve_fused_dp
 from edgepart.planner.pipeline_dp import solve_pipeline_dp
 from edgepart.planner.problem import Problem
+from edgepart.planner.stage_costs import check_staged_memory, evaluate_staged
 
-SolverFn = Callable[..., Plan]
+SolverFn = Callable[..., Plan | StagedPlan]
 OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
 
 
@@ -142,24 +154,70 @@ def _unknown_option(info: SolverInfo, key: str) -> str:
 # ------------------------------------------------------------------ entry point
 
 
-def finalize(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Plan:
-    """Check geometry and memory, then attach the evaluator's prediction."""
+def finalize(result: Plan | StagedPlan, graph: LayerGraph, cluster: Cluster) -> Plan:
+    """The task graph of a solver's result, checked (geometry, memory) and costed by the evaluator."""
     try:
-        check_plan(plan, graph)
+        if isinstance(result, StagedPlan):
+            check_stages(result, graph)
+            result = result.to_plan(master=cluster.master)
+        check_plan(result, graph)
     except PlanError as err:
-        raise PlanningError(f"{plan.solver} produced an invalid plan: {err}") from None
-    check_memory(plan, graph, cluster)
-    meta = {**plan.meta, "master": cluster.master, "medium": cluster.medium}
-    return make_plan(plan.model, plan.solver, plan.objective, plan.devices, plan.stages,
-                     evaluate(plan, graph, cluster), meta)
+        raise PlanningError(f"{result.solver} produced an invalid plan: {err}") from None
+    check_memory(result, graph, cluster)
+    meta = {**result.meta, "master": cluster.master, "medium": cluster.medium}
+    return result.replace(predicted=evaluate(result, graph, cluster), meta=meta)
 
 
 def solve(graph: LayerGraph, model: ModelRef, cluster: Cluster, objective: Objective = "latency",
           solver: str = "auto", **options: Any) -> Plan:
     """Plan `graph` on `cluster` with a registered solver; the plan is checked and carries `predicted`."""
+    info = _info(solver)
+    options = _typed_options(info, objective, options)
+    problem = Problem(graph, cluster, model)
+    try:
+        plan = info.fn(problem, objective, **options)
+    except PlanBuildError as err:
+        raise PlanningError(f"{solver}: {err}") from None
+    return finalize(plan, graph, cluster)
+
+
+@dataclass(frozen=True)
+class PlanningModel:
+    """One model of a deployment: its id in the plan, its reference and its layer graph."""
+
+    id: str
+    ref: ModelRef
+    graph: LayerGraph
+
+
+def solve_models(models: Sequence[PlanningModel], cluster: Cluster, objective: Objective = "latency",
+                 solver: str = "auto", **options: Any) -> Plan:
+    """Plan several models on one cluster. Each model is planned by `solver` on the whole cluster and the
+    plans are merged into one task graph, which the evaluator costs with their contention for devices and
+    links (a model's latency is its request's, with one request of every model issued together)."""
+    if not models:
+        raise PlanningError("no model to plan")
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids):
+        raise PlanningError(f"model ids must be unique, got {ids}")
+    plans = [rename_model(solve(m.graph, m.ref, cluster, objective, solver, **options), m.id) for m in models]
+    if len(plans) == 1:
+        return plans[0]
+    merged = merge_plans(plans, plans[0].solver, objective, cluster.master,
+                         {"medium": cluster.medium, "planned": "each model on its own, merged"})
+    graphs = {m.id: m.graph for m in models}
+    try:
+        check_plan(merged, graphs)
+    except PlanError as err:
+        raise PlanningError(f"{solver} produced an invalid plan: {err}") from None
+    check_memory(merged, graphs, cluster)
+    return merged.replace(predicted=evaluate(merged, graphs, cluster))
+
+
+def _typed_options(info: SolverInfo, objective: Objective, options: dict[str, Any]) -> dict[str, Any]:
     if objective not in OBJECTIVES:
         raise PlanningError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    info = _info(solver)
+    solver = info.name
     typed: dict[str, Any] = {}
     for key, value in options.items():
         name = _snake(key)  # YAML documents spell options in camelCase
@@ -167,13 +225,7 @@ def solve(graph: LayerGraph, model: ModelRef, cluster: Cluster, objective: Objec
             raise PlanningError(_unknown_option(info, key))
         kind = info.options[name][0]
         typed[name] = _coerce(solver, name, kind, value) if isinstance(value, str) else value
-    options = typed
-    problem = Problem(graph, cluster, model)
-    try:
-        plan = info.fn(problem, objective, **options)
-    except PlanBuildError as err:
-        raise PlanningError(f"{solver}: {err}") from None
-    return finalize(plan, graph, cluster)
+    return typed
 
 
 # ------------------------------------------------------------------ the solvers
@@ -191,18 +243,18 @@ def _devices(problem: Problem, devices: int | None) -> list[str]:
 
 
 @register("single", "the whole model on one device (the fastest by predicted latency, or device=NAME).")
-def _single(problem: Problem, objective: Objective, *, device: str | None = None) -> Plan:
+def _single(problem: Problem, objective: Objective, *, device: str | None = None) -> StagedPlan:
     graph, cluster = problem.graph, problem.cluster
     if device is not None:
         cluster.device(device)
         return build_single(graph, problem.model, [device], objective)
-    best: tuple[float, Plan] | None = None
+    best: tuple[float, StagedPlan] | None = None
     for name in problem.names:
         try:
-            check_memory(plan := build_single(graph, problem.model, [name], objective), graph, cluster)
+            check_staged_memory(plan := build_single(graph, problem.model, [name], objective), graph, cluster)
         except PlanningError:
             continue
-        latency = evaluate_plan(plan, graph, cluster).latency_s
+        latency = evaluate_staged(plan, graph, cluster).latency_s
         if best is None or latency < best[0]:
             best = (latency, plan)
     if best is None:
@@ -211,7 +263,8 @@ def _single(problem: Problem, objective: Objective, *, device: str | None = None
 
 
 @register("layerwise", "every unit split across the devices, equal shares (HotEdge's layer-wise baseline).")
-def _layerwise(problem: Problem, objective: Objective, *, split: str = "auto", devices: int | None = None) -> Plan:
+def _layerwise(problem: Problem, objective: Objective, *, split: str = "auto",
+               devices: int | None = None) -> StagedPlan:
     return build_layerwise(problem.graph, problem.model, _devices(problem, devices), split, objective)
 
 
@@ -222,7 +275,7 @@ def _near_square(n: int) -> tuple[int, int]:
 
 @register("ftp-grid", "DeepThings' fused tile grid over the first F units, the rest on the master.")
 def _ftp_grid(problem: Problem, objective: Objective, *, grid: str | list[int] = "auto",
-              fused_layers: int | None = None, devices: int | None = None) -> Plan:
+              fused_layers: int | None = None, devices: int | None = None) -> StagedPlan:
     names = _devices(problem, devices)
     if isinstance(grid, str):
         shape = _near_square(len(names)) if grid == "auto" else parse_grid(grid)
@@ -235,25 +288,25 @@ def _ftp_grid(problem: Problem, objective: Objective, *, grid: str | list[int] =
 
 @register("fused-dp", "HotEdge/AOFL search over single / layer-wise / fused segments (minimises latency).")
 def _fused_dp(problem: Problem, objective: Objective, *, device_sets: str = "prefix", max_fused: int | None = None,
-              layerwise: bool = True) -> Plan:
+              layerwise: bool = True) -> StagedPlan:
     return solve_fused_dp(problem, objective, device_sets=device_sets, max_fused=max_fused, layerwise=layerwise)
 
 
 @register("pipeline-dp", "PipeEdge's bottleneck DP: contiguous stages on distinct devices (maximises throughput).")
-def _pipeline_dp(problem: Problem, objective: Objective, *, max_states: int = 2_000_000) -> Plan:
+def _pipeline_dp(problem: Problem, objective: Objective, *, max_states: int = 2_000_000) -> StagedPlan:
     return solve_pipeline_dp(problem, objective, max_states=max_states)
 
 
 @register("brute-force", "exhaustive search of fused-dp's (space=fused) or pipeline-dp's (space=pipeline) "
                          "space; small instances only.")
 def _brute_force(problem: Problem, objective: Objective, *, space: str | None = None, device_sets: str = "prefix",
-                 max_fused: int | None = None, layerwise: bool = True, max_plans: int = 200_000) -> Plan:
+                 max_fused: int | None = None, layerwise: bool = True, max_plans: int = 200_000) -> StagedPlan:
     return solve_brute_force(problem, objective, space=space, device_sets=device_sets, max_fused=max_fused,
                              layerwise=layerwise, max_plans=max_plans)
 
 
 @register("auto", "fused-dp for latency; for throughput the better of pipeline-dp and fused-dp.")
-def _auto(problem: Problem, objective: Objective) -> Plan:
+def _auto(problem: Problem, objective: Objective) -> StagedPlan:
     sets = "subsets" if len(problem.names) <= 4 else "prefix"
     fused = solve_fused_dp(problem, objective, device_sets=sets)
     if objective == "latency":
@@ -265,16 +318,16 @@ def _auto(problem: Problem, objective: Objective) -> Plan:
     scored = []
     for plan in candidates:
         try:
-            check_memory(plan, graph, cluster)
+            check_staged_memory(plan, graph, cluster)
         except PlanningError:
             continue
-        result = evaluate_plan(plan, graph, cluster)
+        result = evaluate_staged(plan, graph, cluster)
         scored.append(((-result.throughput_per_s, result.latency_s), plan))
     if not scored:
-        check_memory(fused, graph, cluster)  # raises with the devices at fault
+        check_staged_memory(fused, graph, cluster)  # raises with the devices at fault
     return _tag(min(scored, key=lambda item: item[0])[1])
 
 
-def _tag(plan: Plan) -> Plan:
+def _tag(plan: StagedPlan) -> StagedPlan:
     return make_plan(plan.model, plan.solver, plan.objective, plan.devices, plan.stages, plan.predicted,
                      {**plan.meta, "requested": "auto"})

@@ -132,10 +132,10 @@ async def message_cpu(cpus: float, *, requests: int = 12, gap_s: float = 0.5, ro
             "spec": {"model": {"name": f"{source}:chain", "inputShape": list(PROBE_INPUT)},
                      "devices": [{"name": "probe", "cpus": cpus}], "requestTimeout": "60s"},
         })
-        ref = model_ref(deployment.spec.model)
+        ref = model_ref(deployment.spec.first_model)
         graph = load_graph(ref)
         stages = tuple(single_stage(graph, i, i, i + 1, "probe") for i in range(len(graph)))
-        plan = make_plan(ref, "chain", "latency", ("probe",), stages)
+        plan = make_plan(ref, "chain", "latency", ("probe",), stages).to_plan()
         runtime = LocalRuntime(root or scratch / "run", echo=lambda message: None)
         state = await runtime.up(deployment, port=0, emulate=True, plan=plan)
         try:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import torch
 
+from edgepart.errors import EdgepartError
 from edgepart.executor import Comparison, compare, use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.loader import load_model
@@ -26,7 +27,7 @@ from edgepart.partition_service.wire import (
     make_header,
 )
 
-__all__ = ["ClientResult", "check", "fetch_model", "fetch_trace", "infer", "reference_output"]
+__all__ = ["ClientResult", "check", "fetch_model", "fetch_trace", "infer", "reference_output", "served_model"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ async def fetch_trace(url: str, request_id: str, *, client: httpx.AsyncClient | 
 
 
 async def infer(url: str, x: torch.Tensor, *, request_id: str | None = None, timeout_s: float = 120.0,
-                client: httpx.AsyncClient | None = None) -> ClientResult:
-    """POST one input frame to the gateway's /v1/infer; raises the gateway's typed error on failure."""
+                client: httpx.AsyncClient | None = None, model_id: str | None = None) -> ClientResult:
+    """POST one input frame to the gateway's /v1/infer (/v1/models/{model_id}/infer for one model of several);
+    raises the gateway's typed error on failure."""
+    path = "/v1/infer" if model_id is None else f"/v1/models/{model_id}/infer"
     header = make_header(request_id or "client", x, Region.full(x.shape[1:]), -1, GATEWAY)
     parts = encode_frame(header, x.contiguous())
     headers = {"content-type": CONTENT_TYPE, "content-length": str(frame_size(parts)), "accept": CONTENT_TYPE}
@@ -76,9 +79,9 @@ async def infer(url: str, x: torch.Tensor, *, request_id: str | None = None, tim
     async with _maybe_client(client, timeout_s) as c:
         started = time.perf_counter()
         try:
-            response = await c.post(_url(url) + "/v1/infer", content=body, headers=headers, timeout=timeout_s)
+            response = await c.post(_url(url) + path, content=body, headers=headers, timeout=timeout_s)
         except httpx.HTTPError as err:
-            raise peer_error(err, "gateway", url, "POST /v1/infer") from err
+            raise peer_error(err, "gateway", url, f"POST {path}") from err
         latency = time.perf_counter() - started
     if response.status_code != 200:
         raise error_from_response(response.status_code, response.content, GATEWAY)
@@ -113,9 +116,24 @@ async def reference_output(model: dict[str, Any], x: torch.Tensor) -> torch.Tens
     return await asyncio.to_thread(_whole, source, x)
 
 
-async def check(url: str, x: torch.Tensor, output: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4
-                ) -> Comparison:
+def served_model(info: dict[str, Any], model_id: str | None) -> dict[str, Any]:
+    """The entry of `GET /v1/model`'s models for `model_id`, or the only one."""
+    models: list[dict[str, Any]] = info.get("models") or []
+    ids = [m["id"] for m in models]
+    if model_id is None:
+        if len(models) != 1:
+            raise EdgepartError(f"the deployment serves {len(models)} models ({', '.join(ids)}); name one with "
+                                "--model-id")
+        return models[0]
+    for entry in models:
+        if entry["id"] == model_id:
+            return entry
+    raise EdgepartError(f"--model-id: the deployment serves {', '.join(ids)}, not {model_id!r}")
+
+
+async def check(url: str, x: torch.Tensor, output: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4,
+                model_id: str | None = None) -> Comparison:
     info = await fetch_model(url)
-    expected = await reference_output(info["model"], x)
+    expected = await reference_output(served_model(info, model_id)["model"], x)
     return compare(expected, output, atol, rtol)
 

@@ -29,9 +29,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def plan_table(plan: Plan) -> str:
-    rows = [[s.index, s.kind, f"[{s.start},{s.stop})", p.id, p.device, str(p.output_region), str(p.input_region)]
-            for s in plan.stages for p in s.partitions]
-    return table(["stage", "kind", "layers", "partition", "device", "output region", "input region"], rows)
+    several = len(plan.models) > 1
+    rows = [[*([v.model] if several else []), v.index, v.kind, f"[{t.start},{t.stop})", t.id, t.device,
+             str(t.output), ", ".join(f"{i.source}:{i.region}" for i in t.inputs)]
+            for v in plan.stage_view() for t in v.tasks]
+    headers = ["stage", "kind", "layers", "task", "device", "output region", "reads"]
+    return table([*(["model"] if several else []), *headers], rows)
 
 
 async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, timeout_s: float, echo: Echo,
@@ -121,30 +124,32 @@ def trace_table(trace: dict[str, Any]) -> str:
 
 
 async def infer_command(url: str, *, random: bool, input_path: Path | None, check_output: bool, seed: int,
-                        requests: int, output_path: Path | None, echo: Echo, show_trace: bool = False) -> int:
+                        requests: int, output_path: Path | None, echo: Echo, show_trace: bool = False,
+                        model_id: str | None = None) -> int:
     import numpy as np
     import torch
 
-    from edgepart.runtime.client import check, fetch_model, fetch_trace, infer
+    from edgepart.runtime.client import check, fetch_model, fetch_trace, infer, served_model
 
     if random == (input_path is not None):
         raise EdgepartError("give exactly one of --random and --input FILE.npy")
     info = await fetch_model(url)
-    shape = tuple(info["input_shape"])
+    served = served_model(info, model_id)
+    shape = tuple(served["input_shape"])
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) if input_path is None
          else read_input(input_path, shape))
-    results = [await infer(url, x) for _ in range(max(1, requests))]
+    results = [await infer(url, x, model_id=model_id) for _ in range(max(1, requests))]
     last = results[-1]
     latencies = [r.latency_s * 1e3 for r in results]
     server = [r.server_latency_s * 1e3 for r in results if r.server_latency_s is not None]
-    echo(f"output {'x'.join(map(str, last.output.shape))} from {info['model']['name']} "
+    echo(f"output {'x'.join(map(str, last.output.shape))} from {served['model']['name']} "
          f"({len(info['partitions'])} partitions), request {last.request_id}")
     summary = f"latency {statistics.median(latencies):.1f} ms"
     if len(results) > 1:
         summary = f"median latency {statistics.median(latencies):.1f} ms over {len(results)} requests"
     if server:
         summary += f" (gateway {statistics.median(server):.1f} ms)"
-    predicted = info.get("predicted", {}).get("latency_s")
+    predicted = served.get("predicted_latency_s") or info.get("predicted", {}).get("latency_s")
     if predicted:
         summary += f"; predicted {predicted * 1e3:.1f} ms"
     echo(summary)
@@ -155,7 +160,7 @@ async def infer_command(url: str, *, random: bool, input_path: Path | None, chec
         echo(f"wrote {output_path}")
     if not check_output:
         return 0
-    comparison = await check(url, x, last.output)
+    comparison = await check(url, x, last.output, model_id=model_id)
     echo(f"whole model here vs deployment: max abs diff {comparison.max_abs_diff:.3g}, max rel diff "
          f"{comparison.max_rel_diff:.3g} (atol 1e-05, rtol 1e-04)")
     if not comparison.allclose:

@@ -86,7 +86,7 @@ def export_weights(model: torch.nn.Module, path: Path) -> Path:
 
 
 def with_weights(deployment: DNNDeployment, path: Path) -> DNNDeployment:
-    model = deployment.spec.model.model_copy(update={"weights": str(path)})
+    model = deployment.spec.first_model.model_copy(update={"weights": str(path)})
     return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"model": model})})
 
 
@@ -104,7 +104,7 @@ async def _run(runtime: LocalRuntime, deployment: DNNDeployment, plan: Plan, lab
                echo: Callable[[str], None]) -> DemoRun:
     state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan)
     try:
-        echo(f"  {label}: {len(plan.partitions)} partitions up, gateway {state.gateway_url}")
+        echo(f"  {label}: {len(plan.tasks)} partitions up, gateway {state.gateway_url}")
         gateway, client, worst, close = [], [], 0.0, True
         for i in range(requests + 1):  # the first request warms connections and is not measured
             x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(i))
@@ -117,7 +117,7 @@ async def _run(runtime: LocalRuntime, deployment: DNNDeployment, plan: Plan, lab
                 gateway.append(result.server_latency_s or result.latency_s)
                 client.append(result.latency_s)
         predicted = state.predicted_latency_s or 0.0
-        return DemoRun(label, plan.solver, len(plan.devices), len(plan.partitions), statistics.median(gateway),
+        return DemoRun(label, plan.solver, len(plan.devices), len(plan.tasks), statistics.median(gateway),
                        statistics.median(client), predicted, worst, close)
     finally:
         await runtime.down(state.name)
@@ -147,7 +147,7 @@ async def demo(deployment: str | Path = DEFAULT_DEPLOYMENT, *, requests: int = 5
         from edgepart.runtime.emulate import EmulationError
 
         raise EmulationError("; ".join(problems))
-    ref: ModelRef = model_ref(original.spec.model)
+    ref: ModelRef = model_ref(original.spec.first_model)
     graph = load_graph(ref)
     echo(f"edgepart demo: {ref.name} on {len(original.spec.devices)} devices from {deployment}")
     echo("  loading the whole model here (the reference every output is checked against)")
@@ -176,16 +176,16 @@ async def demo(deployment: str | Path = DEFAULT_DEPLOYMENT, *, requests: int = 5
 async def _demo(original: DNNDeployment, ref: ModelRef, graph: LayerGraph, reference: torch.nn.Module, speed: float,
                 message_s: float | None, weights_dir: Path, requests: int, emulate: bool, port: int,
                 root: Path | None, echo: Callable[[str], None]) -> DemoReport:
-    if original.spec.model.weights is None:  # seeded weights: export them once, partitions read their slices
+    if original.spec.first_model.weights is None:  # seeded weights: export them once, partitions read their slices
         echo(f"  exporting the seeded weights to {weights_dir} so each partition reads only its own tensors")
         await asyncio.to_thread(export_weights, reference, weights_dir / "weights.safetensors")
         original = with_weights(original, weights_dir / "weights.safetensors")
     tuned = calibrated(original, speed, message_s)
-    ref = model_ref(tuned.spec.model)
+    ref = model_ref(tuned.spec.first_model)
     cluster = cluster_from_spec(tuned.spec.cluster(), base_dir=Path.cwd())
     planned = await asyncio.to_thread(plan_deployment, tuned.spec, graph=graph)
     single_deployment, master = single_device(tuned)
-    single_plan = build_single(graph, ref, [master.name])
+    single_plan = build_single(graph, ref, [master.name]).to_plan(master.name)
     single_plan = single_plan.with_predicted(evaluate(single_plan, graph, cluster))
     if emulate:
         echo(f"  emulating the devices: network {tuned.spec.network.bandwidth}, latency {tuned.spec.network.latency}, "
@@ -198,7 +198,7 @@ async def _demo(original: DNNDeployment, ref: ModelRef, graph: LayerGraph, refer
                        requests, port, echo)
     single = await _run(runtime, single_deployment, single_plan, f"one device ({master.name})", emulate, reference,
                         graph, requests, port, echo)
-    report = DemoReport(original.spec.model.name, emulate, speed, split, single)
+    report = DemoReport(original.spec.first_model.name, emulate, speed, split, single)
     echo(_table(report, requests))
     return report
 

@@ -275,7 +275,8 @@ class LocalRuntime:
             deployment = with_cpu_speeds(deployment)
             spec = deployment.spec
         cluster = spec.cluster()
-        self._echo(f"planning {spec.model.name} on {len(cluster.devices)} devices (solver {spec.solver})")
+        names = ", ".join(m.name for _, m in spec.model_specs())
+        self._echo(f"planning {names} on {len(cluster.devices)} devices (solver {spec.solver})")
         planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)
         directory = self.root / name
         for sub in ("logs", "configs"):
@@ -284,7 +285,8 @@ class LocalRuntime:
         predicted = planned.plan.predicted
         state = RunState(
             name=name, directory=str(directory), cwd=str(base or Path.cwd()), started_at=time.time(),
-            gateway_url="", port=port, emulated=emulate, model=planned.plan.model.name, solver=planned.plan.solver,
+            gateway_url="", port=port, emulated=emulate, model=", ".join(m.name for m in planned.plan.models),
+            solver=planned.plan.solver,
             how=planned.how, predicted_latency_s=predicted.latency_s if predicted else None,
             predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
         )
@@ -323,8 +325,6 @@ class LocalRuntime:
             planned.plan, deployment.metadata.name, addresses, gateway_url, hosts=hosts, bind_host="127.0.0.1",
             gateway_host=gateway_host, threads=threads, request_timeout_s=parse_duration(spec.request_timeout),
             gateway_device=cluster.master_name, link_delay=delay if emulate else None,
-            input_shape=planned.graph.input_shape,
-            output_shape=(planned.graph.batch, *planned.graph.output_shape),
         )
 
     def _write_configs(self, state: RunState, configs: DeploymentConfigs) -> dict[str, Path]:
@@ -339,7 +339,7 @@ class LocalRuntime:
 
     async def _up_local(self, deployment: DNNDeployment, planned: Planned, state: RunState) -> None:
         gateway_sock = _free_socket("127.0.0.1", state.port)
-        sockets = {p.id: _free_socket() for p in planned.plan.partitions}
+        sockets = {t.id: _free_socket() for t in planned.plan.tasks}
         try:
             state.port = gateway_sock.getsockname()[1]
             state.gateway_url = f"http://127.0.0.1:{state.port}"
@@ -383,12 +383,12 @@ class LocalRuntime:
             self._save(state)
             next_port: dict[str, int] = {}
             addresses, hosts = {}, {}
-            for part in planned.plan.partitions:
-                dev = testbed.device(part.device)
+            for task in planned.plan.tasks:
+                dev = testbed.device(task.device)
                 port = next_port.get(dev.name, PARTITION_BASE_PORT)
                 next_port[dev.name] = port + 1
-                addresses[part.id] = f"http://{dev.address}:{port}"
-                hosts[part.id] = dev.address
+                addresses[task.id] = f"http://{dev.address}:{port}"
+                hosts[task.id] = dev.address
             master = testbed.device(cluster.master_name)
             internal = f"http://{master.address}:{GATEWAY_INTERNAL_PORT}"
             configs = self._render(deployment, planned, addresses, internal, hosts=hosts,

@@ -1,16 +1,17 @@
 """A plan as a picture (SVG, no dependencies): a device x time Gantt chart of one request and the
 tile split of every stage over its output feature map.
 
-The Gantt chart is the evaluator's idle-system timeline (`planner/evaluate.py`):
-per device, input transfers (light), compute (solid, one colour per stage)
-and output transfers (hatched tone); stage boundaries are dashed lines.
+The Gantt chart is the evaluator's idle-system timeline of the task graph
+(`planner/evaluate.py`): per device, transfers it receives (light, top),
+compute (solid, one colour per stage) and transfers it sends (dark, bottom).
 Below it, each stage's output tensor is drawn as a rectangle (rows x cols
-for spatial splits, channels for channel splits) with each partition's region
-in its device's colour.
+for spatial splits, channels for channel splits) with each task's region in
+its device's colour (overlapping tiles show through).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 
 from edgepart.graph.layer_graph import LayerGraph
@@ -36,62 +37,69 @@ def _text(x: float, y: float, text: str, size: int = 11, anchor: str = "start") 
             f'text-anchor="{anchor}">{escape(text)}</text>')
 
 
-def plan_svg(plan: Plan, graph: LayerGraph, cluster: Cluster) -> str:
+def plan_svg(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster) -> str:
     """The SVG document for `plan` on `cluster`."""
-    evaluation = evaluate_plan(plan, graph, cluster)
-    devices = [n for n in cluster.names if n in set(plan.devices) | {cluster.master}]
+    evaluation = evaluate_plan(plan, graphs, cluster)
+    by_model = {plan.models[0].id: graphs} if isinstance(graphs, LayerGraph) else dict(graphs)
+    sched, cost = evaluation.schedule, evaluation.graph
+    used = set(plan.devices) | {cluster.master}
+    devices = [n for n in cluster.names if n in used]
     colour = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(cluster.names)}
+    views = plan.stage_view()
+    stage_of = {t.id: v.index for v in views for t in v.tasks}
     total = max(evaluation.latency_s, 1e-12)
     scale = _WIDTH / total
     out: list[str] = []
     y0 = 40
-    out.append(_text(10, 20, f"{plan.model.name}: {plan.solver} plan, {len(plan.stages)} stages, "
+    names = ", ".join(m.name for m in plan.models)
+    out.append(_text(10, 20, f"{names}: {plan.solver} plan, {len(plan.compute_tasks)} tasks, "
                              f"latency {evaluation.latency_s * 1e3:.2f} ms, "
                              f"throughput {evaluation.throughput_per_s:.2f}/s", 13))
     rows = {name: y0 + i * _ROW for i, name in enumerate(devices)}
     for name, y in rows.items():
-        label = name + (" (master)" if name == cluster.master else "")
+        label = name + (" (master)" if name == plan.master else "")
         out.append(_text(_LEFT - 6, y + _ROW * 0.65, label, anchor="end"))
         out.append(f'<line x1="{_LEFT}" y1="{y + _ROW:.2f}" x2="{_LEFT + _WIDTH}" y2="{y + _ROW:.2f}" '
                    'stroke="#ddd" stroke-width="0.5"/>')
-    offset = 0.0
-    for s, (stage, schedule) in enumerate(zip(plan.stages, evaluation.stages, strict=True)):
-        fill = PALETTE[s % len(PALETTE)]
-        for part, times in zip(stage.partitions, schedule.parts, strict=True):
-            y = rows[part.device]
-            if times.scatter is not None:
-                a, b = times.scatter
-                out.append(_rect(_LEFT + (offset + a) * scale, y + 3, (b - a) * scale, _ROW * 0.25, "#bbb",
-                                 f"stage {s} {part.id}: input from {schedule.source}, {(b - a) * 1e3:.2f} ms"))
-            a, b = times.compute
-            out.append(_rect(_LEFT + (offset + a) * scale, y + _ROW * 0.3, (b - a) * scale, _ROW * 0.45, fill,
-                             f"stage {s} ({stage.kind}) {part.id} on {part.device}: compute {(b - a) * 1e3:.2f} ms"))
-            if times.gather is not None:
-                a, b = times.gather
-                out.append(_rect(_LEFT + (offset + a) * scale, y + _ROW * 0.78, (b - a) * scale, _ROW * 0.2,
-                                 "#777", f"stage {s} {part.id}: output to {schedule.sink}, {(b - a) * 1e3:.2f} ms"))
-        offset += schedule.time_s
-        x = _LEFT + offset * scale
-        out.append(f'<line x1="{x:.2f}" y1="{y0 - 4}" x2="{x:.2f}" y2="{y0 + len(devices) * _ROW + 4}" '
-                   'stroke="#999" stroke-dasharray="3,3" stroke-width="0.7"/>')
+    for transfer in sched.transfers:
+        if transfer.end_s <= transfer.start_s:
+            continue
+        edge = cost.edges[transfer.edge]
+        what = "input" if edge.src < 0 else cost.tasks[edge.src].id
+        to = "output" if edge.dst < 0 else cost.tasks[edge.dst].id
+        a, b = transfer.start_s, transfer.end_s
+        label = f"{what} -> {to} ({transfer.source} -> {transfer.target}): {(b - a) * 1e3:.2f} ms"
+        out.append(_rect(_LEFT + a * scale, rows[transfer.source] + _ROW * 0.78, (b - a) * scale, _ROW * 0.2,
+                         "#777", label))
+        out.append(_rect(_LEFT + a * scale, rows[transfer.target] + 3, (b - a) * scale, _ROW * 0.25, "#bbb", label))
+    for i, task in enumerate(plan.tasks):
+        if task.relay:
+            continue
+        a, b = sched.start[i], sched.end[i]
+        fill = PALETTE[stage_of.get(task.id, 0) % len(PALETTE)]
+        out.append(_rect(_LEFT + a * scale, rows[task.device] + _ROW * 0.3, (b - a) * scale, _ROW * 0.45, fill,
+                         f"{task.id} ({task.model} layers {task.start}-{task.stop}) on {task.device}: compute "
+                         f"{(b - a) * 1e3:.2f} ms"))
     axis_y = y0 + len(devices) * _ROW + 18
     for k in range(6):
         t = total * k / 5
         out.append(_text(_LEFT + t * scale, axis_y, f"{t * 1e3:.1f} ms", 10, "middle"))
-    # tile split per stage
+    # tiles of every stage's output
     tiles_y = axis_y + 30
-    out.append(_text(10, tiles_y - 8, "partitions of each stage's output (colour = device)", 12))
+    out.append(_text(10, tiles_y - 8, "output regions of each stage's tasks (colour = device)", 12))
     box = 110
     per_row = max(1, (_LEFT + _WIDTH) // (box + 20))
     height_used = float(tiles_y)
-    for s, stage in enumerate(plan.stages):
+    for view in views:
+        s = view.index
         gx = 10 + (s % per_row) * (box + 20)
         gy = float(tiles_y + (s // per_row) * (box + 40))
-        shape = graph.shape_at(stage.stop)
-        out.append(_text(gx, gy + box + 14, f"s{s} {stage.kind}/{stage.split} {'x'.join(map(str, shape))}", 9))
-        for part in stage.partitions:
-            region = part.output_region
-            if len(shape) == 3 and stage.split != "channels":
+        shape = by_model[view.model].shape_at(view.stop)
+        out.append(_text(gx, gy + box + 14, f"s{s} {view.model} {view.kind} {'x'.join(map(str, shape))}", 9))
+        channel_split = len({t.output.channels for t in view.tasks}) > 1
+        for task in view.tasks:
+            region = task.output
+            if len(shape) == 3 and not channel_split and len(region.dims) == 3:
                 (r0, r1), (c0, c1) = region.rows, region.cols
                 left, top = gx + box * c0 / shape[2], gy + box * r0 / shape[1]
                 width, height = box * (c1 - c0) / shape[2], box * (r1 - r0) / shape[1]
@@ -99,8 +107,8 @@ def plan_svg(plan: Plan, graph: LayerGraph, cluster: Cluster) -> str:
                 first, last = region.channels
                 left, top = gx + box * first / shape[0], gy
                 width, height = box * (last - first) / shape[0], float(box)
-            out.append(_rect(left, top, width, height, colour[part.device], f"{part.id} on {part.device}: {region}",
-                             0.85))
+            out.append(_rect(left, top, width, height, colour[task.device], f"{task.id} on {task.device}: {region}",
+                             0.85 if len(view.tasks) == 1 else 0.6))
         height_used = gy + box + 24
     legend_y = height_used + 16
     for i, name in enumerate(devices):

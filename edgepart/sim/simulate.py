@@ -1,14 +1,13 @@
 """Discrete-event simulation of a Plan on a cluster under a stream of requests.
 
-Requests arrive at the master (Poisson with rate R, or all at once to
-measure saturated throughput). Each request runs the plan's stages in order
-with exactly the evaluator's semantics (`planner/evaluate.py`): the holder
-scatters each partition its input, partitions compute when their input has
-arrived and their device is free, and send their outputs to the next holder.
-Every resource — a device's compute, a NIC direction (`switched`) or the one
-medium (`shared`) — serves in FIFO order of readiness; a transfer holds its
-sender's and its receiver's queue for its whole duration. Requests overlap:
-one request's stage 1 runs while the next one's stage 0 does.
+Requests arrive at the models' sources (Poisson with rate R, or all at once
+to measure saturated throughput); each arrival is one request of every model
+of the plan. Every request runs the task graph with exactly the evaluator's
+semantics (`planner/evaluate.py`): a task is ready when every region it reads
+has arrived, a device runs one task at a time (the oldest request first, then
+the lowest priority), and every transfer holds its sender's and receiver's NIC
+queue (`switched`) or the one medium (`shared`) in the order it was issued.
+Requests overlap: one request's last tasks run while the next one's first do.
 
 With one request the simulated latency equals the evaluator's; with many
 back-to-back requests the measured throughput approaches the bottleneck law.
@@ -21,13 +20,13 @@ import itertools
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.plan import Plan
 from edgepart.planner.cluster import Cluster
-from edgepart.planner.evaluate import Evaluation, PartWork, evaluate_plan, holders
+from edgepart.planner.evaluate import SOURCE, CostGraph, Evaluation, evaluate_plan, transfer_cost
 
 
 @dataclass(frozen=True)
@@ -101,94 +100,130 @@ class _Engine:
         return start, end
 
 
-@dataclass
-class _Request:
-    arrival: float
-    stage_start: list[float]
-    stage_end: list[float]
-    scatter_end: list[float]
-    compute_max: list[float]
-    queued: list[float]
-    finished: float = math.nan
-
-
 def _link_resources(cluster: Cluster, u: str, v: str) -> tuple[str, ...]:
     return ("medium",) if cluster.medium == "shared" else (f"send:{u}", f"recv:{v}")
 
 
-def simulate_works(works: Sequence[Sequence[PartWork]], cluster: Cluster, arrivals: Sequence[float],
-                   predicted: Evaluation) -> SimResult:
+@dataclass
+class _Request:
+    arrival: float
+    ready: list[float]
+    start: list[float]
+    end: list[float]
+    sent: list[float]  # last arrival of what each task sent
+    waiting: list[float]  # time each task's transfers and compute waited for busy resources
+    arrived: list[int]
+    finished: float = math.nan
+
+
+def simulate_graph(graph: CostGraph, cluster: Cluster, arrivals: Sequence[float], predicted: Evaluation,
+                   stage_of: Sequence[int | None] = ()) -> SimResult:
+    """Run `len(arrivals)` requests of the cost graph; `stage_of[i]` groups task i for the per-stage means."""
     engine = _Engine()
-    route = holders([[p.device for p in parts] for parts in works], cluster.master)
-    n_stages = len(works)
-    requests = [_Request(t, [0.0] * n_stages, [0.0] * n_stages, [0.0] * n_stages, [0.0] * n_stages,
-                         [0.0] * n_stages) for t in arrivals]
+    tasks, edges = graph.tasks, graph.edges
+    count = len(tasks)
+    incoming = [0] * count
+    outgoing: list[list[int]] = [[] for _ in range(count)]
+    initial: list[int] = []
+    for e, edge in enumerate(edges):
+        if edge.dst != SOURCE:
+            incoming[edge.dst] += 1
+        (initial if edge.src == SOURCE else outgoing[edge.src]).append(e)
+    outputs = sum(1 for edge in edges if edge.dst == SOURCE)
+    requests = [_Request(t, [0.0] * count, [0.0] * count, [0.0] * count, [0.0] * count, [0.0] * count, [0] * count)
+                for t in arrivals]
+    delivered = [0] * len(requests)
+    queues: dict[str, list[tuple[int, int, int]]] = {}
+    running: set[str] = set()
 
-    def start_stage(r: _Request, s: int) -> None:
+    def dispatch(device: str) -> None:
+        queue = queues.get(device)
+        if device in running or not queue:
+            return
+        r_index, _, i = heapq.heappop(queue)
+        r = requests[r_index]
+        start, end = engine.reserve((f"compute:{device}",), engine.now, tasks[i].compute_s)
+        r.start[i], r.end[i] = start, end
+        r.waiting[i] += start - r.ready[i]
+        running.add(device)
+        engine.at(end, lambda: completed(r_index, i, device))
+
+    def completed(r_index: int, i: int, device: str) -> None:
+        running.discard(device)
+        for e in outgoing[i]:
+            issue(r_index, e)
+        dispatch(device)
+
+    def ready(r_index: int, i: int) -> None:
+        task = tasks[i]
+        r = requests[r_index]
+        if task.relay:
+            r.start[i] = r.end[i] = engine.now
+            for e in outgoing[i]:
+                issue(r_index, e)
+            return
+        heapq.heappush(queues.setdefault(task.device, []), (r_index, task.priority, i))
+        dispatch(task.device)
+
+    def issue(r_index: int, e: int) -> None:
+        edge = edges[e]
+        r = requests[r_index]
+        u, v, seconds, wire = transfer_cost(graph, edge, cluster)
         now = engine.now
-        r.stage_start[s] = now
-        parts = works[s]
-        pending = [len(parts)]
-        source, sink = route[s], route[s + 1]
+        end = now + seconds
+        if wire:
+            start, end = engine.reserve(_link_resources(cluster, u, v), now, seconds)
+            if edge.src != SOURCE:
+                r.waiting[edge.src] += start - now
+        if edge.src != SOURCE:
+            r.sent[edge.src] = max(r.sent[edge.src], end)
+        if edge.dst == SOURCE:
+            engine.at(end, lambda: output_arrived(r_index))
+            return
+        d = edge.dst
+        r.ready[d] = max(r.ready[d], end)
+        r.arrived[d] += 1
+        if r.arrived[d] == incoming[d]:
+            engine.at(r.ready[d], lambda: ready(r_index, d))
 
-        def part_done() -> None:
-            pending[0] -= 1
-            if pending[0] == 0:
-                r.stage_end[s] = engine.now
-                if s + 1 < n_stages:
-                    start_stage(r, s + 1)
-                else:
-                    r.finished = engine.now
+    def output_arrived(r_index: int) -> None:
+        delivered[r_index] += 1
+        if delivered[r_index] == outputs:
+            requests[r_index].finished = engine.now
 
-        def computed(p: PartWork) -> Callable[[], None]:
-            def run() -> None:
-                if p.out_bytes <= 0:
-                    part_done()
-                    return
-                if p.device == sink:  # a local message: software time, no wire (as the evaluator)
-                    engine.at(engine.now + cluster.local_s(sink), part_done)
-                    return
-                duration = cluster.tx(p.device, sink, p.out_bytes)
-                start, end = engine.reserve(_link_resources(cluster, p.device, sink), engine.now, duration)
-                r.queued[s] += start - engine.now
-                engine.at(end, part_done)
-            return run
+    def arrive(r_index: int) -> None:
+        for e in initial:
+            issue(r_index, e)
 
-        def ready(p: PartWork) -> Callable[[], None]:
-            def run() -> None:
-                r.scatter_end[s] = max(r.scatter_end[s], engine.now - r.stage_start[s])
-                start, end = engine.reserve((f"compute:{p.device}",), engine.now, p.compute_s)
-                r.queued[s] += start - engine.now
-                r.compute_max[s] = max(r.compute_max[s], p.compute_s)
-                engine.at(end, computed(p))
-            return run
-
-        for p in parts:
-            if p.device == source or p.in_bytes <= 0:
-                engine.at(now, ready(p))
-                continue
-            duration = cluster.tx(source, p.device, p.in_bytes)
-            start, end = engine.reserve(_link_resources(cluster, source, p.device), now, duration)
-            r.queued[s] += start - now
-            engine.at(end, ready(p))
-
-    for r in requests:
-        engine.at(r.arrival, lambda r=r: start_stage(r, 0))  # type: ignore[misc]
+    for k, r in enumerate(requests):
+        engine.at(r.arrival, lambda k=k: arrive(k))  # type: ignore[misc]
     engine.run()
     first = min(arrivals)
     last = max(r.finished for r in requests)
     makespan = last - first
-    count = len(requests)
-    stages = tuple(
-        StageStats(s, statistics.fmean(r.stage_end[s] - r.stage_start[s] for r in requests),
-                   statistics.fmean(r.scatter_end[s] for r in requests),
-                   statistics.fmean(r.compute_max[s] for r in requests),
-                   statistics.fmean(r.queued[s] for r in requests))
-        for s in range(n_stages))
     utilisation = {k: v / makespan for k, v in sorted(engine.busy.items())} if makespan > 0 else {}
-    throughput = count / makespan if makespan > 0 else math.inf
-    return SimResult(count, None, makespan, throughput,
-                     LatencyStats.of([r.finished - r.arrival for r in requests]), stages, utilisation, predicted)
+    throughput = len(requests) / makespan if makespan > 0 else math.inf
+    return SimResult(len(requests), None, makespan, throughput,
+                     LatencyStats.of([r.finished - r.arrival for r in requests]),
+                     _stage_stats(requests, graph, stage_of), utilisation, predicted)
+
+
+def _stage_stats(requests: Sequence[_Request], graph: CostGraph, stage_of: Sequence[int | None]
+                 ) -> tuple[StageStats, ...]:
+    stages = sorted({s for s in stage_of if s is not None})
+    if not stages or any(s is None for i, s in enumerate(stage_of) if not graph.tasks[i].relay):
+        return ()
+    members = {s: [i for i, k in enumerate(stage_of) if k == s] for s in stages}
+    rows: dict[int, list[tuple[float, float, float, float]]] = {s: [] for s in stages}
+    for r in requests:
+        previous = r.arrival
+        for s in stages:
+            ids = members[s]
+            end = max(r.sent[i] for i in ids)
+            rows[s].append((end - previous, max(r.ready[i] for i in ids) - previous,
+                            max(graph.tasks[i].compute_s for i in ids), sum(r.waiting[i] for i in ids)))
+            previous = end
+    return tuple(StageStats(s, *(statistics.fmean(row[k] for row in rows[s]) for k in range(4))) for s in stages)
 
 
 def poisson_arrivals(rate: float, count: int, seed: int = 0) -> list[float]:
@@ -203,13 +238,14 @@ def poisson_arrivals(rate: float, count: int, seed: int = 0) -> list[float]:
     return times
 
 
-def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster, rate: float | None = None, requests: int = 1000,
+def simulate(plan: Plan, graph: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster, rate: float | None = None, requests: int = 1000,
              seed: int = 0) -> SimResult:
     """Simulate `requests` requests; Poisson arrivals at `rate` per second, or all at t = 0 when None."""
     if requests < 1:
         raise ValueError(f"requests must be at least 1, got {requests}")
     evaluation = evaluate_plan(plan, graph, cluster)
     arrivals = [0.0] * requests if rate is None else poisson_arrivals(rate, requests, seed)
-    result = simulate_works(evaluation.works, cluster, arrivals, evaluation)
+    stage_of = [t.stage for t in plan.tasks]
+    result = simulate_graph(evaluation.graph, cluster, arrivals, evaluation, stage_of)
     return SimResult(result.requests, rate, result.makespan_s, result.throughput_per_s, result.latency,
                      result.stages, result.utilisation, evaluation)

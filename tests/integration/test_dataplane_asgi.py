@@ -19,7 +19,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgepart.executor import SliceRunner, use_exact_kernels
+from edgepart.executor import use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
 from edgepart.partition_service import (
@@ -31,9 +31,9 @@ from edgepart.partition_service import (
     partition_app,
     render_configs,
 )
-from edgepart.partition_service.slicing import load_slice, resident_bytes
+from edgepart.partition_service.slicing import TaskRunner, load_slice, resident_bytes
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame, frame_bytes, make_header
-from edgepart.plan import Plan, make_plan
+from edgepart.plan import ModelEntry, Plan, make_plan
 from edgepart.planner.builders import build_ftp_grid, build_layerwise, make_stage, single_stage
 
 TINY = '''
@@ -122,7 +122,7 @@ async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16,
                  loader: Callable[[PartitionConfig], Any] = load_slice,
                  overrides: dict[str, httpx.AsyncBaseTransport] | None = None,
                  start: set[str] | None = None) -> AsyncIterator[Deployment]:
-    addresses = {p.id: f"http://{p.id}:8000" for p in plan.partitions}
+    addresses = {t.id: f"http://{t.id}:8000" for t in plan.tasks}
     configs = render_configs(plan, "asgi", addresses, "http://gateway:8080", request_timeout_s=timeout_s,
                              max_inflight=max_inflight, max_queue=max_queue)
     partitions: dict[str, PartitionService] = {}
@@ -165,10 +165,10 @@ def plans(model_file: Path) -> dict[str, Plan]:
         single_stage(pad, 0, 0, 1, "d0"),
         make_stage(pad, 1, "layerwise", "rows", 1, 2, [("d0", rows[0]), ("d1", rows[1]), ("d0", rows[2])])))
     return {
-        "fused-2x2": build_ftp_grid(graph, ref, ["d0", "d1"], (2, 2)),
-        "layerwise-3": build_layerwise(graph, ref, ["d0", "d1", "d2"]),
-        "layerwise-rows-2": build_layerwise(graph, ref, ["d0", "d1"], split="rows"),
-        "tile-in-padding": padded,
+        "fused-2x2": build_ftp_grid(graph, ref, ["d0", "d1"], (2, 2)).to_plan(),
+        "layerwise-3": build_layerwise(graph, ref, ["d0", "d1", "d2"]).to_plan(),
+        "layerwise-rows-2": build_layerwise(graph, ref, ["d0", "d1"], split="rows").to_plan(),
+        "tile-in-padding": padded.to_plan(),
     }
 
 
@@ -207,7 +207,7 @@ async def test_http_frames_json_and_request_ids(model_file: Path) -> None:
         info = (await d.client.get("/v1/model")).json()
         assert info["model"]["name"] == plan.model.name and info["input_shape"] == list(SHAPE)
         status = (await d.client.get("/v1/status")).json()
-        assert status["ready"] and [p["id"] for p in status["partitions"]] == [p.id for p in plan.partitions]
+        assert status["ready"] and [p["id"] for p in status["partitions"]] == [t.id for t in plan.tasks]
         assert all(p["computed"] == 2 and p["compute_mean_s"] > 0 for p in status["partitions"])  # both requests
         assert (await d.client.get("/readyz")).status_code == 200
 
@@ -319,7 +319,7 @@ async def test_backpressure_queues_then_refuses(model_file: Path) -> None:
     plan = plans(model_file)["fused-2x2"]
 
     class Slow:
-        def __init__(self, runner: SliceRunner):
+        def __init__(self, runner: TaskRunner):
             self.runner = runner
 
         def __call__(self, tile: torch.Tensor) -> torch.Tensor:
@@ -393,11 +393,12 @@ def test_a_slice_holds_only_its_own_weights(model_file: Path, tmp_path: Path, fr
         state = {k: (v * 3 + 1 if v.is_floating_point() else v) for k, v in state.items()}
         save_file(state, str(tmp_path / "w.safetensors"))
         ref = ModelRef(ref.name, ref.input_shape, str(tmp_path / "w.safetensors"))
-        plan = make_plan(ref, plan.solver, plan.objective, plan.devices, plan.stages)
+        plan = plan.replace(models=(ModelEntry.of(plan.models[0].id, ref),))
     _, graph = trace_ref(ref)
-    configs = render_configs(plan, "t", {p.id: f"http://{p.id}:1" for p in plan.partitions}, "http://gw:2")
-    for config in configs.partitions[:3]:
-        runner = load_slice(config)
+    configs = render_configs(plan, "t", {t.id: f"http://{t.id}:1" for t in plan.tasks}, "http://gw:2")
+    for config in [c for c in configs.partitions if c.start < c.stop][:3]:
+        runner = load_slice(config).runner
+        assert runner is not None
         names = graph.param_names(config.start, config.stop)
         kept = {k: v for k, v in runner.gm.state_dict().items() if v.device.type != "meta"}
         assert set(kept) == set(names)

@@ -42,7 +42,7 @@ def one_layerwise_stage(graph: LayerGraph, ref: ModelRef, unit_index: int, split
                              list(zip(("d0", "d1"), regions, strict=True))))
     if unit.stop < len(graph):
         stages.append(single_stage(graph, len(stages), unit.stop, len(graph), "d1"))
-    return make_plan(ref, "test-layerwise", "latency", ("d0", "d1"), tuple(stages))
+    return make_plan(ref, "test-layerwise", "latency", ("d0", "d1"), tuple(stages)).to_plan("d0")
 
 
 def _unit_named(graph: LayerGraph, name: str) -> int:
@@ -50,11 +50,11 @@ def _unit_named(graph: LayerGraph, name: str) -> int:
 
 
 PLANS: dict[str, Callable[[LayerGraph, ModelRef], Plan]] = {
-    "vgg16-fused-2x1": lambda g, r: build_ftp_grid(g, r, ["d0", "d1"], (2, 1)),
+    "vgg16-fused-2x1": lambda g, r: build_ftp_grid(g, r, ["d0", "d1"], (2, 1)).to_plan("d0"),
     "vgg16-layerwise-channels": lambda g, r: one_layerwise_stage(g, r, _unit_named(g, "features_19"), "channels"),
-    "yolov2-fused-1x2": lambda g, r: build_ftp_grid(g, r, ["d0", "d1"], (1, 2)),
+    "yolov2-fused-1x2": lambda g, r: build_ftp_grid(g, r, ["d0", "d1"], (1, 2)).to_plan("d0"),
     "yolov2-layerwise-rows": lambda g, r: one_layerwise_stage(g, r, len(g.units) // 2, "rows"),
-    "resnet50-fused-2x1": lambda g, r: build_ftp_grid(g, r, ["d0", "d1"], (2, 1)),
+    "resnet50-fused-2x1": lambda g, r: build_ftp_grid(g, r, ["d0", "d1"], (2, 1)).to_plan("d0"),
     "resnet50-layerwise-fc": lambda g, r: one_layerwise_stage(g, r, len(g.units) - 1, "channels"),
 }
 
@@ -77,7 +77,7 @@ async def test_zoo_plan_over_processes_equals_the_whole_model(case: str, tmp_pat
     ref = ModelRef(model)
     graph = load_graph(ref)
     plan = PLANS[case](graph, ref)
-    assert 2 <= len(plan.partitions) <= 4
+    assert 2 <= len(plan.compute_tasks) <= 4
     manifest = deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": case},
         "spec": {"model": {"name": model}, "devices": [{"name": "d0"}, {"name": "d1"}], "requestTimeout": "120s"},

@@ -20,6 +20,7 @@ from kmock_emulator import (
     profile_json,
 )
 
+from edgepart.geometry import hull_all
 from edgepart.operator.names import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_PARTITION, LABEL_PLAN
 from edgepart.operator.render import PROFILE_BEGIN, PROFILE_END
 from edgepart.operator.settings import OperatorSettings
@@ -96,9 +97,9 @@ async def deployed(k8s: EdgepartEmulator) -> tuple[dict[str, Any], Plan]:
         if st.get("phase") not in ("Deploying", "Ready", "Degraded") or "plan" not in st:
             return None
         plan = current_plan(k8s)
-        if len(pods_of_plan(k8s, st["plan"]["hash"])) != len(plan.partitions):
+        if len(pods_of_plan(k8s, st["plan"]["hash"])) != len(plan.tasks):
             return None
-        if len(partition_pods(k8s)) != len(plan.partitions):
+        if len(partition_pods(k8s)) != len(plan.tasks):
             return None  # the pods of an earlier plan are still being pruned
         return st, plan
     result: tuple[dict[str, Any], Plan] = await eventually(settled, what="a deployed plan")
@@ -127,8 +128,8 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
 
     assert st["phase"] == "Deploying"
     assert st["observedGeneration"] == 1
-    assert st["partitions"] == len(plan.partitions) == 5  # a 2x2 grid over the fused layers, then the head
-    assert st["ready"] == f"0/{len(plan.partitions)}"
+    assert st["partitions"] == len(plan.tasks) == 5  # a 2x2 grid over the fused layers, then the head
+    assert st["ready"] == f"0/{len(plan.tasks)}"
     assert st["gateway"]["endpoint"] == f"http://{NAME}-gateway.{NAMESPACE}.svc:8080"
     assert st["devices"] == ["edge-0", "edge-1", "edge-2", "edge-3"]
     assert st["plan"]["hash"] and st["plan"]["solver"] == "ftp-grid"
@@ -138,12 +139,12 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
 
     # exactly one pod and one service per partition, each pod pinned to its planned node
     pods = {p["metadata"]["labels"][LABEL_PARTITION]: p for p in partition_pods(k8s)}
-    assert sorted(pods) == sorted(p.id for p in plan.partitions)
+    assert sorted(pods) == sorted(p.id for p in plan.tasks)
     services = {s["metadata"]["name"]: s for s in objects(k8s, "services")}
-    assert set(services) == {f"{NAME}-{p.id}" for p in plan.partitions} | {f"{NAME}-gateway"}
+    assert set(services) == {f"{NAME}-{p.id}" for p in plan.tasks} | {f"{NAME}-gateway"}
     config_map = get(k8s, "configmaps", f"{NAME}-plan")
     assert config_map is not None
-    for part in plan.partitions:
+    for part in plan.tasks:
         pod = pods[part.id]
         assert node_of(pod) == part.device
         assert services[f"{NAME}-{part.id}"]["spec"]["selector"] == {
@@ -155,14 +156,15 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
         config = load_partition_config(config_map["data"][f"partition-{part.id}.json"])
         assert (config.partition, config.device) == (part.id, part.device)
         assert config.port == 8080 and config.host == "0.0.0.0"
-        assert config.output_region == part.output_region and config.input_region == part.input_region
+        assert config.output_region == part.output
+        assert config.input_region == hull_all([i.region for i in part.inputs])
         for route in config.outputs:
             assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8080",
                                  f"http://{NAME}-gateway.{NAMESPACE}.svc:8080")
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
     gateway_config = load_gateway_config(config_map["data"]["gateway.json"])
-    assert sorted(r.target for r in gateway_config.routes) == sorted(p.id for p in plan.stages[0].partitions)
+    assert sorted(r.target for r in gateway_config.routes) == sorted(t.id for t in plan.tasks if t.reads_input)
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
     assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
@@ -170,7 +172,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     # everything the operator made is owned by the DNNDeployment
     owned = [*partition_pods(k8s), *objects(k8s, "services"), *objects(k8s, "deployments"),
              *objects(k8s, "networkpolicies"), *objects(k8s, "serviceaccounts"), config_map]
-    assert len(owned) == 2 * len(plan.partitions) + 6  # + gateway Deployment and Service, 2 policies, SA, CM
+    assert len(owned) == 2 * len(plan.tasks) + 6  # + gateway Deployment and Service, 2 policies, SA, CM
     for obj in owned:
         refs = obj["metadata"]["ownerReferences"]
         assert refs == [{"apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "name": NAME,
@@ -179,7 +181,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     await make_ready(k8s, merge_patch, st["plan"]["hash"])
     st = await phase_is(k8s, "Ready")
     assert phase_history(k8s) == ["Planning", "Deploying", "Ready"]
-    assert st["ready"] == f"{len(plan.partitions)}/{len(plan.partitions)}"
+    assert st["ready"] == f"{len(plan.tasks)}/{len(plan.tasks)}"
     assert condition(k8s, "Ready")["reason"] == "AllReady"
     assert st["message"] == f"serving at http://{NAME}-gateway.{NAMESPACE}.svc:8080"
 
@@ -198,12 +200,12 @@ async def test_spec_update_replans_and_replaces_pods(k8s: EdgepartEmulator, kopf
     second, new_plan = await deployed(k8s)
     assert second["plan"]["hash"] != first["plan"]["hash"]
     assert new_plan.objective == "throughput"
-    assert len(new_plan.partitions) == 3  # a 1x2 grid, then the head
+    assert len(new_plan.tasks) == 3  # a 1x2 grid, then the head
     assert second["phase"] == "Deploying"  # the new pods are not ready yet
     names = {p["metadata"]["name"] for p in partition_pods(k8s)}
     assert not names & old_pods, "the pods of the old plan are replaced, not patched"
     assert {s["metadata"]["name"] for s in objects(k8s, "services")} == {
-        f"{NAME}-{p.id}" for p in new_plan.partitions} | {f"{NAME}-gateway"}
+        f"{NAME}-{p.id}" for p in new_plan.tasks} | {f"{NAME}-gateway"}
     assert all(c["observedGeneration"] == 2 for c in second["conditions"])
 
 
@@ -329,4 +331,4 @@ async def test_missing_profile_runs_a_profiling_job(k8s: EdgepartEmulator, kopf_
     assert profile["metadata"]["labels"]["edgepart.io/device-class"] == "edge-small"
     st, plan = await deployed(k8s)
     assert condition(k8s, "Profiled")["status"] == "True"
-    assert len(partition_pods(k8s)) == len(plan.partitions)
+    assert len(partition_pods(k8s)) == len(plan.tasks)

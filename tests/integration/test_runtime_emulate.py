@@ -150,25 +150,21 @@ def test_emulated_devices_are_costed_at_their_cpu_quota() -> None:
 
 @needs_root
 def test_cpu_capped_throttles_the_calling_thread_and_puts_it_back() -> None:
-    def busy() -> float:
-        started = time.perf_counter()
+    def busy() -> None:
         total = 0
         for i in range(2_000_000):
             total += i
-        return time.perf_counter() - started
 
-    free = busy()
     with emulate.cpu_capped(0.2):
         group = emulate._cpu_cgroup_of(threading.get_native_id())
-        capped = busy()
+        busy()
         assert group.name.startswith("calibrate-")
         throttled = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
-    after = busy()
+    busy()
     assert not emulate._cpu_cgroup_of(threading.get_native_id()).name.startswith("calibrate-")
-    # ~80 ms of CPU under 2 ms per 10 ms period cannot run without being throttled. The wall time is only
-    # loosely bounded: on 2 vCPUs the kernel's per-CPU runtime slack lets a short burst run at up to ~2x quota.
+    # ~80 ms of CPU under 2 ms per 10 ms period cannot run without being throttled: the group's own counter
+    # says so (a wall-clock window is unreliable on a shared 2-vCPU host; timings belong in benchmarks)
     assert int(throttled["nr_throttled"]) >= 3
-    assert capped > 2 * min(free, after)
     assert not group.exists()  # its group is gone
 
 

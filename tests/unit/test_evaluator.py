@@ -1,4 +1,5 @@
-"""The reference evaluator (A.3, C.0) on hand-computed cases, and the searches' O(1) costs against it."""
+"""The stage costs (A.3, C.0) on hand-computed cases, the searches' O(1) costs against them, and the task-graph
+evaluator: hand-computed task graphs, and exactly the stage costs on every chain solver's plans over the zoo."""
 
 from __future__ import annotations
 
@@ -12,19 +13,18 @@ from edgepart.planner.builders import build_ftp_grid, build_single
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
 from edgepart.planner.costmodel import DeviceProfile
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.evaluate import (
+from edgepart.planner.evaluate import check_memory, evaluate, evaluate_plan
+from edgepart.planner.problem import Problem
+from edgepart.planner.segments import RowMaps, strip_region
+from edgepart.planner.stage_costs import (
     PartWork,
     busy_times,
-    check_memory,
-    evaluate,
-    evaluate_plan,
+    evaluate_works,
     holders,
     part_work,
     schedule_stage,
     stage_times,
 )
-from edgepart.planner.problem import Problem
-from edgepart.planner.segments import RowMaps, strip_region
 
 
 def two_devices(medium: str = "switched", alpha: float = 0.0, bandwidth: float = 1000.0) -> Cluster:
@@ -115,8 +115,6 @@ def test_pipeline_latency_and_bottleneck_throughput() -> None:
 
 
 def evaluate_plan_works(works: list[list[PartWork]], cluster: Cluster):  # type: ignore[no-untyped-def]
-    from edgepart.planner.evaluate import evaluate_works
-
     return evaluate_works(works, cluster)
 
 
@@ -126,10 +124,10 @@ def test_latency_is_at_least_every_resources_busy_time() -> None:
     for medium in ("switched", "shared"):
         cluster = Cluster(tuple(Device(f"dev-{i}", base, 0.3 + i) for i in range(4)), "dev-0", medium,  # type: ignore[arg-type]
                           Link(1e-3, 12.5e6))
-        plan = build_ftp_grid(graph, ModelRef("squeezenet1_1"), cluster.names, (3, 2))
+        plan = build_ftp_grid(graph, ModelRef("squeezenet1_1"), cluster.names, (3, 2)).to_plan(cluster.master)
         result = evaluate_plan(plan, graph, cluster)
         assert result.latency_s >= max(result.busy.values()) * (1 - 1e-12)
-        assert result.latency_s == pytest.approx(sum(s.time_s for s in result.stages))
+        assert result.latency_s == pytest.approx(sum(s.time_s for s in result.stage_costs()))
         assert evaluate(plan, graph, cluster).latency_s == result.latency_s
 
 
@@ -150,10 +148,10 @@ def test_memory_check_names_the_device() -> None:
     graph = load_graph(ModelRef("alexnet"))
     base = reference_profile()
     cluster = Cluster((Device("big", base, memory_bytes=2**31), Device("small", base, memory_bytes=2**20)), "big")
-    plan = build_single(graph, ModelRef("alexnet"), ["small"])
+    plan = build_single(graph, ModelRef("alexnet"), ["small"]).to_plan("big")
     with pytest.raises(PlanningError, match=r"small needs [0-9.]+ MiB but has 1.0 MiB"):
         check_memory(plan, graph, cluster)
-    check_memory(build_single(graph, ModelRef("alexnet"), ["big"]), graph, cluster)
+    check_memory(build_single(graph, ModelRef("alexnet"), ["big"]).to_plan("big"), graph, cluster)
 
 
 # ------------------------------------------------------------------ O(1) strip costs vs the geometry
@@ -215,15 +213,15 @@ def test_message_overhead_is_charged_on_both_ends_of_every_hop() -> None:
     assert costly.link("m", "w").alpha_s == pytest.approx(2e-3 + 4e-3 + 8e-3)
     assert costly.wire("m", "w") == Link(2e-3, 12.5e6) and costly.link("w", "w").time(1e6) == 0.0
     # the whole model on the worker: the input goes m -> w, the output w -> m, two messages
-    remote = build_single(graph, ref, ["w"])
+    remote = build_single(graph, ref, ["w"]).to_plan("m")
     grown = evaluate(remote, graph, costly).latency_s - evaluate(remote, graph, plain).latency_s
     assert grown == pytest.approx(2 * (4e-3 + 8e-3), rel=1e-9)
     # on the master no wire, but its process hands the output to the gateway's: a local message, both ends
-    local = build_single(graph, ref, ["m"])
+    local = build_single(graph, ref, ["m"]).to_plan("m")
     grown = evaluate(local, graph, costly).latency_s - evaluate(local, graph, plain).latency_s
     assert grown == pytest.approx(costly.local_s("m")) and costly.local_s("m") == pytest.approx(2 * 4e-3)
     # a two-device split: each partition on w receives its input and sends its output
-    split = build_ftp_grid(graph, ref, ["m", "w"], grid=(2, 1), fused_units=3)
+    split = build_ftp_grid(graph, ref, ["m", "w"], grid=(2, 1), fused_units=3).to_plan("m")
     grown = evaluate(split, graph, costly).latency_s - evaluate(split, graph, plain).latency_s
     assert grown >= 2 * (4e-3 + 8e-3) * (1 - 1e-9)
 
@@ -237,3 +235,88 @@ def test_device_message_overhead_defaults_to_the_profiles_then_the_references() 
     assert Device("b", own).message_s == pytest.approx(base.message_overhead_s / 2)
     unmeasured = DeviceProfile("old", base.ops, base.roofline)
     assert Device("c", unmeasured, 0.5).message_s == pytest.approx(base.message_overhead_s / 0.5)
+
+
+# ------------------------------------------------------------------ the task-graph evaluator
+
+
+def _chain_solvers() -> list[tuple[str, dict[str, object]]]:
+    return [("single", {}), ("layerwise", {}), ("layerwise", {"split": "rows"}), ("ftp-grid", {"grid": "3x2"}),
+            ("fused-dp", {}), ("fused-dp", {"device_sets": "subsets"}), ("pipeline-dp", {})]
+
+
+@pytest.mark.parametrize("name", ["alexnet", "squeezenet1_1", "vgg16", "yolov2", "resnet50", "googlenet",
+                                  "mobilenet_v2"])
+def test_task_graph_evaluator_equals_the_stage_costs_on_chain_plans(name: str) -> None:
+    """Every chain solver's stages, as the task graph `plan_from_stages` makes of them (relays where a split
+    stage gathers at the master), cost exactly what the stage costs say: latency, throughput and stages."""
+    from edgepart.planner.registry import SOLVERS
+    from edgepart.planner.stage_costs import evaluate_staged
+
+    ref = ModelRef(name)
+    graph = load_graph(ref)
+    base = reference_profile()
+    clusters = [
+        Cluster(tuple(Device(f"d{i}", base, 0.05 * (1 + i % 3)) for i in range(3)), "d1", "switched",
+                Link(2e-3, 12.5e6)),
+        Cluster(tuple(Device(f"d{i}", base, 0.1) for i in range(4)), "d0", "shared", Link(1e-3, 12.5e6)),
+    ]
+    checked = 0
+    for cluster in clusters:
+        for objective in ("latency", "throughput"):
+            for solver, options in _chain_solvers():
+                staged = SOLVERS[solver].fn(Problem(graph, cluster, ref), objective, **options)
+                stage_costs = evaluate_staged(staged, graph, cluster)
+                plan = staged.to_plan(cluster.master)
+                result = evaluate_plan(plan, graph, cluster)
+                where = f"{name} {solver} {options} {objective} {cluster.medium}"
+                assert result.latency_s == pytest.approx(stage_costs.latency_s, rel=1e-9), where
+                assert result.throughput_per_s == pytest.approx(stage_costs.throughput_per_s, rel=1e-9), where
+                costs = result.stage_costs()
+                assert [c.time_s for c in costs] == pytest.approx([s.time_s for s in stage_costs.stages],
+                                                                  rel=1e-9, abs=1e-12), where
+                checked += 1
+    assert checked == 28
+
+
+def _task_plan(tasks: list[dict[str, object]], outputs: list[str], devices: tuple[str, ...] = ("m", "w")):
+    from edgepart.plan import plan_from_dict
+
+    return plan_from_dict({"schemaVersion": 2, "solver": "hand", "objective": "latency", "devices": list(devices),
+                           "master": devices[0], "models": [{"id": "net", "name": "net", "input_shape": [1, 1, 4, 4]}],
+                           "tasks": tasks, "outputs": {"net": outputs}})
+
+
+def test_list_scheduling_by_hand_with_contention_and_priorities() -> None:
+    """Two tiles on the worker read the input from the master over one link (FIFO), the worker runs the
+    lower priority first, a fusion task on the master gathers both: times worked out by hand."""
+    from edgepart.planner.evaluate import SOURCE, CostEdge, CostGraph, CostTask, schedule
+
+    cluster = Cluster(bare(reference_profile(), "m", "w"), "m", "switched", Link(0.0, 10.0))
+    graph = CostGraph(
+        tasks=(CostTask("a", "w", 2.0, priority=1), CostTask("b", "w", 1.0, priority=0),
+               CostTask("fuse", "m", 0.5, priority=2)),
+        edges=(CostEdge(SOURCE, 0, 10.0, "net"), CostEdge(SOURCE, 1, 10.0, "net"),  # 1 s each, in this order
+               CostEdge(0, 2, 20.0, "net"), CostEdge(1, 2, 20.0, "net"), CostEdge(2, SOURCE, 5.0, "net")),
+        sources={"net": "m"})
+    s = schedule(graph, cluster)
+    # a's input arrives at 1, b's at 2; the worker is free at 1 and only a is ready: it runs 1-3, then b 3-4
+    assert s.start[:2] == (1.0, 3.0) and s.end[:2] == (3.0, 4.0)
+    # a sends 3-5, b sends 5-7 (the worker's send FIFO), the fusion runs 7-7.5 on the master (output is local)
+    assert s.ready == (1.0, 2.0, 7.0)
+    assert s.start[2] == 7.0 and s.end[2] == 7.5
+    assert s.latency == {"net": 7.5}  # a local hand-over of a holder-less task costs local_s = 0 here
+    assert s.busy == pytest.approx({"compute:w": 3.0, "compute:m": 0.5, "send:m": 2.0, "recv:w": 2.0,
+                                    "send:w": 4.0, "recv:m": 4.0})
+
+
+def test_two_models_contend_for_a_shared_device() -> None:
+    """Each model alone finishes in its own compute time; together on one device the lower priority waits."""
+    from edgepart.planner.evaluate import SOURCE, CostEdge, CostGraph, CostTask, schedule
+
+    cluster = Cluster(bare(reference_profile(), "m"), "m", "switched", Link(0.0, 10.0))
+    tasks = (CostTask("x", "m", 2.0, priority=0, model="x"), CostTask("y", "m", 3.0, priority=1, model="y"))
+    edges = (CostEdge(SOURCE, 0, 1.0, "x"), CostEdge(SOURCE, 1, 1.0, "y"), CostEdge(0, SOURCE, 1.0, "x"),
+             CostEdge(1, SOURCE, 1.0, "y"))
+    s = schedule(CostGraph(tasks, edges, {"x": "m", "y": "m"}), cluster)
+    assert s.latency == {"x": 2.0, "y": 5.0} and s.makespan == 5.0

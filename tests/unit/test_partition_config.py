@@ -1,4 +1,4 @@
-"""render_configs: every piece a partition waits for is sent by exactly one peer, with the right region."""
+"""render_configs: every piece a task waits for is sent by exactly one peer, with the right region."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from edgepart.partition_service.config import (
     load_partition_config,
     render_configs,
 )
-from edgepart.plan import Plan, make_plan
+from edgepart.plan import Plan, make_plan, needed_input
 from edgepart.planner.builders import (
     build_ftp_grid,
     build_layerwise,
@@ -44,10 +44,11 @@ def graph_of(name: str) -> LayerGraph:
 
 def _plans() -> dict[str, Callable[[], Plan]]:
     def ftp(name: str, grid: tuple[int, int], devices: int) -> Callable[[], Plan]:
-        return lambda: build_ftp_grid(graph_of(name), ModelRef(name), [f"d{i}" for i in range(devices)], grid)
+        return lambda: build_ftp_grid(graph_of(name), ModelRef(name), [f"d{i}" for i in range(devices)],
+                                      grid).to_plan("d0")
 
     def lw(name: str, devices: int) -> Callable[[], Plan]:
-        return lambda: build_layerwise(graph_of(name), ModelRef(name), [f"d{i}" for i in range(devices)])
+        return lambda: build_layerwise(graph_of(name), ModelRef(name), [f"d{i}" for i in range(devices)]).to_plan("d0")
 
     return {
         "vgg16-ftp-2x2": ftp("vgg16", (2, 2), 3),
@@ -56,7 +57,7 @@ def _plans() -> dict[str, Callable[[], Plan]]:
         "vgg16-layerwise-3": lw("vgg16", 3),
         "resnet50-layerwise-2": lw("resnet50", 2),
         "yolov2-layerwise-2": lw("yolov2", 2),
-        "alexnet-single": lambda: build_single(graph_of("alexnet"), ModelRef("alexnet"), ["d0"]),
+        "alexnet-single": lambda: build_single(graph_of("alexnet"), ModelRef("alexnet"), ["d0"]).to_plan("d0"),
     }
 
 
@@ -64,7 +65,7 @@ PLANS = _plans()
 
 
 def render(plan: Plan, delay: Callable[[str, str], float] | None = None) -> DeploymentConfigs:
-    addresses = {p.id: f"http://{p.id}.svc:8000" for p in plan.partitions}
+    addresses = {t.id: f"http://{t.id}.svc:8000" for t in plan.tasks}
     return render_configs(plan, "demo", addresses, "http://gateway.svc:8080", link_delay=delay,
                           input_shape=graph_of(plan.model.name).input_shape)
 
@@ -74,15 +75,18 @@ def test_every_piece_is_sent_by_exactly_one_peer(name: str) -> None:
     plan = PLANS[name]()
     configs = render(plan)
     by_id = {c.partition: c for c in configs.partitions}
-    assert set(by_id) == {p.id for p in plan.partitions}
+    assert set(by_id) == {t.id for t in plan.tasks}
     sent = {(c.partition, r.target, r.region) for c in configs.partitions for r in c.outputs}
     sent |= {(GATEWAY, r.target, r.region) for r in configs.gateway.routes}
     expected = {(p.sender, c.partition, p.region) for c in configs.partitions for p in c.inputs}
     expected |= {(p.sender, GATEWAY, p.region) for p in configs.gateway.inputs}
     assert sent == expected
+    graph = graph_of(plan.model.name)
     for config in configs.partitions:
+        # chain plans read whole regions: the pieces tile the input buffer, which holds what the layers need
         relative = [p.region.relative_to(config.input_region) for p in config.inputs]
         assert tiles_partition(relative, config.input_region.shape) is None
+        assert config.input_region.contains(needed_input(graph, plan.task(config.partition)))
         for route in config.outputs:
             need = (Region.full(configs.gateway.output_shape[1:]) if route.target == GATEWAY
                     else by_id[route.target].input_region)
@@ -94,29 +98,30 @@ def test_every_piece_is_sent_by_exactly_one_peer(name: str) -> None:
 def test_the_gateway_cuts_the_first_stage_and_assembles_the_last(name: str) -> None:
     plan = PLANS[name]()
     gateway = render(plan).gateway
-    first, last = plan.stages[0], plan.stages[-1]
-    assert [(r.target, r.region) for r in gateway.routes] == [(p.id, p.input_region) for p in first.partitions]
-    assert [(p.sender, p.region) for p in gateway.inputs] == [(p.id, p.output_region) for p in last.partitions]
+    readers = [t for t in plan.tasks if t.reads_input]
+    assert [(r.target, r.region) for r in gateway.routes] == [(t.id, t.inputs[0].region) for t in readers]
+    last = [plan.task(t) for t in plan.outputs[plan.models[0].id]]
+    assert [(p.sender, p.region) for p in gateway.inputs] == [(t.id, t.output) for t in last]
     graph = graph_of(plan.model.name)
     assert gateway.input_shape == graph.input_shape
     assert gateway.output_shape == (graph.batch, *graph.output_shape)
-    assert gateway.stages == len(plan.stages)
+    assert gateway.stages == len(plan.stage_view())
     assert gateway.plan == plan.to_dict()
 
 
 def test_layer_ranges_regions_and_listen_addresses() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()
-    addresses = {p.id: f"http://10.0.0.{i + 2}:{9100 + i}" for i, p in enumerate(plan.partitions)}
+    addresses = {t.id: f"http://10.0.0.{i + 2}:{9100 + i}" for i, t in enumerate(plan.tasks)}
     configs = render_configs(plan, "demo", addresses, "http://10.0.0.1:9000", hosts={"s0p0": "10.0.0.2"},
                              bind_host="127.0.0.1", threads={"d0": 2}, request_timeout_s=7.5)
-    for i, (stage, part) in enumerate((s, p) for s in plan.stages for p in s.partitions):
-        config = configs.partition(part.id)
+    for i, task in enumerate(plan.tasks):
+        config = configs.partition(task.id)
         assert (config.start, config.stop, config.first_layer, config.last_layer) == (
-            stage.start, stage.stop, stage.first_layer, stage.last_layer)
-        assert (config.input_region, config.output_region) == (part.input_region, part.output_region)
+            task.start, task.stop, task.first_layer, task.last_layer)
+        assert config.output_region == task.output
         assert config.port == 9100 + i
-        assert config.host == ("10.0.0.2" if part.id == "s0p0" else "127.0.0.1")
-        assert config.threads == (2 if part.device == "d0" else 1)
+        assert config.host == ("10.0.0.2" if task.id == "s0p0" else "127.0.0.1")
+        assert config.threads == (2 if task.device == "d0" else 1)
         assert config.request_timeout_s == 7.5
         assert config.model.name == "vgg16" and config.model.input_shape == (1, 3, 224, 224)
     assert configs.gateway.port == 9000
@@ -125,7 +130,7 @@ def test_layer_ranges_regions_and_listen_addresses() -> None:
 def test_emulated_latency_only_between_devices() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()  # tiles on d0, d1, d2, d0; the tail on d0 (the master)
     configs = render(plan, delay=lambda a, b: 0.004 if {a, b} == {"d0", "d2"} else 0.002)
-    device = {p.id: p.device for p in plan.partitions}
+    device = {t.id: t.device for t in plan.tasks}
     for config in configs.partitions:
         for route in config.outputs:
             to = "d0" if route.target == GATEWAY else device[route.target]
@@ -170,23 +175,24 @@ def test_bad_configs_name_the_field() -> None:
         load_partition_config(json.dumps({**data, "threads": 0}))
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_partition_config("{oops")
-    with pytest.raises(ConfigError, match="inputs: the pieces must tile"):
+    with pytest.raises(ConfigError, match="inputs: two pieces from the same sender"):
         load_partition_config(json.dumps({**data, "inputs": data["inputs"] * 2}))
     with pytest.raises(ConfigError, match="outputs"):
         bad_route = {**data["outputs"][0], "region": {"c": [0, 999], "h": [0, 1], "w": [0, 1]}}
         load_partition_config(json.dumps({**data, "outputs": [bad_route]}))
     gateway = json.loads(configs.gateway.model_dump_json())
+    served = gateway["models"][0]
     with pytest.raises(ConfigError, match="inputs"):
-        load_gateway_config(json.dumps({**gateway, "inputs": gateway["inputs"][:-1] or [{"sender": "x", "stage": 0,
-                                                                                          "region": {"c": [0, 1]}}]}))
+        short = served["inputs"][:-1] or [{"sender": "x", "stage": 0, "region": {"c": [0, 1]}}]
+        load_gateway_config(json.dumps({**gateway, "models": [{**served, "inputs": short}]}))
     assert isinstance(load_gateway_config(json.dumps(gateway)), GatewayConfig)
     assert isinstance(load_partition_config(json.dumps(data)), PartitionConfig)
 
 
 def test_render_refuses_missing_or_portless_addresses() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()
-    addresses = {p.id: f"http://{p.id}:8000" for p in plan.partitions}
-    with pytest.raises(ConfigError, match=r"no base URL for partitions \['s1p0'\]"):
+    addresses = {t.id: f"http://{t.id}:8000" for t in plan.tasks}
+    with pytest.raises(ConfigError, match=r"no base URL for tasks \['s1p0'\]"):
         render_configs(plan, "demo", {k: v for k, v in addresses.items() if k != "s1p0"}, "http://gw:1")
     with pytest.raises(ConfigError, match="must name a port"):
         render_configs(plan, "demo", {**addresses, "s0p2": "http://s0p2"}, "http://gw:1")
@@ -210,10 +216,12 @@ def test_a_tile_in_padding_gets_a_trigger_piece() -> None:
     rows = [Region.of((0, 4), (0, 2), (0, 12)), Region.of((0, 4), (2, 12), (0, 12))]
     stages = (single_stage(graph, 0, 0, 1, "d0"),
               make_stage(graph, 1, "layerwise", "rows", 1, 2, [("d0", rows[0]), ("d1", rows[1])]))
-    plan = make_plan(ref, "manual", "latency", ("d0", "d1"), stages)
-    assert plan.stages[1].partitions[0].input_region.empty
-    configs = render_configs(plan, "t", {p.id: f"http://{p.id}:1" for p in plan.partitions}, "http://gw:2")
+    staged = make_plan(ref, "manual", "latency", ("d0", "d1"), stages)
+    assert staged.stages[1].partitions[0].input_region.empty
+    plan = staged.to_plan("d0")  # the split stage reads from a relay on the master, s1r
+    configs = render_configs(plan, "t", {t.id: f"http://{t.id}:1" for t in plan.tasks}, "http://gw:2")
     padded = configs.partition("s1p0")
-    assert [(p.sender, p.region) for p in padded.inputs] == [("s0p0", padded.input_region)]
-    triggers = [r for r in configs.partition("s0p0").outputs if r.target == "s1p0"]
+    assert padded.input_region.empty
+    assert [(p.sender, p.region) for p in padded.inputs] == [("s1r", padded.input_region)]
+    triggers = [r for r in configs.partition("s1r").outputs if r.target == "s1p0"]
     assert len(triggers) == 1 and triggers[0].region.empty

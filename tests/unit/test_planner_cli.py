@@ -25,7 +25,8 @@ def test_plan_with_a_cluster_file_draws_and_simulates(tmp_path: Path) -> None:
     assert code == 0, out
     data = json.loads(plan.read_text())
     assert data["solver"] == "fused-dp" and data["predicted"]["latency_s"] > 0
-    assert len(data["predicted"]["stages"]) == len(data["stages"])
+    assert data["schemaVersion"] == 2
+    assert len(data["predicted"]["stages"]) == len({t["stage"] for t in data["tasks"] if t["stage"] is not None})
     assert "stage ms" in out and "predicted latency" in out
     assert svg.read_text().startswith("<svg")
     code, out = run("simulate", str(plan), "--cluster", str(EXAMPLES / "heterogeneous-edge.yaml"),
@@ -51,7 +52,7 @@ def test_pipeline_plan_for_throughput(tmp_path: Path) -> None:
                     "pipeline-dp", "--objective", "throughput", "-o", str(plan))
     assert code == 0, out
     data = json.loads(plan.read_text())
-    devices = [p["device"] for s in data["stages"] for p in s["partitions"]]
+    devices = [t["device"] for t in data["tasks"]]
     assert len(devices) == len(set(devices))
 
 

@@ -16,7 +16,7 @@ from edgepart.operator.planning import PlanRequest, compute_plan, graph_of
 from edgepart.operator.profiles import JobState
 from edgepart.operator.reconcile import DesiredState, GatewayState, Observed, PodState, reconcile
 from edgepart.operator.settings import OperatorSettings
-from edgepart.partition_service.config import load_partition_config
+from edgepart.partition_service.config import load_gateway_config, load_partition_config
 from edgepart.plan import Plan, plan_from_json
 
 SETTINGS = OperatorSettings(image="registry.example/edgepart:1.0")
@@ -61,10 +61,10 @@ def test_one_pod_and_one_service_per_partition_pinned_to_the_planned_node() -> N
     assert desired.phase == "Deploying" and desired.prune
     assert desired.plan == plan
     by_partition = pods(desired)
-    assert sorted(by_partition) == sorted(p.id for p in plan.partitions)
+    assert sorted(by_partition) == sorted(t.id for t in plan.tasks)
     services = {s["metadata"]["name"] for s in desired.of_kind("Service")}
-    assert services == {f"alex-{p.id}" for p in plan.partitions} | {"alex-gateway"}
-    for part in plan.partitions:
+    assert services == {f"alex-{t.id}" for t in plan.tasks} | {"alex-gateway"}
+    for part in plan.tasks:
         pod = by_partition[part.id]
         assert pod["spec"]["nodeSelector"] == {HOSTNAME_LABEL: part.device}
         assert pod["metadata"]["labels"][LABEL_PLAN] == desired.status["plan"]["hash"]
@@ -82,17 +82,17 @@ def test_resource_requests_come_from_the_plan() -> None:
     desired = run()
     plan = plan_of(desired)
     graph = graph_of(plan.model)
-    for stage in plan.stages:
-        for part in stage.partitions:
-            resources = pods(desired)[part.id]["spec"]["containers"][0]["resources"]
-            memory = parse_quantity(resources["requests"]["memory"])
-            assert memory >= graph.weight_bytes(stage.start, stage.stop), part.id
-            assert parse_quantity(resources["limits"]["memory"]) > memory
-            on_node = sum(1 for p in plan.partitions if p.device == part.device)
-            assert float(parse_quantity(resources["requests"]["cpu"])) == pytest.approx(4 * 0.8 / on_node, abs=1e-3)
+    for part in plan.tasks:
+        resources = pods(desired)[part.id]["spec"]["containers"][0]["resources"]
+        memory = parse_quantity(resources["requests"]["memory"])
+        assert memory >= graph.weight_bytes(part.start, part.stop), part.id
+        assert parse_quantity(resources["limits"]["memory"]) > memory
+        on_node = sum(1 for p in plan.tasks if p.device == part.device)
+        assert float(parse_quantity(resources["requests"]["cpu"])) == pytest.approx(4 * 0.8 / on_node, abs=1e-3)
     # the head stage holds the classifier's weights: its pod asks for more memory than a tile of the features
-    head = plan.stages[-1].partitions[0].id
-    tile = plan.stages[0].partitions[1].id
+    stages = plan.stage_view()
+    head = stages[-1].tasks[0].id
+    tile = stages[0].tasks[1].id
     requests = {pid: parse_quantity(p["spec"]["containers"][0]["resources"]["requests"]["memory"])
                 for pid, p in pods(desired).items()}
     assert requests[head] > requests[tile]
@@ -103,8 +103,8 @@ def test_the_status_summarises_the_plan() -> None:
     status = desired.status
     plan = plan_of(desired)
     assert status["phase"] == "Deploying" and status["observedGeneration"] == 1
-    assert status["partitions"] == len(plan.partitions) and status["ready"] == f"0/{len(plan.partitions)}"
-    assert status["plan"]["solver"] == plan.solver and len(status["plan"]["stages"]) == len(plan.stages)
+    assert status["partitions"] == len(plan.tasks) and status["ready"] == f"0/{len(plan.tasks)}"
+    assert status["plan"]["solver"] == plan.solver and len(status["plan"]["stages"]) == len(plan.stage_view())
     assert plan.predicted is not None
     assert status["predicted"]["latencySeconds"] == pytest.approx(plan.predicted.latency_s)
     assert status["predicted"]["latency"].endswith(("ms", "s"))
@@ -259,5 +259,30 @@ def test_heterogeneous_profiles_reach_the_planner() -> None:
     assert request.cluster.master == "fast-0" and request.cluster.devices[0].name == "fast-0"
     assert request.profiles["fast-1"] is profiles["fast"] and request.profiles["edge-0"] is profiles["slow"]
     assert {d.name: d.memory for d in request.cluster.devices}["edge-0"] == "8192Mi"
-    assert request.key == PlanRequest(request.model, request.objective, request.solver, request.cluster,
+    assert request.key == PlanRequest(request.models, request.objective, request.solver, request.cluster,
                                       dict(request.profiles), dict(request.options)).key
+
+
+def test_two_models_deploy_as_one_task_graph() -> None:
+    """spec.models: both models planned into one plan; one pod per task of either model; the gateway serves
+    both; the status names each stage's model."""
+    body = {k: v for k, v in spec().items() if k != "model"}
+    body["models"] = [{"id": "alex", "name": "alexnet"}, {"id": "squeeze", "name": "squeezenet1_1"}]
+    desired = run(body)
+    assert desired.phase == "Deploying", desired.status
+    plan = plan_of(desired)
+    assert plan.model_ids == ("alex", "squeeze")
+    assert sorted(pods(desired)) == sorted(t.id for t in plan.tasks)
+    assert {t.model for t in plan.tasks} == {"alex", "squeeze"}
+    gateway = load_gateway_config(desired.object("ConfigMap", "alex-plan")["data"]["gateway.json"])
+    assert [m.id for m in gateway.models] == ["alex", "squeeze"]
+    assert {s["model"] for s in desired.status["plan"]["stages"]} == {"alex", "squeeze"}
+    assert plan.predicted is not None and set(plan.predicted.models) == {"alex", "squeeze"}
+
+
+def test_a_bad_second_model_names_its_index() -> None:
+    body = {k: v for k, v in spec().items() if k != "model"}
+    body["models"] = [{"name": "alexnet"}, {"name": "not-a-model"}]
+    desired = run(body)
+    assert desired.phase == "Failed"
+    assert "spec.models[1].name: unknown model 'not-a-model'" in desired.status["message"]

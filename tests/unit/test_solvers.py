@@ -9,6 +9,7 @@ geometry, so a mismatch is a search bug (or a fast-path cost bug).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -19,7 +20,7 @@ from torch import nn
 from edgepart.executor import compare, use_exact_kernels
 from edgepart.graph.layer_graph import LayerGraph, trace
 from edgepart.graph.loader import ModelRef
-from edgepart.plan import check_plan
+from edgepart.plan import StagedPlan, check_plan, check_stages
 from edgepart.planner.brute_force import solve_brute_force
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
 from edgepart.planner.errors import PlanningError
@@ -30,6 +31,11 @@ from edgepart.planner.problem import Lane, Problem, balance
 from edgepart.planner.registry import solve
 
 INSTANCES = 120
+
+
+def costed(staged: StagedPlan, graph: LayerGraph, cluster: Cluster):  # type: ignore[no-untyped-def]
+    """The evaluator's prediction for a chain solver's stages (as the task graph `solve` returns)."""
+    return evaluate(staged.to_plan(cluster.master), graph, cluster)
 
 
 def random_graph(rng: random.Random, name: str, max_units: int = 5) -> LayerGraph:
@@ -82,9 +88,9 @@ def test_fused_dp_equals_brute_force(chunk: int) -> None:
             except PlanningError:
                 continue  # too many plans for the oracle
             plan = solve_fused_dp(problem, device_sets=sets)
-            check_plan(plan, graph)
-            best = evaluate(oracle, graph, cluster).latency_s
-            found = evaluate(plan, graph, cluster).latency_s
+            check_stages(plan, graph)
+            best = costed(oracle, graph, cluster).latency_s
+            found = costed(plan, graph, cluster).latency_s
             assert math.isclose(found, best, rel_tol=1e-9), (seed, sets, found, best)
             assert math.isclose(plan.meta["search_latency_s"], found, rel_tol=1e-9), seed
             compared += 1
@@ -97,10 +103,10 @@ def test_pipeline_dp_equals_brute_force(chunk: int) -> None:
         graph, cluster, ref = instance(seed)
         problem = Problem(graph, cluster, ref)
         for objective in ("throughput", "latency"):
-            oracle = evaluate(solve_brute_force(problem, objective, space="pipeline"), graph, cluster)
+            oracle = costed(solve_brute_force(problem, objective, space="pipeline"), graph, cluster)
             plan = solve_pipeline_dp(problem, objective)
-            check_plan(plan, graph)
-            found = evaluate(plan, graph, cluster)
+            check_stages(plan, graph)
+            found = costed(plan, graph, cluster)
             devices = [p.device for s in plan.stages for p in s.partitions]
             assert len(devices) == len(set(devices)), "pipeline stages must use distinct devices"
             if objective == "throughput":
@@ -125,7 +131,7 @@ def test_pipeline_dp_respects_memory_and_says_when_nothing_fits() -> None:
     plan = solve(graph, ref, tight, "throughput", "pipeline-dp")
     check_memory(plan, graph, tight)
     assert all(use <= need + 1 for use in memory_use(plan, graph).values())
-    assert len(plan.stages) >= 2  # the model had to be cut to fit
+    assert len(plan.stage_view()) >= 2  # the model had to be cut to fit
     tiny = Cluster(tuple(Device(d.name, d.profile, d.speed, 64) for d in loose.devices), loose.master)
     with pytest.raises(PlanningError, match=r"needs .* MiB"):
         solve(graph, ref, tiny, "throughput", "pipeline-dp")
@@ -142,11 +148,11 @@ def test_adding_a_device_never_makes_the_optimum_worse(seed: int) -> None:
     extra = Device("extra", reference_profile(), rng.choice([0.001, 0.004, 0.02]), 2**30)
     bigger = cluster.with_device(extra)
     small, large = Problem(graph, cluster, ref), Problem(graph, bigger, ref)
-    before = evaluate(solve_fused_dp(small, device_sets="subsets"), graph, cluster).latency_s
-    after = evaluate(solve_fused_dp(large, device_sets="subsets"), graph, bigger).latency_s
+    before = costed(solve_fused_dp(small, device_sets="subsets"), graph, cluster).latency_s
+    after = costed(solve_fused_dp(large, device_sets="subsets"), graph, bigger).latency_s
     assert after <= before * (1 + 1e-9)
-    before_t = evaluate(solve_pipeline_dp(small), graph, cluster).throughput_per_s
-    after_t = evaluate(solve_pipeline_dp(large), graph, bigger).throughput_per_s
+    before_t = costed(solve_pipeline_dp(small), graph, cluster).throughput_per_s
+    after_t = costed(solve_pipeline_dp(large), graph, bigger).throughput_per_s
     assert after_t >= before_t * (1 - 1e-9)
 
 
@@ -160,9 +166,11 @@ def test_every_solver_plan_covers_layers_in_order_and_carries_the_evaluators_pre
             except PlanningError as err:
                 assert solver == "ftp-grid", err  # a graph whose first unit cannot be tiled
                 continue
-            check_plan(plan, graph)  # stages cover [0, L) in order; regions tile every stage output exactly
-            assert plan.stages[0].start == 0 and plan.stages[-1].stop == len(graph)
-            assert all(a.stop == b.start for a, b in zip(plan.stages, plan.stages[1:], strict=False))
+            check_plan(plan, graph)  # every task's input covered, the output covered, at cut points
+            stages = plan.stage_view()  # a chain: stages cover [0, L) in order, their outputs tile exactly
+            assert stages[0].start == 0 and stages[-1].stop == len(graph)
+            assert all(a.stop == b.start for a, b in itertools.pairwise(stages))
+            assert all(sum(t.output.size for t in s.tasks) == math.prod(graph.shape_at(s.stop)) for s in stages)
             assert plan.predicted == evaluate(plan, graph, cluster)
             check_memory(plan, graph, cluster)
             assert plan.meta["master"] == cluster.master
@@ -229,7 +237,7 @@ def test_fused_dp_zoo_plans_compute_the_whole_models_answer(name: str, zoo_trace
                Device("server", base, 1.0))
     cluster = Cluster(devices, "cam", "switched", Link(2e-3, 1e9 / 8))
     plan = solve(graph, ref, cluster, "latency", "fused-dp")
-    assert any(s.kind in ("fused", "layerwise") and len(s.partitions) > 1 for s in plan.stages), \
+    assert any(len(s.tasks) > 1 for s in plan.stage_view()), \
         "at 1 Gbps the search should split some segment"
     x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(0))
     result = compare(executor.run_whole(x), executor.run_plan(plan, x))
@@ -261,8 +269,8 @@ def test_fused_dp_equals_brute_force_with_message_overheads(seed: int) -> None:
             oracle = solve_brute_force(problem, "latency", device_sets="subsets", max_plans=20_000)
         except PlanningError:
             continue  # too many plans for the oracle
-        best = evaluate(oracle, graph, cluster).latency_s
-        found = evaluate(solve_fused_dp(problem, device_sets="subsets"), graph, cluster).latency_s
+        best = costed(oracle, graph, cluster).latency_s
+        found = costed(solve_fused_dp(problem, device_sets="subsets"), graph, cluster).latency_s
         assert math.isclose(found, best, rel_tol=1e-9), (seed, found, best)
         compared += 1
     assert compared >= 2
@@ -278,7 +286,7 @@ def test_a_large_message_overhead_makes_fused_dp_use_fewer_partitions() -> None:
         cluster = Cluster(tuple(Device(f"d{i}", base, 1.0, message_overhead_s=overhead) for i in range(4)), "d0",
                           "switched", Link(1e-4, 1e9 / 8))
         plan = solve(graph, ref, cluster, "latency", "fused-dp")
-        return len(plan.partitions)
+        return len(plan.compute_tasks)
 
     cheap, costly, prohibitive = partitions(0.0), partitions(2e-3), partitions(1.0)
     assert cheap > 1

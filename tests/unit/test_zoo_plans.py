@@ -28,8 +28,8 @@ def test_zoo_model_splits_match_the_whole_model(name: str, zoo_traced: Traced) -
     expected = executor.run_whole(x)
     plans = [build_ftp_grid(graph, ModelRef(name), DEVICES, grid) for grid in ((2, 2), (3, 3), (4, 1))]
     plans.append(build_layerwise(graph, ModelRef(name), DEVICES))
-    for plan in plans:
-        plan = plan_from_json(plan.to_json())  # what a process would read from disk
+    for staged in plans:
+        plan = plan_from_json(staged.to_plan().to_json())  # what a process would read from disk
         check_plan(plan, graph)
         result = compare(expected, executor.run_plan(plan, x))
         assert result.allclose, f"{name} {plan.solver} {plan.meta}: max abs diff {result.max_abs_diff}"
@@ -40,7 +40,8 @@ def test_partial_fusion_and_row_splits(name: str, fused: int, zoo_traced: Traced
     _, graph, executor = zoo_traced(name)
     x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(1))
     expected = executor.run_whole(x)
-    for plan in (build_ftp_grid(graph, ModelRef(name), DEVICES[:3], (1, 3), fused),
-                 build_layerwise(graph, ModelRef(name), DEVICES[:2], split="rows")):
+    for staged in (build_ftp_grid(graph, ModelRef(name), DEVICES[:3], (1, 3), fused),
+                   build_layerwise(graph, ModelRef(name), DEVICES[:2], split="rows")):
+        plan = staged.to_plan()
         check_plan(plan, graph)
         assert compare(expected, executor.run_plan(plan, x)).allclose
