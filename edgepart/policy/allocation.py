@@ -87,12 +87,11 @@ def round_cumulative(prefix: Sequence[int], shares: Sequence[float]) -> tuple[in
     for share in shares[:-1]:
         target += share
         low = cuts[-1]
-        # P is non-decreasing: the closest value to the target is at the first b with P(b) >= target or just before
-        b = max(low, bisect.bisect_left(prefix, target, lo=low))
-        if b > units:
-            b = units
-        if b > low and abs(prefix[b - 1] - target) <= abs(prefix[b] - target):
-            b -= 1
+        # P is non-decreasing: the closest values are P(above), the first b with P(b) >= target, and P(above − 1)
+        above = min(bisect.bisect_left(prefix, target, lo=low), units)
+        b = above
+        if above > low and abs(prefix[above - 1] - target) <= abs(prefix[above] - target):
+            b = bisect.bisect_left(prefix, prefix[above - 1], lo=low)  # ties: the smallest such b
         cuts.append(b)
     cuts.append(units)
     return tuple(cuts)

@@ -15,6 +15,19 @@ allocation). One decision, called by the simulator and by the data plane:
   then the head that has waited longer, then source order. Strict
   backpressure serves only positive weights.
 
+[R] A queue's length counts the image being computed from it: at routing time
+the source is usually busy, and an image in service has not left the queue's
+work. (Waiting images only, a saturated source served its local queue on
+every tie and its distributed queue almost never.)
+
+[R] `weights="rate"` divides each weight by the seconds its task takes on
+this worker (whole model for LOCAL, the head image's share plus its messages
+otherwise): the max-weight rule of backpressure scheduling (Neely), where
+each option's queue differential counts at its service rate. The paper's
+rule (`"queue"`, the default) weighs a whole-model LOCAL image like a share
+of a few layers, so a saturated source keeps about two thirds of its images
+local; `bench/bench_multisource.py` compares both.
+
 Views are what the caller knows: its own queues exactly, other workers'
 queue lengths as reported `age_s` ago (piggy-backed on responses to frames,
 or on a heartbeat). [R] A report older than `max_report_age_s` is not
@@ -96,6 +109,8 @@ class DecisionSettings:
     def __post_init__(self) -> None:
         if self.max_report_age_s is not None and not self.max_report_age_s > 0:
             raise PolicyError(f"max_report_age_s: must be > 0, got {self.max_report_age_s}")
+        if self.weights not in ("queue", "rate"):
+            raise PolicyError(f"weights: expected 'queue' or 'rate', got {self.weights!r}")
 
 
 class Policy(Protocol):
@@ -119,6 +134,12 @@ def backpressure_weight(queue: SourceQueue, settings: DecisionSettings) -> float
     return float(queue.length - down.length)
 
 
+def _task_seconds(seconds: float | None) -> float:
+    if seconds is None or not seconds > 0:
+        raise PolicyError(f"rate weights need each option's task seconds (> 0), got {seconds}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class MsMdi:
     """Backpressure scheduling over the local queue and the per-source queues (seed 001 §4)."""
@@ -138,7 +159,7 @@ class MsMdi:
         choice: Decision | None = None
         rate = self.settings.weights == "rate"
         if view.local is not None and view.local > 0:
-            weight = float(view.local) / (view.local_task_s or 1.0 if rate else 1.0)
+            weight = float(view.local) / _task_seconds(view.local_task_s) if rate else float(view.local)
             best = (weight, 1, view.local_head_wait_s, 0)
             choice = Decision(None, weight)
         for order, queue in enumerate(view.queues):
@@ -146,7 +167,7 @@ class MsMdi:
                 continue
             weight = backpressure_weight(queue, self.settings)
             if rate:
-                weight /= queue.task_s or 1.0
+                weight /= _task_seconds(queue.task_s)
             key = (weight, 0, queue.head_wait_s, -order)
             if best is None or key > best:
                 best, choice = key, Decision(queue.source, weight)

@@ -85,7 +85,7 @@ class SourceLoad:
 @dataclass(frozen=True)
 class MultiSourceSettings:
     scheduler: SchedulerName = "ms-mdi"
-    decision: DecisionSettings = DecisionSettings()  # strict backpressure, report age limit (MS-MDI)
+    decision: DecisionSettings = field(default_factory=DecisionSettings)  # strict, report age, weights (MS-MDI)
     compute: ComputeModel = "layers"  # cost model per layer, or the paper's γ·ΣW_l
     queue_bound: int | None = None  # images per queue; None: unbounded
     heartbeat_s: float = 0.5  # period of queue-length and γ reports between workers
@@ -301,14 +301,20 @@ class _Simulation:
             self.free[r] = start + wire
 
         def arrive() -> None:
-            self.workers[v].debt_s += self.message_s(v)
-            if len(path) > 2:
-                self.workers[v].debt_s += self.message_s(v)  # a relay sends it on
-                self.events.at(self.events.now + self.message_s(v), lambda: self.transfer(path[1:], nbytes, delivered))
+            self.owe(self.workers[v], self.message_s(v))
+            if len(path) > 2:  # a relay reads it and sends it on
+                self.owe(self.workers[v], self.message_s(v))
+                self.events.at(self.events.now + 2 * self.message_s(v),
+                               lambda: self.transfer(path[1:], nbytes, delivered))
             else:
                 delivered()
 
         self.events.at(start + wire, arrive)
+
+    def owe(self, worker: _Worker, seconds: float) -> None:
+        """CPU time spent on a message outside a task: it delays the worker's next task."""
+        worker.debt_s += seconds
+        worker.busy_s += seconds
 
     def report(self, sender: str, receiver: str) -> None:
         """`sender`'s queue lengths now, arriving at `receiver` after the wire's latency."""
@@ -374,9 +380,6 @@ class _Simulation:
                 after = self.allocation_of(queue[0]).next_holder(worker.name)
                 if after is not None:
                     downstream = self._report(worker, after, s)
-                    if self.measure_staleness:
-                        self.ages.append(downstream.age_s)
-                        self.errors.append(abs(downstream.length - self.in_system(self.workers[after], s)))
             task = None
             if queue:
                 task = self.share_seconds(worker.name, self.allocation_of(queue[0]))[0] + 2 * self.message_s(worker.name)
@@ -389,10 +392,23 @@ class _Simulation:
     def start_next(self, worker: _Worker) -> None:
         if worker.busy:
             return
-        decision = self.policy.pick(self.view(worker))
+        view = self.view(worker)
+        decision = self.policy.pick(view)
         if decision is None:
             return
+        if self.measure_staleness and decision.source is not None:
+            self.note_staleness(worker, view, decision.source)
         self.run_task(worker, decision)
+
+    def note_staleness(self, worker: _Worker, view: WorkerView, source: str) -> None:
+        """How old the report behind this decision was, and how far from the next holder's true queue length."""
+        chosen = next(q for q in view.queues if q.source == source)
+        if chosen.downstream is None:
+            return
+        after = self.allocation_of(worker.queues[source][0]).next_holder(worker.name)
+        assert after is not None
+        self.ages.append(chosen.downstream.age_s)
+        self.errors.append(abs(chosen.downstream.length - self.in_system(self.workers[after], source)))
 
     def run_task(self, worker: _Worker, decision: Decision) -> None:
         now = self.events.now
@@ -407,10 +423,11 @@ class _Simulation:
             seconds, params = self.share_seconds(worker.name, allocation)
             sends = allocation.next_holder(worker.name) is not None or image.source != worker.name
             self.free_slot(worker.name, decision.source)
-        cpu = worker.debt_s + seconds + (self.message_s(worker.name) if sends else 0.0)
+        own = seconds + (self.message_s(worker.name) if sends else 0.0)
+        cpu = worker.debt_s + own
         worker.debt_s = 0.0
         worker.busy = True
-        worker.busy_s += cpu
+        worker.busy_s += own
         self.in_service[worker.name] = image
 
         def finished() -> None:
@@ -438,9 +455,12 @@ class _Simulation:
             self.in_transit.add(image.id)
             home = self.workers[image.source]
 
-            def arrived_home() -> None:
-                self.in_transit.discard(image.id)
-                self.complete(image, local=False)
+            def arrived_home() -> None:  # done once the source has read it: its message time, as in `Cluster.tx`
+                def read() -> None:
+                    self.in_transit.discard(image.id)
+                    self.complete(image, local=False)
+
+                self.events.at(self.events.now + self.message_s(home.name), read)
                 if self.settings.piggyback:
                     self.report(home.name, worker.name)
 
