@@ -20,6 +20,7 @@ import bisect
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.policy.errors import PolicyError
@@ -121,10 +122,24 @@ class RingAllocation:
     shares: tuple[Share, ...]  # ring order starting at the source; together they cover every unit once
 
     def share_of(self, worker: str) -> Share:
-        for share in self.shares:
-            if share.worker == worker:
-                return share
-        raise PolicyError(f"worker {worker!r} is not on the ring {[s.worker for s in self.shares]}")
+        try:
+            return self._by_worker[worker]
+        except KeyError:
+            raise PolicyError(f"worker {worker!r} is not on the ring {[s.worker for s in self.shares]}") from None
+
+    @cached_property
+    def _by_worker(self) -> dict[str, Share]:
+        return {share.worker: share for share in self.shares}
+
+    @cached_property
+    def _next(self) -> dict[str, str | None]:
+        result: dict[str, str | None] = {}
+        following: str | None = None
+        for share in reversed(self.shares):
+            result[share.worker] = following
+            if not share.empty:
+                following = share.worker
+        return result
 
     @property
     def holders(self) -> tuple[Share, ...]:
@@ -138,13 +153,10 @@ class RingAllocation:
 
     def next_holder(self, worker: str) -> str | None:
         """The first worker after `worker` on the ring that runs layers (None when `worker` runs the last ones)."""
-        order = [s.worker for s in self.shares]
-        if worker not in order:
-            raise PolicyError(f"worker {worker!r} is not on the ring {order}")
-        for share in self.shares[order.index(worker) + 1:]:
-            if not share.empty:
-                return share.worker
-        return None
+        try:
+            return self._next[worker]
+        except KeyError:
+            raise PolicyError(f"worker {worker!r} is not on the ring {[s.worker for s in self.shares]}") from None
 
     def path(self, worker: str) -> tuple[str, ...]:
         """Workers an activation leaving `worker` crosses to reach the next holder (relays, then the holder)."""

@@ -250,7 +250,9 @@ class _Simulation:
         self.trace: dict[str, list[int]] = {}
         self.pending_arrivals = 0
         self.free: dict[str, float] = {}  # when each NIC direction (or the shared medium) is next free
-        self.measure_staleness = settings.scheduler == "ms-mdi"  # the only scheduler that reads reports
+        # only MS-MDI reads other workers' queue lengths: the others' runs skip the report messages
+        self.reads_reports = self.measure_staleness = settings.scheduler == "ms-mdi"
+        self._message_s = {w: cluster.device(w).message_s for w in self.ring}
 
     # ------------------------------------------------------------------ helpers
 
@@ -270,7 +272,7 @@ class _Simulation:
         return prefix[share.stop] - prefix[share.start], share.params
 
     def message_s(self, device: str) -> float:
-        return self.cluster.device(device).message_s
+        return self._message_s[device]
 
     def in_system(self, worker: _Worker, source: str | None) -> int:
         """Images in `worker`'s local queue (None) or its queue for `source`, the one it is computing included."""
@@ -365,7 +367,7 @@ class _Simulation:
         holder.reserved[image.source] -= 1
         self.in_transit.discard(image.id)
         self.enqueue(holder, image)
-        if self.settings.piggyback:
+        if self.settings.piggyback and self.reads_reports:
             self.report(holder.name, sender)
 
     # ------------------------------------------------------------------ decisions
@@ -390,7 +392,7 @@ class _Simulation:
         return WorkerView(local, tuple(queues), head_wait, self.whole_s[worker.name])
 
     def start_next(self, worker: _Worker) -> None:
-        if worker.busy:
+        if worker.busy or not (worker.local or any(worker.queues.values())):
             return
         view = self.view(worker)
         decision = self.policy.pick(view)
@@ -461,7 +463,7 @@ class _Simulation:
                     self.complete(image, local=False)
 
                 self.events.at(self.events.now + self.message_s(home.name), read)
-                if self.settings.piggyback:
+                if self.settings.piggyback and self.reads_reports:
                     self.report(home.name, worker.name)
 
             self.transfer((worker.name, home.name), self.graph.bytes_at(len(self.graph)), arrived_home)
@@ -515,10 +517,11 @@ class _Simulation:
         if not self.active():
             return
         self.published = {key: est.value for key, est in self.estimators.items()}
-        for sender in self.ring:
-            for receiver in self.ring:
-                if receiver != sender:
-                    self.report(sender, receiver)
+        if self.reads_reports:
+            for sender in self.ring:
+                for receiver in self.ring:
+                    if receiver != sender:
+                        self.report(sender, receiver)
         self.events.at(self.events.now + self.settings.heartbeat_s, self.heartbeat)
 
     def sample(self) -> None:
