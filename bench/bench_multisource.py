@@ -39,7 +39,12 @@ from edgepart.graph.loader import ModelRef, load_graph
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
 from edgepart.policy.scheduling import DecisionSettings
 from edgepart.sim.draw import line_chart_svg
-from edgepart.sim.multisource import MultiSourceResult, MultiSourceSettings, SourceLoad, simulate_multisource
+from edgepart.sim.multisource import (
+    MultiSourceResult,
+    MultiSourceSettings,
+    SourceLoad,
+    simulate_multisource,
+)
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = ModelRef("mobilenet_v2", (1, 3, 256, 256))
@@ -152,7 +157,7 @@ def main(quick: bool) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "multisource.md").write_text("\n".join(lines) + "\n")
     for regime in REGIMES:
-        series = {name: [(row.workers, row.per_image_s(name) * 1000) for row in rows if row.regime == regime]
+        series = {name: [(float(row.workers), row.per_image_s(name) * 1000) for row in rows if row.regime == regime]
                   for name in POLICIES}
         (RESULTS / f"multisource_{regime}.svg").write_text(line_chart_svg(
             f"Per-image time, regime {regime}", "workers", "ms per image", series))

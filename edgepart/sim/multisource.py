@@ -378,13 +378,13 @@ class _Simulation:
         for s in self.source_names:
             queue = worker.queues[s]
             downstream: Report | None = None
-            if queue:
-                after = self.allocation_of(queue[0]).next_holder(worker.name)
-                if after is not None:
-                    downstream = self._report(worker, after, s)
             task = None
             if queue:
-                task = self.share_seconds(worker.name, self.allocation_of(queue[0]))[0] + 2 * self.message_s(worker.name)
+                allocation = self.allocation_of(queue[0])
+                after = allocation.next_holder(worker.name)
+                if after is not None:
+                    downstream = self._report(worker, after, s)
+                task = self.task_seconds(worker.name, s, allocation)
             queues.append(SourceQueue(s, len(queue), now - queue[0].enqueued if queue else 0.0, downstream,
                                       bool(worker.outbox[s]), task))
         local = len(worker.local) if worker.is_source else None
@@ -401,6 +401,11 @@ class _Simulation:
         if self.measure_staleness and decision.source is not None:
             self.note_staleness(worker, view, decision.source)
         self.run_task(worker, decision)
+
+    def task_seconds(self, worker: str, source: str, allocation: RingAllocation) -> float:
+        """What serving one image of `source` costs `worker`: its share, reading the activation, sending it on."""
+        messages = (worker != source) + (allocation.next_holder(worker) is not None or worker != source)
+        return max(self.share_seconds(worker, allocation)[0] + messages * self.message_s(worker), 1e-12)
 
     def note_staleness(self, worker: _Worker, view: WorkerView, source: str) -> None:
         """How old the report behind this decision was, and how far from the next holder's true queue length."""
