@@ -2,6 +2,8 @@
 
 Some devices on the ring are *sources*: they produce images (Poisson at a
 rate, or a backlog waiting at t = 0) and want each image's result back.
+`simulate_multisource` runs one policy on one ring; `MultiSourceResult` says
+what happened.
 Every decision is the policy package's (`edgepart.policy`), the same code
 the data plane calls: where an arrival goes (`Policy.route`), what an idle
 worker serves (`Policy.pick`), which worker runs which layers of an image
@@ -21,8 +23,9 @@ Resources, each FIFO:
   a hop takes `Cluster.tx`, as everywhere in the cost model; under load the
   software time competes with compute, as it does in a worker process [R].
 
-An image admitted for distributed inference is stamped with its source's
-allocation at that moment; its activation goes from holder to holder
+An image admitted for distributed inference waits in its source's queue
+q_i^i and gets the source's current allocation when the source starts it
+(γ estimates reach the sources on the heartbeat); its activation goes from holder to holder
 (through workers whose share is empty, which relay it) and the result goes
 straight back to the source. Queues hold at most `queue_bound` images: a
 source rejects an arrival whose queue is full (counted), and a worker whose
@@ -32,7 +35,8 @@ no more) until a slot frees, so nothing admitted is lost.
 Queue lengths travel as in the data plane: the response to every frame
 carries the receiver's queue lengths, and every worker reports them (and its
 γ estimates) to every other on a heartbeat. Decisions use the latest report;
-how old it was and how far from the truth is measured at every decision.
+how old it was and how far from the truth is measured at every decision
+that used one.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ class MultiSourceResult:
     busy: Mapping[str, float]  # each worker's CPU busy fraction over the total time
     max_queue: Mapping[str, int]
     staleness: Staleness
+    held: int  # activations that waited at their worker because the next holder's queue was full
     trace: QueueTrace = field(repr=False)
     allocations: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # each source's last cuts (layers)
 
@@ -238,6 +243,7 @@ class _Simulation:
         self._allocations: dict[tuple[str, tuple[float, ...]], RingAllocation] = {}
         self.waiting: dict[tuple[str, str], deque[str]] = {}  # (holder, source) -> workers whose outbox waits on it
         self.in_transit: set[int] = set()
+        self.held: set[int] = set()  # images whose activation waited for a slot at the next holder
         self.in_service: dict[str, _Image] = {}
         self.done: dict[int, float] = {}
         self.images: list[_Image] = []
@@ -489,6 +495,8 @@ class _Simulation:
                 waiting = self.waiting.setdefault((after, source), deque())
                 if worker.name not in waiting:
                     waiting.append(worker.name)
+                if image.id not in self.held:
+                    self.held.add(image.id)
                 return
             outbox.popleft()
             holder.reserved[source] += 1
@@ -601,7 +609,7 @@ class _Simulation:
         return MultiSourceResult(
             self.settings.scheduler, len(self.images), len(self.done), sum(queued.values()),
             sum(self.rejected.values()), total, LatencyStats.of(latencies) if latencies else None, tuple(sources),
-            busy, dict(self.max_queue), staleness,
+            busy, dict(self.max_queue), staleness, len(self.held),
             QueueTrace(tuple(self.trace_times), {k: tuple(v) for k, v in self.trace.items()}), cuts)
 
 
