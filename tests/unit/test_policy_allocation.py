@@ -6,10 +6,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgepart.graph.loader import ModelRef, load_graph
+from edgepart.executor import Executor, compare
+from edgepart.geometry import Region
+from edgepart.graph.loader import ModelRef, load_graph, load_model, trace_ref
 from edgepart.policy.allocation import (
     RingAllocation,
     UnitTable,
@@ -158,3 +161,24 @@ def test_measured_gamma_moves_the_allocation_to_equal_share_times() -> None:
     # measured γ brings the cut there and keeps it on one of those two
     assert [sum(seconds[s.start_unit:s.stop_unit]) for s in first.shares] == [22.0, 1.0]
     assert set(cuts[6:]) <= {2, 3}
+
+
+def test_any_allocation_computes_exactly_what_the_whole_model_computes() -> None:
+    ref = ModelRef("mobilenet_v2", (1, 3, 128, 128))  # the input size changes no cut point
+    gm, graph = trace_ref(ref, load_model(ref))
+    executor = Executor(gm, graph)
+    table = UnitTable.of(graph)
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    expected = executor.run_whole(x)
+    ring = ["a", "b", "c", "d", "e"]
+    cases = [({"a": 1.0, "b": 1.0}, "b"), ({"a": 1.0, "b": 2.0, "c": 0.5}, "c"),
+             ({"a": 1.0, "b": 300.0, "c": 1.0, "d": 1.0, "e": 3.0}, "a")]  # b's share rounds to nothing
+    for gamma, source in cases:
+        allocation = ar_mdi_allocation(table, gamma, ring[:len(gamma)], source)
+        if gamma["b"] > 100:  # the activation crosses b on its way from a to c
+            assert allocation.share_of("b").empty and allocation.path("a") == ("b", "c")
+        current = x
+        for share in allocation.holders:  # each worker runs its range on what the previous one sent
+            region = Region.full(graph.shape_at(share.stop) if share.stop < len(graph.layers) else graph.output_shape)
+            current = executor.runner(share.start, share.stop, region)(current)
+        assert compare(expected, current).allclose, (gamma, source)
