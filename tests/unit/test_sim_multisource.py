@@ -147,7 +147,7 @@ def test_queues_stay_bounded_below_capacity_and_grow_above_it(graph: LayerGraph)
         half = len(totals) // 2
         return max(totals[:half]), max(totals[half:])
 
-    # two sources at 0.6 of a device each, three devices: 40% of the ring's capacity over ~20 minutes
+    # two sources at 0.6 of a device each, three devices: 40% of the ring's capacity for ~7 simulated minutes
     first, second = peak_queues(0.6)
     assert second <= 12 and first <= 12
     first, second = peak_queues(1.5)  # 100% of the ring's capacity before any message: queues build up
