@@ -153,6 +153,7 @@ def main(quick: bool) -> None:
             lines.append(line)
             print(line, flush=True)
         lines.append("")
+        print()
     staleness = [f"- {row.regime}, {row.workers} workers: reports behind MS-MDI decisions were "
                  f"{row.results['MS-MDI'].staleness.mean_age_s * 1000:.0f} ms old on average (p95 "
                  f"{row.results['MS-MDI'].staleness.p95_age_s * 1000:.0f} ms), off by "
