@@ -6,6 +6,7 @@
     ├── GeometryError                       an impossible region request
     ├── PlanError, PlanBuildError           malformed or impossible plans
     ├── SpecError                           malformed cluster / deployment documents
+    ├── PolicyError                         runtime policy inputs (γ, ring, scheduler name)
     └── ExecutionError                      a tile that cannot be computed
 """
 
