@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from multimodel_fakes import traced, table_platform
+from multimodel_fakes import table_platform, traced
 from torch import nn
 
 from edgepart.executor import Executor
@@ -158,7 +158,7 @@ def test_cost_graph_orders_tasks_topologically_and_costs_each_device() -> None:
     platform, sources = table_platform()
     cost = cost_graph(task_graph(dag, list(range(len(dag))), fuse=False), platform, sources[:2])
     position = {int(v): i for i, v in enumerate(cost.order)}
-    assert all(position[int(u)] < position[int(v)] for u, v in zip(cost.edge_src, cost.edge_dst))
+    assert all(position[int(u)] < position[int(v)] for u, v in zip(cost.edge_src, cost.edge_dst, strict=True))
     # the table's seconds: MACs x intensity / frequency, so the slow device takes exactly 5 times the server's
     assert cost.compute_s[:, 0] == pytest.approx(cost.compute_s[:, 2] * 5)
     # first-unit pieces of 16 rows in 3: rows [0,5) [5,10) [10,16) of a 3x3 conv read 6 + 7 + 7 input rows

@@ -50,7 +50,7 @@ class Workload:
 
 @dataclass(frozen=True)
 class PieceSettings:
-    K: int = 3  # noqa: N815 - row pieces per spatial unit
+    K: int = 3
     split_fc: bool = False
     blocks_per_model: int = 3  # [C mgp.py] k, each model partitioned on its own; 0: k for all models together
     blocks: int = 0  # k for all models together (when blocks_per_model is 0)

@@ -80,7 +80,7 @@ def weighted_graph(dag: PieceDAG, node_s: Sequence[float] | np.ndarray | None = 
     pairs = [(e.src, e.dst) for e in dag.edges]
     rank = upward_rank(nodes, pairs, links)
     adjacency: list[dict[int, float]] = [{} for _ in dag.pieces]
-    for (u, v), t in zip(pairs, links.tolist()):
+    for (u, v), t in zip(pairs, links.tolist(), strict=True):
         adjacency[u][v] = adjacency[u].get(v, 0.0) + t
         adjacency[v][u] = adjacency[v].get(u, 0.0) + t
     return WeightedGraph(tuple(nodes.tolist()), tuple(p.piece for p in dag.pieces), tuple(rank.tolist()),
@@ -308,7 +308,7 @@ def multilevel_per_model(dag: PieceDAG, k: int, eps: float = 0.1, same_piece: bo
     for m in range(len(dag.models)):
         nodes = [p.index for p in dag.pieces if p.model == m]
         part = _multilevel(subgraph(graph, nodes), min(k, len(nodes)), eps, same_piece, refine)
-        for v, label in zip(nodes, part.labels):
+        for v, label in zip(nodes, part.labels, strict=True):
             labels[v] = offset + label
         offset += part.k
         levels.extend(part.levels)

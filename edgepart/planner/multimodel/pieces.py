@@ -73,7 +73,7 @@ class PieceDAG:
     models: tuple[LayerGraph, ...]
     pieces: tuple[Piece, ...]
     edges: tuple[PieceEdge, ...]
-    K: int  # noqa: N815 - the paper's name
+    K: int
     split_fc: bool
 
     def __len__(self) -> int:

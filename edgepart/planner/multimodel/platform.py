@@ -112,7 +112,8 @@ class Network:
 
     @staticmethod
     def uniform(endpoints: Sequence[str], bandwidth_Bps: float, latency_s: float = 0.0,  # noqa: N803
-                local_Bps: float = 20 * 2**30, medium: Medium = "switched") -> Network:
+                local_Bps: float = 20 * 2**30,  # noqa: N803
+                medium: Medium = "switched") -> Network:
         """Every pair at one bandwidth; a device to itself at memory bandwidth ([C] DDR4, 20 GiB/s)."""
         if not bandwidth_Bps > 0 or not local_Bps > 0:
             raise PlanningError("network bandwidths must be > 0")

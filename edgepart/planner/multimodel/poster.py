@@ -33,7 +33,7 @@ class DeviceKind:
     memory_bytes: int
 
     def device(self, name: str) -> TableDevice:
-        return TableDevice(name, self.frequency, dict(zip(MODEL_CYCLE, self.intensity)), self.memory_bytes,
+        return TableDevice(name, self.frequency, dict(zip(MODEL_CYCLE, self.intensity, strict=True)), self.memory_bytes,
                            WORKLOAD_SCALE)
 
 

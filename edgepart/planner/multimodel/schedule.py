@@ -45,7 +45,7 @@ def completion_times(cost: CostGraph, task_device: np.ndarray, links: LinkModel 
     row is decoded into the topological order that takes the ready task of lowest priority.
     """
     devices = np.atleast_2d(np.asarray(task_device, dtype=np.int64))
-    rows, n = devices.shape
+    n = devices.shape[1]
     if n != cost.tasks:
         raise PlanningError(f"assignment has {n} tasks, the cost graph {cost.tasks}")
     if links not in LINK_MODELS:
@@ -63,7 +63,8 @@ def completion_times(cost: CostGraph, task_device: np.ndarray, links: LinkModel 
 def makespans(cost: CostGraph, task_device: np.ndarray, links: LinkModel = "free",
               priority: np.ndarray | None = None) -> np.ndarray:
     """F per row: the completion time of the last model."""
-    return completion_times(cost, task_device, links, priority).max(axis=1)
+    latest: np.ndarray = completion_times(cost, task_device, links, priority).max(axis=1)
+    return latest
 
 
 def decode_orders(cost: CostGraph, priority: np.ndarray) -> np.ndarray:
@@ -118,20 +119,22 @@ class _Schedule:
     def _queue(self, sender: np.ndarray, receiver: np.ndarray, ready: np.ndarray, seconds: np.ndarray,
                remote: np.ndarray) -> np.ndarray:
         """Arrival times of messages ready at `ready`; remote ones wait for both NIC queues (fifo)."""
+        unqueued: np.ndarray = ready + seconds
         if not self.fifo:
-            return ready + seconds
+            return unqueued
         if self.shared:
             start = np.maximum(ready, self.send)
             end = start + seconds
             self.send[:] = np.where(remote, end, self.send)
-            return np.where(remote, end, ready + seconds)
-        s_idx = self.row_end + sender
-        r_idx = self.row_end + receiver
-        start = np.maximum(np.maximum(ready, self.send[s_idx]), self.recv[r_idx])
-        end = start + seconds
-        self.send[s_idx] = np.where(remote, end, self.send[s_idx])
-        self.recv[r_idx] = np.where(remote, end, self.recv[r_idx])
-        return np.where(remote, end, ready + seconds)
+        else:
+            s_idx = self.row_end + sender
+            r_idx = self.row_end + receiver
+            start = np.maximum(np.maximum(ready, self.send[s_idx]), self.recv[r_idx])
+            end = start + seconds
+            self.send[s_idx] = np.where(remote, end, self.send[s_idx])
+            self.recv[r_idx] = np.where(remote, end, self.recv[r_idx])
+        arrival: np.ndarray = np.where(remote, end, unqueued)
+        return arrival
 
     def run_fixed(self) -> np.ndarray:
         cost = self.cost
@@ -179,9 +182,9 @@ class _Schedule:
         width = max((len(p) for p in cost.preds), default=0)
         pred = np.full((n, max(width, 1)), n, dtype=np.int64)  # n: the never-late producer
         pedge = np.zeros((n, max(width, 1)), dtype=np.int64)
-        for v, pairs in enumerate(cost.preds):
+        for task, pairs in enumerate(cost.preds):
             for slot, (u, e) in enumerate(pairs):
-                pred[v, slot], pedge[v, slot] = u, e
+                pred[task, slot], pedge[task, slot] = u, e
         dev_ext = np.vstack([self.task_dev, np.zeros((1, rows), dtype=np.int64)])
         edge_flat = self.edge_cost.reshape(-1)
         compute_flat = cost.compute_s.reshape(-1)

@@ -112,7 +112,8 @@ def loads(problem: BlockProblem, assignment: np.ndarray) -> np.ndarray:
 
 
 def feasible(problem: BlockProblem, assignment: np.ndarray) -> np.ndarray:
-    return np.all(loads(problem, np.atleast_2d(assignment)) <= problem.capacity, axis=1)
+    fits: np.ndarray = np.all(loads(problem, np.atleast_2d(assignment)) <= problem.capacity, axis=1)
+    return fits
 
 
 def repair(problem: BlockProblem, assignment: np.ndarray, rng: np.random.Generator) -> None:
@@ -303,7 +304,7 @@ def pso_ga_server_order(cost: CostGraph, links: LinkModel = "free", settings: Ps
         rows = _chosen(rng, size, _inertia(swarm, best, settings))
         positions = _mutate_devices(swarm, rows, cost.devices, rng)
         if n > 1:
-            for i, p in zip(rows.tolist(), positions.tolist()):
+            for i, p in zip(rows.tolist(), positions.tolist(), strict=True):
                 _swap_priority(orders[i], p, rng)
         for rate, source, source_order in (
                 (settings.c1[0] + (settings.c1[1] - settings.c1[0]) * t / horizon, own, own_orders),
@@ -311,7 +312,7 @@ def pso_ga_server_order(cost: CostGraph, links: LinkModel = "free", settings: Ps
                  np.broadcast_to(best, swarm.shape), np.broadcast_to(best_order, orders.shape))):
             rows = _chosen(rng, size, rate)
             lo, hi = _crossover(swarm, source, rows, rng)
-            for i, a, b in zip(rows.tolist(), lo.tolist(), hi.tolist()):
+            for i, a, b in zip(rows.tolist(), lo.tolist(), hi.tolist(), strict=True):
                 _copy_priorities(orders[i], source_order[i], a, b)
         repair(problem, swarm, rng)
         values = evaluate(swarm, orders)

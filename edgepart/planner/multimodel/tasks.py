@@ -21,6 +21,7 @@ the network, and the list-scheduling priority (decreasing HEFT upward rank).
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -118,12 +119,12 @@ def task_graph(dag: PieceDAG, labels: Sequence[int], fuse: bool = True) -> TaskG
         for u in range(1, len(units)):
             before, after = layout[u - 1], layout[u]
             same_shape = len(before) == len(after) and before[0].split == after[0].split
-            same_blocks = same_shape and all(labels[a.index] == labels[b.index] for a, b in zip(before, after))
+            same_blocks = same_shape and all(labels[a.index] == labels[b.index] for a, b in zip(before, after, strict=True))
             if not fuse or not same_blocks:
                 cuts.append(u)
         cuts.append(len(units))
         previous: list[Task] = []
-        for first, stop_unit in zip(cuts, cuts[1:]):
+        for first, stop_unit in itertools.pairwise(cuts):
             current = []
             for r, last_piece in enumerate(layout[stop_unit - 1]):
                 start, stop = units[first].start, units[stop_unit - 1].stop
@@ -195,14 +196,14 @@ class CostGraph:
     def preds(self) -> tuple[tuple[tuple[int, int], ...], ...]:
         """Per task: (producer task, edge index) pairs."""
         into: list[list[tuple[int, int]]] = [[] for _ in range(self.tasks)]
-        for e, (u, v) in enumerate(zip(self.edge_src.tolist(), self.edge_dst.tolist())):
+        for e, (u, v) in enumerate(zip(self.edge_src.tolist(), self.edge_dst.tolist(), strict=True)):
             into[v].append((u, e))
         return tuple(tuple(p) for p in into)
 
     @cached_property
     def succs(self) -> tuple[tuple[int, ...], ...]:
         out: list[list[int]] = [[] for _ in range(self.tasks)]
-        for u, v in zip(self.edge_src.tolist(), self.edge_dst.tolist()):
+        for u, v in zip(self.edge_src.tolist(), self.edge_dst.tolist(), strict=True):
             out[u].append(v)
         return tuple(tuple(s) for s in out)
 
@@ -221,7 +222,7 @@ def upward_rank(compute: np.ndarray, edges: Sequence[tuple[int, int]], edge_s: n
     n = len(compute)
     succ: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     indeg = [0] * n
-    for (u, v), t in zip(edges, edge_s.tolist()):
+    for (u, v), t in zip(edges, edge_s.tolist(), strict=True):
         succ[u].append((v, t))
         indeg[v] += 1
     topo = topological(n, [[v for v, _ in s] for s in succ], indeg, [0.0] * n)
@@ -269,11 +270,11 @@ def cost_graph(tasks: TaskGraph, platform: Platform, sources: Sequence[int],
     edge_src = np.array([e.src for e in tasks.edges], dtype=np.int64)
     edge_dst = np.array([e.dst for e in tasks.edges], dtype=np.int64)
     edge_bytes = np.array([e.nbytes for e in tasks.edges], dtype=float)
-    rank = upward_rank(compute.mean(axis=1), list(zip(edge_src.tolist(), edge_dst.tolist())),
+    rank = upward_rank(compute.mean(axis=1), list(zip(edge_src.tolist(), edge_dst.tolist(), strict=True)),
                        mean_transfer(platform.network, m, edge_bytes))
     succ: list[list[int]] = [[] for _ in range(n)]
     indeg = [0] * n
-    for u, v in zip(edge_src.tolist(), edge_dst.tolist()):
+    for u, v in zip(edge_src.tolist(), edge_dst.tolist(), strict=True):
         succ[u].append(v)
         indeg[v] += 1
     order = topological(n, succ, indeg, (-rank).tolist())
