@@ -7,13 +7,17 @@ blocks.
 I   Coarsening: nodes in decreasing HEFT upward rank each take their
     heaviest-edge unmatched neighbour, restricted to the same piece index
     (`same_piece`), and contract with it (weights add, parallel edges add,
-    rank = max), level after level while at least 2k nodes remain.
+    rank = max), level after level while at least 2k nodes remain. [R] As
+    in METIS, coarse nodes stay small (half the balance bound) so that the
+    blocks can still be balanced.
 II  Initial partition: keep contracting the same way until k nodes remain,
-    first only pairs that respect the balance bound, then any pair; when no
-    two neighbours can merge, the two lightest nodes with one piece index
-    do [R] (disjoint models have no edges between them).
-III Uncoarsening: project the blocks level by level, each time refined by
-    boundary Fiduccia-Mattheyses [R: the authors' refinement is unfinished]:
+    as long as merged nodes respect the balance bound; then [R] one pair at
+    a time: the lightest neighbours if they fit the bound, else the two
+    lightest nodes that may share a block if they do (disjoint models have
+    no edges between them), else the lightest neighbours anyway.
+III Uncoarsening: project the blocks level by level, each time balanced
+    (`rebalance`) and refined by boundary Fiduccia-Mattheyses [R: the
+    authors' refinement is unfinished]:
     moves of boundary nodes to a neighbouring block of their piece index,
     largest gain first (gain = weight to the target block - weight to the
     own block), each node once a pass, only into blocks that stay within
@@ -58,7 +62,8 @@ class WeightedGraph:
 class LevelCut:
     nodes: int
     cut_projected: float  # the cut of the blocks projected onto this level
-    cut_refined: float  # after boundary FM (equal when refine=False)
+    cut_balanced: float  # after moving nodes out of blocks over the bound
+    cut_refined: float  # after boundary FM (all three equal when refine=False)
 
 
 @dataclass(frozen=True)
@@ -128,19 +133,24 @@ def _match(graph: WeightedGraph, same_piece: bool, floor: int = 0,
     return parent, count
 
 
-def _merge_lightest(graph: WeightedGraph, same_piece: bool) -> tuple[list[int], int]:
-    """Contract the two lightest nodes that may share a block (adjacent or not)."""
-    groups: dict[int, list[int]] = {}
-    for v in range(len(graph)):
-        groups.setdefault(graph.piece[v] if same_piece else 0, []).append(v)
+def _lightest_pair(graph: WeightedGraph, same_piece: bool, neighbours: bool) -> tuple[float, int, int] | None:
+    """The pair that may share a block and weighs least together (only neighbours, or any)."""
     pairs = []
-    for members in groups.values():
-        if len(members) >= 2:
-            a, b = sorted(members, key=lambda x: (graph.weight[x], x))[:2]
-            pairs.append((graph.weight[a] + graph.weight[b], a, b))
-    if not pairs:
-        raise PlanningError(f"cannot merge {len(graph)} nodes further: every node has its own piece index")
-    _, a, b = min(pairs)
+    if neighbours:
+        pairs = [(graph.weight[a] + graph.weight[b], a, b) for a, b, _ in graph.edges()
+                 if not same_piece or graph.piece[a] == graph.piece[b]]
+    else:
+        groups: dict[int, list[int]] = {}
+        for v in range(len(graph)):
+            groups.setdefault(graph.piece[v] if same_piece else 0, []).append(v)
+        for members in groups.values():
+            if len(members) >= 2:
+                a, b = sorted(members, key=lambda x: (graph.weight[x], x))[:2]
+                pairs.append((graph.weight[a] + graph.weight[b], a, b))
+    return min(pairs) if pairs else None
+
+
+def _merge_pair(graph: WeightedGraph, a: int, b: int) -> tuple[list[int], int]:
     parent = [-1] * len(graph)
     count = 0
     for v in range(len(graph)):
@@ -176,12 +186,63 @@ def initial_partition(graph: WeightedGraph, k: int, same_piece: bool, bound: flo
     while len(current) > k:
         parent, count = _match(current, same_piece, floor=k, max_weight=bound)
         if count == len(current):
-            parent, count = _match(current, same_piece, floor=k)
-        if count == len(current):
-            parent, count = _merge_lightest(current, same_piece)
+            near = _lightest_pair(current, same_piece, neighbours=True)
+            anywhere = _lightest_pair(current, same_piece, neighbours=False)
+            if near is not None and (near[0] <= bound or anywhere is None or anywhere[0] > bound):
+                pair = near
+            elif anywhere is not None:
+                pair = anywhere
+            else:
+                raise PlanningError(f"cannot merge {len(current)} nodes further: every node has its own "
+                                    "piece index")
+            parent, count = _merge_pair(current, pair[1], pair[2])
         current = contract(current, parent, count)
         mapping = [parent[c] for c in mapping]
     return mapping
+
+
+def rebalance(graph: WeightedGraph, labels: Sequence[int], k: int, bound: float,
+              same_piece: bool = True) -> list[int]:
+    """[R] Move nodes out of blocks heavier than `bound` (as METIS balances before refining).
+
+    From the heaviest block, the move of largest gain into a block that stays within the bound
+    (a neighbouring block first, any block of the same piece index when none borders); stops
+    when every block fits or no such move exists.
+    """
+    result = list(labels)
+    weight = [0.0] * k
+    members: list[set[int]] = [set() for _ in range(k)]
+    for v, b in enumerate(result):
+        weight[b] += graph.weight[v]
+        members[b].add(v)
+    block_piece = [next((graph.piece[v] for v in group), -2) for group in members]
+    while True:
+        heavy = max(range(k), key=lambda b: weight[b])
+        if weight[heavy] <= bound or len(members[heavy]) <= 1:
+            return result
+        best: tuple[bool, float, float, int] | None = None  # (borders, gain, -target weight, -node)
+        choice = (-1, -1)
+        for v in sorted(members[heavy]):
+            links: dict[int, float] = {}
+            for u, w in graph.adjacency[v].items():
+                links[result[u]] = links.get(result[u], 0.0) + w
+            own = links.get(heavy, 0.0)
+            for target in range(k):
+                if target == heavy or weight[target] + graph.weight[v] > bound:
+                    continue
+                if same_piece and block_piece[target] != graph.piece[v]:
+                    continue
+                key = (target in links, links.get(target, 0.0) - own, -weight[target], -v)
+                if best is None or key > best:
+                    best, choice = key, (v, target)
+        if best is None:
+            return result
+        v, target = choice
+        result[v] = target
+        members[heavy].discard(v)
+        members[target].add(v)
+        weight[heavy] -= graph.weight[v]
+        weight[target] += graph.weight[v]
 
 
 def boundary_fm(graph: WeightedGraph, labels: Sequence[int], k: int, eps: float = 0.1,
@@ -272,7 +333,7 @@ def _multilevel(graph: WeightedGraph, k: int, eps: float, same_piece: bool, refi
     levels = [graph]
     parents: list[list[int]] = []
     while len(levels[-1]) >= 2 * k:
-        parent, count = _match(levels[-1], same_piece)
+        parent, count = _match(levels[-1], same_piece, max_weight=bound / 2)
         if count == len(levels[-1]):
             break
         parents.append(parent)
@@ -281,10 +342,12 @@ def _multilevel(graph: WeightedGraph, k: int, eps: float, same_piece: bool, refi
     history = []
     for depth in range(len(levels) - 1, -1, -1):
         level = levels[depth]
-        before = cut(level, labels)
+        before = balanced = cut(level, labels)
         if refine:
+            labels = rebalance(level, labels, k, bound, same_piece)
+            balanced = cut(level, labels)
             labels = boundary_fm(level, labels, k, eps, same_piece)
-        history.append(LevelCut(len(level), before, cut(level, labels)))
+        history.append(LevelCut(len(level), before, balanced, cut(level, labels)))
         if depth > 0:
             labels = [labels[c] for c in parents[depth - 1]]
     return Partition(tuple(labels), k, cut(graph, labels), tuple(history))

@@ -185,39 +185,50 @@ class _Schedule:
         for task, pairs in enumerate(cost.preds):
             for slot, (u, e) in enumerate(pairs):
                 pred[task, slot], pedge[task, slot] = u, e
-        dev_ext = np.vstack([self.task_dev, np.zeros((1, rows), dtype=np.int64)])
+        width = pred.shape[1]
+        pred_flat, pedge_flat = pred.reshape(-1), pedge.reshape(-1)
+        device_of = np.vstack([self.task_dev, np.zeros((1, rows), dtype=np.int64)]).reshape(-1)
+        finish = self.finish.reshape(-1)  # flat views: one 1-D gather is cheaper than a 2-D one
+        done = self.done.reshape(-1)
         edge_flat = self.edge_cost.reshape(-1)
         compute_flat = cost.compute_s.reshape(-1)
+        input_flat, output_flat = self.input_cost.reshape(-1), self.output_cost.reshape(-1)
         has_input = cost.input_bytes > 0
         has_output = cost.output_bytes > 0
         zeros = np.zeros(rows)
         for step in range(n):
             v = sequence[:, step]
-            d = self.task_dev[v, everyone]
-            mv = cost.model[v]
-            src = cost.source[mv]
+            at_v = v * rows + everyone
+            d = device_of[at_v]
             ready = zeros
             wants = has_input[v]
             if wants.any():
-                arrival = self._queue(src, d, zeros, self.input_cost[v, d], wants & (d != src))
+                src = cost.source[cost.model[v]]
+                arrival = self._queue(src, d, zeros, input_flat[v * cost.devices + d], wants & (d != src))
                 ready = np.where(wants, arrival, 0.0)
-            for slot in range(pred.shape[1]):
-                u = pred[v, slot]
+            for slot in range(width):
+                u = pred_flat[v * width + slot]
                 real = u < n
-                du = dev_ext[u, everyone]
-                seconds = np.where(real, edge_flat[pedge[v, slot] * size * size + du * size + d], 0.0)
-                arrival = self._queue(du, d, self.finish[u, everyone], seconds, real & (du != d))
-                ready = np.maximum(ready, arrival)
+                at_u = u * rows + everyone
+                du = device_of[at_u]
+                seconds = np.where(real, edge_flat[pedge_flat[v * width + slot] * size * size + du * size + d], 0.0)
+                ready = np.maximum(ready, self._queue(du, d, finish[at_u], seconds, real & (du != d)))
             slot_idx = self.row_dev + d
             start = np.maximum(ready, self.device_free[slot_idx])
             end = start + compute_flat[v * cost.devices + d]
-            self.finish[v, everyone] = end
+            finish[at_v] = end
             self.device_free[slot_idx] = end
             sends = has_output[v]
             if sends.any():
-                back = self._queue(d, src, end, self.output_cost[v, d], sends & (d != src))
-                end = np.where(sends, back, end)
-            self.done[mv, everyone] = np.maximum(self.done[mv, everyone], end)
+                mv = cost.model[v]
+                src = cost.source[mv]
+                back = self._queue(d, src, end, output_flat[v * cost.devices + d], sends & (d != src))
+                at_model = mv * rows + everyone
+                done[at_model] = np.maximum(done[at_model], np.where(sends, back, 0.0))
+        for mv in range(cost.models):
+            members = np.flatnonzero(cost.model == mv)
+            if len(members):
+                np.maximum(self.done[mv], self.finish[members].max(axis=0), out=self.done[mv])
         return self.done.T.copy()
 
 
