@@ -135,7 +135,7 @@ def metis_labels(graph: WeightedGraph, k: int, eps: float) -> list[int]:
             adjncy.append(v)
             eweights.append(int(w))
         xadj.append(len(adjncy))
-    options = pymetis.Options(ufactor=int(round(eps * 1000)))
+    options = pymetis.Options(ufactor=round(eps * 1000))
     result = pymetis.part_graph(k, pymetis.CSRAdjacency(xadj, adjncy), vweights=[int(w) for w in graph.weight],
                                 eweights=eweights, options=options)
     return [int(p) for p in result.vertex_part]
