@@ -19,7 +19,9 @@ seeds per point (3 with --quick, on a subset); mean and standard deviation.
 The improvements are 1 - mean F(MO) / mean F(other), per model count; the
 range over model counts is printed beside the poster's.
 
-Also: the solver time of MO (DAG, blocks, cost graph and search) for 3
+Also: MO with 6 blocks per model and with stripes that recompute their
+halos instead of sending them (the form a plan deploys); the solver time of
+MO (DAG, blocks, cost graph and search) for 3
 models on 7 devices against the 30 s target, and the cut of multilevel
 k-way against METIS (pymetis) on the same weighted piece graphs. Writes
 bench/results/multimodel.md and multimodel_convergence.svg.
@@ -103,6 +105,8 @@ def comparison(graphs: dict[str, LayerGraph], iot: int, counts: Sequence[int], s
                f"{gains['fifo LO'][-1]:.1f}% | {gains['fifo PO'][-1]:.1f}% | {times} |")
         lines.append(row)
         print(f"  D={iot} models={count}: " + row, flush=True)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "multimodel.md").write_text("\n".join(lines) + "\n\n(in progress)\n")  # a long run keeps its rows
     return gains
 
 
@@ -115,6 +119,20 @@ def convergence(graphs: dict[str, LayerGraph]) -> str:
         history = run_method(method, prepared, seed=0).history  # type: ignore[arg-type]
         series[method] = [(float(i), value * 1e3) for i, value in enumerate(history)]
     return line_chart_svg("best F so far (D = 6, 3 models, seed 0)", "iteration", "F (ms)", series)
+
+
+def variants(graphs: dict[str, LayerGraph], seeds: int) -> list[str]:
+    """MO with other blocks and task shapes (D = 6, 3 models): k per model, and stripes that recompute halos."""
+    load = workload(graphs, 6, 3)
+    rows = []
+    for fuse in (False, True):
+        for k in (3, 6):
+            prepared = prepare_blocks(load, PieceSettings(K=SETTINGS.K, blocks_per_model=k, fuse=fuse))
+            runs = [run_method("MO", prepared, seed) for seed in range(seeds)]
+            rows.append(f"| {k} | {'stripes, halos recomputed' if fuse else 'pieces, halos sent'} | "
+                        f"{prepared.cost.tasks} | {spread([r.fitness['free'] for r in runs])} | "
+                        f"{spread([r.fitness['fifo'] for r in runs])} |")
+    return rows
 
 
 def solver_time(graphs: dict[str, LayerGraph]) -> str:
@@ -190,6 +208,9 @@ def main(quick: bool) -> None:
                                f"{low}–{high}% |")
     lines += ["\n### MO's improvement, range over model counts, beside the poster's\n",
               "| D | comparison | links | measured | poster |", "|---|---|---|---|---|", *summary]
+    lines += [f"\n### MO variants (D = 6, 3 models, {min(seeds, 5)} seeds)\n",
+              "| blocks per model | tasks are | task count | F (ms) | F fifo (ms) |", "|---|---|---|---|---|",
+              *variants(graphs, min(seeds, 5))]
     lines += ["\n### Solver time (MO end to end, seed 0)\n",
               "| workload | CPU (s) | wall (s) | evaluations | target |", "|---|---|---|---|---|",
               solver_time(graphs)]

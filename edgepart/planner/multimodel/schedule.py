@@ -71,23 +71,26 @@ def decode_orders(cost: CostGraph, priority: np.ndarray) -> np.ndarray:
     """Per row, the topological order that always takes the ready task of lowest priority (ties: index)."""
     rows, n = priority.shape
     everyone = np.arange(rows)
-    indeg = np.zeros((rows, n), dtype=np.int64)
-    indeg += np.bincount(cost.edge_dst, minlength=n)[None, :]
+    indeg = np.tile(np.bincount(cost.edge_dst, minlength=n), (rows, 1))
     succ_width = max((len(s) for s in cost.succs), default=0)
     succ = np.full((n, max(succ_width, 1)), -1, dtype=np.int64)
     for v, targets in enumerate(cost.succs):
         succ[v, : len(targets)] = targets
-    waiting = priority.astype(float).copy()
+    keys = np.where(indeg == 0, priority.astype(float), np.inf)  # the priority of ready tasks, inf otherwise
     sequence = np.empty((rows, n), dtype=np.int64)
     for step in range(n):
-        chosen = np.where(indeg == 0, waiting, np.inf).argmin(axis=1)
+        chosen = keys.argmin(axis=1)
         sequence[:, step] = chosen
-        waiting[everyone, chosen] = np.inf
-        indeg[everyone, chosen] = -1
+        keys[everyone, chosen] = np.inf
         for slot in range(succ.shape[1]):
             target = succ[chosen, slot]
-            valid = target >= 0
-            indeg[everyone[valid], target[valid]] -= 1
+            valid = np.flatnonzero(target >= 0)
+            if len(valid) == 0:
+                continue
+            row, task = everyone[valid], target[valid]
+            indeg[row, task] -= 1
+            freed = indeg[row, task] == 0
+            keys[row[freed], task[freed]] = priority[row[freed], task[freed]]
     return sequence
 
 
