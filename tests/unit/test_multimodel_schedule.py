@@ -19,11 +19,12 @@ from edgepart.planner.multimodel import (
     piecewise_dag,
     task_graph,
 )
-from edgepart.planner.multimodel.schedule import decode_orders
+from edgepart.planner.multimodel.platform import Medium
+from edgepart.planner.multimodel.schedule import LinkModel, decode_orders
 from edgepart.planner.multimodel.tasks import CostGraph
 
 
-def random_cost(seed: int, medium: str = "switched", outputs: bool = True) -> CostGraph:
+def random_cost(seed: int, medium: Medium = "switched", outputs: bool = True) -> CostGraph:
     """Two models of random DAGs on 3 devices; endpoint 3 only holds inputs."""
     rng = random.Random(seed)
     n, m, size = 12, 3, 4
@@ -41,7 +42,7 @@ def random_cost(seed: int, medium: str = "switched", outputs: bool = True) -> Co
         edge_bytes=np.array([rng.uniform(1e3, 1e5) for _ in edges]),
         input_bytes=np.array([0.0 if v in has_pred else rng.uniform(1e3, 1e5) for v in range(n)]),
         output_bytes=np.array([rng.uniform(1e3, 1e4) if outputs and v not in has_succ else 0.0 for v in range(n)]),
-        source=np.array([3, 0]), alpha_s=alpha, s_per_byte=per_byte, medium=medium,  # type: ignore[arg-type]
+        source=np.array([3, 0]), alpha_s=alpha, s_per_byte=per_byte, medium=medium,
         order=np.array(sorted(range(n), key=lambda v: (model[v], v))), fallback=2,
         device_names=("a", "b", "c"),
     )
@@ -101,26 +102,26 @@ def reference_order(cost: CostGraph, priority: list[float]) -> list[int]:
 
 @pytest.mark.parametrize("medium", ["switched", "shared"])
 @pytest.mark.parametrize("links", ["free", "fifo"])
-def test_many_rows_at_once_match_the_one_row_reference(links: str, medium: str) -> None:
+def test_many_rows_at_once_match_the_one_row_reference(links: LinkModel, medium: Medium) -> None:
     for seed in range(6):
         cost = random_cost(seed, medium, outputs=seed % 2 == 0)
         rng = np.random.default_rng(seed)
         rows = rng.integers(cost.devices, size=(16, cost.tasks))
-        got = completion_times(cost, rows, links)  # type: ignore[arg-type]
+        got = completion_times(cost, rows, links)
         for row, values in zip(rows.tolist(), got, strict=True):
             want = reference(cost, row, links == "fifo", cost.order.tolist())
             assert values.tolist() == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("links", ["free", "fifo"])
-def test_per_row_priorities_take_the_ready_task_of_lowest_priority(links: str) -> None:
+def test_per_row_priorities_take_the_ready_task_of_lowest_priority(links: LinkModel) -> None:
     for seed in range(4):
         cost = random_cost(seed)
         rng = np.random.default_rng(seed)
         rows = rng.integers(cost.devices, size=(10, cost.tasks))
         priorities = np.argsort(rng.random((10, cost.tasks)), axis=1)
         orders = decode_orders(cost, priorities.astype(float))
-        got = completion_times(cost, rows, links, priorities)  # type: ignore[arg-type]
+        got = completion_times(cost, rows, links, priorities)
         for row, priority, order, values in zip(rows.tolist(), priorities.tolist(), orders.tolist(), got, strict=True):
             assert order == reference_order(cost, priority)
             assert values.tolist() == pytest.approx(reference(cost, row, links == "fifo", order), rel=1e-12)

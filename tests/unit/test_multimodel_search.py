@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from multimodel_fakes import table_platform, traced
 
+from edgepart.graph.layer_graph import LayerGraph
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.multimodel import (
     PsoSettings,
@@ -33,13 +34,13 @@ from edgepart.planner.multimodel import (
     task_graph,
     weighted_graph,
 )
-from edgepart.planner.multimodel.methods import PieceSettings
+from edgepart.planner.multimodel.methods import Method, PieceSettings, Prepared
 from edgepart.planner.multimodel.multilevel import WeightedGraph, rebalance
 from edgepart.planner.multimodel.search import feasible
 from edgepart.planner.multimodel.tasks import CostGraph
 
 
-def two_models() -> tuple[object, ...]:
+def two_models() -> tuple[LayerGraph, LayerGraph]:
     return traced("net-a")[1], traced("net-b")[1]
 
 
@@ -50,7 +51,7 @@ def integer_weights(dag_size: int, edges: int, seed: int) -> tuple[list[float], 
 
 @pytest.mark.parametrize("same_piece", [True, False])
 def test_multilevel_returns_exactly_k_blocks_and_fm_never_increases_the_cut(same_piece: bool) -> None:
-    dag = piecewise_dag(list(two_models()), K=3)  # type: ignore[arg-type]
+    dag = piecewise_dag(list(two_models()), K=3)
     for seed, k in itertools.product(range(3), range(3, 12)):
         node_s, edge_s = integer_weights(len(dag), len(dag.edges), seed)
         part = multilevel_kway(dag, k, eps=0.1, same_piece=same_piece, node_s=node_s, edge_s=edge_s)
@@ -65,7 +66,7 @@ def test_multilevel_returns_exactly_k_blocks_and_fm_never_increases_the_cut(same
 
 
 def test_boundary_fm_never_increases_the_cut_of_random_labels() -> None:
-    dag = piecewise_dag(list(two_models()), K=3)  # type: ignore[arg-type]
+    dag = piecewise_dag(list(two_models()), K=3)
     rng = random.Random(5)
     for seed in range(20):
         node_s, edge_s = integer_weights(len(dag), len(dag.edges), seed)
@@ -100,7 +101,7 @@ def test_rebalance_moves_the_best_node_out_of_an_overweight_block() -> None:
 
 
 def test_multilevel_per_model_gives_each_model_its_own_k_blocks() -> None:
-    dag = piecewise_dag(list(two_models()), K=3)  # type: ignore[arg-type]
+    dag = piecewise_dag(list(two_models()), K=3)
     part = multilevel_per_model(dag, 4)
     assert part.k == 8
     for m in (0, 1):
@@ -119,7 +120,7 @@ def test_k_below_the_piece_indices_is_refused_when_blocks_keep_one_piece() -> No
 def small_problem(blocks: int = 8, same_piece: bool = True) -> tuple[CostGraph, np.ndarray]:
     """`blocks` blocks x 3 devices; the slow device cannot hold everything. The costs and every assignment."""
     graphs = list(two_models())
-    dag = piecewise_dag(graphs, K=3)  # type: ignore[arg-type]
+    dag = piecewise_dag(graphs, K=3)
     labels = multilevel_kway(dag, blocks, same_piece=same_piece).labels
     tasks = task_graph(dag, labels, fuse=False)
     platform, sources = table_platform(("net-a", "net-b"), small_memory=60_000)
@@ -172,7 +173,7 @@ def test_searches_are_reproducible_and_seeds_matter() -> None:
     problem = block_problem(cost)
     short = PsoSettings(particles=10, iterations=20, patience=20, memetic=True)
     assert pso_ga(problem, short, seed=3) == pso_ga(problem, short, seed=3)
-    layers = prepare_units(Workload(two_models(), *table_platform(("net-a", "net-b"))), K=1).cost  # type: ignore[arg-type]
+    layers = prepare_units(Workload(two_models(), *table_platform(("net-a", "net-b"))), K=1).cost
     first = pso_ga_server_order(layers, settings=short, seed=3)
     assert first == pso_ga_server_order(layers, settings=short, seed=3)
     assert len({pso_ga_server_order(layers, settings=short, seed=s).priority for s in range(4)}) > 1
@@ -191,7 +192,7 @@ def test_memory_repair_moves_blocks_to_the_fallback_when_the_device_is_full() ->
 
 
 def test_server_order_encoding_returns_a_priority_permutation_it_was_scored_with() -> None:
-    prepared = prepare_units(Workload(two_models(), *table_platform(("net-a", "net-b"))), K=1)  # type: ignore[arg-type]
+    prepared = prepare_units(Workload(two_models(), *table_platform(("net-a", "net-b"))), K=1)
     cost = prepared.cost
     result = pso_ga_server_order(cost, settings=PsoSettings(particles=10, iterations=40), seed=1)
     assert result.priority is not None and sorted(result.priority) == list(range(cost.tasks))
@@ -217,15 +218,16 @@ def test_heft_runs_a_chain_on_the_fastest_device_unless_memory_forbids() -> None
 
 
 def test_the_four_methods_run_end_to_end_and_contention_never_helps() -> None:
-    workload = Workload(two_models(), *table_platform(("net-a", "net-b")))  # type: ignore[arg-type]
+    workload = Workload(two_models(), *table_platform(("net-a", "net-b")))
     workload = Workload(workload.models, workload.platform, workload.sources[:2])
     blocks = prepare_blocks(workload, PieceSettings(blocks_per_model=3, fuse=False))
     layers = prepare_units(workload, K=1)
     pieces = prepare_units(workload, K=3)
     settings = SearchSettings(pso=PsoSettings(particles=10, iterations=30),
                               memetic=PsoSettings(particles=10, iterations=30, memetic=True))
-    for method, prepared in (("LO", layers), ("PO", blocks), ("MO", blocks), ("HEFT", pieces)):
-        result = run_method(method, prepared, seed=0, settings=settings)  # type: ignore[arg-type]
+    runs: tuple[tuple[Method, Prepared], ...] = (("LO", layers), ("PO", blocks), ("MO", blocks), ("HEFT", pieces))
+    for method, prepared in runs:
+        result = run_method(method, prepared, seed=0, settings=settings)
         assert set(result.fitness) == {"free", "fifo"}
         assert result.fitness["fifo"] >= result.fitness["free"] - 1e-12
         assert len(result.task_devices) == prepared.cost.tasks
