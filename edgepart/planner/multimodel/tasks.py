@@ -20,12 +20,12 @@ the network, and the list-scheduling priority (decreasing HEFT upward rank).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import networkx as nx
 import numpy as np
 
 from edgepart.geometry import Region, TileGeometry, backprop
@@ -217,37 +217,31 @@ class CostGraph:
         return np.asarray(block_devices)[..., self.block]
 
 
+def _digraph(n: int, edges: Sequence[tuple[int, int]]) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(edges)
+    return graph
+
+
+def topological(n: int, edges: Sequence[tuple[int, int]], key: Sequence[float]) -> list[int]:
+    """Kahn's order taking, among ready nodes, the smallest (key, index) first; raises on a cycle."""
+    try:
+        return list(nx.lexicographical_topological_sort(_digraph(n, edges), key=lambda v: (key[v], v)))
+    except nx.NetworkXUnfeasible:
+        raise PlanningError("the task graph has a cycle") from None
+
+
 def upward_rank(compute: np.ndarray, edges: Sequence[tuple[int, int]], edge_s: np.ndarray) -> np.ndarray:
     """rank_u(v) = w_v + max over successors x of (t_vx + rank_u(x)) (HEFT), over any DAG."""
     n = len(compute)
     succ: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-    indeg = [0] * n
     for (u, v), t in zip(edges, edge_s.tolist(), strict=True):
         succ[u].append((v, t))
-        indeg[v] += 1
-    topo = topological(n, [[v for v, _ in s] for s in succ], indeg, [0.0] * n)
     rank = np.zeros(n)
-    for v in reversed(topo):
+    for v in reversed(topological(n, edges, [0.0] * n)):
         rank[v] = compute[v] + max((t + rank[x] for x, t in succ[v]), default=0.0)
     return rank
-
-
-def topological(n: int, succ: Sequence[Sequence[int]], indeg: Sequence[int], key: Sequence[float]) -> list[int]:
-    """Kahn's order: among ready nodes the smallest (key, index) first; raises on a cycle."""
-    remaining = list(indeg)
-    heap = [(key[v], v) for v in range(n) if remaining[v] == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        _, v = heapq.heappop(heap)
-        order.append(v)
-        for x in succ[v]:
-            remaining[x] -= 1
-            if remaining[x] == 0:
-                heapq.heappush(heap, (key[x], x))
-    if len(order) != n:
-        raise PlanningError("the task graph has a cycle")
-    return order
 
 
 def cost_graph(tasks: TaskGraph, platform: Platform, sources: Sequence[int],
@@ -270,14 +264,9 @@ def cost_graph(tasks: TaskGraph, platform: Platform, sources: Sequence[int],
     edge_src = np.array([e.src for e in tasks.edges], dtype=np.int64)
     edge_dst = np.array([e.dst for e in tasks.edges], dtype=np.int64)
     edge_bytes = np.array([e.nbytes for e in tasks.edges], dtype=float)
-    rank = upward_rank(compute.mean(axis=1), list(zip(edge_src.tolist(), edge_dst.tolist(), strict=True)),
-                       mean_transfer(platform.network, m, edge_bytes))
-    succ: list[list[int]] = [[] for _ in range(n)]
-    indeg = [0] * n
-    for u, v in zip(edge_src.tolist(), edge_dst.tolist(), strict=True):
-        succ[u].append(v)
-        indeg[v] += 1
-    order = topological(n, succ, indeg, (-rank).tolist())
+    pairs = list(zip(edge_src.tolist(), edge_dst.tolist(), strict=True))
+    rank = upward_rank(compute.mean(axis=1), pairs, mean_transfer(platform.network, m, edge_bytes))
+    order = topological(n, pairs, (-rank).tolist())
     return CostGraph(
         compute_s=compute,
         memory_bytes=np.array([tasks.memory_bytes(t) for t in tasks.tasks], dtype=float),
