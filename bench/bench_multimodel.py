@@ -56,7 +56,6 @@ from edgepart.planner.multimodel.methods import Method, piece_seconds
 from edgepart.planner.multimodel.multilevel import WeightedGraph
 from edgepart.planner.multimodel.platform import mean_transfer
 from edgepart.planner.multimodel.poster import MODEL_CYCLE, poster_models, poster_platform
-from edgepart.sim.draw import line_chart_svg
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = PieceSettings(K=3, blocks_per_model=3, fuse=False)
@@ -110,15 +109,58 @@ def comparison(graphs: dict[str, LayerGraph], iot: int, counts: Sequence[int], s
     return gains
 
 
+COLOURS = {"LO": "#1f77b4", "PO": "#ff7f0e", "MO": "#2ca02c"}
+
+
+def step_chart_svg(title: str, series: dict[str, Sequence[float]], width: int = 560, height: int = 340) -> str:
+    """Best-so-far curves as step lines, five ticks per axis (hundreds of iterations stay readable)."""
+    left, right, top, bottom = 60, 90, 30, 45
+    plot_w, plot_h = width - left - right, height - top - bottom
+    last = max(len(values) for values in series.values()) - 1 or 1
+    low = min(min(values) for values in series.values())
+    high = max(max(values) for values in series.values())
+    low, high = low - 0.05 * (high - low or 1), high + 0.05 * (high - low or 1)
+
+    def x(i: float) -> float:
+        return left + i / last * plot_w
+
+    def y(v: float) -> float:
+        return top + plot_h - (v - low) / (high - low) * plot_h
+
+    out = [f'<text x="{left}" y="18" font-size="13" font-family="sans-serif">{title}</text>',
+           f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>',
+           f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" font-family="sans-serif" '
+           'text-anchor="middle">iteration</text>',
+           f'<text x="8" y="{top - 8}" font-size="11" font-family="sans-serif">F (ms)</text>']
+    for tick in range(5):
+        i, v = last * tick / 4, low + (high - low) * tick / 4
+        out.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 14}" font-size="9" font-family="sans-serif" '
+                   f'text-anchor="middle">{i:.0f}</text>')
+        out.append(f'<text x="{left - 4}" y="{y(v) + 3:.1f}" font-size="9" font-family="sans-serif" '
+                   f'text-anchor="end">{v:.1f}</text>')
+    for row, (name, values) in enumerate(series.items()):
+        points = [f"{x(0):.1f},{y(values[0]):.1f}"]
+        for i in range(1, len(values)):
+            points += [f"{x(i):.1f},{y(values[i - 1]):.1f}", f"{x(i):.1f},{y(values[i]):.1f}"]
+        colour = COLOURS.get(name, "#555")
+        out.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<rect x="{left + plot_w + 12}" y="{top + row * 18}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{left + plot_w + 26}" y="{top + row * 18 + 9}" font-size="10" '
+                   f'font-family="sans-serif">{name} ({len(values) - 1} it.)</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}">\n<rect width="100%" height="100%" fill="white"/>\n'
+            + "\n".join(out) + "\n</svg>\n")
+
+
 def convergence(graphs: dict[str, LayerGraph]) -> str:
     """Best F so far per iteration of LO, PO and MO (D = 6, 3 models, seed 0)."""
     load = workload(graphs, 6, 3)
     blocks = prepare_blocks(load, SETTINGS)
-    series: dict[str, list[tuple[float, float]]] = {}
-    for method, prepared in (("LO", prepare_units(load, K=1)), ("PO", blocks), ("MO", blocks)):
-        history = run_method(method, prepared, seed=0).history  # type: ignore[arg-type]
-        series[method] = [(float(i), value * 1e3) for i, value in enumerate(history)]
-    return line_chart_svg("best F so far (D = 6, 3 models, seed 0)", "iteration", "F (ms)", series)
+    runs: tuple[tuple[Method, Prepared], ...] = (("LO", prepare_units(load, K=1)), ("PO", blocks), ("MO", blocks))
+    series: dict[str, Sequence[float]] = {
+        method: [value * 1e3 for value in run_method(method, prepared, seed=0).history] for method, prepared in runs}
+    return step_chart_svg("best F so far (D = 6, 3 models, seed 0)", series)
 
 
 def variants(graphs: dict[str, LayerGraph], seeds: int) -> list[str]:
