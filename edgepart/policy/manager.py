@@ -17,7 +17,10 @@ and the simulator (`edgepart.sim.dispatch`) drive the same code and differ
 only in how they carry out actions and where events come from.
 
 [R] Choices the paper leaves open:
-- One request at a time; requests that arrive meanwhile queue (FIFO).
+- Requests are admitted in arrival order, at most `window` at a time (1: the paper's one request at a
+  time; more lets the next request's transfers overlap this one's compute). LOOKUP, CONFIGURE and
+  DISPATCH serve the admitted request; EXECUTE waits for parts; AGGREGATE answers every request whose
+  parts are all done.
 - The table is stale when a live node lacks a θ estimate for some variant (a node that joined, or one
   that left and came back: its estimates are forgotten when it leaves). PROFILE asks for those
   measurements; predictions from the cost model count as estimates, so a fresh manager seeded with
@@ -185,12 +188,15 @@ class ManagerSettings:
     result_bytes: float = 0.0
     medium: Medium = "switched"
     deviation: float = 0.10  # relative throughput deviation that triggers a re-plan
+    window: int = 1  # requests in flight at once: 1 is the paper's one request at a time
 
     def __post_init__(self) -> None:
         if not self.variants:
             raise ManagerError("settings.variants: need at least one variant")
         if not self.deviation > 0:
             raise ManagerError(f"settings.deviation must be > 0, got {self.deviation}")
+        if self.window < 1:
+            raise ManagerError(f"settings.window must be >= 1, got {self.window}")
 
     @property
     def variant_names(self) -> tuple[str, ...]:
@@ -238,6 +244,10 @@ class RequestProgress:
     def pending_images(self) -> int:
         return sum(b - a for a, b in self.pending)
 
+    @property
+    def finished(self) -> bool:
+        return not self.pending and not self.running
+
 
 @dataclass(frozen=True)
 class ManagerState:
@@ -250,9 +260,12 @@ class ManagerState:
     problem: DseProblem | None = None  # what `selection` was chosen on
     selected_at: tuple[tuple[str, ...], int] | None = None  # (nodes, table_version) of the selection
     awaiting: frozenset[tuple[str, str]] = frozenset()  # profiles (PROFILE) or loads (CONFIGURE) not answered
-    queue: tuple[RequestArrived, ...] = ()
-    current: RequestProgress | None = None
+    queue: tuple[RequestArrived, ...] = ()  # arrived, not yet admitted
+    active: tuple[RequestProgress, ...] = ()  # admitted and not yet answered, in arrival order
     replan_reason: str = "request"  # why the next LOOKUP re-chooses
+
+    def request(self, request: str) -> RequestProgress | None:
+        return next((r for r in self.active if r.request == request), None)
 
     def describe(self) -> dict[str, object]:
         """What `edgepart status` and the gateway's metrics show."""
@@ -269,9 +282,8 @@ class ManagerState:
             "targetMet": None if selection is None else selection.feasible,
             "note": "" if selection is None else selection.note,
             "queued": len(self.queue),
-            "request": None if self.current is None else {
-                "id": self.current.request, "images": self.current.images,
-                "answered": sum(p.images for p in self.current.done)},
+            "requests": [{"id": r.request, "images": r.images, "answered": sum(p.images for p in r.done)}
+                         for r in self.active],
         }
 
 
@@ -313,16 +325,26 @@ class _Run:
         """Something that invalidates the current configuration happened."""
         self.update(table_version=self.state.table_version + 1, replan_reason=reason)
 
+    def replace_request(self, progress: RequestProgress) -> None:
+        self.update(active=tuple(progress if r.request == progress.request else r for r in self.state.active))
+
+    def _admit(self) -> bool:
+        """Admit the next queued request if the window allows; True when one was admitted."""
+        if not self.state.queue or len(self.state.active) >= self.settings.window:
+            return False
+        head, *rest = self.state.queue
+        self.update(queue=tuple(rest),
+                    active=(*self.state.active, RequestProgress(head.request, head.images, ((0, head.images),))))
+        return True
+
     def advance(self) -> None:
         """Take every transition that needs no outside answer."""
         while True:
             phase = self.state.phase
             if phase is Phase.IDLE:
-                if not self.state.queue:
+                if not self._admit():
                     return
-                head, *rest = self.state.queue
-                self.enter(Phase.LOOKUP, queue=tuple(rest),
-                           current=RequestProgress(head.request, head.images, ((0, head.images),)))
+                self.enter(Phase.LOOKUP)
             elif phase is Phase.LOOKUP:
                 if not self._lookup():
                     return
@@ -338,17 +360,19 @@ class _Run:
                 self._dispatch()
                 self.enter(Phase.EXECUTE)
             elif phase is Phase.EXECUTE:
-                current = self.state.current
-                assert current is not None
-                if current.running:
+                if any(r.finished for r in self.state.active):
+                    self.enter(Phase.AGGREGATE)
+                elif any(r.pending for r in self.state.active) or self._admit():
+                    self.enter(Phase.LOOKUP)  # images lost with a node, or room for the next request
+                elif not self.state.active:
+                    self.enter(Phase.IDLE)
+                else:
                     return
-                if current.pending:  # images lost with a node and nothing left running: re-plan now
-                    self.enter(Phase.LOOKUP)
-                    continue
-                self.enter(Phase.AGGREGATE)
             elif phase is Phase.AGGREGATE:
-                self._reply()
-                self.enter(Phase.IDLE, current=None)
+                for progress in [r for r in self.state.active if r.finished]:
+                    self._reply(progress)
+                self.update(active=tuple(r for r in self.state.active if not r.finished))
+                self.enter(Phase.EXECUTE if self.state.active else Phase.IDLE)
 
     def _lookup(self) -> bool:
         """LOOKUP's work; False when it must wait (no node at all)."""
@@ -363,9 +387,9 @@ class _Run:
             return True
         key = (state.nodes, state.table_version)
         if state.selected_at != key:
-            assert state.current is not None
+            images = next((r.pending_images for r in state.active if r.pending), 1)
             problem = settings.problem(state.nodes, state.estimates)
-            selection = settings.policy.choose(problem, settings.target, max(1, state.current.pending_images))
+            selection = settings.policy.choose(problem, settings.target, images)
             self.actions.append(Selected(state.replan_reason, selection))
             self.update(selection=selection, problem=problem, selected_at=key, replan_reason="request")
         self._configure()
@@ -380,40 +404,38 @@ class _Run:
         self.enter(Phase.CONFIGURE, awaiting=frozenset(loads))
 
     def _dispatch(self) -> None:
-        current, selection, problem = self.state.current, self.state.selection, self.state.problem
-        assert current is not None and selection is not None and problem is not None
-        total = current.pending_images
-        if total == 0:
-            return
+        """Split the pending images of every admitted request over the selected nodes."""
+        selection, problem = self.state.selection, self.state.problem
+        assert selection is not None and problem is not None
         choices = selection.assignment.choices
-        counts = image_counts(selection.assignment.weights, total)
-        ranges = list(current.pending)
-        parts = list(current.running)
-        next_id = current.next_part
-        for n in dispatch_order(problem, choices, counts):
-            need = counts[n]
-            theta = problem.nodes[n].throughput[choices[n]]
-            assert theta is not None and choices[n] != OFF
-            variant = problem.variants[choices[n]].name
-            while need:
-                start, stop = ranges[0]
-                take = min(need, stop - start)
-                part = Part(next_id, problem.nodes[n].name, variant, start, start + take, theta)
-                self.actions.append(Dispatch(current.request, part.id, part.node, variant, part.start, part.stop))
-                parts.append(part)
-                next_id += 1
-                need -= take
-                ranges[0] = (start + take, stop)
-                if ranges[0][0] == stop:
-                    ranges.pop(0)
-        self.update(current=replace(current, pending=(), running=tuple(parts), next_part=next_id))
+        for progress in [r for r in self.state.active if r.pending]:
+            counts = image_counts(selection.assignment.weights, progress.pending_images)
+            ranges = list(progress.pending)
+            parts = list(progress.running)
+            next_id = progress.next_part
+            for n in dispatch_order(problem, choices, counts):
+                need = counts[n]
+                theta = problem.nodes[n].throughput[choices[n]]
+                assert theta is not None and choices[n] != OFF
+                variant = problem.variants[choices[n]].name
+                while need:
+                    start, stop = ranges[0]
+                    take = min(need, stop - start)
+                    part = Part(next_id, problem.nodes[n].name, variant, start, start + take, theta)
+                    self.actions.append(Dispatch(progress.request, part.id, part.node, variant, part.start,
+                                                 part.stop))
+                    parts.append(part)
+                    next_id += 1
+                    need -= take
+                    ranges[0] = (start + take, stop)
+                    if ranges[0][0] == stop:
+                        ranges.pop(0)
+            self.replace_request(replace(progress, pending=(), running=tuple(parts), next_part=next_id))
 
-    def _reply(self) -> None:
-        current = self.state.current
-        assert current is not None
-        parts = sorted(current.done, key=lambda p: p.id)
-        accuracy = sum(p.images * self.settings.accuracy_of(p.variant) for p in parts) / current.images
-        self.actions.append(Reply(current.request, current.images, accuracy,
+    def _reply(self, progress: RequestProgress) -> None:
+        parts = sorted(progress.done, key=lambda p: p.id)
+        accuracy = sum(p.images * self.settings.accuracy_of(p.variant) for p in parts) / progress.images
+        self.actions.append(Reply(progress.request, progress.images, accuracy,
                                   tuple((p.node, p.variant, p.images) for p in parts)))
 
 
@@ -441,7 +463,7 @@ def step(settings: ManagerSettings, state: ManagerState, event: Event) -> Step:
 def _on_request(run: _Run, event: RequestArrived) -> None:
     if event.images < 1:
         raise ManagerError(f"request {event.request!r}: images must be >= 1, got {event.images}")
-    known = {r.request for r in run.state.queue} | ({run.state.current.request} if run.state.current else set())
+    known = {r.request for r in run.state.queue} | {r.request for r in run.state.active}
     if event.request in known:
         raise ManagerError(f"request {event.request!r} is already queued or running")
     run.update(queue=(*run.state.queue, event))
@@ -471,23 +493,21 @@ def _on_loaded(run: _Run, event: VariantLoaded) -> None:
 
 
 def _on_part_done(run: _Run, event: PartDone) -> None:
-    current = run.state.current
-    if current is None or current.request != event.request:
-        return  # a part of a request already answered (it was dispatched again after its node left)
-    part = next((p for p in current.running if p.id == event.part), None)
-    if part is None:
-        return
+    progress = run.state.request(event.request)
+    part = None if progress is None else next((p for p in progress.running if p.id == event.part), None)
+    if progress is None or part is None:
+        return  # a part that was dispatched again after its node left, or of a request already answered
     if event.node != part.node or event.images != part.images:
         raise ManagerError(f"request {event.request!r} part {event.part}: reported by {event.node!r} for "
                            f"{event.images} images, dispatched to {part.node!r} with {part.images}")
     measured = measured_throughput(event.images, event.seconds)
-    run.update(estimates=run.state.estimates.observe(part.node, part.variant, event.images, event.seconds),
-               current=replace(current, running=tuple(p for p in current.running if p is not part),
-                               done=(*current.done, part)))
+    run.update(estimates=run.state.estimates.observe(part.node, part.variant, event.images, event.seconds))
+    run.replace_request(replace(progress, running=tuple(p for p in progress.running if p is not part),
+                                done=(*progress.done, part)))
     if deviation(part.predicted, measured) > run.settings.deviation:
         run.trigger(f"throughput of {part.variant} on {part.node}: measured {measured:.4g} images/s, predicted "
                     f"{part.predicted:.4g} ({measured / part.predicted - 1:+.0%})")
-        unfinished = run.state.current is not None and bool(run.state.current.running or run.state.current.pending)
+        unfinished = any(not r.finished for r in run.state.active)
         if run.state.phase in (Phase.CONFIGURE, Phase.EXECUTE) and unfinished:
             run.enter(Phase.LOOKUP)
 
@@ -501,12 +521,14 @@ def _on_node_left(run: _Run, event: NodeLeft) -> None:
     run.update(nodes=tuple(n for n in state.nodes if n != event.node), estimates=state.estimates.without(event.node),
                loaded=loaded, awaiting=awaiting)
     run.trigger(f"node {event.node} left")
-    current = run.state.current
-    lost = () if current is None else tuple(p for p in current.running if p.node == event.node)
-    if current is not None and lost:
-        pending = tuple(sorted((*current.pending, *((p.start, p.stop) for p in lost))))
-        run.update(current=replace(current, pending=pending,
-                                   running=tuple(p for p in current.running if p.node != event.node)))
+    lost = False
+    for progress in run.state.active:
+        gone = tuple(p for p in progress.running if p.node == event.node)
+        if gone:
+            lost = True
+            pending = tuple(sorted((*progress.pending, *((p.start, p.stop) for p in gone))))
+            run.replace_request(replace(progress, pending=pending,
+                                        running=tuple(p for p in progress.running if p.node != event.node)))
     selection, problem = state.selection, state.problem
     was_on = selection is not None and problem is not None and any(
         n.name == event.node and v is not None for n, v in zip(problem.nodes, selection.variants, strict=True))

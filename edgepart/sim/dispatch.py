@@ -233,9 +233,8 @@ def simulate_dispatch(settings: ManagerSettings, state: ManagerState, nodes: Seq
             world.computed(happening.action, happening.seconds)
         elif isinstance(happening, _Answered):
             action = happening.action
-            current = state.current
-            accepted = current is not None and current.request == action.request and any(
-                p.id == action.part for p in current.running)
+            progress = state.request(action.request)
+            accepted = progress is not None and any(p.id == action.part for p in progress.running)
             if action.node not in world.gone and accepted:
                 event = PartDone(action.request, action.part, action.node, action.stop - action.start,
                                  happening.seconds)
@@ -245,7 +244,7 @@ def simulate_dispatch(settings: ManagerSettings, state: ManagerState, nodes: Seq
             event = happening
             if isinstance(event, NodeLeft):
                 world.gone.add(event.node)
-                world.lost += sum(1 for p in (state.current.running if state.current else ()) if p.node == event.node)
+                world.lost += sum(1 for r in state.active for p in r.running if p.node == event.node)
             elif isinstance(event, NodeJoined):
                 world.gone.discard(event.node)
                 world.node_free[event.node] = time

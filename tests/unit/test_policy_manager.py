@@ -93,7 +93,7 @@ def test_a_request_goes_through_every_phase() -> None:
     (reply,) = of(last.actions, Reply)
     expected = sum((d.stop - d.start) * {"small": 0.8, "big": 0.95}[d.variant] for d in dispatches) / 100
     assert reply.images == 100 and reply.accuracy == pytest.approx(expected)
-    assert last.state.current is None and last.state.describe()["phase"] == "IDLE"
+    assert last.state.active == () and last.state.describe()["phase"] == "IDLE"
     # the next request reuses the configuration: no selection, no load, straight to EXECUTE
     again = step(SETTINGS, last.state, RequestArrived("r2", 10))
     assert again.phases == (Phase.LOOKUP, Phase.CONFIGURE, Phase.DISPATCH, Phase.EXECUTE)
@@ -161,7 +161,7 @@ def test_node_loss_mid_request_loses_no_image() -> None:
         out = answer(state, d)
         state = out.state
     (reply,) = of(out.actions, Reply)
-    assert out.state.current is None  # the request is closed
+    assert out.state.active == ()  # the request is closed
     covered = sorted((d.start, d.stop) for d in [*(d for d in dispatches if d.node != victim), *again])
     position = 0
     for start, stop in covered:  # every image answered exactly once
@@ -287,3 +287,34 @@ def test_estimates_from_the_cost_model_and_ewma() -> None:
     assert refined.get("d", "digits-xl") == pytest.approx(0.75 * xl) and refined.version == estimates.version + 1
     assert refined.without("d").missing(("d", "e"), ("digits-xs",)) == (("d", "digits-xs"),)
     assert ThroughputEstimates().observe("n", "v", 10, 2.0).get("n", "v") == 5.0  # first measurement as is
+
+
+def test_a_window_admits_the_next_request_while_one_runs() -> None:
+    settings = replace(SETTINGS, window=2)
+    first = step(settings, fresh(), RequestArrived("r1", 40))
+    ready = load_all(first.state, first, settings)
+    r1 = of(ready.actions, Dispatch)
+    second = step(settings, ready.state, RequestArrived("r2", 40))
+    assert second.phases == (Phase.LOOKUP, Phase.CONFIGURE, Phase.DISPATCH, Phase.EXECUTE)
+    r2 = of(second.actions, Dispatch)
+    assert {d.request for d in r2} == {"r2"} and sum(d.stop - d.start for d in r2) == 40
+    third = step(settings, second.state, RequestArrived("r3", 40))
+    assert third.phases == () and [q.request for q in third.state.queue] == ["r3"]  # the window is full
+    state = third.state
+    for d in r1:
+        out = answer(state, d, settings=settings)
+        state = out.state
+    # r1 answered; r3 admitted in the same step while r2 still runs
+    assert [a.request for a in of(out.actions, Reply)] == ["r1"]
+    assert out.phases == (Phase.AGGREGATE, Phase.EXECUTE, Phase.LOOKUP, Phase.CONFIGURE, Phase.DISPATCH,
+                          Phase.EXECUTE)
+    assert [r.request for r in out.state.active] == ["r2", "r3"]
+    # a node loss re-dispatches the lost images of every request in flight
+    victim = r2[0].node
+    left = step(settings, out.state, NodeLeft(victim))
+    again = of(left.actions + load_all(left.state, left, settings).actions, Dispatch)
+    lost = {r: sum(p.images for p in progress.running if p.node == victim)
+            for r, progress in ((p.request, p) for p in out.state.active)}
+    assert {r: sum(d.stop - d.start for d in again if d.request == r) for r in lost} == lost
+    with pytest.raises(ManagerError, match="window must be >= 1"):
+        replace(SETTINGS, window=0)

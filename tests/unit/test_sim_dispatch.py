@@ -116,3 +116,18 @@ def test_every_node_leaving_stops_the_stream_with_a_reason() -> None:
         simulate_dispatch(SETTINGS, initial_state(("a", "b", "c"), ESTIMATES),
                           nodes(a={"leaves_at": 1e-4}, b={"leaves_at": 1e-4}, c={"leaves_at": 1e-4}),
                           Stream(3, 10000))
+
+
+def test_a_window_of_two_overlaps_transfers_with_compute() -> None:
+    one = simulate_dispatch(SETTINGS, initial_state(("a", "b", "c"), ESTIMATES), nodes(), Stream(20, 300))
+    two = simulate_dispatch(replace(SETTINGS, window=2), initial_state(("a", "b", "c"), ESTIMATES), nodes(),
+                            Stream(20, 300))
+    selection = one.selections[0][1].selection
+    assert one.throughput < two.throughput <= selection.throughput * (1 + 1e-9)
+    assert two.throughput > 0.9 * selection.throughput  # the table's Θ = Σθ, nearly reached
+    assert two.accuracy == pytest.approx(one.accuracy)
+    covered_once(two, 300)
+    lossy = simulate_dispatch(replace(SETTINGS, window=3), initial_state(("a", "b", "c"), ESTIMATES),
+                              nodes(c={"leaves_at": two.makespan_s / 3}), Stream(20, 300))
+    covered_once(lossy, 300)
+    assert lossy.lost_parts >= 2  # parts of more than one request were on the node
