@@ -24,10 +24,12 @@ the remaining nodes. Since A of the whole is (Q_s + Q_R)/(Θ_s + Θ_R), that
 holds when Θ* ≥ Θ, P* ≤ P, and, with Q_R ≤ a·Θ_R (a: the best accuracy left)
 and Θ_R ≤ Θ̄ (the most the remaining nodes can add),
 
-    C0 + Θ̄ · min(0, ΔQ − a·ΔΘ) ≥ 0,   C0 = Q*·Θ − Q·Θ* ≥ 0 (A* ≥ A),  Δ = s* − s,
+    C0 ≥ 0  and  C0 + Θ̄·(ΔQ − a·ΔΘ) ≥ 0,   C0 = Q*·Θ − Q·Θ*,  Δ = s* − s,
 
 because Q_total·Θ_total' − Q_total'·Θ_total = C0 + Θ_R·ΔQ − Q_R·ΔΘ is linear
-in (Θ_R, Q_R). Identical partial sums keep the smallest choice tuple. The
+in (Θ_R, Q_R) and smallest at a vertex of {0 ≤ Θ_R ≤ Θ̄, 0 ≤ Q_R ≤ a·Θ_R}:
+(0, 0) or (Θ̄, a·Θ̄). That is, s* is at least as accurate as s alone and
+when both are completed by the best imaginable rest. Identical partial sums keep the smallest choice tuple. The
 brute force (`brute_force_front`) enumerates all (|M|+1)^|N| configurations and
 is what the tests compare against.
 """
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 from typing import Literal
+
+import numpy as np
 
 from edgepart.errors import EdgepartError
 from edgepart.planner.cluster import LOCAL, Link
@@ -274,9 +278,9 @@ def _dedupe(items: Iterable[_Partial]) -> list[_Partial]:
     return [(t, q, p, c) for (t, q, p), c in best.items()]
 
 
-def _sorted(items: list[_Partial]) -> list[_Partial]:
-    """Θ descending, then A descending, then P ascending (the order every sweep below relies on)."""
-    return sorted(items, key=lambda s: (-s[0], -Fraction(s[1], s[0]), s[2]))
+def _sorted(items: Iterable[_Partial]) -> list[_Partial]:
+    """Θ descending, then A descending (for equal Θ, that is Q descending: exact), then P ascending."""
+    return sorted(items, key=lambda s: (-s[0], -s[1], s[2]))
 
 
 def _plain_front(items: list[_Partial]) -> list[_Partial]:
@@ -284,42 +288,68 @@ def _plain_front(items: list[_Partial]) -> list[_Partial]:
     over a staircase of (P ascending, A strictly ascending) of the points kept so far."""
     kept: list[_Partial] = []
     stair_p: list[int] = []
-    stair_a: list[Fraction] = []
+    stair: list[tuple[int, int]] = []  # (Q, Θ) of each step: A = Q/Θ, compared by cross-multiplying
+
+    def at_least(x: tuple[int, int], quality: int, theta: int) -> bool:
+        return x[0] * theta >= quality * x[1]
+
     for item in _sorted(items):
-        accuracy, power = Fraction(item[1], item[0]), item[2]
+        theta, quality, power = item[0], item[1], item[2]
         i = bisect.bisect_right(stair_p, power) - 1
-        if i >= 0 and stair_a[i] >= accuracy:
+        if i >= 0 and at_least(stair[i], quality, theta):
             continue  # a point with Θ ≥, P ≤ and A ≥ exists, and it is not this one (deduplicated)
         kept.append(item)
-        j = i + 1
-        k = j
-        while k < len(stair_p) and stair_a[k] <= accuracy:
+        j = k = i + 1
+        while k < len(stair_p) and at_least((quality, theta), *stair[k]):
             k += 1
         stair_p[j:k] = [power]
-        stair_a[j:k] = [accuracy]
+        stair[j:k] = [(quality, theta)]
     return kept
 
 
+_BLOCK = 256  # partials screened together by `_robust_prune`
+
+
 def _robust_prune(items: list[_Partial], rest_theta: int, rest_accuracy: int) -> list[_Partial]:
-    """Drop partials that another one beats for every completion (module docstring). Θ = 0 partials stay."""
+    """Drop partials that another one beats for every completion (module docstring). Θ = 0 partials stay.
+
+    With R = `rest_theta` and a = `rest_accuracy`, t beats s when Θ_t ≥ Θ_s, P_t ≤ P_s, and t is at least as
+    accurate both alone and completed by (R, a·R), the two vertices where the difference is smallest. That
+    is dominance in four coordinates, so it is transitive: s goes when any partial before it in the order
+    (Θ descending) beats it, kept or not. Floats of both accuracies screen the pairs in blocks (numpy); a
+    pair that passes the screen, with a margin for rounding, is confirmed in exact integers.
+    """
     zero = [s for s in items if s[0] == 0]
-    kept: list[_Partial] = []
-    for s in _sorted([s for s in items if s[0] > 0]):
-        theta, quality, power = s[0], s[1], s[2]
-        beaten = False
-        for t in kept:  # every kept t has Θ_t ≥ Θ_s
-            if t[2] > power:
-                continue
-            c0 = t[1] * theta - quality * t[0]
-            if c0 < 0:
-                continue
-            slack = (t[1] - quality) - rest_accuracy * (t[0] - theta)
-            if slack >= 0 or c0 + rest_theta * slack >= 0:
-                beaten = True
-                break
-        if not beaten:
-            kept.append(s)
-    return zero + kept
+    ordered = _sorted(s for s in items if s[0] > 0)
+    count = len(ordered)
+    theta = np.array([s[0] for s in ordered], dtype=np.float64)
+    quality = np.array([s[1] for s in ordered], dtype=np.float64)
+    power = np.array([s[2] for s in ordered], dtype=np.float64)
+    alone = quality / theta
+    completed = (quality + float(rest_accuracy) * rest_theta) / (theta + rest_theta)
+    alone_floor, completed_floor = alone * (1 - 1e-9), completed * (1 - 1e-9)
+
+    def beats(t: _Partial, s: _Partial) -> bool:
+        c0 = t[1] * s[0] - s[1] * t[0]
+        return t[2] <= s[2] and c0 >= 0 and \
+            c0 + rest_theta * ((t[1] - s[1]) - rest_accuracy * (t[0] - s[0])) >= 0
+
+    kept: list[int] = []
+    for begin in range(0, count, _BLOCK):
+        block = range(begin, min(begin + _BLOCK, count))
+        before = np.array(kept, dtype=np.int64)
+        # candidates[i, j]: partial j (kept, before the block; or earlier in the block) may beat partial i
+        within = np.arange(block.start, block.stop)
+        rows = slice(block.start, block.stop)
+        against = np.concatenate([before, within])
+        screen = ((power[against][None, :] <= power[rows][:, None])
+                  & (alone[against][None, :] >= alone_floor[rows][:, None])
+                  & (completed[against][None, :] >= completed_floor[rows][:, None]))
+        screen[:, len(before):] &= np.tri(len(within), k=-1, dtype=bool)
+        for row, i in enumerate(block):
+            if not any(beats(ordered[int(j)], ordered[i]) for j in against[np.flatnonzero(screen[row])]):
+                kept.append(i)
+    return zero + [ordered[i] for i in kept]
 
 
 def _front(problem: DseProblem, items: list[_Partial], examined: int) -> Front:
