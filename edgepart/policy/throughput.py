@@ -5,8 +5,9 @@ batch a node computes at once, costed layer by layer on the node's `Device`
 (`Device.layer_time`), θ = batch / Σ layer times. At run time every finished
 part reports how many images it computed in how many seconds; the estimate
 moves towards that measurement by an exponentially weighted moving average
-(`ThroughputEstimates.observe`), and the relative deviation from the
-prediction the dispatch used is what the resource manager watches.
+(`ThroughputEstimates.observe`; the node's other variants move by the same
+ratio), and the relative deviation from the prediction the dispatch used is
+what the resource manager watches.
 """
 
 from __future__ import annotations
@@ -61,11 +62,19 @@ class ThroughputEstimates:
         return tuple((n, v) for n in nodes for v in names if (n, v) not in self.values)
 
     def observe(self, node: str, variant: str, images: int, seconds: float) -> ThroughputEstimates:
-        """Fold in a measurement: `images` computed in `seconds`. The first one for a pair is taken as is."""
+        """Fold in a measurement: `images` computed in `seconds`. The first one for a pair is taken as is.
+
+        [R] The node's other variants move by the same ratio: a node that runs one variant slower than
+        expected (throttling, a noisy neighbour) runs the others slower too, and a re-plan that swaps its
+        variant should not start from a stale speed. Their own measurements correct them later.
+        """
         measured = measured_throughput(images, seconds)
         old = self.values.get((node, variant))
-        new = measured if old is None else (1 - self.weight) * old + self.weight * measured
-        return replace(self, values={**self.values, (node, variant): new}, version=self.version + 1)
+        if old is None:
+            return replace(self, values={**self.values, (node, variant): measured}, version=self.version + 1)
+        ratio = ((1 - self.weight) * old + self.weight * measured) / old
+        values = {k: v * ratio if k[0] == node else v for k, v in self.values.items()}
+        return replace(self, values=values, version=self.version + 1)
 
     def without(self, node: str) -> ThroughputEstimates:
         """Forget a node (it left; if it comes back it is profiled again)."""

@@ -189,6 +189,8 @@ def test_throughput_deviation_replans_and_swaps_without_losing_parts() -> None:
     assert selected.reason.startswith(f"throughput of {slow.variant} on {slow.node}: measured")
     assert "(-67%)" in selected.reason
     assert hit.state.estimates.get(slow.node, slow.variant) == pytest.approx(0.5 * theta + 0.5 * theta / 3)
+    other = next(v.name for v in VARIANTS if v.name != slow.variant)
+    assert hit.state.estimates.get(slow.node, other) == pytest.approx(THETA[(slow.node, other)] * 2 / 3)
     assert selected.selection != before
     # parts still running keep their variant; new loads are acknowledged while they run
     state = load_all(hit.state, hit, settings).state
@@ -285,6 +287,8 @@ def test_estimates_from_the_cost_model_and_ewma() -> None:
     assert xs is not None and xl is not None and xs > 5 * xl  # the family spans a real cost range
     refined = estimates.observe("d", "digits-xl", 100, 100 / (xl / 2))
     assert refined.get("d", "digits-xl") == pytest.approx(0.75 * xl) and refined.version == estimates.version + 1
+    assert refined.get("d", "digits-xs") == pytest.approx(0.75 * xs)  # the node slowed down, not one variant
+    assert refined.get("e", "digits-xl") == estimates.get("e", "digits-xl")
     assert refined.without("d").missing(("d", "e"), ("digits-xs",)) == (("d", "digits-xs"),)
     assert ThroughputEstimates().observe("n", "v", 10, 2.0).get("n", "v") == 5.0  # first measurement as is
 
