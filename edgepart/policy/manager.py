@@ -26,7 +26,9 @@ only in how they carry out actions and where events come from.
   measurements; predictions from the cost model count as estimates, so a fresh manager seeded with
   them goes straight to CONFIGURE.
 - Every finished part refines θ (EWMA); the configuration is only re-chosen when a node joins or leaves,
-  a profile completes, or a deviation > `deviation` triggers. A deviation on the last part of a request
+  a profile completes, or a deviation > `deviation` triggers. A deviating measurement replaces the
+  estimate (and scales the node's other variants alike) instead of being averaged in: the node has
+  changed, and re-planning on a half-corrected estimate would only trigger again. A deviation on the last part of a request
   is acted on at the next request's LOOKUP.
 - A variant swap (`LoadVariant`) replaces what a node has loaded; the node finishes the parts it holds
   with the variant they were dispatched with, so no image in flight is lost. Nodes turned off keep
@@ -501,10 +503,13 @@ def _on_part_done(run: _Run, event: PartDone) -> None:
         raise ManagerError(f"request {event.request!r} part {event.part}: reported by {event.node!r} for "
                            f"{event.images} images, dispatched to {part.node!r} with {part.images}")
     measured = measured_throughput(event.images, event.seconds)
-    run.update(estimates=run.state.estimates.observe(part.node, part.variant, event.images, event.seconds))
+    deviated = deviation(part.predicted, measured) > run.settings.deviation
+    # within the band the estimate is smoothed (EWMA); beyond it the node has changed: take the measurement
+    run.update(estimates=run.state.estimates.observe(part.node, part.variant, event.images, event.seconds,
+                                                     1.0 if deviated else None))
     run.replace_request(replace(progress, running=tuple(p for p in progress.running if p is not part),
                                 done=(*progress.done, part)))
-    if deviation(part.predicted, measured) > run.settings.deviation:
+    if deviated:
         run.trigger(f"throughput of {part.variant} on {part.node}: measured {measured:.4g} images/s, predicted "
                     f"{part.predicted:.4g} ({measured / part.predicted - 1:+.0%})")
         unfinished = any(not r.finished for r in run.state.active)

@@ -61,8 +61,10 @@ class ThroughputEstimates:
         names = tuple(variants)
         return tuple((n, v) for n in nodes for v in names if (n, v) not in self.values)
 
-    def observe(self, node: str, variant: str, images: int, seconds: float) -> ThroughputEstimates:
-        """Fold in a measurement: `images` computed in `seconds`. The first one for a pair is taken as is.
+    def observe(self, node: str, variant: str, images: int, seconds: float,
+                weight: float | None = None) -> ThroughputEstimates:
+        """Fold in a measurement: `images` computed in `seconds`, with `weight` (default: the EWMA's; 1 takes
+        the measurement as is). The first one for a pair is taken as is.
 
         [R] The node's other variants move by the same ratio: a node that runs one variant slower than
         expected (throttling, a noisy neighbour) runs the others slower too, and a re-plan that swaps its
@@ -72,7 +74,10 @@ class ThroughputEstimates:
         old = self.values.get((node, variant))
         if old is None:
             return replace(self, values={**self.values, (node, variant): measured}, version=self.version + 1)
-        ratio = ((1 - self.weight) * old + self.weight * measured) / old
+        w = self.weight if weight is None else weight
+        if not 0 < w <= 1:
+            raise ThroughputError(f"EWMA weight must be in (0, 1], got {w}")
+        ratio = ((1 - w) * old + w * measured) / old
         values = {k: v * ratio if k[0] == node else v for k, v in self.values.items()}
         return replace(self, values=values, version=self.version + 1)
 
