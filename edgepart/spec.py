@@ -202,6 +202,58 @@ def default_model_id(name: str) -> str:
     return cleaned[:63].strip("-") or "model"
 
 
+class AccuracySpec(_Model):
+    value: float = Field(ge=0, le=1, description="Top-1 accuracy as a fraction, e.g. 0.9861.")
+    kind: Literal["measured", "declared"] = Field(
+        description="measured: evaluated on held-out data with these weights (count and correct say how); "
+                    "declared: a published figure for the reference architecture (source says where).")
+    source: str = Field(min_length=1, description="measured: the dataset and split; declared: the publication "
+                                                  "or model card the figure comes from.")
+    count: int | None = Field(default=None, gt=0, description="Held-out images evaluated (measured).")
+    correct: int | None = Field(default=None, ge=0, description="Held-out images answered right (measured).")
+    seed: int | None = Field(default=None, ge=0, description="Seed of the held-out split (measured).")
+
+    @model_validator(mode="after")
+    def _measured_says_how(self) -> AccuracySpec:
+        if self.kind == "measured":
+            if self.count is None or self.correct is None:
+                raise ValueError("a measured accuracy needs count and correct (the held-out images and how many "
+                                 "were answered right)")
+            if self.correct > self.count:
+                raise ValueError(f"correct ({self.correct}) exceeds count ({self.count})")
+            if abs(self.value - self.correct / self.count) > 5e-7:
+                raise ValueError(f"value {self.value} is not correct/count = {self.correct}/{self.count}")
+        return self
+
+
+class VariantSpec(_Model):
+    name: Name = Field(description="Variant name, unique in its family.")
+    model: ModelSpec = Field(description="The variant's network and weights.")
+    accuracy: AccuracySpec = Field(description="Its accuracy, measured or declared.")
+
+
+class VariantFamilySpec(_Model):
+    name: Name = Field(description="Family name.")
+    task: str = Field(min_length=1, description="What every variant answers (same inputs, same classes), "
+                                                "e.g. 'digits 8x8, 10 classes'.")
+    variants: list[VariantSpec] = Field(min_length=1, description="Variants of one model at different "
+                                                                  "accuracy and cost.")
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> VariantFamilySpec:
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variants: duplicate variant names {dupes}")
+        return self
+
+    def variant(self, name: str) -> VariantSpec:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise SpecError(f"family {self.name!r} has no variant {name!r}; it has {[v.name for v in self.variants]}")
+
+
 class DeploymentSpec(_Model):
     model: ModelSpec | None = Field(default=None, description="The network to run (or `models` for several).")
     models: list[ModelSpec] = Field(default_factory=list, max_length=16,

@@ -14,4 +14,11 @@ Several data sources on a ring (seed 001, SOLVERS.md §7):
 - `scheduling`: `make_policy("ms-mdi" | "ar-mdi" | "local")`, where an arrival
   goes (`route`) and what an idle worker serves (`pick`), from a view of
   queue lengths (its own exact, others' as last reported).
+
+Accuracy-aware data partitioning (SOLVERS.md §8):
+- `throughput`: θ per (node, variant) from the cost model, refined by measurement (EWMA);
+- `dse`: configurations, the exact Pareto front over throughput, accuracy and power, image counts,
+  completion time with links;
+- `select`: the accuracy-aware policy and the baselines it is compared with;
+- `manager`: the resource-manager finite-state machine.
 """
