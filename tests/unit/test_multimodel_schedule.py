@@ -11,7 +11,7 @@ from multimodel_fakes import traced
 
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.evaluate import part_work
+from edgepart.planner.stage_costs import part_work
 from edgepart.planner.multimodel import (
     Platform,
     completion_times,
