@@ -60,7 +60,10 @@ def two_devices(rng: random.Random) -> Cluster:
     base = reference_profile()
     end_speed = rng.choice([0.001, 0.003, 0.01])
     server_speed = end_speed * rng.choice([2.0, 4.0, 10.0, 20.0])
-    devices = (Device("phone", base, end_speed), Device("server", base, server_speed))
+    # small per-message costs, so that splitting into several paths can pay off
+    message = rng.choice([0.0, 1e-7, 1e-6])
+    devices = (Device("phone", base, end_speed, message_overhead_s=message),
+               Device("server", base, server_speed, message_overhead_s=message))
     link = Link(rng.choice([0.0, 1e-4, 1e-3]), rng.choice([2e4, 1e5, 1e6, 1e7]))
     return Cluster(devices, "phone", rng.choice(["switched", "shared"]), link)
 
