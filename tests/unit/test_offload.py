@@ -20,7 +20,13 @@ from edgepart.geometry import Region, backprop, hull_all, tiles_partition
 from edgepart.graph.layer_graph import LayerGraph, trace
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.offload import OffloadProblem, OffloadResult, OffloadSettings, PathCosts, timeline
+from edgepart.planner.offload import (
+    OffloadProblem,
+    OffloadResult,
+    OffloadSettings,
+    PathCosts,
+    timeline,
+)
 from edgepart.planner.offload.bf import bf_runs, solve_bf_problem
 from edgepart.planner.offload.mw import mw_runs, solve_mw_problem
 from edgepart.planner.offload.nfl import solve_nfl_problem
@@ -82,9 +88,9 @@ def synthetic(tau: int, local: Sequence[Sequence[float]], uplink: Sequence[Seque
     """Hand-made path costs: class k has counts[k] paths (default one each), numbered class by class."""
     counts = list(counts or [1] * len(local))
     path_class = np.repeat(np.arange(len(counts)), counts)
-    arrays = [np.array(x, dtype=float) for x in (local, uplink, server)]
-    return PathCosts(tau, (1, len(path_class)), path_class, np.array(counts), *arrays, np.ones_like(arrays[0]),
-                     post, back, fuse)
+    a, b, e = (np.array(x, dtype=float) for x in (local, uplink, server))
+    return PathCosts(tau, (1, len(path_class)), path_class, np.array(counts), a, b, e, np.ones_like(a), post, back,
+                     fuse)
 
 
 # ------------------------------------------------------------------ costs against the exact geometry
@@ -407,7 +413,7 @@ def test_every_schedule_respects_dependencies_and_resources(model: str) -> None:
             assert sorted(result.order) == list(range(len(result.paths)))
             costs = problem.prefix(result.tau).grid_costs(result.grid) if result.fused else None
             if costs is not None:
-                assert timeline(costs, result.order, result.cuts, model).makespan_s == result.makespan_s  # type: ignore[arg-type]
+                assert timeline(costs, result.order, result.cuts, model).makespan_s == result.makespan_s
                 assert costs.tau == result.tau
 
 
@@ -438,7 +444,7 @@ def run_tasks(result: OffloadResult, executor: Executor, x: torch.Tensor) -> tor
 
 
 def test_task_sketches_compute_the_whole_model_exactly(zoo_traced) -> None:  # type: ignore[no-untyped-def]
-    gm, graph, executor = zoo_traced("alexnet")
+    _gm, graph, executor = zoo_traced("alexnet")
     base = reference_profile()
     x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(0))
     expected = executor.run_whole(x)
@@ -498,7 +504,7 @@ def test_bad_options_name_the_field() -> None:
                           ({"grid_max": (0, 3)}, "grid_max"), ({"max_paths": 0}, "max_paths"),
                           ({"bf_max_paths": 9}, "bf_max_paths")):
         with pytest.raises(PlanningError, match=f"^{field}:"):
-            OffloadSettings(**kwargs)  # type: ignore[arg-type]
+            OffloadSettings(**kwargs)
 
 
 def test_tau_max_and_grid_caps_limit_the_search() -> None:

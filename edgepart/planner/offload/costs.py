@@ -78,30 +78,46 @@ def _layer_affine(device: Device, layer: Layer, batch: int) -> _Affine | None:
 
 
 @dataclass(frozen=True)
+class AxisSplit:
+    """One axis split into `parts` equal strips: the classes present, and each strip's index among them."""
+
+    strips: tuple[Interval, ...]
+    classes: np.ndarray  # table classes present, ascending
+    local: np.ndarray  # per strip: index into `classes`
+    first: np.ndarray  # per present class: its first strip
+
+
+@dataclass(frozen=True)
 class AxisTable:
     """Every strip of one axis split into 1..max_parts equal strips, grouped into classes of equal extents."""
 
     maps: AxisMaps
     spans: np.ndarray  # (classes, extents): extent lengths of each class
     degenerate: np.ndarray  # (classes,): some layer's extent is empty (cost such tiles exactly)
-    strips: tuple[tuple[Interval, ...], ...]  # strips[parts - 1]
-    of_strip: tuple[np.ndarray, ...]  # of_strip[parts - 1][i]: class of strip i
+    splits: tuple[AxisSplit, ...]  # splits[parts - 1]
     example: tuple[Interval, ...]  # one strip of each class
+
+    @property
+    def of_strip(self) -> tuple[np.ndarray, ...]:
+        """of_strip[parts - 1][i]: table class of strip i."""
+        return tuple(split.classes[split.local] for split in self.splits)
 
     @staticmethod
     def build(maps: AxisMaps, max_parts: int, checked: np.ndarray) -> AxisTable:
-        strips = tuple(tuple(split_interval(maps.size, [1.0] * parts)) for parts in range(1, max_parts + 1))
+        strips = [tuple(split_interval(maps.size, [1.0] * parts)) for parts in range(1, max_parts + 1)]
         flat = [s for group in strips for s in group]
         spans = maps.spans([s[0] for s in flat], [s[1] for s in flat])
         unique, first, inverse = np.unique(spans, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
-        of_strip = []
+        splits = []
         offset = 0
         for group in strips:
-            of_strip.append(inverse[offset: offset + len(group)])
+            of_strip = inverse[offset: offset + len(group)]
             offset += len(group)
+            classes, first_strip, local = np.unique(of_strip, return_index=True, return_inverse=True)
+            splits.append(AxisSplit(group, classes, local.reshape(-1), first_strip))
         degenerate = np.any(unique[:, checked] <= 0, axis=1)
-        return AxisTable(maps, unique, degenerate, strips, tuple(of_strip), tuple(flat[i] for i in first))
+        return AxisTable(maps, unique, degenerate, tuple(splits), tuple(flat[i] for i in first))
 
 
 @dataclass(frozen=True)
@@ -269,31 +285,29 @@ class PrefixCosts:
         if not (1 <= ph <= self.max_parts[0] and 1 <= pw <= self.max_parts[1]):
             raise PlanningError(f"grid: {ph}x{pw} paths do not fit the output of unit {self.tau} "
                                 f"({self.rows.size}x{self.cols.size}) within grid_max {self.problem.settings.grid_max}")
-        row_classes, row_of = np.unique(self.row_table.of_strip[ph - 1], return_inverse=True)
-        col_classes, col_of = np.unique(self.col_table.of_strip[pw - 1], return_inverse=True)
+        rows, cols = self.row_table.splits[ph - 1], self.col_table.splits[pw - 1]
         pairs = self.pairs
-        block = np.ix_(row_classes, col_classes)
-        n = row_classes.size * col_classes.size
+        block = np.ix_(rows.classes, cols.classes)
+        n_cols = cols.classes.size
+        n = rows.classes.size * n_cols
         local = pairs.local[block].reshape(n, -1)
         uplink = pairs.uplink[block].reshape(n, -1)
         server = pairs.server[block].reshape(n, -1)
         nbytes = pairs.nbytes[block].reshape(n, -1)
         # classes of identical cost vectors (mirror-image tiles cost the same), numbered by their first path
         table = np.hstack([local, uplink, server])
-        pair_of_path = (row_of.reshape(-1, 1) * col_classes.size + col_of.reshape(1, -1)).reshape(-1)
+        first_path = (rows.first.reshape(-1, 1) * pw + cols.first.reshape(1, -1)).reshape(-1)
         class_of_key: dict[bytes, int] = {}
-        class_of_pair = np.full(n, -1)
+        class_of_pair = np.empty(n, dtype=int)
         representative: list[int] = []
-        for pair in pair_of_path.tolist():
-            if class_of_pair[pair] >= 0:
-                continue
+        for pair in np.argsort(first_path).tolist():
             key = table[pair].tobytes()
             klass = class_of_key.get(key)
             if klass is None:
                 klass = class_of_key[key] = len(representative)
                 representative.append(pair)
             class_of_pair[pair] = klass
-        path_class = class_of_pair[pair_of_path]
+        path_class = class_of_pair[(rows.local.reshape(-1, 1) * n_cols + cols.local.reshape(1, -1)).reshape(-1)]
         counts = np.bincount(path_class, minlength=len(representative))
         problem = self.problem
         return PathCosts(self.tau, grid, path_class, counts, local[representative], uplink[representative],
@@ -303,7 +317,7 @@ class PrefixCosts:
     # ------------------------------------------------------------ regions of one path
 
     def strips(self, grid: tuple[int, int]) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
-        return self.row_table.strips[grid[0] - 1], self.col_table.strips[grid[1] - 1]
+        return self.row_table.splits[grid[0] - 1].strips, self.col_table.splits[grid[1] - 1].strips
 
     def _tile(self, rows: Interval, cols: Interval) -> Region:
         channels = self.cut_channels[self.tau]

@@ -47,38 +47,63 @@ BOUND_SLACK = 1e-9  # relative: a bound equal to the best makespan up to roundin
 
 @dataclass
 class _Candidates:
-    """The (class, cut) pairs of the classes with paths left, sorted by (a, b, class, cut)."""
+    """Every (class, cut) pair sorted by (a, b, class, cut); pairs of classes with no path left are skipped,
+    and dropped once they are the majority."""
 
     a: list[float]
     b: list[float]
     klass: list[int]
     cut: list[int]
+    left: list[int]  # paths left per class (shared with the caller)
+    live_classes: int
+    listed_classes: int  # classes with pairs in the lists, live or not
 
     @staticmethod
-    def all(costs: PathCosts) -> _Candidates:
+    def of(costs: PathCosts, left: list[int]) -> _Candidates:
         cuts = costs.tau + 1
         klass = np.repeat(np.arange(costs.classes), cuts)
         cut = np.tile(np.arange(cuts), costs.classes)
         a = costs.local.reshape(-1)
         b = costs.uplink.reshape(-1)
         order = np.lexsort((cut, klass, b, a))
-        return _Candidates(a[order].tolist(), b[order].tolist(), klass[order].tolist(), cut[order].tolist())
+        return _Candidates(a[order].tolist(), b[order].tolist(), klass[order].tolist(), cut[order].tolist(), left,
+                           costs.classes, costs.classes)
 
-    def alive(self, left: list[int]) -> _Candidates:
-        keep = [i for i, k in enumerate(self.klass) if left[k] > 0]
-        return _Candidates([self.a[i] for i in keep], [self.b[i] for i in keep], [self.klass[i] for i in keep],
-                           [self.cut[i] for i in keep])
+    def class_done(self) -> None:
+        """A class ran out: drop the dead pairs when they outnumber the live ones."""
+        self.live_classes -= 1
+        if 2 * self.live_classes < self.listed_classes:
+            self.listed_classes = self.live_classes
+            keep = [i for i, k in enumerate(self.klass) if self.left[k] > 0]
+            self.a = [self.a[i] for i in keep]
+            self.b = [self.b[i] for i in keep]
+            self.klass = [self.klass[i] for i in keep]
+            self.cut = [self.cut[i] for i in keep]
+
+    def largest_a(self) -> float:
+        i = len(self.a) - 1
+        while self.left[self.klass[i]] == 0:
+            i -= 1
+        return self.a[i]
 
     def nearest(self, v: float) -> int:
-        """Index of the candidate with the smallest |v - a|, then max(v, a) + b, then class, then cut."""
-        a = self.a
+        """Index of the live candidate with the smallest |v - a|, then max(v, a) + b, then class, then cut."""
+        a, klass, left = self.a, self.klass, self.left
+        n = len(a)
         above = bisect.bisect_right(a, v)
-        if above == 0:
-            return 0
-        best = bisect.bisect_left(a, a[above - 1])  # the largest a <= v, first of its group
-        if above < len(a):
-            below_key = (v - a[best], v + self.b[best], self.klass[best], self.cut[best])
-            above_key = (a[above] - v, a[above] + self.b[above], self.klass[above], self.cut[above])
+        while above < n and left[klass[above]] == 0:
+            above += 1
+        below = above - 1
+        while below >= 0 and left[klass[below]] == 0:
+            below -= 1
+        if below < 0:
+            return above
+        best = bisect.bisect_left(a, a[below])  # the first live candidate with the same a
+        while left[klass[best]] == 0:
+            best += 1
+        if above < n:
+            below_key = (v - a[best], v + self.b[best], klass[best], self.cut[best])
+            above_key = (a[above] - v, a[above] + self.b[above], klass[above], self.cut[above])
             if above_key < below_key:
                 return above
         return best
@@ -110,15 +135,18 @@ def mw_runs(costs: PathCosts, model: ComputeModel) -> list[Run]:
     v = _step(0.0, float(costs.local[klass, cut]), float(costs.uplink[klass, cut]), sequential)
     take(klass, cut, 1)
     remaining = costs.paths - 1
-    everything = _Candidates.all(costs)
-    candidates: _Candidates | None = None
-    seen: dict[float, int] = {}  # v -> choices made before v had that value (since the candidates changed)
+    candidates = _Candidates.of(costs, left)
+    if left[klass] == 0:
+        candidates.class_done()
+    seen: dict[float, int] = {}  # v -> choices made before v had that value (since a class ran out)
     history: list[tuple[int, int]] = []
+
+    def class_done() -> None:
+        candidates.class_done()
+        seen.clear()
+        history.clear()
+
     while remaining > 0:
-        if candidates is None:  # a class ran out (or the start): the candidates change
-            candidates = everything.alive(left)
-            seen.clear()
-            history.clear()
         if v in seen:  # the choices since v last had this value repeat until a class runs short
             cycle = history[seen[v]:]
             uses: dict[int, int] = {}
@@ -132,13 +160,14 @@ def mw_runs(costs: PathCosts, model: ComputeModel) -> list[Run]:
                     for k, o in cycle:
                         take(k, o, 1)
                 remaining -= repeats * len(cycle)
-                if any(left[k] == 0 for k in uses):
-                    candidates = None
+                for k in uses:
+                    if left[k] == 0:
+                        class_done()
                 continue
         i = candidates.nearest(v)
         klass, cut = candidates.klass[i], candidates.cut[i]
         a, b = candidates.a[i], candidates.b[i]
-        if v >= candidates.a[-1] and (not sequential or b >= a):
+        if (not sequential or b >= a) and v >= candidates.largest_a():
             # past every candidate's a, and this choice keeps v there: it repeats for the rest of its class
             count = left[klass]
             if sequential:
@@ -149,7 +178,7 @@ def mw_runs(costs: PathCosts, model: ComputeModel) -> list[Run]:
                     v = v + b  # max(v, a) + b with v >= a
             take(klass, cut, count)
             remaining -= count
-            candidates = None
+            class_done()
             continue
         seen[v] = len(history)
         history.append((klass, cut))
@@ -157,7 +186,7 @@ def mw_runs(costs: PathCosts, model: ComputeModel) -> list[Run]:
         take(klass, cut, 1)
         remaining -= 1
         if left[klass] == 0:
-            candidates = None
+            class_done()
     return runs
 
 
