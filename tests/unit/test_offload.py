@@ -314,7 +314,7 @@ def enumerate_grid(costs: PathCosts, model: str) -> float:
 @pytest.mark.parametrize("model", MODELS)
 def test_pareto_program_equals_plain_enumeration(model: str) -> None:
     checked = 0
-    for seed in range(40):
+    for seed in range(25):
         problem = problem_of(seed, model, max_paths=3)
         for tau in problem.taus():
             if tau > 3:
@@ -327,7 +327,7 @@ def test_pareto_program_equals_plain_enumeration(model: str) -> None:
                 found = timeline(costs, order, cuts, model).makespan_s  # type: ignore[arg-type]
                 assert found == pytest.approx(enumerate_grid(costs, model), rel=1e-12)
                 checked += 1
-    assert checked > 100
+    assert checked > 60
 
 
 @pytest.mark.parametrize("model", MODELS)
