@@ -166,6 +166,16 @@ class PathCosts:
             groups[k].append(p)
         return tuple(tuple(g) for g in groups)
 
+    @property
+    def end_unit_s(self) -> FloatArray:
+        """[class, u]: end-device compute of unit u of a path's tile (halo included), u = 0..τ-1."""
+        return np.diff(self.local, axis=1)
+
+    @property
+    def server_unit_s(self) -> FloatArray:
+        """[class, u]: server compute of unit u of a path's tile (halo included)."""
+        return -np.diff(self.server, axis=1)
+
     def fuse_delay(self, cut: int) -> float:
         """Delay between a path's last compute and the fusion having its tile (local hand-off on the server)."""
         return self.fuse_message_s if cut < self.tau else 0.0

@@ -86,7 +86,8 @@ class OffloadResult:
 
     @property
     def note(self) -> str:
-        return PAPER_NOTE if self.compute_model == "paper" else ""
+        """Why a `paper` makespan is not a prediction of the runtime (one path meets no contention: no note)."""
+        return PAPER_NOTE if self.compute_model == "paper" and len(self.paths) > 1 else ""
 
     def describe(self) -> str:
         cuts = sorted(set(self.cuts))
