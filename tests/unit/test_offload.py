@@ -4,6 +4,7 @@ cut, and the invariants of every schedule (dependencies, one thing at a time, ma
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -532,3 +533,34 @@ def test_paper_results_say_they_are_not_what_the_runtime_measures() -> None:
     assert "not what the runtime measures" in result.describe()
     assert "not what" not in solve_nfl_problem(problem).describe()  # one path: both models agree
     assert "not what" not in solve_mw_problem(problem_of(4, "sequential")).describe()
+
+
+# ------------------------------------------------------------------ tiles costed exactly
+
+
+def test_tiles_in_padding_and_non_affine_layers_are_costed_exactly() -> None:
+    # a 1x1 conv with padding 1: its first and last output rows read only padding, so a one-row tile there
+    # is empty in every earlier layer; and a profile without a max-pool model falls back to the roofline
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(4, 4, 1, 1, 1)).eval()
+    _, graph = trace(model, (1, 3, 8, 8), "padded")
+    base = reference_profile()
+    rooflined = dataclasses.replace(base, ops={k: v for k, v in base.ops.items() if k != "pool_max"})
+    for profile in (base, rooflined):
+        devices = (Device("phone", profile, 0.01, message_overhead_s=0.0), Device("server", profile, 0.1))
+        problem = OffloadProblem(graph, Cluster(devices, "phone", "switched", Link(1e-3, 1e6)),
+                                 OffloadSettings(grid_max=(6, 6)))
+        tau = problem.tau_limit
+        prefix = problem.prefix(tau)
+        assert prefix.row_table.degenerate.any()
+        assert bool(prefix.exact_layers) == (profile is rooflined)
+        for grid in ((6, 1), (6, 6), (3, 2)):
+            costs = prefix.grid_costs(grid)
+            for p in range(costs.paths):
+                tile = prefix.tile(grid, p)
+                local, remote, nbytes = exact_costs(problem, tau, tile)
+                k = costs.path_class[p]
+                assert costs.local[k] == pytest.approx(local, rel=1e-9, abs=1e-15)
+                assert costs.server[k] == pytest.approx(remote, rel=1e-9, abs=1e-15)
+                assert costs.cut_bytes[k].tolist() == nbytes
+                for o in range(tau + 1):
+                    assert prefix.cut_region(grid, p, o).size * 4 == nbytes[o]

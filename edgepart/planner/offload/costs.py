@@ -107,7 +107,13 @@ class AxisTable:
         strips = [tuple(split_interval(maps.size, [1.0] * parts)) for parts in range(1, max_parts + 1)]
         flat = [s for group in strips for s in group]
         spans = maps.spans([s[0] for s in flat], [s[1] for s in flat])
-        unique, first, inverse = np.unique(spans, axis=0, return_index=True, return_inverse=True)
+        # a strip that reaches some layer only through padding is costed exactly, on its own: the maps'
+        # extents past an empty range are not its geometry
+        empty = np.any(spans[:, checked] <= 0, axis=1)
+        keyed = np.hstack([spans, np.where(empty, [s[0] for s in flat], -1)[:, None],
+                           np.where(empty, [s[1] for s in flat], -1)[:, None]])
+        unique_keyed, first, inverse = np.unique(keyed, axis=0, return_index=True, return_inverse=True)
+        unique = unique_keyed[:, :-2]
         inverse = inverse.reshape(-1)
         splits = []
         offset = 0
@@ -285,6 +291,11 @@ class PrefixCosts:
         server[:, :, :tau] = np.cumsum(units["server"][:, :, ::-1], axis=2)[:, :, ::-1]
         cut = list(self.cut_extent)
         nbytes = r[:, None, cut] * c[None, :, cut] * self.cut_scale
+        for i, j in zip(*np.nonzero(np.logical_or.outer(rows.degenerate, cols.degenerate)), strict=True):
+            regions = self.exact_cut_regions(self._tile(rows.example[i], cols.example[j]))
+            graph = self.problem.graph
+            nbytes[i, j] = [region.size * dtype_at(graph, self.problem.bounds[o]) * graph.batch
+                            for o, region in enumerate(regions)]
         link = self.problem.uplink
         uplink = np.where(nbytes > 0, link.alpha_s + nbytes / link.bandwidth_Bps, 0.0)
         return PairTable(local, uplink, server, nbytes)
@@ -343,11 +354,23 @@ class PrefixCosts:
         """The region of the tensor crossing cut `cut` that path `path` needs (what its uplink carries)."""
         rows, cols = self.strips(grid)
         i, j = divmod(path, grid[1])
+        row_split, col_split = self.row_table.splits[grid[0] - 1], self.col_table.splits[grid[1] - 1]
+        if (self.row_table.degenerate[row_split.classes[row_split.local[i]]]
+                or self.col_table.degenerate[col_split.classes[col_split.local[j]]]):
+            return self.exact_cut_regions(self._tile(rows[i], cols[j]))[cut]
         k = self.cut_extent[cut]
         (a, b), (c, d) = rows[i], cols[j]
         return Region.of((0, self.cut_channels[cut]),
                          (int(self.rows.lo[k, a]), int(self.rows.hi[k, b - 1])),
                          (int(self.cols.lo[k, c]), int(self.cols.hi[k, d - 1])))
+
+    def exact_cut_regions(self, tile: Region) -> list[Region]:
+        """The region of the tensor crossing each unit cut o = 0..τ that `tile` needs, from `backprop`."""
+        graph = self.problem.graph
+        bounds = self.problem.bounds
+        geometry = backprop(graph, 0, bounds[self.tau], tile)
+        return [geometry.input_region if o == 0 else geometry.regions[graph.producer_at(bounds[o])]
+                for o in range(self.tau + 1)]
 
     def exact_unit_times(self, tile: Region, only: Sequence[int] | None = None) -> tuple[FloatArray, FloatArray]:
         """Per-unit compute of `tile` on the end device and on the server from `geometry.backprop` (the
