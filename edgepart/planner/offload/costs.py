@@ -16,14 +16,16 @@ costs depend only on its per-layer extents. So tiles are grouped into
 *classes* of identical cost vectors, and costs are computed once per class:
 a layer's predicted time on a tile is affine in its output and input element
 counts (§2 A.1, the executor terms included), i.e. bilinear in the tile's row
-and column extents, which `axes.AxisMaps` give for every strip at once. The
-tests check every class against `geometry.backprop` + `Device.layer_time`.
+and column extents, which `axes.AxisMaps` give for every strip at once (a
+layer costed by the roofline fallback is the larger of two such terms; a tile
+that reaches some layer only through padding is costed exactly). The tests
+check every class against `geometry.backprop` + `Device.layer_time`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -32,7 +34,7 @@ import numpy as np
 from edgepart.geometry import Interval, Region, backprop, split_interval
 from edgepart.graph.layer_graph import Layer, LayerGraph
 from edgepart.planner.cluster import Cluster, Device
-from edgepart.planner.costmodel import tile_counts
+from edgepart.planner.costmodel import TileCounts, bytes_moved, tile_counts
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.evaluate import dtype_at
 from edgepart.planner.offload.axes import (
@@ -57,15 +59,17 @@ class _Affine:
     args: tuple[float, ...]
 
 
-def _layer_affine(device: Device, layer: Layer, batch: int) -> _Affine | None:
-    """The affine coefficients of `layer`'s tile time on `device`, or None when its model is not affine."""
-    profile = device.profile
-    if profile.model_for(layer) is None:
-        return None  # the roofline fallback is a max of two terms: cost such layers exactly
+@dataclass(frozen=True)
+class _LayerCost:
+    """A layer's seconds on a tile: `rest`, plus the larger of the two `roofline` terms when the profile has
+    no model for its op family (the roofline fallback, max(FLOPs / peak, bytes / bandwidth)); all affine."""
 
-    def seconds(out: float, ins: Sequence[float]) -> float:
-        return profile.time_of_counts(layer, tile_counts(layer, out, ins, None, batch)) / device.speed
+    rest: _Affine
+    roofline: tuple[_Affine, _Affine] | None
 
+
+def _probe(layer: Layer, seconds: Callable[[float, Sequence[float]], float]) -> _Affine:
+    """The coefficients of an affine function of a tile's output and input element counts."""
     # probe at the layer's own sizes: differences of large numbers keep the per-element slopes precise
     full_out = float(math.prod(layer.out_shape))
     full_in = [float(math.prod(s)) for s in layer.in_shapes]
@@ -75,6 +79,32 @@ def _layer_affine(device: Device, layer: Layer, batch: int) -> _Affine | None:
     args = tuple((seconds(0.0, [n if j == i else 0.0 for j in range(len(zero))]) - base) / n
                  for i, n in enumerate(full_in))
     return _Affine(base, out, args)
+
+
+def _layer_cost(device: Device, layer: Layer, batch: int) -> _LayerCost:
+    """`Device.layer_time` of `layer` as a function of its tile's element counts."""
+    profile = device.profile
+
+    def counts(out: float, ins: Sequence[float]) -> TileCounts:
+        return tile_counts(layer, out, ins, None, batch)
+
+    def total(out: float, ins: Sequence[float]) -> float:
+        return profile.time_of_counts(layer, counts(out, ins)) / device.speed
+
+    if profile.model_for(layer) is not None:
+        return _LayerCost(_probe(layer, total), None)
+    scale = profile.executor_scale / device.speed
+
+    def compute(out: float, ins: Sequence[float]) -> float:
+        return scale * counts(out, ins).flops / profile.roofline.peak_flops
+
+    def memory(out: float, ins: Sequence[float]) -> float:
+        return scale * bytes_moved(layer, counts(out, ins)) / profile.roofline.mem_bandwidth
+
+    def rest(out: float, ins: Sequence[float]) -> float:
+        return total(out, ins) - max(compute(out, ins), memory(out, ins))
+
+    return _LayerCost(_probe(layer, rest), (_probe(layer, compute), _probe(layer, memory)))
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,8 @@ class PrefixCosts:
     rows: AxisMaps
     cols: AxisMaps
     weights: dict[str, tuple[FloatArray, FloatArray]]  # device role -> (W (extents x units), const (units))
-    exact_layers: tuple[int, ...]  # layers whose cost is not affine on some device: costed exactly
+    # device role -> per roofline-costed layer: (unit, (W, const) of its FLOP term, (W, const) of its bytes term)
+    maxima: dict[str, list[tuple[int, tuple[FloatArray, float], tuple[FloatArray, float]]]]
     checked: np.ndarray  # extents that must be non-empty for the affine formula (outputs and reads)
     cut_extent: tuple[int, ...]  # extent index of the tensor crossing cut o
     cut_scale: FloatArray  # bytes per (row x col) of the tensor crossing cut o
@@ -216,38 +247,45 @@ class PrefixCosts:
         unit_of = {i: u for u in range(tau) for i in range(bounds[u], bounds[u + 1])}
         n_ext = len(rows.extents)
         checked = list(range(n_ext - (tau + 1)))  # layer outputs and argument reads (the rest: cut tensors)
-        devices = {"end": problem.end, "server": problem.server}
-        affine = {role: [_layer_affine(d, graph.layers[i], graph.batch) for i in range(stop)]
-                  for role, d in devices.items()}
-        # a layer whose model is not affine on either device is costed exactly on both
-        exact = {i for i in range(stop) if any(affine[role][i] is None for role in devices)}
+        extents_of: dict[int, list[int]] = {}
+        for k in checked:
+            extents_of.setdefault(rows.extents[k].layer, []).append(k)
+
+        def extent_weights(coefficients: _Affine, index: int) -> FloatArray:
+            """Seconds per (row x column) of each of layer `index`'s extents."""
+            layer, region = graph.layers[index], regions[index]
+            w = np.zeros(n_ext)
+            for k in extents_of[index]:
+                arg = rows.extents[k].arg
+                if arg < 0:
+                    w[k] = coefficients.out * (region.channels[1] - region.channels[0])
+                else:
+                    w[k] = coefficients.args[arg] * argument_channels(layer, region, arg)
+            return w
+
         weights: dict[str, tuple[FloatArray, FloatArray]] = {}
-        for role in devices:
+        maxima: dict[str, list[tuple[int, tuple[FloatArray, float], tuple[FloatArray, float]]]] = {}
+        for role, device in (("end", problem.end), ("server", problem.server)):
             w = np.zeros((n_ext, tau))
             const = np.zeros(tau)
+            maxima[role] = []
             for i in range(stop):
-                coefficients = affine[role][i]
-                if coefficients is not None and i not in exact:
-                    const[unit_of[i]] += coefficients.const
-            for k in checked:
-                ext = rows.extents[k]
-                coefficients = affine[role][ext.layer]
-                if ext.layer in exact or coefficients is None:
-                    continue
-                region = regions[ext.layer]
-                if ext.arg < 0:
-                    w[k, unit_of[ext.layer]] = coefficients.out * (region.channels[1] - region.channels[0])
-                else:
-                    layer = graph.layers[ext.layer]
-                    w[k, unit_of[ext.layer]] = coefficients.args[ext.arg] * argument_channels(layer, region, ext.arg)
+                cost = _layer_cost(device, graph.layers[i], graph.batch)
+                u = unit_of[i]
+                const[u] += cost.rest.const
+                w[:, u] += extent_weights(cost.rest, i)
+                if cost.roofline is not None:
+                    flop, byte = cost.roofline
+                    maxima[role].append((u, (extent_weights(flop, i), flop.const),
+                                         (extent_weights(byte, i), byte.const)))
             weights[role] = (w, const)
         cut_extent = tuple(range(n_ext - (tau + 1), n_ext))
         channels = tuple(graph.shape_at(bounds[o])[0] for o in range(tau + 1))
         scale = np.array([channels[o] * dtype_at(graph, bounds[o]) * graph.batch for o in range(tau + 1)], float)
         height, width = rows.size, cols.size
         gh, gw = problem.settings.grid_max
-        return PrefixCosts(problem, tau, rows, cols, weights, tuple(sorted(exact)), np.array(checked, dtype=int),
-                           cut_extent, scale, channels, (min(gh, height), min(gw, width)))
+        return PrefixCosts(problem, tau, rows, cols, weights, maxima, np.array(checked, dtype=int), cut_extent,
+                           scale, channels, (min(gh, height), min(gw, width)))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -276,17 +314,11 @@ class PrefixCosts:
         for role, (w, const) in self.weights.items():
             for u in range(tau):
                 units[role][:, :, u] = (r * w[:, u]) @ c.T + const[u]
-        exact_pairs = np.logical_or.outer(rows.degenerate, cols.degenerate)
-        if self.exact_layers:
-            exact_pairs[:] = True
-        for i, j in zip(*np.nonzero(exact_pairs), strict=True):
-            tile = self._tile(rows.example[i], cols.example[j])
-            if rows.degenerate[i] or cols.degenerate[j]:
-                units["end"][i, j], units["server"][i, j] = self.exact_unit_times(tile)
-            else:
-                extra_end, extra_server = self.exact_unit_times(tile, self.exact_layers)
-                units["end"][i, j] += extra_end
-                units["server"][i, j] += extra_server
+            for u, (w_flop, k_flop), (w_byte, k_byte) in self.maxima[role]:
+                units[role][:, :, u] += np.maximum((r * w_flop) @ c.T + k_flop, (r * w_byte) @ c.T + k_byte)
+        for i, j in zip(*np.nonzero(np.logical_or.outer(rows.degenerate, cols.degenerate)), strict=True):
+            units["end"][i, j], units["server"][i, j] = self.exact_unit_times(
+                self._tile(rows.example[i], cols.example[j]))
         np.cumsum(units["end"], axis=2, out=local[:, :, 1:])
         server[:, :, :tau] = np.cumsum(units["server"][:, :, ::-1], axis=2)[:, :, ::-1]
         cut = list(self.cut_extent)
@@ -372,20 +404,19 @@ class PrefixCosts:
         return [geometry.input_region if o == 0 else geometry.regions[graph.producer_at(bounds[o])]
                 for o in range(self.tau + 1)]
 
-    def exact_unit_times(self, tile: Region, only: Sequence[int] | None = None) -> tuple[FloatArray, FloatArray]:
-        """Per-unit compute of `tile` on the end device and on the server from `geometry.backprop` (the
-        reference the class costs are checked against); `only`: just those layers."""
+    def exact_unit_times(self, tile: Region) -> tuple[FloatArray, FloatArray]:
+        """Per-unit compute of `tile` on the end device and on the server from `geometry.backprop` (used for
+        tiles that reach a layer only through padding)."""
         problem = self.problem
         graph = problem.graph
         bounds = problem.bounds
         geometry = backprop(graph, 0, bounds[self.tau], tile)
         end = np.zeros(self.tau)
         server = np.zeros(self.tau)
-        wanted = set(only) if only is not None else None
         for u in range(self.tau):
             for i in range(bounds[u], bounds[u + 1]):
                 region = geometry.regions.get(i)
-                if region is None or (wanted is not None and i not in wanted):
+                if region is None:
                     continue
                 end[u] += problem.end.layer_time(graph.layers[i], region, graph.batch)
                 server[u] += problem.server.layer_time(graph.layers[i], region, graph.batch)
