@@ -4,7 +4,8 @@ For one FL strategy (τ, grid), MW schedules the paths greedily: first the
 (path, cut) that reaches the server earliest (min a + b); then, repeatedly,
 the (path, cut) whose local part finishes closest to the moment the uplink
 frees up, |X - ready|, ties broken by the earlier end of its transfer,
-max(X, ready) + b, then by path and cut. `ready` is the local finish in the
+max(X, ready) + b, then by class (classes are numbered by their first path)
+and cut. `ready` is the local finish in the
 compute model: a alone (`paper`: local parts run in parallel) or L + a
 (`sequential`: after the previous local parts).
 
@@ -16,7 +17,8 @@ left, and it repeats itself: when v comes back to a value it had since the
 last class ran out, the choices in between repeat until a class runs out
 (exactly: the same v gives the same choice); when v is past every remaining
 candidate's a and the chosen one keeps it there, that choice repeats for the
-rest of its class. Each repetition is one `Run`, costed in closed form.
+rest of its class. Consecutive equal choices form one `Run`, costed in
+closed form.
 
 The outer loop tries every τ of the fusable prefix and every grid, keeping
 the smallest makespan (ties: smaller τ, fewer paths, fewer rows). A grid
