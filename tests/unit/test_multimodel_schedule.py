@@ -11,7 +11,6 @@ from multimodel_fakes import traced
 
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.stage_costs import part_work
 from edgepart.planner.multimodel import (
     Platform,
     completion_times,
@@ -22,6 +21,7 @@ from edgepart.planner.multimodel import (
 from edgepart.planner.multimodel.platform import Medium
 from edgepart.planner.multimodel.schedule import LinkModel, decode_orders
 from edgepart.planner.multimodel.tasks import CostGraph
+from edgepart.planner.stage_costs import part_work
 
 
 def random_cost(seed: int, medium: Medium = "switched", outputs: bool = True) -> CostGraph:

@@ -36,7 +36,6 @@ from edgepart.graph.layer_graph import Layer, LayerGraph
 from edgepart.planner.cluster import Cluster, Device
 from edgepart.planner.costmodel import TileCounts, bytes_moved, tile_counts
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.evaluate import dtype_at
 from edgepart.planner.offload.axes import (
     COLS,
     ROWS,
@@ -46,6 +45,7 @@ from edgepart.planner.offload.axes import (
     full_regions,
 )
 from edgepart.planner.offload.settings import OffloadSettings, pick_devices
+from edgepart.planner.stage_costs import dtype_at
 
 FloatArray = np.ndarray
 
