@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from k8s_fakes import LATER, NOW, OWNER, nodes, profile, spec
 
+from kubernetes.utils.quantity import parse_quantity
+
 from edgepart.cli import data_plane_configs
 from edgepart.operator.names import ANNOTATION_HASH, HOSTNAME_LABEL, LABEL_PARTITION, LABEL_PLAN
-from edgepart.operator.nodes import parse_quantity
 from edgepart.operator.planning import PlanRequest, compute_plan, graph_of
 from edgepart.operator.profiles import JobState
 from edgepart.operator.reconcile import DesiredState, GatewayState, Observed, PodState, reconcile
