@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from k8s_fakes import LATER, NOW, OWNER, nodes, profile, spec
-
 from kubernetes.utils.quantity import parse_quantity
 
 from edgepart.cli import data_plane_configs
