@@ -490,8 +490,17 @@ def infer_command(
     url: Annotated[str, typer.Argument(help="Gateway URL, e.g. http://127.0.0.1:8080")],
     random: Annotated[bool, typer.Option("--random", help="Send a random input (seeded by --seed).")] = False,
     input_file: Annotated[Path | None, typer.Option("--input", help="Send this .npy array (N,C,H,W).")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Also run the whole model here; exit 0 iff the outputs "
-                                                        "are allclose (atol 1e-5, rtol 1e-4).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Also run the whole model named by --model or "
+                                                        "--deployment here; exit 0 iff the outputs are allclose "
+                                                        "(atol 1e-5, rtol 1e-4).")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="--check: the model to compare with (zoo name, "
+                                                              "package.module:factory or file.py:factory).")] = None,
+    input_shape: InputShapeOpt = None,
+    weights: WeightsOpt = None,
+    model_seed: Annotated[int, typer.Option("--model-seed", help="--check: seed of the model's deterministic "
+                                                                 "weights when no --weights file is given.")] = 0,
+    deployment: Annotated[Path | None, typer.Option("--deployment", help="--check: compare with the model of "
+                                                                         "this DNNDeployment file.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.")] = 0,
     requests: Annotated[int, typer.Option("--requests", min=1, help="Send the input this many times; report "
                                                                     "the median latency.")] = 1,
@@ -499,14 +508,19 @@ def infer_command(
     trace: Annotated[bool, typer.Option("--trace", help="Print the last request's timeline at every partition "
                                                         "(first piece, assembled, compute, sent).")] = False,
 ) -> None:
-    """Send one input to a gateway; print the output shape and latency."""
+    """Send one input to a gateway; print the output shape and latency.
+
+    --check compares with a model you name (--model, or --deployment FILE): never with what the gateway
+    describes, since building a model runs its code.
+    """
     import asyncio
 
     from edgepart.runtime import commands
 
+    reference = commands.reference_model(model, input_shape, weights, model_seed, deployment)
     code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
                                               seed=seed, requests=requests, output_path=output, echo=typer.echo,
-                                              show_trace=trace))
+                                              show_trace=trace, reference=reference))
     if code:
         raise typer.Exit(code)
 

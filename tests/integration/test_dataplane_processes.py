@@ -266,14 +266,15 @@ def test_the_cli_runs_a_deployment_from_another_shell(model_file: Path, tmp_path
         status = _cli("status", env=env)
         assert status.returncode == 0, status.stdout
         assert "tiny-cli: ready" in status.stdout and "s1p0" in status.stdout
-        check = _cli("infer", url, "--random", "--check", "--trace", env=env)
+        check = _cli("infer", url, "--random", "--check", "--deployment", str(manifest), "--trace", env=env)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "output 1x10" in check.stdout and "OK" in check.stdout and "latency" in check.stdout
         assert "compute start" in check.stdout and "s1p0" in check.stdout and "scattered at" in check.stdout
         array = tmp_path / "x.npy"
         np.save(array, np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
         out = tmp_path / "y.npy"
-        given = _cli("infer", url, "--input", str(array), "--check", "--output", str(out), env=env)
+        given = _cli("infer", url, "--input", str(array), "--check", "--model", f"{model_file}:tiny", "--input-shape",
+                     "1,3,32,32", "--output", str(out), env=env)
         assert given.returncode == 0, given.stdout + given.stderr
         assert np.load(out).shape == (1, 10)
         np.save(array, np.zeros((1, 3, 8, 8), dtype=np.float32))
