@@ -87,7 +87,7 @@ def _quantity(value: str | int | float, what: str) -> Decimal:
     try:
         if isinstance(text, str) and any(c.isspace() for c in text):
             raise ValueError("spaces inside")  # the API server refuses them; the client's parser does not
-        return Decimal(parse_quantity(text))
+        return Decimal(parse_quantity(text))  # type: ignore[no-untyped-call]
     except (ValueError, ArithmeticError):
         raise ValueError(f"{what} {value!r}: expected a Kubernetes quantity like "
                          + ("512Mi, 2Gi or 1G" if what == "memory" else "500m, 2 or 1.5")) from None

@@ -15,7 +15,6 @@ if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `s
     import torch
 
     from edgepart.graph.loader import ModelRef
-
     from edgepart.plan import Plan
 
 __all__ = ["down", "infer_command", "read_input", "reference_model", "status", "table", "trace_table", "up"]
