@@ -131,6 +131,37 @@ def inspect_command(model: ModelArg, input_shape: InputShapeOpt = None) -> None:
     typer.echo(f"\ncut points (positions where one tensor crosses): {', '.join(map(str, graph.cut_points))}")
 
 
+@app.command("trace")
+@user_errors
+def trace_command(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the graph JSON here (default: "
+                                                                       "stdout).")] = None,
+    markers: Annotated[bool, typer.Option("--markers", help="Print the graph as one line of JSON between "
+                                                            "marker lines (what the operator's tracing Job "
+                                                            "prints and the operator reads).")] = False,
+) -> None:
+    """Trace MODEL (on the meta device: no weights) and write its layer graph as JSON.
+
+    This runs the model's code. The operator never does for models outside the zoo: it plans from this
+    JSON (a tracing Job runs this command in the image); `edgepart render --graph` takes it too.
+    """
+    from edgepart.graph.loader import load_graph
+    from edgepart.graph.serial import GRAPH_BEGIN, GRAPH_END, graph_to_json
+
+    graph = load_graph(model_ref(model, input_shape))
+    if markers:
+        typer.echo(f"{GRAPH_BEGIN}\n{graph_to_json(graph)}\n{GRAPH_END}")
+        return
+    text = graph_to_json(graph, indent=1) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text)
+    typer.echo(f"wrote {output} ({len(graph)} layers, {len(graph.units)} units)", err=True)
+
+
 # ------------------------------------------------------------------ plan / verify
 
 SolverOpt = Annotated[str, typer.Option("--solver", help="auto | single | layerwise | ftp-grid | fused-dp | "
@@ -596,11 +627,15 @@ def render_command(
     profile: Annotated[list[str] | None, typer.Option(
         "--profile", help="DEVICE_CLASS=profile.json (repeatable); classes without one need a profiling Job.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Image of the partition and gateway pods.")] = None,
+    graph: Annotated[Path | None, typer.Option(
+        "--graph", help="The model's layer graph from `edgepart trace` (models outside the zoo are never "
+                        "imported here; without it, the tracing Job is rendered).")] = None,
     owner_uid: Annotated[str, typer.Option("--owner-uid", help="uid of the DNNDeployment, to set owner "
                                                                "references (omitted when empty).")] = "",
 ) -> None:
     """Write the objects the operator would create for DEPLOYMENT, without a cluster."""
     from edgepart.operator.commands import (
+        load_graph_file,
         load_nodes,
         load_profiles,
         load_resource,
@@ -609,8 +644,10 @@ def render_command(
     from edgepart.operator.settings import OperatorSettings
 
     settings = OperatorSettings(image=image) if image else OperatorSettings()
-    result = render_directory(load_resource(deployment), load_nodes(nodes), load_profiles(profile or []), output,
-                              settings=settings, configs=data_plane_configs, owner_uid=owner_uid)
+    resource = load_resource(deployment)
+    graphs = load_graph_file(graph, resource, settings) if graph is not None else {}
+    result = render_directory(resource, load_nodes(nodes), load_profiles(profile or []), output,
+                              settings=settings, configs=data_plane_configs, owner_uid=owner_uid, graphs=graphs)
     status = result.desired.status
     typer.echo(f"phase {status['phase']}: {status.get('message', '')}")
     typer.echo(f"wrote {len(result.files)} files to {output}")

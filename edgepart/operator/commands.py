@@ -2,8 +2,9 @@
 
 `render` runs the same `reconcile` as the operator, without a cluster: nodes
 come from a file (Node objects as `kubectl get nodes -o yaml` prints them, or a
-short form), profiles from files, and the objects land in a directory, ready
-for `kubectl apply -f DIR`.
+short form), profiles from files, the layer graph of a model outside the zoo
+from `edgepart trace` (never imported here, as the operator never does), and
+the objects land in a directory, ready for `kubectl apply -f DIR`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from typing import Any
 import yaml
 
 from edgepart.errors import EdgepartError
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.graph.loader import ModelRef
+from edgepart.graph.serial import graph_from_json
 from edgepart.operator import crd
 from edgepart.operator.configs import ConfigRenderer
+from edgepart.operator.graphs import check_graph, graph_key
 from edgepart.operator.nodes import NodeError, NodeInfo, nodes_from_documents
 from edgepart.operator.planning import PlanFn, compute_plan
 from edgepart.operator.reconcile import DesiredState, reconcile
@@ -82,9 +87,24 @@ class RenderResult:
     files: tuple[Path, ...]
 
 
+def load_graph_file(path: Path, resource: Mapping[str, Any], settings: OperatorSettings) -> dict[str, LayerGraph]:
+    """The layer graph `edgepart trace` wrote for the resource's model, keyed as the operator keys it."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RenderError(f"--graph: cannot read {path}: {err.strerror}") from None
+    graph = graph_from_json(text, str(path))
+    model = (resource.get("spec") or {}).get("model") or {}
+    shape = model.get("inputShape")
+    ref = ModelRef(str(model.get("name", "")), tuple(shape) if isinstance(shape, list) else graph.input_shape)
+    check_graph(graph, ref, str(path))
+    return {graph_key(ref, settings.image): graph}
+
+
 def render_directory(resource: Mapping[str, Any], nodes: Sequence[NodeInfo], profiles: Mapping[str, DeviceProfile],
                      output: Path, *, settings: OperatorSettings, configs: ConfigRenderer,
-                     planner: PlanFn = compute_plan, owner_uid: str = "") -> RenderResult:
+                     planner: PlanFn = compute_plan, owner_uid: str = "",
+                     graphs: Mapping[str, LayerGraph] | None = None) -> RenderResult:
     """Reconcile without a cluster and write one YAML file per object (and `status.yaml`).
 
     Without `owner_uid` the objects carry no owner reference (a reference to a uid that does
@@ -98,7 +118,7 @@ def render_directory(resource: Mapping[str, Any], nodes: Sequence[NodeInfo], pro
                   generation=int(meta.get("generation") or 1))
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     desired = reconcile(owner, resource.get("spec") or {}, nodes, profiles, settings=settings, planner=planner,
-                        configs=configs, now=now)
+                        configs=configs, now=now, graphs=graphs)
     output.mkdir(parents=True, exist_ok=True)
     files = []
     for index, obj in enumerate([*desired.objects, *desired.jobs]):

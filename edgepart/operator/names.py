@@ -29,6 +29,10 @@ LABEL_PLAN = f"{GROUP}/plan"
 # Device classes, profiles and profiling jobs.
 LABEL_DEVICE_CLASS = f"{GROUP}/device-class"
 LABEL_PROFILE = f"{GROUP}/profile"
+# Layer graphs of models outside the zoo, traced by a Job (the operator never imports a model's code).
+LABEL_GRAPH = f"{GROUP}/graph"
+LABEL_GRAPH_KEY = f"{GROUP}/graph-key"
+ANNOTATION_MODEL = f"{GROUP}/model"
 # Annotations.
 ANNOTATION_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
@@ -121,3 +125,11 @@ def profile_config_map_name(device_class: str) -> str:
 
 def profile_job_name(device_class: str) -> str:
     return dns_label("edgepart-profile", device_class)
+
+
+def graph_config_map_name(key: str) -> str:
+    return dns_label("edgepart-graph", key)
+
+
+def trace_job_name(key: str) -> str:
+    return dns_label("edgepart-trace", key)

@@ -28,6 +28,7 @@ GATEWAY_KEY = "gateway.json"
 PROFILE_KEY = "profile.json"
 PROFILE_BEGIN = "----- BEGIN EDGEPART PROFILE -----"
 PROFILE_END = "----- END EDGEPART PROFILE -----"
+GRAPH_KEY = "graph.json"
 
 
 def partition_key(partition_id: str) -> str:
@@ -251,6 +252,39 @@ def profile_config_map(device_class: str, profile_json: str, namespace: str,
         metadata=metadata(names.profile_config_map_name(device_class), None, namespace,
                           profile_labels(device_class), source),
         data={PROFILE_KEY: profile_json},
+    ))
+
+
+def graph_labels(key: str) -> dict[str, str]:
+    return {names.LABEL_NAME: "edgepart", names.LABEL_COMPONENT: "tracer",
+            names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_GRAPH: "true", names.LABEL_GRAPH_KEY: key}
+
+
+def trace_job(key: str, model: str, input_shape: Sequence[int], namespace: str,
+              settings: OperatorSettings) -> dict[str, Any]:
+    """A Job that traces a model outside the zoo in the image (the user's code runs there, not in the
+    operator) and prints its layer graph between marker lines; the operator copies it into a ConfigMap.
+
+    No shell: the model reference is an argument after `--`, so no name can become a command or an option.
+    """
+    labels = graph_labels(key)
+    shape = ",".join(str(int(d)) for d in input_shape)
+    return with_hash(render_template(
+        "trace-job.yaml.j2",
+        metadata=metadata(names.trace_job_name(key), None, namespace, labels, {names.ANNOTATION_MODEL: model}),
+        pod_labels=labels,
+        args=["trace", "--input-shape", shape, "--markers", "--", model],
+        settings=settings,
+    ))
+
+
+def graph_config_map(key: str, model: str, graph_json: str, namespace: str,
+                     source: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return with_hash(render_template(
+        "graph-configmap.yaml.j2",
+        metadata=metadata(names.graph_config_map_name(key), None, namespace, graph_labels(key),
+                          {names.ANNOTATION_MODEL: model, **(source or {})}),
+        data={GRAPH_KEY: graph_json},
     ))
 
 

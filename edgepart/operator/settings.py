@@ -38,6 +38,13 @@ class OperatorSettings(BaseSettings):
     profile_timeout_seconds: int = Field(default=1800, ge=60, description="Deadline of a profiling Job.")
     profile_quick: bool = Field(default=False, description="Profile with `edgepart profile --quick` "
                                                            "(about a minute, fewer sizes).")
+    trace_memory: str = Field(default="2Gi", description="Memory of a tracing Job (traces a model outside the "
+                                                          "zoo on the meta device: no weights).")
+    trace_timeout_seconds: int = Field(default=600, ge=30, description="Deadline of a tracing Job.")
+    trusted_models: list[str] = Field(
+        default_factory=list,
+        description="Model references (package.module:factory) the cluster admin trusts the operator to import "
+                    "and trace in its own process; every other model outside the zoo is traced by a Job.")
     max_restarts: int = Field(default=3, ge=1, description="A partition container restarted this often has "
                                                           "failed: its node is left out and the model re-planned.")
     resync_seconds: float = Field(default=30.0, gt=0, description="Reconcile at least this often.")

@@ -16,7 +16,8 @@ from edgepart.operator.settings import OperatorSettings
 CHART = ROOT / "charts" / "edgepart"
 FULL = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                     "grafanaDashboard": {"enabled": True}, "scrapeNamespace": "monitoring"},
-        "watchNamespaces": ["edge-a", "edge-b"], "imagePullSecrets": [{"name": "regcred"}]}
+        "watchNamespaces": ["edge-a", "edge-b"], "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {"trustedModels": ["acme.models:build"]}}
 
 
 def render(values: dict[str, Any] | None = None, namespace: str = "edgepart-system") -> list[dict[str, Any]]:
@@ -111,6 +112,7 @@ def test_the_operator_gets_its_settings_and_namespaces(monkeypatch: pytest.Monke
     settings = OperatorSettings()  # as the operator reads them
     assert settings.image == container["image"] and settings.namespaces == ["edge-a", "edge-b"]
     assert settings.metrics_namespace == "monitoring" and settings.run_as_user == 65532
+    assert settings.trusted_models == ["acme.models:build"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

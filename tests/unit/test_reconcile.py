@@ -110,7 +110,7 @@ def test_the_status_summarises_the_plan() -> None:
     assert status["predicted"]["latency"].endswith(("ms", "s"))
     assert status["gateway"] == {"service": "alex-gateway", "endpoint": "http://alex-gateway.edge.svc:8080"}
     assert [c["type"] for c in status["conditions"]] == [
-        "SpecValid", "DevicesAvailable", "Profiled", "Planned", "Ready", "Degraded"]
+        "SpecValid", "DevicesAvailable", "Traced", "Profiled", "Planned", "Ready", "Degraded"]
     assert status["planInputs"] == desired.plan_inputs and len(desired.plan_inputs) == 16
 
 

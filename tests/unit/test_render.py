@@ -27,7 +27,13 @@ def every_object() -> list[dict[str, Any]]:
     profiling = reconcile(OWNER, spec(), nodes(), {}, settings=SETTINGS, planner=compute_plan,
                           configs=data_plane_configs, now=NOW)
     profile_map = render.profile_config_map("rpi4", profile().to_json(), "edge", {"edgepart.io/profiled-by": "job"})
-    return [*map(dict, deployed.objects), *map(dict, profiling.jobs), profile_map]
+    tracing = reconcile(OWNER, spec(model={"name": "acme.models:build", "inputShape": [1, 3, 64, 64]}), nodes(),
+                        {"rpi4": profile()}, settings=SETTINGS, planner=compute_plan, configs=data_plane_configs,
+                        now=NOW)
+    assert tracing.phase == "Tracing"
+    graph_map = render.graph_config_map("k" * 16, "acme.models:build", "{}", "edge", {"edgepart.io/traced-by": "job"})
+    return [*map(dict, deployed.objects), *map(dict, profiling.jobs), profile_map, *map(dict, tracing.jobs),
+            graph_map]
 
 
 OBJECTS = every_object()
