@@ -14,7 +14,13 @@ from k8s_fakes import NOW, OWNER, nodes, profile, spec, validate_strict
 from edgepart.cli import data_plane_configs
 from edgepart.graph.layer_graph import GraphError
 from edgepart.graph.loader import ModelRef, load_graph
-from edgepart.graph.serial import GRAPH_BEGIN, GRAPH_END, graph_from_json, graph_to_dict, graph_to_json
+from edgepart.graph.serial import (
+    GRAPH_BEGIN,
+    GRAPH_END,
+    graph_from_json,
+    graph_to_dict,
+    graph_to_json,
+)
 from edgepart.operator import names
 from edgepart.operator.graphs import TraceJob, graph_from_log, graph_key, graphs_from_config_maps
 from edgepart.operator.planning import PlanRequest, UntrustedModelError, compute_plan, graph_of
@@ -58,7 +64,10 @@ def user_model(tmp_path: Path) -> tuple[str, Path]:
     return f"{path}:build", marker
 
 
-def run(model: dict[str, Any], *, graphs: dict[str, Any] | None = None, observed: Observed = Observed(),
+NOTHING_OBSERVED = Observed()
+
+
+def run(model: dict[str, Any], *, graphs: dict[str, Any] | None = None, observed: Observed = NOTHING_OBSERVED,
         settings: OperatorSettings = SETTINGS) -> DesiredState:
     return reconcile(OWNER, spec(model=model, solverOptions={"grid": [2, 1]}), nodes(), {"rpi4": profile()},
                      settings=settings, planner=compute_plan, configs=data_plane_configs, now=NOW, graphs=graphs,
