@@ -6,6 +6,7 @@ pod, deployment, node and job status, and check what the operator does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -133,7 +134,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     assert st["devices"] == ["edge-0", "edge-1", "edge-2", "edge-3"]
     assert st["plan"]["hash"] and st["plan"]["solver"] == "ftp-grid"
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
-        "SpecValid": "True", "DevicesAvailable": "True", "Profiled": "True", "Planned": "True",
+        "SpecValid": "True", "DevicesAvailable": "True", "Traced": "True", "Profiled": "True", "Planned": "True",
         "Ready": "False", "Degraded": "False"}
 
     # exactly one pod and one service per partition, each pod pinned to its planned node
@@ -330,3 +331,59 @@ async def test_missing_profile_runs_a_profiling_job(k8s: EdgepartEmulator, kopf_
     st, plan = await deployed(k8s)
     assert condition(k8s, "Profiled")["status"] == "True"
     assert len(partition_pods(k8s)) == len(plan.partitions)
+
+
+async def test_a_model_outside_the_zoo_is_traced_by_a_job_never_in_the_operator(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
+    """`os:abort`, imported and called, killed the operator for every namespace; now a Job traces it."""
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(model={"name": "os:abort", "inputShape": [1, 3, 64, 64]}))
+    st = await phase_is(k8s, "Tracing")
+    assert "os:abort" in st["message"] and condition(k8s, "Traced")["reason"] == "TracingJobRunning"
+    job = await eventually(lambda: next((j for j in objects(k8s, "jobs")
+                                         if j["metadata"]["name"].startswith("edgepart-trace-")), None),
+                           what="the tracing job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--", "os:abort"] and "command" not in container
+    assert partition_pods(k8s) == []
+    # the job's pod aborts (it runs the code); the operator, alive, reports it
+    await merge_patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job['metadata']['name']}/status",
+                      {"status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                                                               "reason": "BackoffLimitExceeded"}]}})
+    st = await phase_is(k8s, "Failed")
+    assert st["message"].startswith("spec.model.name: tracing 'os:abort' failed in job "), st["message"]
+    assert condition(k8s, "Traced")["reason"] == "TracingFailed"
+    assert kopf_operator.error is None
+
+
+async def test_a_traced_graph_from_the_jobs_log_is_planned_from(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                                create_object: Create, merge_patch: Patch) -> None:
+    from edgepart.graph.loader import ModelRef, load_graph
+    from edgepart.graph.serial import GRAPH_BEGIN, GRAPH_END, graph_to_dict
+
+    name = "acme.models:alexnet"  # no such module anywhere: planning it proves nothing was imported
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(model={"name": name, "inputShape": [1, 3, 224, 224]}))
+    await phase_is(k8s, "Tracing")
+    job = await eventually(lambda: next((j for j in objects(k8s, "jobs")
+                                         if j["metadata"]["name"].startswith("edgepart-trace-")), None),
+                           what="the tracing job")
+    graph = {**graph_to_dict(load_graph(ModelRef("alexnet"))), "model": name}
+    pod_name = f"{job['metadata']['name']}-q8v4x"
+    k8s[f"get /api/v1/namespaces/{NAMESPACE}/pods/{pod_name}/log"] << (
+        f"user output\n{GRAPH_BEGIN}\n{json.dumps(graph)}\n{GRAPH_END}\n").encode()
+    async with k8s.post(f"/api/v1/namespaces/{NAMESPACE}/pods", json={
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": NAMESPACE,
+                     "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": job["metadata"]["name"]}},
+        "spec": job["spec"]["template"]["spec"], "status": {"phase": "Succeeded"}}) as response:
+        assert response.status == 201
+    await merge_patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job['metadata']['name']}/status",
+                      {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}})
+    stored = await eventually(lambda: next((c for c in objects(k8s, "configmaps")
+                                            if c["metadata"]["name"].startswith("edgepart-graph-")), None),
+                              what="the graph ConfigMap")
+    assert stored["metadata"]["annotations"]["edgepart.io/model"] == name
+    _, plan = await deployed(k8s)
+    assert plan.model.name == name and len(plan.partitions) == 5  # a 2x2 grid and the tail
+    assert condition(k8s, "Traced")["status"] == "True"
