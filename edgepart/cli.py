@@ -611,6 +611,7 @@ def data_plane_configs(request: Any) -> Any:
     from edgepart.partition_service.config import render_configs
 
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
+                             client_port=request.client_port, secret_file=request.secret_file,
                              gateway_device=request.gateway_device, request_timeout_s=request.request_timeout_s,
                              threads=dict(request.threads))
     return RenderedConfigs(gateway=configs.gateway.model_dump_json(indent=2),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from edgepart.operator.graphs import check_graph, graph_key
 from edgepart.operator.nodes import NodeError, NodeInfo, nodes_from_documents
 from edgepart.operator.planning import PlanFn, compute_plan
 from edgepart.operator.reconcile import DesiredState, reconcile
-from edgepart.operator.render import Owner
+from edgepart.operator.render import SECRET_KEY, Owner
 from edgepart.operator.settings import OperatorSettings
 from edgepart.planner.costmodel import DeviceProfile, load_profile
 from edgepart.spec import API_GROUP, API_VERSION, KIND
@@ -121,9 +122,17 @@ def render_directory(resource: Mapping[str, Any], nodes: Sequence[NodeInfo], pro
                         configs=configs, now=now, graphs=graphs)
     output.mkdir(parents=True, exist_ok=True)
     files = []
-    for index, obj in enumerate([*desired.objects, *desired.jobs]):
+    # the Secret with a fresh value (kubectl apply creates it; re-applying a new render changes it)
+    secrets_ = [{**s, "stringData": {SECRET_KEY: secrets.token_urlsafe(32)}} for s in desired.secrets]
+    for index, obj in enumerate([*secrets_, *desired.objects, *desired.jobs]):
         path = output / f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        path.write_text(yaml.safe_dump(dict(obj), sort_keys=False, width=120))
+        text = yaml.safe_dump(dict(obj), sort_keys=False, width=120)
+        if obj["kind"] == "Secret":  # only its owner may read the file
+            path.unlink(missing_ok=True)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(text)
+        else:
+            path.write_text(text)
         files.append(path)
     status_path = output / "status.yaml"
     status_path.write_text(yaml.safe_dump({"status": dict(desired.status)}, sort_keys=False, width=120))

@@ -236,6 +236,9 @@ def reconcile_once(runtime: Runtime, body: Mapping[str, Any], logger: Logger) ->
     for job in desired.jobs:
         if api.create(job):
             logger.info("started job %s", job["metadata"]["name"])
+    for secret in desired.secrets:  # before the pods that mount it
+        if apply.create_secret(api, secret):
+            logger.info("created secret %s", secret["metadata"]["name"])
     result = apply.sync(api, owner, desired.objects, desired.prune)
     if result.applied or result.deleted:
         logger.info("applied %s; deleted %s", list(result.applied), list(result.deleted))

@@ -111,6 +111,10 @@ def partition_pod_name(deployment: str, partition_id: str, content_hash: str) ->
     return dns_label(deployment, partition_id, content_hash[:8])
 
 
+def secret_name(deployment: str) -> str:
+    return dns_label(deployment, "secret")
+
+
 def gateway_name(deployment: str) -> str:
     return dns_label(deployment, "gateway")
 

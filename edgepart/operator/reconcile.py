@@ -161,6 +161,7 @@ class DesiredState:
     status: Mapping[str, Any]
     objects: tuple[Mapping[str, Any], ...] = ()  # owned children; with prune, owned objects not here go
     prune: bool = False
+    secrets: tuple[Mapping[str, Any], ...] = ()  # created once when missing (their value is filled in then)
     jobs: tuple[Mapping[str, Any], ...] = ()  # profiling Jobs to create when missing
     plan: Plan | None = None
     plan_inputs: str = ""
@@ -352,11 +353,12 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
 
     # ---- objects
     by_name = {n.name: n for n in usable}
-    port = settings.port
-    addresses = {p.id: f"http://{names.partition_service_name(owner.name, p.id)}.{owner.namespace}.svc:{port}"
+    internal = settings.internal_port  # every hop inside the deployment; only the client port is public
+    addresses = {p.id: f"http://{names.partition_service_name(owner.name, p.id)}.{owner.namespace}.svc:{internal}"
                  for p in plan.partitions}
     gateway_service = names.gateway_name(owner.name)
-    gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{port}"
+    gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{settings.port}"
+    gateway_internal_url = f"http://{gateway_service}.{owner.namespace}.svc:{internal}"
     on_node: dict[str, int] = {}
     for part in plan.partitions:
         on_node[part.device] = on_node.get(part.device, 0) + 1
@@ -364,8 +366,9 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
                for node, count in on_node.items()}
     try:
         rendered = configs(ConfigRequest(
-            plan=plan, deployment=owner.name, addresses=addresses, gateway_url=gateway_url, gateway_device=master,
-            request_timeout_s=parse_duration(spec.request_timeout), threads=threads))
+            plan=plan, deployment=owner.name, addresses=addresses, gateway_url=gateway_internal_url,
+            gateway_device=master, request_timeout_s=parse_duration(spec.request_timeout),
+            client_port=settings.port, secret_file=render.SECRET_FILE, threads=threads))
     except ValueError as err:  # EdgepartErrors and the data plane's ConfigError
         raise _Halt("Failed", PLANNED, "ConfigFailed", str(err)) from None
     data = {render.PLAN_KEY: plan.to_json(), render.GATEWAY_KEY: rendered.gateway}
@@ -433,7 +436,7 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         plan_inputs=request.key,
     )
     return DesiredState(phase=phase, status=status.to_dict(), objects=tuple(render.sorted_objects(objects)),
-                        prune=True, plan=plan, plan_inputs=request.key)
+                        prune=True, secrets=(render.deployment_secret(owner),), plan=plan, plan_inputs=request.key)
 
 
 def _name_field(err: EdgepartError) -> str:

@@ -22,7 +22,10 @@ class OperatorSettings(BaseSettings):
                        description="Image of partition, gateway and profiling pods (the operator's own image).")
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
                                    description="imagePullPolicy of the pods the operator creates.")
-    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of partitions and gateway.")
+    port: int = Field(default=8080, ge=1, le=65535, description="The gateway's HTTP port for its clients.")
+    internal_port: int = Field(default=8081, ge=1, le=65535,
+                               description="Port of the traffic inside a deployment (partitions, and the gateway's "
+                                           "port for them); only the deployment's own pods may reach it.")
     run_as_user: int = Field(default=65532, ge=1, description="Numeric non-root user of every pod.")
     tmp_size: str = Field(default="1Gi", description="Size limit of the /tmp emptyDir of every pod.")
     cpu_share: float = Field(default=0.8, gt=0, le=1,

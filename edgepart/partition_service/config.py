@@ -9,6 +9,12 @@ sends to the gateway; the gateway cuts the first stage's input regions. The
 local runtime writes these configs to files; the operator mounts the same JSON
 into pods. A process reads its config through `ServiceSettings`
 (`EDGEPART_CONFIG` = a path to the JSON file, or the JSON itself).
+
+Ports: a partition serves one port, internal to the deployment (pieces, the gateway's reads). The gateway
+serves two: `port` for its clients and `internal_port` for the last stage's pieces and the partitions'
+failure reports. Every internal request carries the deployment's secret (`secret_file`, see `auth`).
+`ConnectionLimits` bounds what any connection may take: time for a request head and body, connections,
+payload memory.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from edgepart.partition_service.wire import Limits
 from edgepart.plan import InputRegionField, Plan, RegionField
 
 __all__ = [
-    "GATEWAY", "ConfigError", "DeploymentConfigs", "Endpoint", "GatewayConfig", "ModelSource", "PartitionConfig",
-    "Piece", "Route", "ServiceSettings", "load_gateway_config", "load_partition_config", "render_configs",
+    "GATEWAY", "ConfigError", "ConnectionLimits", "DeploymentConfigs", "Endpoint", "GatewayConfig", "ModelSource",
+    "PartitionConfig", "Piece", "Route", "ServiceSettings", "load_gateway_config", "load_partition_config",
+    "render_configs",
 ]
 
 GATEWAY = "gateway"  # sender / target name of the gateway
@@ -88,6 +95,27 @@ class Route(_Base):
                            description="Emulated link latency: the sender sleeps this long before sending.")
 
 
+class ConnectionLimits(_Base):
+    """What one connection may take from a process (every port, the client's and the internal one)."""
+
+    head_timeout_s: float = Field(default=10.0, gt=0, le=3600, description="A request head must be complete "
+                                  "this long after its first byte (else 408 and the connection closes).")
+    keep_alive_s: float = Field(default=120.0, gt=0, le=86400, description="An idle connection closes after this "
+                                "long, a partial head included.")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=86400, description="Time for a request body, besides "
+                                  "its size at min_body_rate (else 408 and the connection closes).")
+    min_body_rate: int = Field(default=64 * 1024, ge=1, description="Slowest body accepted, bytes per second: a "
+                               "sender slower than this holds no buffer or assembly slot for long.")
+    max_connections: int = Field(default=1024, ge=1, le=1 << 20, description="Open connections per listening "
+                                 "port; a connection beyond gets 503 and is closed at once.")
+    max_payload_bytes: int = Field(default=1 << 30, ge=1, description="Payload memory in flight per process "
+                                   "(received, not yet handed on); beyond, 503 before anything is allocated.")
+
+    def body_deadline_s(self, nbytes: int) -> float:
+        """Seconds a body of `nbytes` may take."""
+        return self.body_timeout_s + nbytes / self.min_body_rate
+
+
 class Endpoint(_Base):
     id: PartId
     device: str
@@ -114,9 +142,13 @@ class PartitionConfig(_Base):
     output_region: RegionField
     inputs: tuple[Piece, ...] = Field(min_length=1, description="Pieces that make up the input tile.")
     outputs: tuple[Route, ...] = Field(min_length=1, description="Pieces of the output and where they go.")
-    gateway_url: Url = Field(description="Where failures (and, for the last stage, results) are reported.")
+    gateway_url: Url = Field(description="The gateway's internal URL: where failures (and, for the last stage, "
+                                         "results) are reported.")
     host: str = Field(default="0.0.0.0", description="Listen address.")
-    port: int = Field(ge=0, le=65535, description="Listen port.")
+    port: int = Field(ge=0, le=65535, description="Listen port (internal to the deployment).")
+    secret_file: str = Field(min_length=1, description="File holding the deployment's secret, which every "
+                                                       "internal request carries.")
+    connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads.")
     exact_kernels: bool = Field(default=True, description="Native kernels: every tile is bit-identical to the "
                                                           "whole model (oneDNN is faster but rounds by tile size).")
@@ -159,8 +191,14 @@ class GatewayConfig(_Base):
     inputs: tuple[Piece, ...] = Field(min_length=1, description="Pieces of the last stage that make the output.")
     partitions: tuple[Endpoint, ...] = Field(min_length=1)
     stages: int = Field(ge=1)
-    host: str = Field(default="0.0.0.0")
-    port: int = Field(ge=0, le=65535)
+    host: str = Field(default="0.0.0.0", description="Listen address for clients.")
+    port: int = Field(ge=0, le=65535, description="Listen port for clients.")
+    internal_host: str = Field(default="0.0.0.0", description="Listen address for the partitions.")
+    internal_port: int = Field(ge=0, le=65535, description="Listen port for the partitions (pieces of the output, "
+                                                           "failure reports), internal to the deployment.")
+    secret_file: str = Field(min_length=1, description="File holding the deployment's secret, which every "
+                                                       "internal request carries.")
+    connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_inflight: int = Field(default=16, ge=1, description="Requests in the pipeline at once; more wait.")
     max_queue: int = Field(default=256, ge=0, description="Requests waiting for room; beyond, 503 at once.")
@@ -173,6 +211,8 @@ class GatewayConfig(_Base):
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
+        if self.port == self.internal_port and self.port != 0 and self.host == self.internal_host:
+            raise ValueError(f"internal_port: {self.internal_port} must differ from the client port")
         _check_tiling("inputs", [p.region for p in self.inputs], Region.full(self.output_shape[1:]))
         full_in = Region.full(self.model.input_shape[1:])
         for i, route in enumerate(self.routes):
@@ -234,9 +274,13 @@ def render_configs(
     addresses: Mapping[str, str],
     gateway_url: str,
     *,
+    client_port: int,
+    secret_file: str,
     hosts: Mapping[str, str] | None = None,
     bind_host: str = "0.0.0.0",
     gateway_host: str = "0.0.0.0",
+    gateway_internal_host: str = "0.0.0.0",
+    connection: ConnectionLimits | None = None,
     threads: Mapping[str, int] | int = 1,
     request_timeout_s: float = 30.0,
     max_inflight: int = 16,
@@ -250,7 +294,10 @@ def render_configs(
     """One config per partition plus the gateway's, for `plan` with partitions at `addresses`.
 
     addresses: partition id -> base URL (http://host:port); the partition listens on that
-    port, on `hosts[id]` if given, else `bind_host`. threads: per device name, or one value.
+    port, on `hosts[id]` if given, else `bind_host`. gateway_url: the gateway's internal URL (the
+    partitions post to it; the gateway listens on its port, on `gateway_internal_host`); clients reach
+    the gateway on `client_port` (on `gateway_host`). secret_file: where every process reads the
+    deployment's secret. threads: per device name, or one value.
     link_delay(from_device, to_device) -> seconds of emulated latency (0 when omitted); the
     gateway sits on `gateway_device` (default: the plan's first device, the master).
     input_shape / output_shape (batch first) default to the plan's model shape (the zoo's
@@ -326,7 +373,8 @@ def render_configs(
                     port=_port(addresses[part.id], f"addresses[{part.id}]"),
                     threads=threads_of(part.device), request_timeout_s=request_timeout_s,
                     max_inflight=2 * max_inflight, max_header_bytes=limits.max_header_bytes,
-                    max_tensor_bytes=limits.max_tensor_bytes,
+                    max_tensor_bytes=limits.max_tensor_bytes, secret_file=secret_file,
+                    connection=connection or ConnectionLimits(),
                 ))
             except ValidationError as err:
                 raise ConfigError(f"partition {part.id}: {explain_validation(err)}") from None
@@ -343,7 +391,9 @@ def render_configs(
         gateway = GatewayConfig(
             deployment=deployment, model=model, output_shape=out_shape, routes=gateway_routes,
             inputs=pieces_for(len(plan.stages), out_whole), partitions=endpoints, stages=len(plan.stages),
-            host=gateway_host, port=_port(gateway_url, "gateway_url"), request_timeout_s=request_timeout_s,
+            host=gateway_host, port=client_port, internal_host=gateway_internal_host,
+            internal_port=_port(gateway_url, "gateway_url"), secret_file=secret_file,
+            connection=connection or ConnectionLimits(), request_timeout_s=request_timeout_s,
             max_inflight=max_inflight, max_queue=max_queue, max_header_bytes=limits.max_header_bytes,
             max_tensor_bytes=limits.max_tensor_bytes,
             predicted_latency_s=predicted.latency_s if predicted else None,
@@ -365,7 +415,9 @@ class ServiceSettings(BaseSettings):
 
     config: str = Field(description="Path to the partition or gateway config JSON, or the JSON itself.")
     listen_fds: Annotated[tuple[int, ...], NoDecode] = Field(
-        default=(), description="Inherited listening sockets (comma-separated fds), served besides host:port.")
+        default=(), description="Inherited listening sockets (comma-separated fds). Each serves the port of the "
+                                "config it is bound to (the gateway's client or internal port); a port no "
+                                "inherited socket serves is bound from the config.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="warning")
 
     @field_validator("listen_fds", mode="before")

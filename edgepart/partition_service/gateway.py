@@ -8,6 +8,11 @@ for it (``Accept: application/json``). Partitions report failures they see to
 `POST /v1/failures`; a request whose pieces stop coming is answered, before its
 timeout, with 503 naming an unreachable partition, or 504 naming the missing
 pieces when every partition is alive.
+
+Two ports, two apps (`gateway_apps`): the client port serves /v1/infer and the read-only views (model,
+plan, status, trace, probes, metrics), none of which names an internal URL or file path; the internal port
+serves the partitions only (`/v1/tensor`, `/v1/failures`), each request carrying the deployment's secret.
+A client input is checked against the model's input shape before its payload is allocated.
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgepart.geometry import Region
+from edgepart.partition_service.access import BodyDeadline, InternalOnly
 from edgepart.partition_service.assembly import Assembler
+from edgepart.partition_service.auth import Secret, load_secret
+from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import GATEWAY, Endpoint, GatewayConfig, Route
 from edgepart.partition_service.errors import (
     BadRequestError,
+    DuplicatePieceError,
     FrameTooLargeError,
     NotReadyError,
     OverloadedError,
@@ -46,8 +55,9 @@ from edgepart.partition_service.errors import (
     UnsupportedMediaTypeError,
     error_from_response,
     install_error_handlers,
+    redact,
 )
-from edgepart.partition_service.lane import TensorLane
+from edgepart.partition_service.lane import Guard, TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.partition import FAILURES_PATH
@@ -61,7 +71,7 @@ from edgepart.partition_service.transport import (
     make_hop_client,
     media_type,
     peer_error,
-    receive_frame,
+    received_frame,
 )
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
@@ -72,7 +82,7 @@ from edgepart.partition_service.wire import (
     make_header,
 )
 
-__all__ = ["GatewayService", "InferResult", "gateway_app"]
+__all__ = ["GatewayService", "InferResult", "gateway_app", "gateway_internal_app"]
 
 log = logging.getLogger("edgepart.gateway")
 
@@ -109,8 +119,10 @@ class GatewayService:
     """The gateway's core; `gateway_app` wraps it in HTTP."""
 
     def __init__(self, config: GatewayConfig, *, client: httpx.AsyncClient | None = None,
-                 metrics: ServiceMetrics | None = None):
+                 metrics: ServiceMetrics | None = None, secret: Secret | None = None):
         self.config = config
+        self.secret = secret or load_secret(config.secret_file)
+        self.budget = PayloadBudget(config.connection.max_payload_bytes)  # client inputs and output pieces
         self.metrics = metrics or ServiceMetrics(config.deployment, GATEWAY, GATEWAY)
         self._client = client
         self._own_client = client is None
@@ -127,9 +139,9 @@ class GatewayService:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = make_client(self.config.request_timeout_s)
+            self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
-            self._hop = make_hop_client(self.config.request_timeout_s)
+            self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
         self._sender = Sender(self._client, self._hop)
 
     async def aclose(self) -> None:
@@ -154,6 +166,25 @@ class GatewayService:
         return self._sender
 
     # ------------------------------------------------------------ inference
+
+    def admit_input(self, header: FrameHeader) -> None:
+        """A client's input frame must be the model's input (shape, float32): checked before allocation."""
+        expected = self.config.input_shape
+        if tuple(header.shape) != expected:
+            raise UnexpectedPieceError(f"input has shape {list(header.shape)}, the model expects {list(expected)}")
+        if header.dtype != "float32":
+            raise UnexpectedPieceError(f"input has dtype {header.dtype}, expected float32")
+
+    def admit(self, header: FrameHeader) -> None:
+        """A piece of the output must be one the gateway expects, of a request it waits for."""
+        self._assembler.check(header)
+        waiter = self._waiters.get(header.request_id)
+        if waiter is None or waiter.done():
+            raise RequestTimeoutError(f"request {header.request_id} is not pending at the gateway (timed out, failed "
+                                      "or unknown)", request_id=header.request_id)
+        if self._assembler.received(header.request_id, header.sender):
+            raise DuplicatePieceError(f"request {header.request_id} already has its piece from {header.sender}",
+                                      request_id=header.request_id)
 
     def check_input(self, tensor: torch.Tensor) -> None:
         expected = self.config.input_shape
@@ -272,11 +303,8 @@ class GatewayService:
     async def ingest(self, frame: Frame) -> None:
         """A piece of some request's output, from a last-stage partition."""
         header = frame.header
-        self._assembler.check(header)
-        waiter = self._waiters.get(header.request_id)
-        if waiter is None or waiter.done():
-            raise RequestTimeoutError(f"request {header.request_id} is not pending at the gateway (timed out, failed "
-                                      "or unknown)", request_id=header.request_id)
+        self.admit(header)
+        waiter = self._waiters[header.request_id]
         self.metrics.bytes_in.inc(frame.nbytes)
         output = self._assembler.add(header, frame.tensor)
         if output is not None:
@@ -327,11 +355,12 @@ class GatewayService:
         """Liveness and readiness of every partition, as the gateway sees them, with how many requests each
         has computed and their mean compute time."""
         async def one(e: Endpoint) -> dict[str, Any]:
+            public = {"id": e.id, "device": e.device, "stage": e.stage}  # its URL is internal
             try:
                 response = await self.client.get(e.url + "/readyz", timeout=2.0)
             except httpx.HTTPError as err:
-                why = peer_error(err, e.id, e.url, "GET /readyz").detail
-                return {**e.model_dump(), "live": False, "ready": False, "state": None, "detail": why}
+                why = f"partition {e.id} is unreachable: {type(err).__name__}"
+                return {**public, "live": False, "ready": False, "state": None, "detail": why}
             body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             detail = None if response.status_code == 200 else str(body.get("detail") or f"HTTP {response.status_code}")
             if body.get("failure"):
@@ -340,16 +369,20 @@ class GatewayService:
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 info = (await self.client.get(e.url + "/v1/info", timeout=2.0)).json()
                 computed, mean = info.get("computed"), info.get("compute_mean_s")
-            return {**e.model_dump(), "live": True, "ready": response.status_code == 200,
-                    "state": body.get("state", "ready" if response.status_code == 200 else None), "detail": detail,
-                    "computed": computed, "compute_mean_s": mean}
+            return {**public, "live": True, "ready": response.status_code == 200,
+                    "state": body.get("state", "ready" if response.status_code == 200 else None),
+                    "detail": redact(detail) if detail else None, "computed": computed, "compute_mean_s": mean}
 
         return list(await asyncio.gather(*(one(e) for e in self.config.partitions)))
 
     async def trace(self, request_id: str) -> dict[str, Any] | None:
-        """One recent request followed through every partition: each one's events in seconds after the gateway
-        received the request (None when the gateway has no record of it)."""
-        rid = self._pipeline_ids.get(request_id, request_id)
+        """One recent request, by the id its client knows, followed through every partition: each one's events
+        in seconds after the gateway received the request (None when the gateway has no record of it).
+
+        The pipeline's own id (what pieces carry) is not revealed: it names a request on the internal hops."""
+        rid = self._pipeline_ids.get(request_id)
+        if rid is None:
+            return None
         events = self.timeline.get(rid)
         if events is None:
             return None
@@ -360,28 +393,47 @@ class GatewayService:
             try:
                 response = await self.client.get(f"{e.url}/v1/timeline/{rid}", timeout=2.0)
             except httpx.HTTPError as err:
-                return {**base, "detail": peer_error(err, e.id, e.url, "GET /v1/timeline").detail}
+                return {**base, "detail": f"partition {e.id} is unreachable: {type(err).__name__}"}
             body = response.json() if response.status_code in (200, 404) else {}
             if response.status_code != 200:
-                return {**base, "detail": str(body.get("detail") or f"HTTP {response.status_code}")}
+                detail = str(body.get("detail") or f"HTTP {response.status_code}").replace(rid, request_id)
+                return {**base, "detail": redact(detail)}
             return {**base, "events": {k: v - origin for k, v in body["events"].items()}}
 
         parts = await asyncio.gather(*(one(e) for e in self.config.partitions))
-        return {"request_id": request_id, "pipeline_id": rid,
+        return {"request_id": request_id,
                 "gateway": {k: v - origin for k, v in events.items()},
                 "partitions": sorted(parts, key=lambda p: (p["stage"], p["partition"]))}
 
     def model_info(self) -> dict[str, Any]:
+        """What clients may know of the model: its name (a file reference without its directories), shapes,
+        the number of stages and partitions, the predicted costs. No URL, no path."""
         c = self.config
         return {
             "deployment": c.deployment,
-            "model": c.model.model_dump(),
+            "model": {"name": redact(c.model.name), "input_shape": list(c.model.input_shape),
+                      "weights": redact(c.model.weights) if c.model.weights else None, "seed": c.model.seed},
             "input_shape": list(c.input_shape),
             "output_shape": list(c.output_shape),
             "stages": c.stages,
-            "partitions": [e.model_dump() for e in c.partitions],
+            "partitions": len(c.partitions),
             "predicted": {"latency_s": c.predicted_latency_s, "throughput_per_s": c.predicted_throughput_per_s},
         }
+
+    def plan_info(self) -> dict[str, Any]:
+        """The plan, with every string redacted (the model's reference and weights are file paths locally)."""
+        result: dict[str, Any] = _redacted(self.config.plan or {})
+        return result
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _loop_time(deadline: float) -> float:
@@ -440,45 +492,47 @@ def _result_headers(result: InferResult, size: int | None = None) -> dict[str, s
 
 
 def gateway_app(service: GatewayService) -> FastAPI:
-    """The HTTP face of the gateway (one uvicorn worker)."""
+    """The gateway's client port (one uvicorn worker): inference and read-only views, nothing internal.
 
-    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=service_lifespan(service), docs_url=None,
-                  redoc_url=None)
-    install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest,
-                                       on_error=lambda err: service.metrics.error(err.reason))
+    It starts and stops the service (its lifespan); `gateway_internal_app` serves the same service to the
+    partitions on the internal port."""
+
+    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=service_lifespan(service),
+                  docs_url=None, redoc_url=None)
+
+    def count(err: ServiceError) -> None:
+        service.metrics.error(err.reason)
+
+    install_error_handlers(app, on_error=count, redacted=True)
+    connection = service.config.connection
+    app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
+    app.state.guard = Guard(connection, None, on_error=count)
 
     @app.post("/v1/infer", summary="Run the model: a tensor frame or JSON {shape, data} in; frame or JSON out.")
     async def infer(request: Request) -> Response:
         kind = media_type(request)
         proposed = request.headers.get("x-request-id")
         if kind == "application/json":
-            body, size = await _read_json(request, service.config.max_json_bytes)
-            tensor = _tensor_from_json(body)
+            length = content_length(request) or service.config.max_json_bytes
+            with service.budget.reserve(min(length, service.config.max_json_bytes) * 2, "a JSON input"):
+                body, size = await _read_json(request, service.config.max_json_bytes)
+                tensor = _tensor_from_json(body)
             proposed = body.request_id or proposed
             service.metrics.bytes_in.inc(size)
+            result = await service.infer(tensor, proposed)
         elif kind in (CONTENT_TYPE, "application/octet-stream"):
-            frame = await receive_frame(request, service.config.limits)
-            tensor = frame.tensor
-            service.metrics.bytes_in.inc(frame.nbytes)
+            async with received_frame(request, service.config.limits, admit=service.admit_input,
+                                      budget=service.budget) as frame:
+                service.metrics.bytes_in.inc(frame.nbytes)
+                result = await service.infer(frame.tensor, proposed)
         else:
             raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or "
                                             f"application/json, not {kind or 'no Content-Type'}")
-        result = await service.infer(tensor, proposed)
         if _wants_json(request):
             return JSONResponse({"request_id": result.request_id, "shape": list(result.output.shape),
                                  "data": result.output.reshape(-1).tolist(),
                                  "latency_ms": result.latency_s * 1000}, headers=_result_headers(result))
         return _frame_response(result)
-
-    @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
-    async def tensor(request: Request) -> Response:
-        await service.ingest(await receive_frame(request, service.config.limits))
-        return Response(status_code=204)
-
-    @app.post(FAILURES_PATH, summary="A partition reports that a request cannot finish.")
-    async def failures(report: FailureReport) -> dict[str, bool]:
-        return {"delivered": service.fail(report)}
 
     @app.get("/healthz", summary="Liveness.")
     async def healthz() -> dict[str, str]:
@@ -488,7 +542,7 @@ def gateway_app(service: GatewayService) -> FastAPI:
     async def readyz() -> JSONResponse:
         waiting = await service.not_ready()
         if waiting:
-            return JSONResponse({"error": "not_ready", "detail": "partitions not ready: " + "; ".join(waiting)},
+            return JSONResponse({"error": "not_ready", "detail": redact("partitions not ready: " + "; ".join(waiting))},
                                 status_code=503)
         return JSONResponse({"status": "ready"})
 
@@ -496,7 +550,7 @@ def gateway_app(service: GatewayService) -> FastAPI:
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/model", summary="The model reference, shapes, partitions and predicted costs.")
+    @app.get("/v1/model", summary="The model's name, shapes, number of partitions and predicted costs.")
     async def model() -> dict[str, Any]:
         return service.model_info()
 
@@ -517,6 +571,42 @@ def gateway_app(service: GatewayService) -> FastAPI:
 
     @app.get("/v1/plan", summary="The plan this deployment runs.")
     async def plan() -> dict[str, Any]:
-        return service.config.plan or {}
+        return service.plan_info()
+
+    return app
+
+
+def gateway_internal_app(service: GatewayService) -> FastAPI:
+    """The gateway's internal port: the last stage's pieces and the partitions' failure reports, each
+    request carrying the deployment's secret (401 otherwise)."""
+
+    app = FastAPI(title=f"edgepart gateway {service.config.deployment} (internal)", docs_url=None,
+                  redoc_url=None, openapi_url=None)
+
+    def count(err: ServiceError) -> None:
+        service.metrics.error(err.reason)
+
+    install_error_handlers(app, on_error=count)
+    connection = service.config.connection
+    app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
+    app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
+    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, secret=service.secret,
+                      admit=service.admit, budget=service.budget)
+    app.state.guard = Guard(connection, lane, on_error=count)
+
+    @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
+    async def tensor(request: Request) -> Response:
+        async with received_frame(request, service.config.limits, admit=service.admit,
+                                  budget=service.budget) as frame:
+            await service.ingest(frame)
+        return Response(status_code=204)
+
+    @app.post(FAILURES_PATH, summary="A partition reports that a request cannot finish.")
+    async def failures(report: FailureReport) -> dict[str, bool]:
+        return {"delivered": service.fail(report)}
+
+    @app.get("/healthz", summary="Liveness.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
     return app
