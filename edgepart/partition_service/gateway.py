@@ -67,6 +67,7 @@ from edgepart.partition_service.transport import (
     HopClient,
     Sender,
     content_length,
+    internal_headers,
     make_client,
     make_hop_client,
     media_type,
@@ -123,6 +124,7 @@ class GatewayService:
         self.config = config
         self.secret = secret or load_secret(config.secret_file)
         self.budget = PayloadBudget(config.connection.max_payload_bytes)  # client inputs and output pieces
+        self._internal = internal_headers(self.secret)  # on every request to a partition
         self.metrics = metrics or ServiceMetrics(config.deployment, GATEWAY, GATEWAY)
         self._client = client
         self._own_client = client is None
@@ -142,7 +144,7 @@ class GatewayService:
             self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
             self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
-        self._sender = Sender(self._client, self._hop)
+        self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
 
     async def aclose(self) -> None:
         for waiter in self._waiters.values():
@@ -329,7 +331,7 @@ class GatewayService:
     async def _probe(self, endpoint: Endpoint, path: str, timeout: float) -> str | None:
         """None when `endpoint` answers `path` with 200, else why not."""
         try:
-            response = await self.client.get(endpoint.url + path, timeout=timeout)
+            response = await self.client.get(endpoint.url + path, timeout=timeout, headers=self._internal)
         except httpx.HTTPError as err:
             return peer_error(err, endpoint.id, endpoint.url, f"GET {path}").detail
         if response.status_code != 200:
@@ -357,7 +359,7 @@ class GatewayService:
         async def one(e: Endpoint) -> dict[str, Any]:
             public = {"id": e.id, "device": e.device, "stage": e.stage}  # its URL is internal
             try:
-                response = await self.client.get(e.url + "/readyz", timeout=2.0)
+                response = await self.client.get(e.url + "/readyz", timeout=2.0, headers=self._internal)
             except httpx.HTTPError as err:
                 why = f"partition {e.id} is unreachable: {type(err).__name__}"
                 return {**public, "live": False, "ready": False, "state": None, "detail": why}
@@ -367,7 +369,7 @@ class GatewayService:
                 detail = f"{detail}: {body['failure']}"
             computed, mean = None, None
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                info = (await self.client.get(e.url + "/v1/info", timeout=2.0)).json()
+                info = (await self.client.get(e.url + "/v1/info", timeout=2.0, headers=self._internal)).json()
                 computed, mean = info.get("computed"), info.get("compute_mean_s")
             return {**public, "live": True, "ready": response.status_code == 200,
                     "state": body.get("state", "ready" if response.status_code == 200 else None),
@@ -391,7 +393,7 @@ class GatewayService:
         async def one(e: Endpoint) -> dict[str, Any]:
             base: dict[str, Any] = {"partition": e.id, "device": e.device, "stage": e.stage, "events": {}}
             try:
-                response = await self.client.get(f"{e.url}/v1/timeline/{rid}", timeout=2.0)
+                response = await self.client.get(f"{e.url}/v1/timeline/{rid}", timeout=2.0, headers=self._internal)
             except httpx.HTTPError as err:
                 return {**base, "detail": f"partition {e.id} is unreachable: {type(err).__name__}"}
             body = response.json() if response.status_code in (200, 404) else {}

@@ -58,6 +58,7 @@ from edgepart.partition_service.timeline import Timeline
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
     HopClient,
+    internal_headers,
     Sender,
     make_client,
     make_hop_client,
@@ -129,7 +130,7 @@ class PartitionService:
             self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
             self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
-        self._sender = Sender(self._client, self._hop)
+        self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
         self.state = "loading"
         self._spawn(self._load())
         self._worker = asyncio.create_task(self._compute_loop(), name=f"compute-{self.id}")
@@ -338,7 +339,7 @@ class PartitionService:
         body = {**error_body(err), "request_id": rid, "partition": self.id}
         url = self.config.gateway_url + FAILURES_PATH
         try:
-            response = await self._client.post(url, json=body, timeout=5.0)
+            response = await self._client.post(url, json=body, timeout=5.0, headers=internal_headers(self.secret))
             if response.status_code >= 300:
                 log.warning("partition %s: the gateway refused a failure report: %s", self.id, response.text[:200])
         except httpx.HTTPError as report_err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httpx
 import torch
@@ -105,14 +105,17 @@ async def _chunks(parts: Sequence[bytes | memoryview], sent: Callable[[], None] 
 
 
 async def send_frame(client: httpx.AsyncClient | HopClient, url: str, header: FrameHeader, tensor: torch.Tensor, *,
-                     peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None) -> int:
+                     peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
     """POST one frame to `url`/v1/tensor; the number of bytes sent. Raises a typed error naming `peer`.
 
-    `sent` is called once the whole body has been handed to the socket (before the answer).
+    `sent` is called once the whole body has been handed to the socket (before the answer); `headers` go with
+    the request (the deployment's Authorization).
     """
     parts = encode_frame(header, tensor)
     size = frame_size(parts)
-    headers = {"content-type": CONTENT_TYPE, "content-length": str(size), "x-request-id": header.request_id}
+    headers = {**(headers or {}), "content-type": CONTENT_TYPE, "content-length": str(size),
+               "x-request-id": header.request_id}
     target = url + TENSOR_PATH
     if isinstance(client, HopClient):
         answer = await client.post(target, parts, headers, peer=peer, peer_url=url, timeout_s=timeout_s, sent=sent,
@@ -136,9 +139,11 @@ class Sender:
 
     Frames to http:// peers go through `hop` when given (the fast path), otherwise through `client`."""
 
-    def __init__(self, client: httpx.AsyncClient, hop: HopClient | None = None):
+    def __init__(self, client: httpx.AsyncClient, hop: HopClient | None = None,
+                 headers: Mapping[str, str] | None = None):
         self.client = client
         self.hop = hop
+        self.headers = dict(headers or {})  # on every frame (the deployment's Authorization)
         self._fifo = asyncio.Lock()
 
     async def send(self, url: str, header: FrameHeader, tensor: torch.Tensor, *, peer: str,
@@ -158,7 +163,7 @@ class Sender:
             client: httpx.AsyncClient | HopClient = self.client
             if self.hop is not None and self.hop.supports(url):
                 client = self.hop
-            return await send_frame(client, url, header, tensor, peer=peer, sent=release)
+            return await send_frame(client, url, header, tensor, peer=peer, sent=release, headers=self.headers)
         finally:
             release()
 

@@ -116,7 +116,7 @@ def trace_table(trace: dict[str, Any]) -> str:
                      p.get("detail") or ""])
     g = trace["gateway"]
     rows.append(["", "gateway", "", "", "", "", "", at(g, "output"), f"scattered at {at(g, 'scattered')} ms"])
-    return (f"request {trace['request_id']} (pipeline id {trace['pipeline_id']}), ms after the gateway received it:\n"
+    return (f"request {trace['request_id']}, ms after the gateway received it:\n"
             + table(["stage", "partition", "device", "first piece", "assembled", "compute start", "compute ms",
                      "sent", "detail"], rows))
 

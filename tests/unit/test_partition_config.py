@@ -65,7 +65,8 @@ PLANS = _plans()
 
 def render(plan: Plan, delay: Callable[[str, str], float] | None = None) -> DeploymentConfigs:
     addresses = {p.id: f"http://{p.id}.svc:8000" for p in plan.partitions}
-    return render_configs(plan, "demo", addresses, "http://gateway.svc:8080", link_delay=delay,
+    return render_configs(plan, "demo", addresses, "http://gateway.svc:8081", client_port=8080,
+                          secret_file="/var/run/secrets/edgepart/token", link_delay=delay,
                           input_shape=graph_of(plan.model.name).input_shape)
 
 
@@ -87,7 +88,7 @@ def test_every_piece_is_sent_by_exactly_one_peer(name: str) -> None:
             need = (Region.full(configs.gateway.output_shape[1:]) if route.target == GATEWAY
                     else by_id[route.target].input_region)
             assert route.region == config.output_region.intersect(need)
-            assert route.url.endswith(":8080" if route.target == GATEWAY else ":8000")
+            assert route.url.endswith(":8081" if route.target == GATEWAY else ":8000")
 
 
 @pytest.mark.parametrize("name", sorted(PLANS))
@@ -107,7 +108,8 @@ def test_the_gateway_cuts_the_first_stage_and_assembles_the_last(name: str) -> N
 def test_layer_ranges_regions_and_listen_addresses() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()
     addresses = {p.id: f"http://10.0.0.{i + 2}:{9100 + i}" for i, p in enumerate(plan.partitions)}
-    configs = render_configs(plan, "demo", addresses, "http://10.0.0.1:9000", hosts={"s0p0": "10.0.0.2"},
+    configs = render_configs(plan, "demo", addresses, "http://10.0.0.1:9000", client_port=8080, secret_file="s",
+                             hosts={"s0p0": "10.0.0.2"},
                              bind_host="127.0.0.1", threads={"d0": 2}, request_timeout_s=7.5)
     for i, (stage, part) in enumerate((s, p) for s in plan.stages for p in s.partitions):
         config = configs.partition(part.id)
@@ -119,7 +121,8 @@ def test_layer_ranges_regions_and_listen_addresses() -> None:
         assert config.threads == (2 if part.device == "d0" else 1)
         assert config.request_timeout_s == 7.5
         assert config.model.name == "vgg16" and config.model.input_shape == (1, 3, 224, 224)
-    assert configs.gateway.port == 9000
+    assert (configs.gateway.port, configs.gateway.internal_port) == (8080, 9000)
+    assert {c.secret_file for c in configs.partitions} == {configs.gateway.secret_file} == {"s"}
 
 
 def test_emulated_latency_only_between_devices() -> None:
@@ -187,9 +190,11 @@ def test_render_refuses_missing_or_portless_addresses() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()
     addresses = {p.id: f"http://{p.id}:8000" for p in plan.partitions}
     with pytest.raises(ConfigError, match=r"no base URL for partitions \['s1p0'\]"):
-        render_configs(plan, "demo", {k: v for k, v in addresses.items() if k != "s1p0"}, "http://gw:1")
+        render_configs(plan, "demo", {k: v for k, v in addresses.items() if k != "s1p0"}, "http://gw:1",
+                       client_port=2, secret_file="s")
     with pytest.raises(ConfigError, match="must name a port"):
-        render_configs(plan, "demo", {**addresses, "s0p2": "http://s0p2"}, "http://gw:1")
+        render_configs(plan, "demo", {**addresses, "s0p2": "http://s0p2"}, "http://gw:1", client_port=2,
+                       secret_file="s")
 
 
 class _PadWider(nn.Module):
@@ -212,7 +217,8 @@ def test_a_tile_in_padding_gets_a_trigger_piece() -> None:
               make_stage(graph, 1, "layerwise", "rows", 1, 2, [("d0", rows[0]), ("d1", rows[1])]))
     plan = make_plan(ref, "manual", "latency", ("d0", "d1"), stages)
     assert plan.stages[1].partitions[0].input_region.empty
-    configs = render_configs(plan, "t", {p.id: f"http://{p.id}:1" for p in plan.partitions}, "http://gw:2")
+    configs = render_configs(plan, "t", {p.id: f"http://{p.id}:1" for p in plan.partitions}, "http://gw:2",
+                             client_port=3, secret_file="s")
     padded = configs.partition("s1p0")
     assert [(p.sender, p.region) for p in padded.inputs] == [("s0p0", padded.input_region)]
     triggers = [r for r in configs.partition("s0p0").outputs if r.target == "s1p0"]

@@ -23,7 +23,8 @@ from edgepart.partition_service.errors import (
     install_error_handlers,
 )
 from edgepart.partition_service.hop import HopClient
-from edgepart.partition_service.lane import LaneProtocol, TensorLane
+from edgepart.partition_service.config import ConnectionLimits
+from edgepart.partition_service.lane import Guard, GuardedProtocol, TensorLane
 from edgepart.partition_service.server import http_protocol
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame, send_frame
 from edgepart.partition_service.wire import CONTENT_TYPE, Frame, Limits, frame_bytes, make_header
@@ -71,8 +72,8 @@ async def sink() -> AsyncIterator[Sink]:
     async def lane_ingest(frame: Frame) -> None:
         await ingest(frame, "lane")
 
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, lane_ingest,
-                                       on_error=lambda err: holder[0].errors.append(err.reason))
+    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, LIMITS, lane_ingest,
+                                                           on_error=lambda err: holder[0].errors.append(err.reason)))
     sock = socket.create_server(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
                             timeout_graceful_shutdown=2)
@@ -212,20 +213,22 @@ async def test_service_errors_answer_like_the_route(sink: Sink) -> None:
     assert sink.errors == ["unexpected_piece", "internal"]
 
 
-async def test_other_requests_are_handed_to_the_app_on_the_same_connection(sink: Sink) -> None:
+async def test_other_requests_are_handed_to_the_app_for_one_request_then_the_connection_closes(sink: Sink) -> None:
     conn = await Conn.open(sink.port)
     await conn.send(_post(_frame("lane-1", torch.randn(1, 3))))
     assert (await conn.answer())[0] == 204
-    await conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-    code, _, body = await conn.answer()
+    await conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\r\n")
+    code, headers, body = await conn.answer()
     assert code == 200 and json.loads(body) == {"status": "ok"}
-    await conn.send(_post(_frame("route-1", torch.randn(1, 3))))  # uvicorn owns the connection from now on
-    assert (await conn.answer())[0] == 204
+    # uvicorn serves that one request: the next head comes on a new connection, where the guard reads it
+    assert headers.get("connection") == "close" and await conn.closed()
+    await conn.close()
+    conn = await Conn.open(sink.port)
     await conn.send(_post(_frame("x", torch.randn(1, 3)), media="text/plain"))
     code, _, body = await conn.answer()
     assert code == 415 and "text/plain" in json.loads(body)["detail"]
     await conn.close()
-    assert sink.lane == ["lane-1"] and sink.route == ["route-1"]
+    assert sink.lane == ["lane-1"] and sink.route == []
 
 
 async def test_chunked_and_expect_continue_bodies_go_to_the_app(sink: Sink) -> None:
@@ -271,7 +274,7 @@ async def test_graceful_shutdown_waits_for_an_answer_in_progress(sink: Sink) -> 
     busy = await Conn.open(sink.port)
     await busy.send(_post(_frame("slow-1", torch.randn(1, 2))))
     await asyncio.sleep(0.01)
-    assert any(isinstance(c, LaneProtocol) for c in sink.server.server_state.connections)
+    assert any(isinstance(c, GuardedProtocol) for c in sink.server.server_state.connections)
     sink.server.should_exit = True
     code, headers, _ = await busy.answer()
     assert code == 204 and headers.get("connection") == "close"
@@ -281,16 +284,17 @@ async def test_graceful_shutdown_waits_for_an_answer_in_progress(sink: Sink) -> 
     assert sink.lane == ["slow-1"]
 
 
-def test_the_lane_protocol_is_what_services_serve_with() -> None:
+def test_the_guarded_protocol_is_what_services_serve_with() -> None:
     app = FastAPI()
-    assert not issubclass(http_protocol(app), LaneProtocol)
+    assert not issubclass(http_protocol(app), GuardedProtocol)
 
     async def ingest(frame: Frame) -> None:
         raise ServiceError("unused")
 
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, ingest)
+    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, LIMITS, ingest))
     protocol = http_protocol(app)
-    assert issubclass(protocol, LaneProtocol) and protocol.lane.path == TENSOR_PATH
+    assert issubclass(protocol, GuardedProtocol) and protocol.guard.lane is not None
+    assert protocol.guard.lane.path == TENSOR_PATH
 
 
 async def test_a_streamed_payload_wakes_the_loop_in_large_steps_then_heads_are_read_at_once(sink: Sink) -> None:
@@ -301,7 +305,7 @@ async def test_a_streamed_payload_wakes_the_loop_in_large_steps_then_heads_are_r
     frame = _post(_frame("big", big))
     await conn.send(frame[:len(frame) // 2])
     await asyncio.sleep(0.05)
-    lane = next(c for c in sink.server.server_state.connections if isinstance(c, LaneProtocol))
+    lane = next(c for c in sink.server.server_state.connections if isinstance(c, GuardedProtocol))
     assert lane.sock is not None and lane.lowat > 1  # mid-payload: waiting for a large step
     assert lane.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == lane.lowat
     await conn.send(frame[len(frame) // 2:])
