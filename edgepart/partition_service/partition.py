@@ -58,8 +58,8 @@ from edgepart.partition_service.timeline import Timeline
 from edgepart.partition_service.transport import (
     TENSOR_PATH,
     HopClient,
-    internal_headers,
     Sender,
+    internal_headers,
     make_client,
     make_hop_client,
     peer_error,

@@ -155,15 +155,21 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
         assert env["EDGEPART_CONFIG"] == f"/etc/edgepart/partition-{part.id}.json"
         config = load_partition_config(config_map["data"][f"partition-{part.id}.json"])
         assert (config.partition, config.device) == (part.id, part.device)
-        assert config.port == 8080 and config.host == "0.0.0.0"
+        assert config.port == 8081 and config.host == "0.0.0.0"  # the internal port
+        assert config.secret_file == "/var/run/secrets/edgepart/token"
         assert config.output_region == part.output_region and config.input_region == part.input_region
         for route in config.outputs:
-            assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8080",
-                                 f"http://{NAME}-gateway.{NAMESPACE}.svc:8080")
+            assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8081",
+                                 f"http://{NAME}-gateway.{NAMESPACE}.svc:8081")
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
     gateway_config = load_gateway_config(config_map["data"]["gateway.json"])
     assert sorted(r.target for r in gateway_config.routes) == sorted(p.id for p in plan.stages[0].partitions)
+    assert (gateway_config.port, gateway_config.internal_port) == (8080, 8081)
+    # the deployment's secret: created once with a random value, owned, mounted by every pod
+    secret = await eventually(lambda: get(k8s, "secrets", f"{NAME}-secret"), what="the deployment's secret")
+    token = secret["stringData"]["token"] if "stringData" in secret else secret["data"]["token"]
+    assert len(token) >= 32 and secret["metadata"]["ownerReferences"][0]["uid"] == uid
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
     assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
@@ -180,6 +186,8 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     await make_ready(k8s, merge_patch, st["plan"]["hash"])
     st = await phase_is(k8s, "Ready")
     assert phase_history(k8s) == ["Planning", "Deploying", "Ready"]
+    again = get(k8s, "secrets", f"{NAME}-secret") or {}
+    assert (again.get("stringData") or again.get("data") or {}).get("token") == token  # never replaced
     assert st["ready"] == f"{len(plan.partitions)}/{len(plan.partitions)}"
     assert condition(k8s, "Ready")["reason"] == "AllReady"
     assert st["message"] == f"serving at http://{NAME}-gateway.{NAMESPACE}.svc:8080"

@@ -58,7 +58,8 @@ def test_service_monitor_scrapes_the_operators_services() -> None:
     assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "edgepart",
                                                 "app.kubernetes.io/managed-by": "edgepart-operator"}}
     assert spec["namespaceSelector"] == {"matchNames": ["edge-a", "edge-b"]}
-    assert spec["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert spec["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"},
+                                 {"port": "internal", "path": "/metrics", "interval": "15s"}]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert by_kind(render(), "ServiceMonitor") == []
 

@@ -17,13 +17,13 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from edgepart.geometry import Region
+from edgepart.partition_service.config import ConnectionLimits
 from edgepart.partition_service.errors import (
     ServiceError,
     UnexpectedPieceError,
     install_error_handlers,
 )
 from edgepart.partition_service.hop import HopClient
-from edgepart.partition_service.config import ConnectionLimits
 from edgepart.partition_service.lane import Guard, GuardedProtocol, TensorLane
 from edgepart.partition_service.server import http_protocol
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame, send_frame
