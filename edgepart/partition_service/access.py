@@ -1,10 +1,12 @@
 """ASGI guards of the apps behind the lane: the deployment's secret on internal ports, and body deadlines.
 
-The lane (`lane.py`) reads every request head and serves tensor frames itself; every other request reaches
-a FastAPI app through these two wrappers, which act before any route reads a body:
+The guard (`lane.py`) reads every request head, refuses requests without the secret on internal ports and
+serves tensor frames itself; every other request reaches a FastAPI app through these two wrappers, which act
+before any route reads a body:
 
 - `InternalOnly`: on an internal port, every path but the probes' (/healthz, /readyz) and Prometheus'
-  (/metrics) needs ``Authorization: Bearer <secret>``; otherwise 401, the body never read, no effect.
+  (/metrics) needs ``Authorization: Bearer <secret>``; otherwise 401, the body never read, no effect. (The
+  guard already refused such requests; this keeps an app served without it, in-process, just as closed.)
 - `BodyDeadline`: a body must arrive within `body_timeout_s` plus its declared size at `min_body_rate`
   (408 otherwise; the lane hands requests over with ``Connection: close``, so the connection ends).
 """
@@ -25,8 +27,9 @@ from edgepart.partition_service.errors import (
     UnauthorizedError,
     error_body,
 )
+from edgepart.partition_service.lane import OPEN_PATHS
 
-__all__ = ["OPEN_PATHS", "BodyDeadline", "InternalOnly"]
+__all__ = ["BodyDeadline", "InternalOnly"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,7 +37,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # kubelet probes and Prometheus: no secret
 
 
 async def _send_error(send: Send, err: ServiceError) -> None:

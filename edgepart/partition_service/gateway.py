@@ -550,6 +550,7 @@ def gateway_app(service: GatewayService) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics.")
     async def metrics() -> Response:
+        service.metrics.payload.set(service.budget.in_flight)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/model", summary="The model's name, shapes, number of partitions and predicted costs.")
@@ -592,9 +593,9 @@ def gateway_internal_app(service: GatewayService) -> FastAPI:
     connection = service.config.connection
     app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
     app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
-    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, secret=service.secret,
-                      admit=service.admit, budget=service.budget)
-    app.state.guard = Guard(connection, lane, on_error=count)
+    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
+                      budget=service.budget)
+    app.state.guard = Guard(connection, lane, on_error=count, secret=service.secret)
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
     async def tensor(request: Request) -> Response:

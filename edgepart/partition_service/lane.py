@@ -8,7 +8,12 @@ creates like its own). It reads each request head itself, so it can bound what a
   closes;
 - a body must arrive within `body_timeout_s` plus its size at `min_body_rate`;
 - a port holds at most `max_connections`; one more gets 503 and is closed at once (its descriptor freed);
-- a head over `MAX_HEAD` bytes gets 431, a head that is not HTTP/1.x gets 400, and the connection closes.
+- a head over `MAX_HEAD` bytes gets 431, a head that is not HTTP/1.x gets 400, and the connection closes;
+- on an internal port, a request without the deployment's secret gets 401 from its head alone (probes and
+  /metrics excepted): no body is read, nothing reaches the app.
+
+A connection closed after an error answer lingers a moment, reading and dropping what the client still
+sends, so that the answer is read before the connection resets.
 
 Any request that is not the lane's is handed, untouched but for a ``Connection: close``, to uvicorn's own
 HTTP protocol, which serves the FastAPI app for that one request: the next request comes on a new
@@ -18,8 +23,7 @@ The tensor lane: `POST /v1/tensor` served at the protocol level, below ASGI, str
 memory. Through uvicorn and FastAPI a frame's bytes are copied three times before they reach the tensor (the
 event loop's read buffer, the HTTP parser's body chunk, the app's reader) and the request costs a few hundred
 microseconds of routing; with a stage sending megabytes per request to each peer, that decided the hop's
-throughput. Here the lane checks the deployment's secret from the head (401 and close, the body never
-read), validates the frame header (limits, shape, dtype), asks the service whether it expects that piece
+throughput. Here the lane validates the frame header (limits, shape, dtype), asks the service whether it expects that piece
 (`admit`), reserves its bytes against the process's payload budget (503 beyond) and only then allocates the
 payload and has the socket `recv_into` it: the kernel's copy is the only one. The frame goes to the same
 `ingest` the app's route calls and the answer is the route's: 204, or the error's status with the same JSON
@@ -69,6 +73,9 @@ _MEDIA_TYPES = (CONTENT_TYPE, "application/octet-stream")
 _NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 _NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
 _HOP_HEADERS = ("connection", "keep-alive")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # kubelet probes and Prometheus: no secret
+LINGER_S = 2.0  # after an error answer, read and drop the client's bytes this long before closing
+LINGER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,18 +86,20 @@ class TensorLane:
     limits: Limits
     ingest: Callable[[Frame], Awaitable[None]]
     on_error: Callable[[ServiceError], None] | None = None
-    secret: Secret | None = None  # the services always set it; None only for benchmarks' bare sinks
     admit: Callable[[FrameHeader], None] | None = None  # raises for a piece the receiver does not expect
     budget: PayloadBudget | None = None
 
 
 @dataclass(frozen=True)
 class Guard:
-    """The rules of one listening port: connection limits, and its tensor lane if it has one."""
+    """The rules of one listening port: connection limits, its tensor lane if it has one, and on an internal
+    port the deployment's secret, which every request but `open_paths` must carry."""
 
     limits: ConnectionLimits
     lane: TensorLane | None = None
     on_error: Callable[[ServiceError], None] | None = None
+    secret: Secret | None = None  # the services set it on internal ports; None: a public port (or a bench sink)
+    open_paths: frozenset[str] = OPEN_PATHS
 
 
 class _State(enum.Enum):
@@ -99,6 +108,7 @@ class _State(enum.Enum):
     DISCARD = "discard"  # the frame failed: read and drop the rest of its (small) body, then answer
     ANSWERING = "answering"  # body complete: reading paused until the answer is written
     HANDED_OFF = "handed_off"  # uvicorn's protocol owns the connection now
+    LINGERING = "lingering"  # answered and half-closed: dropping what still comes, then closing
     CLOSED = "closed"
 
 
@@ -165,6 +175,7 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self.deadline: asyncio.TimerHandle | None = None  # the head or body in progress must be done by then
         self.sock: Any = None  # the connection's socket, while SO_RCVLOWAT can be set on it
         self.lowat = 1
+        self.dropped = 0  # bytes read and dropped while lingering
 
     @property
     def lane(self) -> TensorLane | None:
@@ -201,6 +212,8 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         pass
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.state is _State.LINGERING:
+            return memoryview(self.scratch)
         if self.state is _State.FRAME and self.reader is not None:
             window = self.reader.payload_window()
             if window is not None and window.nbytes:
@@ -214,6 +227,12 @@ class GuardedProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.state is _State.CLOSED:
+            return
+        if self.state is _State.LINGERING:
+            self.start = self.end = 0
+            self.dropped += nbytes
+            if self.dropped > LINGER_BYTES and self.transport is not None:
+                self._close_now()
             return
         if self.into_payload:
             self.into_payload = False
@@ -305,6 +324,12 @@ class GuardedProtocol(asyncio.BufferedProtocol):
             self._refuse(BadRequestError("not an HTTP/1.x request head"))
             return False
         self.start = cut + 4
+        secret = self.guard.secret
+        path = head.target.split("?", 1)[0]
+        if secret is not None and path not in self.guard.open_paths and not secret.admits(head.get("authorization")):
+            self._refuse(UnauthorizedError(f"{path[:100]} is internal to the deployment: the request does not "
+                                           "carry its secret"))
+            return False
         length = self._lane_request(head)
         if length is None:
             self._hand_off(head)
@@ -313,10 +338,6 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         assert lane is not None
         tokens = {t.strip().lower() for t in (head.get("connection") or "").split(",")}
         self.keep_alive = "close" not in tokens if head.version == "HTTP/1.1" else "keep-alive" in tokens
-        if lane.secret is not None and not lane.secret.admits(head.get("authorization")):
-            self._refuse(UnauthorizedError(f"{lane.path} is internal to the deployment: the request does not "
-                                           "carry its secret"))
-            return False
         self.remaining = length
         self.error = None
         self.state = _State.FRAME
@@ -335,7 +356,7 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         lane = self.lane
         if lane is None or head.method != "POST" or head.target != lane.path:
             return None
-        if head.duplicates & {"content-length", "content-type", "authorization"}:
+        if head.duplicates & {"content-length", "content-type", "authorization", "transfer-encoding"}:
             return None
         if any(name in head.fields for name in ("transfer-encoding", "expect", "upgrade")):
             return None
@@ -411,10 +432,9 @@ class GuardedProtocol(asyncio.BufferedProtocol):
             return
         transport.write(data)
         if not self.keep_alive or self.closing:
-            self.state = _State.CLOSED
             self._disarm_idle()
             self._disarm_deadline()
-            transport.close()
+            self._linger()
             return
         self.state = _State.HEAD
         if self.paused:
@@ -423,6 +443,30 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self._process()  # a pipelined request may already be here
         if self.state is _State.HEAD and self.start == self.end:
             self._arm_idle()
+
+    def _linger(self) -> None:
+        """Half-close after the answer, drop what the client still sends for a moment, then close: closing
+        with unread bytes would reset the connection, and the client could lose the answer."""
+        transport = self.transport
+        assert transport is not None
+        self.state = _State.LINGERING
+        self.start = self.end = 0
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError):
+            self._close_now()
+            return
+        self.deadline = self.loop.call_later(LINGER_S, self._close_now)
+
+    def _close_now(self) -> None:
+        self._disarm_deadline()
+        self.state = _State.CLOSED
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def _drop_reader(self) -> None:
         if self.reader is not None:
@@ -447,8 +491,7 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         if self.state is _State.HEAD and self.start < self.end:  # a partial head, idle all this time
             self._refuse(SlowRequestError(f"request head not complete after {self.guard.limits.keep_alive_s:g} s"))
             return
-        self.state = _State.CLOSED
-        self.transport.close()
+        self._close_now()
 
     def _arm_deadline(self, seconds: float, what: str) -> None:
         self._disarm_deadline()
@@ -461,7 +504,8 @@ class GuardedProtocol(asyncio.BufferedProtocol):
 
     def _deadline_passed(self, seconds: float, what: str) -> None:
         self.deadline = None
-        if self.transport is None or self.transport.is_closing() or self.state is _State.CLOSED:
+        if self.transport is None or self.transport.is_closing() or self.state in (_State.CLOSED,
+                                                                                   _State.LINGERING):
             return
         self._drop_reader()  # its buffer and its share of the payload budget go now
         self.remaining = 0

@@ -375,9 +375,9 @@ def partition_app(service: PartitionService) -> FastAPI:
     connection = service.config.connection
     app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
     app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
-    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, secret=service.secret,
-                      admit=service.admit, budget=service.budget)
-    app.state.guard = Guard(connection, lane, on_error=count)
+    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
+                      budget=service.budget)
+    app.state.guard = Guard(connection, lane, on_error=count, secret=service.secret)
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive one piece of a request's input tile (tensor frame).")
     async def tensor(request: Request) -> Response:
@@ -402,6 +402,7 @@ def partition_app(service: PartitionService) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics.")
     async def metrics() -> Response:
+        service.metrics.payload.set(service.budget.in_flight)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/info", summary="What this partition computes and its state.")

@@ -52,7 +52,7 @@ from edgepart.runtime.emulate import (
 from edgepart.spec import DNNDeployment, parse_duration
 
 if TYPE_CHECKING:  # torch-heavy; `status` and `down` start fast without them
-    from edgepart.partition_service.config import DeploymentConfigs
+    from edgepart.partition_service.config import ConnectionLimits, DeploymentConfigs
     from edgepart.plan import Plan
     from edgepart.runtime.planning import Planned
 
@@ -165,6 +165,7 @@ class LocalRuntime:
         self.root = (root or default_root()).resolve()
         self._echo = echo or (lambda message: None)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._connection: ConnectionLimits | None = None
 
     # ------------------------------------------------------------ state files
 
@@ -258,8 +259,11 @@ class LocalRuntime:
     # ------------------------------------------------------------ up
 
     async def up(self, deployment: DNNDeployment, *, port: int = 8080, emulate: bool = False,
-                 plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None) -> RunState:
-        """Plan (unless `plan` is given), start every process, wait until all are ready."""
+                 plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None,
+                 connection: ConnectionLimits | None = None) -> RunState:
+        """Plan (unless `plan` is given), start every process, wait until all are ready.
+
+        `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`)."""
         name = deployment.metadata.name
         spec = deployment.spec
         existing = self.load(name)
@@ -296,6 +300,7 @@ class LocalRuntime:
             predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
         )
         try:
+            self._connection = connection
             if emulate:
                 await self._up_emulated(deployment, planned, state)
             else:
@@ -329,7 +334,8 @@ class LocalRuntime:
         return render_configs(
             planned.plan, deployment.metadata.name, addresses, gateway_url, client_port=state.port,
             secret_file=str(Path(state.directory) / SECRET_FILE), hosts=hosts, bind_host="127.0.0.1",
-            gateway_host=gateway_host, gateway_internal_host=gateway_internal_host, threads=threads, request_timeout_s=parse_duration(spec.request_timeout),
+            gateway_host=gateway_host, gateway_internal_host=gateway_internal_host, threads=threads,
+            connection=self._connection, request_timeout_s=parse_duration(spec.request_timeout),
             gateway_device=cluster.master_name, link_delay=delay if emulate else None,
             input_shape=planned.graph.input_shape,
             output_shape=(planned.graph.batch, *planned.graph.output_shape),
