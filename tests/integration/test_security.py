@@ -28,9 +28,12 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgepart.executor import use_exact_kernels
-from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_model
-from edgepart.partition_service.config import ConnectionLimits, load_gateway_config, load_partition_config
+from edgepart.partition_service.config import (
+    ConnectionLimits,
+    load_gateway_config,
+    load_partition_config,
+)
 from edgepart.partition_service.wire import CONTENT_TYPE, frame_bytes, make_header
 from edgepart.runtime.client import infer
 from edgepart.runtime.local import LocalRuntime, ProcessState, RunState

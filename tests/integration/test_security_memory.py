@@ -22,7 +22,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgepart.partition_service.config import ConnectionLimits, load_partition_config
-from edgepart.partition_service.wire import CONTENT_TYPE, make_header
+from edgepart.partition_service.wire import CONTENT_TYPE
 from edgepart.runtime.client import infer
 from edgepart.runtime.local import LocalRuntime, RunState
 from edgepart.spec import deployment_from_dict

@@ -397,7 +397,7 @@ async def test_an_idle_connection_and_a_partial_head_are_dropped_at_the_keep_ali
     idle, partial = await Conn.open(guarded.port), await Conn.open(guarded.port)
     await partial.send(b"P")  # one byte, then nothing: the head timeout (5 s) is longer than keep-alive
     assert await idle.closed()  # closed, nothing answered
-    code, headers, body = await partial.answer()
+    code, _headers, body = await partial.answer()
     assert code == 408 and "not complete after 0.6 s" in json.loads(body)["detail"] and await partial.closed()
     assert guarded.errors == ["slow_request"]
     await idle.close()
@@ -455,7 +455,7 @@ async def test_without_the_secret_the_answer_comes_from_the_head_and_survives_th
     for auth in ("", "authorization: Bearer wrong\r\n", f"authorization: {SECRET.token}\r\n"):
         conn = await Conn.open(guarded.port)
         await conn.send(_post(frame, extra=auth))
-        code, headers, body = await conn.answer()
+        code, _headers, body = await conn.answer()
         assert code == 401 and json.loads(body)["error"] == "unauthorized" and await conn.closed()
         await conn.close()
     assert guarded.lane == [] and guarded.errors == ["unauthorized"] * 3
