@@ -187,9 +187,13 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         limit = self.guard.limits.max_connections
         if len(self.server_state.connections) >= limit:
+            # answered and closed at once: a connection over the cap must not hold its descriptor (no linger)
             self.keep_alive = False
-            self._answer_error(TooManyConnectionsError(f"{limit} connections are open on this port; try again "
-                                                       "later"), count_request=False)
+            self.state = _State.CLOSED
+            err = TooManyConnectionsError(f"{limit} connections are open on this port; try again later")
+            self._count(err)
+            self.transport.write(self._error_bytes(err))
+            self.transport.close()
             return
         self.sock = transport.get_extra_info("socket")
         self.server_state.connections.add(self)
@@ -409,10 +413,12 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self.state = _State.ANSWERING
         self._answer_error(err)
 
-    def _answer_error(self, err: ServiceError, count_request: bool = True) -> None:
+    def _count(self, err: ServiceError) -> None:
         on_error = self.lane.on_error if self.lane is not None and self.lane.on_error else self.guard.on_error
         if on_error is not None:
             on_error(err)
+
+    def _error_bytes(self, err: ServiceError) -> bytes:
         body = json.dumps(error_body(err)).encode()
         lines = [f"HTTP/1.1 {err.status} {http.HTTPStatus(err.status).phrase}", "content-type: application/json",
                  f"content-length: {len(body)}"]
@@ -420,13 +426,16 @@ class GuardedProtocol(asyncio.BufferedProtocol):
             lines.append("retry-after: 1")
         if not self.keep_alive or self.closing:
             lines.append("connection: close")
-        self._answer(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, count_request)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    def _answer(self, data: bytes, count_request: bool = True) -> None:
+    def _answer_error(self, err: ServiceError) -> None:
+        self._count(err)
+        self._answer(self._error_bytes(err))
+
+    def _answer(self, data: bytes) -> None:
         self._drop_reader()
         self.error = None
-        if count_request:
-            self.server_state.total_requests += 1
+        self.server_state.total_requests += 1
         transport = self.transport
         if transport is None or transport.is_closing():
             return

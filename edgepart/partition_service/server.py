@@ -36,6 +36,7 @@ from fastapi import FastAPI
 from edgepart.errors import EdgepartError
 from edgepart.partition_service.config import (
     ConfigError,
+    ConnectionLimits,
     ServiceSettings,
     load_gateway_config,
     load_partition_config,
@@ -45,8 +46,10 @@ from edgepart.partition_service.lane import Guard, guarded_protocol
 from edgepart.partition_service.partition import PartitionService, partition_app
 from edgepart.profiler.microbench import partition_allocator
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Endpoint", "QuietServer", "Role", "bind", "build_endpoints", "http_protocol", "loop_factory", "main",
-           "serve", "serve_all", "tune_allocator"]
+           "open_files_limit", "serve", "serve_all", "tune_allocator", "within_descriptors"]
 
 Role = Literal["partition", "gateway"]
 
@@ -169,12 +172,42 @@ async def serve_all(endpoints: Sequence[Endpoint], log_level: str = "warning") -
     await asyncio.gather(*(server.serve(sockets=list(e.sockets)) for server, e in zip(servers, endpoints, strict=True)))
 
 
-def build_endpoints(role: Role, settings: ServiceSettings) -> list[Endpoint]:
+RESERVED_FDS = 256  # descriptors kept for what is not a client connection: peers, files, the event loop
+
+
+def open_files_limit() -> int:
+    """The process's descriptor limit, raised to its hard limit (the soft default is often 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return int(soft) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def within_descriptors(limits: ConnectionLimits, ports: int, files: int) -> ConnectionLimits:
+    """`limits` with a connection cap the process can honour: `ports` listeners sharing `files` descriptors
+    (a flood must meet the cap's 503, not an exhausted descriptor table)."""
+    room = max(1, (files - RESERVED_FDS) // max(1, ports))
+    if limits.max_connections <= room:
+        return limits
+    log.warning("max_connections %d per port is over what %d descriptors allow; %d instead",
+                limits.max_connections, files, room)
+    return limits.model_copy(update={"max_connections": room})
+
+
+def build_endpoints(role: Role, settings: ServiceSettings, files: int | None = None) -> list[Endpoint]:
     text = settings.config_text()
+    files = files if files is not None else open_files_limit()
     if role == "partition":
         pconfig = load_partition_config(text)
+        pconfig = pconfig.model_copy(update={"connection": within_descriptors(pconfig.connection, 1, files)})
         return [Endpoint(partition_app(PartitionService(pconfig)), pconfig.host, pconfig.port)]
     gconfig = load_gateway_config(text)
+    gconfig = gconfig.model_copy(update={"connection": within_descriptors(gconfig.connection, 2, files)})
     service = GatewayService(gconfig)
     return [Endpoint(gateway_app(service), gconfig.host, gconfig.port),
             Endpoint(gateway_internal_app(service), gconfig.internal_host, gconfig.internal_port)]

@@ -459,3 +459,16 @@ async def test_without_the_secret_the_answer_comes_from_the_head_and_survives_th
         assert code == 401 and json.loads(body)["error"] == "unauthorized" and await conn.closed()
         await conn.close()
     assert guarded.lane == [] and guarded.errors == ["unauthorized"] * 3
+
+
+def test_the_connection_cap_stays_within_the_descriptors_the_process_has() -> None:
+    from edgepart.partition_service.server import RESERVED_FDS, open_files_limit, within_descriptors
+
+    limits = ConnectionLimits(max_connections=1024)
+    assert within_descriptors(limits, 2, 1024 * 4).max_connections == 1024  # room: unchanged
+    assert within_descriptors(limits, 2, RESERVED_FDS + 200).max_connections == 100  # two ports share 200
+    assert within_descriptors(limits, 1, 10).max_connections == 1
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert open_files_limit() >= soft  # raised towards the hard limit, never lowered
