@@ -7,8 +7,9 @@ before any route reads a body:
 - `InternalOnly`: on an internal port, every path but the probes' (/healthz, /readyz) and Prometheus'
   (/metrics) needs ``Authorization: Bearer <secret>``; otherwise 401, the body never read, no effect. (The
   guard already refused such requests; this keeps an app served without it, in-process, just as closed.)
-- `BodyDeadline`: a body must arrive within `body_timeout_s` plus its declared size at `min_body_rate`
-  (408 otherwise; the lane hands requests over with ``Connection: close``, so the connection ends).
+- `BodyDeadline`: a body gets `body_timeout_s`, and one more second for every `min_body_rate` bytes that
+  arrive; a slower one gets 408 (the lane hands requests over with ``Connection: close``, so the connection
+  ends). What a body declares buys it nothing: a chunked dribble is cut off as surely as a declared one.
 """
 
 from __future__ import annotations
@@ -72,35 +73,33 @@ class InternalOnly:
 
 
 class BodyDeadline:
-    """Request bodies must arrive in time: `limits.body_deadline_s(declared length)` from the first read."""
+    """Request bodies must keep coming: `limits.body_allowance_s(bytes received)` from the first read."""
 
-    def __init__(self, app: ASGIApp, limits: ConnectionLimits, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, limits: ConnectionLimits):
         self.app = app
         self.limits = limits
-        self.max_body_bytes = max_body_bytes  # what a body without a Content-Length is given time for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())
-        length = headers.get(b"content-length", b"")
-        size = int(length) if length.isdigit() else self.max_body_bytes
-        allowed = self.limits.body_deadline_s(size)
-        deadline: float | None = None
+        started: float | None = None
+        received = 0
         complete = False
 
         async def timed_receive() -> Message:
-            nonlocal deadline, complete
+            nonlocal started, received, complete
             if complete:  # the body is in: later reads wait for a disconnect, which has no deadline
                 return await receive()
-            if deadline is None:
-                deadline = time.monotonic() + allowed
+            if started is None:
+                started = time.monotonic()
+            allowed = self.limits.body_allowance_s(received)
             try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                async with asyncio.timeout(max(started + allowed - time.monotonic(), 0.0)):
                     message = await receive()
             except TimeoutError:
-                raise SlowRequestError(f"request body not complete after {allowed:g} s") from None
+                raise SlowRequestError(f"request body too slow: {received} bytes after {allowed:g} s") from None
+            received += len(message.get("body", b""))
             complete = message.get("type") != "http.request" or not message.get("more_body", False)
             return message
 

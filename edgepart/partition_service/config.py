@@ -102,18 +102,19 @@ class ConnectionLimits(_Base):
                                   "this long after its first byte (else 408 and the connection closes).")
     keep_alive_s: float = Field(default=120.0, gt=0, le=86400, description="An idle connection closes after this "
                                 "long, a partial head included.")
-    body_timeout_s: float = Field(default=30.0, gt=0, le=86400, description="Time for a request body, besides "
-                                  "its size at min_body_rate (else 408 and the connection closes).")
-    min_body_rate: int = Field(default=64 * 1024, ge=1, description="Slowest body accepted, bytes per second: a "
-                               "sender slower than this holds no buffer or assembly slot for long.")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=86400, description="Time a request body gets besides "
+                                  "what its bytes earn at min_body_rate (else 408 and the connection closes).")
+    min_body_rate: int = Field(default=64 * 1024, ge=1, description="Slowest body accepted, bytes per second: "
+                               "every min_body_rate bytes that arrive buy a body one more second, so a sender "
+                               "slower than this holds no buffer or assembly slot for long.")
     max_connections: int = Field(default=1024, ge=1, le=1 << 20, description="Open connections per listening "
                                  "port; a connection beyond gets 503 and is closed at once.")
     max_payload_bytes: int = Field(default=1 << 30, ge=1, description="Payload memory in flight per process "
                                    "(received, not yet handed on); beyond, 503 before anything is allocated.")
 
-    def body_deadline_s(self, nbytes: int) -> float:
-        """Seconds a body of `nbytes` may take."""
-        return self.body_timeout_s + nbytes / self.min_body_rate
+    def body_allowance_s(self, received: int) -> float:
+        """Seconds a body may have taken once `received` of its bytes are in."""
+        return self.body_timeout_s + received / self.min_body_rate
 
 
 class Endpoint(_Base):

@@ -507,7 +507,7 @@ def gateway_app(service: GatewayService) -> FastAPI:
 
     install_error_handlers(app, on_error=count, redacted=True)
     connection = service.config.connection
-    app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
+    app.add_middleware(BodyDeadline, limits=connection)
     app.state.guard = Guard(connection, None, on_error=count)
 
     @app.post("/v1/infer", summary="Run the model: a tensor frame or JSON {shape, data} in; frame or JSON out.")
@@ -591,7 +591,7 @@ def gateway_internal_app(service: GatewayService) -> FastAPI:
 
     install_error_handlers(app, on_error=count)
     connection = service.config.connection
-    app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
+    app.add_middleware(BodyDeadline, limits=connection)
     app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
     lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
                       budget=service.budget)

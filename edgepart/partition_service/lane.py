@@ -6,7 +6,7 @@ creates like its own). It reads each request head itself, so it can bound what a
 - a head must be complete within `head_timeout_s` of its first byte, and an idle connection (a partial
   head included) closes after `keep_alive_s`: a head dribbled a byte at a time gets 408 and the connection
   closes;
-- a body must arrive within `body_timeout_s` plus its size at `min_body_rate`;
+- a body gets `body_timeout_s`, and one more second for every `min_body_rate` bytes that arrive;
 - a port holds at most `max_connections`; one more gets 503 and is closed at once (its descriptor freed);
 - a head over `MAX_HEAD` bytes gets 431, a head that is not HTTP/1.x gets 400, and the connection closes;
 - on an internal port, a request without the deployment's secret gets 401 from its head alone (probes and
@@ -176,6 +176,8 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self.sock: Any = None  # the connection's socket, while SO_RCVLOWAT can be set on it
         self.lowat = 1
         self.dropped = 0  # bytes read and dropped while lingering
+        self.body_started = 0.0  # when the current body's first byte could come (loop time)
+        self.body_length = 0
 
     @property
     def lane(self) -> TensorLane | None:
@@ -352,7 +354,9 @@ class GuardedProtocol(asyncio.BufferedProtocol):
             self.state = _State.ANSWERING
             self._answer_error(err)
             return False
-        self._arm_deadline(self.guard.limits.body_deadline_s(length), "request body")
+        self.body_started = self.loop.time()
+        self.body_length = length
+        self._arm_deadline(self.guard.limits.body_allowance_s(0), "request body")
         return True
 
     def _lane_request(self, head: _Head) -> int | None:
@@ -516,6 +520,14 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         if self.transport is None or self.transport.is_closing() or self.state in (_State.CLOSED,
                                                                                    _State.LINGERING):
             return
+        if self.state in (_State.FRAME, _State.DISCARD):  # a body: what has arrived buys it more time
+            received = self.body_length - self.remaining
+            allowed = self.guard.limits.body_allowance_s(received)
+            left = self.body_started + allowed - self.loop.time()
+            if left > 0:
+                self.deadline = self.loop.call_later(left, self._deadline_passed, allowed, what)
+                return
+            seconds = allowed
         self._drop_reader()  # its buffer and its share of the payload budget go now
         self.remaining = 0
         self._refuse(SlowRequestError(f"{what} not complete after {seconds:g} s"))

@@ -373,7 +373,7 @@ def partition_app(service: PartitionService) -> FastAPI:
 
     install_error_handlers(app, on_error=count)
     connection = service.config.connection
-    app.add_middleware(BodyDeadline, limits=connection, max_body_bytes=service.config.limits.max_frame_bytes)
+    app.add_middleware(BodyDeadline, limits=connection)
     app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
     lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
                       budget=service.budget)
