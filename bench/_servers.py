@@ -14,13 +14,17 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
 
-from edgepart.partition_service.lane import TensorLane
+from edgepart.partition_service.auth import Secret
+from edgepart.partition_service.config import ConnectionLimits
+from edgepart.partition_service.lane import Guard, TensorLane
 from edgepart.partition_service.server import bind, loop_factory, serve, tune_allocator
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame
 from edgepart.partition_service.wire import Frame, Limits
 from edgepart.runtime.emulate import cpu_capped
 
 T = TypeVar("T")
+# the sink checks a secret as the services' internal ports do, so a hop costs what it costs in a deployment
+BENCH_SECRET = Secret("bench-secret-" + "0" * 40)
 
 
 def run_on_service_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -53,7 +57,9 @@ def serve_frame_sink(port: int, cpus: float | None = None) -> None:
         await ingest(await receive_frame(request, limits))
         return Response(status_code=204)
 
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, limits, ingest)  # as the services serve frames
+    # as the services serve frames: guarded, the secret checked from the head, then the lane
+    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, limits, ingest), secret=BENCH_SECRET,
+                            open_paths=frozenset({"/cpu"}))
 
     @app.get("/cpu")
     async def cpu() -> dict[str, float]:

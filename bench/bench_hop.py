@@ -33,11 +33,12 @@ from pathlib import Path
 
 import torch
 
-from bench._servers import run_on_service_loop, start_server
+from bench._servers import BENCH_SECRET, run_on_service_loop, start_server
 from edgepart.geometry import Region
 from edgepart.partition_service.server import tune_allocator
 from edgepart.partition_service.transport import (
     Sender,
+    internal_headers,
     make_client,
     make_hop_client,
 )
@@ -119,8 +120,8 @@ def _tensor(nbytes: int) -> torch.Tensor:
 async def _http_times(port: int, tensor: torch.Tensor, reps: int) -> list[float]:
     header = make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench")
     times = []
-    async with make_client(60.0) as client, make_hop_client(60.0) as hop:
-        sender = Sender(client, hop)
+    async with make_client(60.0) as client, make_hop_client(60.0, secret=BENCH_SECRET) as hop:
+        sender = Sender(client, hop, internal_headers(BENCH_SECRET))
         url = f"http://127.0.0.1:{port}"
         for i in range(reps + 2):
             started = time.perf_counter()
@@ -168,8 +169,8 @@ async def _http_stream(port: int, tensor: torch.Tensor, frames: int, rounds: int
     header = make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench")
     window = asyncio.Semaphore(WINDOW)
     url = f"http://127.0.0.1:{port}"
-    async with make_client(60.0) as client, make_hop_client(60.0) as hop:
-        sender = Sender(client, hop)
+    async with make_client(60.0) as client, make_hop_client(60.0, secret=BENCH_SECRET) as hop:
+        sender = Sender(client, hop, internal_headers(BENCH_SECRET))
 
         async def one() -> None:
             async with window:

@@ -32,10 +32,11 @@ import time
 import numpy as np
 import torch
 
-from bench._servers import run_on_service_loop, start_server
+from bench._servers import BENCH_SECRET, run_on_service_loop, start_server
 from edgepart.geometry import Region
 from edgepart.partition_service.transport import (
     Sender,
+    internal_headers,
     make_client,
     make_hop_client,
 )
@@ -55,9 +56,9 @@ async def _measure(port: int, reps: int, gap_s: float = 0.0, sizes: tuple[int, .
                    count: int | None = None) -> list[tuple[int, float, float]]:
     rows = []
     url = f"http://127.0.0.1:{port}"
-    hop = make_hop_client(60.0)  # the tensor hop the partitions use
+    hop = make_hop_client(60.0, secret=BENCH_SECRET)  # the tensor hop the partitions use
     async with make_client(60.0) as client:
-        sender = Sender(client, hop)
+        sender = Sender(client, hop, internal_headers(BENCH_SECRET))
         for size in sizes:
             tensor = torch.randn(1, max(1, size // 4 // 64), 8, 8)
             header = make_header("bench", tensor, Region.full(tensor.shape[1:]), 0, "bench")

@@ -131,6 +131,37 @@ def inspect_command(model: ModelArg, input_shape: InputShapeOpt = None) -> None:
     typer.echo(f"\ncut points (positions where one tensor crosses): {', '.join(map(str, graph.cut_points))}")
 
 
+@app.command("trace")
+@user_errors
+def trace_command(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the graph JSON here (default: "
+                                                                       "stdout).")] = None,
+    markers: Annotated[bool, typer.Option("--markers", help="Print the graph as one line of JSON between "
+                                                            "marker lines (what the operator's tracing Job "
+                                                            "prints and the operator reads).")] = False,
+) -> None:
+    """Trace MODEL (on the meta device: no weights) and write its layer graph as JSON.
+
+    This runs the model's code. The operator never does for models outside the zoo: it plans from this
+    JSON (a tracing Job runs this command in the image); `edgepart render --graph` takes it too.
+    """
+    from edgepart.graph.loader import load_graph
+    from edgepart.graph.serial import GRAPH_BEGIN, GRAPH_END, graph_to_json
+
+    graph = load_graph(model_ref(model, input_shape))
+    if markers:
+        typer.echo(f"{GRAPH_BEGIN}\n{graph_to_json(graph)}\n{GRAPH_END}")
+        return
+    text = graph_to_json(graph, indent=1) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text)
+    typer.echo(f"wrote {output} ({len(graph)} layers, {len(graph.units)} units)", err=True)
+
+
 # ------------------------------------------------------------------ plan / verify
 
 SolverOpt = Annotated[str, typer.Option("--solver", help="auto | single | layerwise | ftp-grid | fused-dp | "
@@ -550,8 +581,17 @@ def infer_command(
     url: Annotated[str, typer.Argument(help="Gateway URL, e.g. http://127.0.0.1:8080")],
     random: Annotated[bool, typer.Option("--random", help="Send a random input (seeded by --seed).")] = False,
     input_file: Annotated[Path | None, typer.Option("--input", help="Send this .npy array (N,C,H,W).")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Also run the whole model here; exit 0 iff the outputs "
-                                                        "are allclose (atol 1e-5, rtol 1e-4).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Also run the whole model named by --model or "
+                                                        "--deployment here; exit 0 iff the outputs are allclose "
+                                                        "(atol 1e-5, rtol 1e-4).")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="--check: the model to compare with (zoo name, "
+                                                              "package.module:factory or file.py:factory).")] = None,
+    input_shape: InputShapeOpt = None,
+    weights: WeightsOpt = None,
+    model_seed: Annotated[int, typer.Option("--model-seed", help="--check: seed of the model's deterministic "
+                                                                 "weights when no --weights file is given.")] = 0,
+    deployment: Annotated[Path | None, typer.Option("--deployment", help="--check: compare with the model of "
+                                                                         "this DNNDeployment file.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.")] = 0,
     requests: Annotated[int, typer.Option("--requests", min=1, help="Send the input this many times; report "
                                                                     "the median latency.")] = 1,
@@ -561,14 +601,19 @@ def infer_command(
     model_id: Annotated[str | None, typer.Option("--model-id", help="Which model of a deployment with several "
                                                                     "(its id; see GET /v1/models).")] = None,
 ) -> None:
-    """Send one input to a gateway; print the output shape and latency."""
+    """Send one input to a gateway; print the output shape and latency.
+
+    --check compares with a model you name (--model, or --deployment FILE): never with what the gateway
+    describes, since building a model runs its code.
+    """
     import asyncio
 
     from edgepart.runtime import commands
 
+    reference = commands.reference_model(model, input_shape, weights, model_seed, deployment, model_id)
     code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
                                               seed=seed, requests=requests, output_path=output, echo=typer.echo,
-                                              show_trace=trace, model_id=model_id))
+                                              show_trace=trace, reference=reference, model_id=model_id))
     if code:
         raise typer.Exit(code)
 
@@ -628,6 +673,7 @@ def data_plane_configs(request: Any) -> Any:
     from edgepart.partition_service.config import render_configs
 
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
+                             client_port=request.client_port, secret_file=request.secret_file,
                              gateway_device=request.gateway_device, request_timeout_s=request.request_timeout_s,
                              threads=dict(request.threads))
     return RenderedConfigs(gateway=configs.gateway.model_dump_json(indent=2),
@@ -644,11 +690,15 @@ def render_command(
     profile: Annotated[list[str] | None, typer.Option(
         "--profile", help="DEVICE_CLASS=profile.json (repeatable); classes without one need a profiling Job.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Image of the partition and gateway pods.")] = None,
+    graph: Annotated[Path | None, typer.Option(
+        "--graph", help="The model's layer graph from `edgepart trace` (models outside the zoo are never "
+                        "imported here; without it, the tracing Job is rendered).")] = None,
     owner_uid: Annotated[str, typer.Option("--owner-uid", help="uid of the DNNDeployment, to set owner "
                                                                "references (omitted when empty).")] = "",
 ) -> None:
     """Write the objects the operator would create for DEPLOYMENT, without a cluster."""
     from edgepart.operator.commands import (
+        load_graph_file,
         load_nodes,
         load_profiles,
         load_resource,
@@ -657,8 +707,10 @@ def render_command(
     from edgepart.operator.settings import OperatorSettings
 
     settings = OperatorSettings(image=image) if image else OperatorSettings()
-    result = render_directory(load_resource(deployment), load_nodes(nodes), load_profiles(profile or []), output,
-                              settings=settings, configs=data_plane_configs, owner_uid=owner_uid)
+    resource = load_resource(deployment)
+    graphs = load_graph_file(graph, resource, settings) if graph is not None else {}
+    result = render_directory(resource, load_nodes(nodes), load_profiles(profile or []), output,
+                              settings=settings, configs=data_plane_configs, owner_uid=owner_uid, graphs=graphs)
     status = result.desired.status
     typer.echo(f"phase {status['phase']}: {status.get('message', '')}")
     typer.echo(f"wrote {len(result.files)} files to {output}")

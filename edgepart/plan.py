@@ -44,7 +44,7 @@ from edgepart.errors import EdgepartError, explain_validation
 from edgepart.geometry import GeometryError, Region, backprop, tiles_partition
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
-from edgepart.spec import default_model_id
+from edgepart.naming import default_model_id
 
 SCHEMA_VERSION: Literal[2] = 2
 INPUT = "input"  # the `from` of a task input that reads the model input

@@ -10,6 +10,7 @@ are snake_case.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from edgepart.errors import EdgepartError, explain_validation
+from edgepart.naming import default_model_id
 
 API_GROUP = "edgepart.io"
 API_VERSION = "v1alpha1"
@@ -38,32 +40,78 @@ class SpecError(EdgepartError, ValueError):
 
 # ---------------------------------------------------------------- quantities
 
-BANDWIDTH_UNITS = {
-    "bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
-    "b/s": 1.0, "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9,
-    "kib/s": 1024.0, "mib/s": 1024.0**2, "gib/s": 1024.0**3,
+# Bandwidth units are case-sensitive: `b` is a bit and `B` a byte (100Mbps = 100Mb/s = 100Mbit/s = 12.5MB/s).
+# Prefixes: k or K (10^3), M, G, T; bytes also take the binary Ki, Mi, Gi, Ti. Anything else, in particular
+# a lower-case m or g (`100mbps`: milli-bits? megabytes?), is refused rather than guessed.
+_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
+BANDWIDTH_UNITS: dict[str, float] = {  # unit -> bytes per second of one unit
+    **{f"{p}{bits}": scale / 8 for p, scale in _SI.items() for bits in ("bps", "b/s", "bit/s")},
+    **{f"{p}{by}": scale for p, scale in (_SI | _BINARY).items() for by in ("B/s", "Bps")},
 }
 TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-MEMORY_UNITS = {
-    "": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-    "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40,
-}
+# Memory is a Kubernetes quantity (parsed by the Kubernetes client's own parser); suffixes below a byte
+# (n, u, m: `512m` is 0.512 bytes in Kubernetes) are refused, so only these can name a size.
+MEMORY_SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E")
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 
 def parse_bandwidth(value: str | float | int) -> float:
-    """'100Mbps', '1Gbps', '12.5MB/s', '50MiB/s' -> bytes per second (> 0)."""
+    """'100Mbps', '100Mb/s', '1Gbit/s' (bits), '12.5MB/s', '50MiB/s' (bytes) -> bytes per second (> 0)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         raise ValueError(f"bandwidth {value!r} needs a unit, e.g. '100Mbps' or '12.5MB/s'")
     match = re.fullmatch(_NUMBER + r"\s*([A-Za-z/]+)", str(value).strip())
-    unit = match.group(2).lower() if match else ""
+    unit = match.group(2) if match else ""
     if not match or unit not in BANDWIDTH_UNITS:
-        raise ValueError(f"bandwidth {value!r}: expected a number and a unit "
-                         "(bps, Kbps, Mbps, Gbps, B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s)")
+        near = sorted(u for u in BANDWIDTH_UNITS if u.lower() == unit.lower())
+        if match and near:
+            number = match.group(1)
+            raise ValueError(f"bandwidth {value!r} is ambiguous: units are case-sensitive (b: bits, B: bytes; "
+                             f"k, M, G, T prefixes); write e.g. {number}Mbps for megabits or {number}MB/s for "
+                             "megabytes per second")
+        raise ValueError(f"bandwidth {value!r}: expected a number and a unit: bits as bps, Kbps, Mbps, Gbps "
+                         "(or Mb/s, Mbit/s), bytes as B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s")
     result = float(match.group(1)) * BANDWIDTH_UNITS[unit]
     if result <= 0:
         raise ValueError(f"bandwidth {value!r} must be greater than zero")
     return result
+
+
+def _quantity(value: str | int | float, what: str) -> Decimal:
+    """A Kubernetes quantity, read by the Kubernetes client's parser (the API server's grammar)."""
+    # lazy: the pure core must not import the Kubernetes client at start-up (import-linter allows this one)
+    from kubernetes.utils.quantity import parse_quantity
+
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{what} {value!r}: expected a number or a Kubernetes quantity")
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        if isinstance(text, str) and any(c.isspace() for c in text):
+            raise ValueError("spaces inside")  # the API server refuses them; the client's parser does not
+        return Decimal(parse_quantity(text))  # type: ignore[no-untyped-call]
+    except (ValueError, ArithmeticError):
+        raise ValueError(f"{what} {value!r}: expected a Kubernetes quantity like "
+                         + ("512Mi, 2Gi or 1G" if what == "memory" else "500m, 2 or 1.5")) from None
+
+
+def parse_memory(value: str | int) -> int:
+    """Kubernetes quantities: '512Mi', '2Gi', '1G', 1048576 -> bytes (> 0, whole bytes)."""
+    amount = _quantity(value, "memory")
+    if amount != amount.to_integral_value():
+        hint = (" (m is milli in a Kubernetes quantity: write Mi for mebibytes or M for megabytes)"
+                if isinstance(value, str) and value.strip().endswith("m") else "")
+        raise ValueError(f"memory {value!r} is {amount.normalize():f} bytes, not a whole number of bytes{hint}")
+    if amount <= 0:
+        raise ValueError(f"memory {value!r} must be greater than zero")
+    return int(amount)
+
+
+def parse_cpu(value: str | int | float) -> float:
+    """Kubernetes CPU quantities: '500m', '2', 1.5 -> cores (> 0)."""
+    amount = _quantity(value, "cpu")
+    if amount <= 0:
+        raise ValueError(f"cpu {value!r} must be greater than zero")
+    return float(amount)
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -78,21 +126,6 @@ def parse_duration(value: str | float | int) -> float:
     if seconds < 0:
         raise ValueError(f"duration {value!r} must not be negative")
     return seconds
-
-
-def parse_memory(value: str | int) -> int:
-    """Kubernetes quantities: '512Mi', '2Gi', '1G', 1048576 -> bytes (> 0)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        result = value
-    else:
-        match = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", str(value).strip())
-        unit = match.group(2).lower() if match else ""
-        if not match or unit not in MEMORY_UNITS:
-            raise ValueError(f"memory {value!r}: expected a Kubernetes quantity like 512Mi, 2Gi or 1G")
-        result = int(float(match.group(1)) * MEMORY_UNITS[unit])
-    if result <= 0:
-        raise ValueError(f"memory {value!r} must be greater than zero")
-    return result
 
 
 def check_bandwidth(value: str) -> str:
@@ -193,13 +226,6 @@ class ModelSpec(_Model):
         default=None, min_length=4, max_length=4, description="N,C,H,W; required outside the zoo.")
     weights: str | None = Field(default=None, description="Path to a safetensors file (default: seeded weights).")
     seed: int = Field(default=0, ge=0, description="Seed of the deterministic weights when no file is given.")
-
-
-def default_model_id(name: str) -> str:
-    """A model id from a model reference: the zoo name, or the factory's name, as a DNS label."""
-    text = name.rpartition(":")[2] if ":" in name else name
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return cleaned[:63].strip("-") or "model"
 
 
 class AccuracySpec(_Model):

@@ -328,7 +328,7 @@ def build_layer_graph(gm: fx.GraphModule, input_shape: Sequence[int], name: str)
     outputs = output_node.all_input_nodes
     if len(outputs) != 1 or index_of.get(outputs[0]) != len(layers) - 1:
         raise GraphError(f"{name}: the model must return one tensor computed by its last layer")
-    _check_spatial_args(layers)
+    check_spatial_args(layers)
     return LayerGraph(
         model_name=name, input_shape=tuple(int(d) for d in input_shape), layers=tuple(layers),
         consumers=tuple(tuple(c) for c in consumers), input_consumers=tuple(input_consumers),
@@ -347,7 +347,7 @@ def _without_batch(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[1:])
 
 
-def _check_spatial_args(layers: Sequence[Layer]) -> None:
+def check_spatial_args(layers: Sequence[Layer]) -> None:
     """Spatial ops must see (C, H, W) tensors; a spatial op after a flatten is not tileable."""
     for layer in layers:
         spatial = layer.spec.spatial

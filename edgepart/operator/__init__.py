@@ -9,6 +9,8 @@ Layers, top to bottom (the upper may import the lower, never the reverse):
 - ``render``: pure; jinja2 (StrictUndefined) templates of every object.
 - ``planning``, ``nodes``, ``profiles``, ``status``, ``crd``, ``names``: pure helpers.
 
-The operator never executes a model: it plans from the LayerGraph (traced on
-the ``meta`` device, no weights) and from the device profiles.
+The operator never executes a model, and never imports one a DNNDeployment
+names: it plans from the LayerGraph (zoo models traced here on the ``meta``
+device, no weights; any other model traced by a Job and handed back as JSON,
+``graphs``) and from the device profiles.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ import kubernetes
 from kubernetes.client import ApiClient, ApiException
 
 from edgepart.operator import names
-from edgepart.operator.render import Owner
+from edgepart.operator.render import SECRET_KEY, Owner
 from edgepart.spec import API_GROUP, API_VERSION, PLURAL
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -39,6 +40,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Deployment": ("AppsV1Api", "deployment"),
     "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
     "Job": ("BatchV1Api", "job"),
+    "Secret": ("CoreV1Api", "secret"),  # created, never read: RBAC grants `create` only
 }
 # Kinds the operator creates for a DNNDeployment (owned; pruned when no longer desired).
 OWNED_KINDS = ("Pod", "Service", "Deployment", "ConfigMap", "NetworkPolicy", "ServiceAccount")
@@ -138,6 +140,11 @@ class Api:
         self._api("CustomObjectsApi").patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": dict(status)},
             _content_type=MERGE_CONTENT_TYPE, _preload_content=False)
+
+
+def create_secret(api: Api, obj: Mapping[str, Any]) -> bool:
+    """Create the deployment's Secret with a fresh random value; False when it exists (it keeps its value)."""
+    return api.create({**obj, "stringData": {SECRET_KEY: secrets.token_urlsafe(32)}})
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:

@@ -2,8 +2,9 @@
 
 `render` runs the same `reconcile` as the operator, without a cluster: nodes
 come from a file (Node objects as `kubectl get nodes -o yaml` prints them, or a
-short form), profiles from files, and the objects land in a directory, ready
-for `kubectl apply -f DIR`.
+short form), profiles from files, the layer graph of a model outside the zoo
+from `edgepart trace` (never imported here, as the operator never does), and
+the objects land in a directory, ready for `kubectl apply -f DIR`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,16 @@ from typing import Any
 import yaml
 
 from edgepart.errors import EdgepartError
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.graph.loader import ModelRef
+from edgepart.graph.serial import graph_from_json
 from edgepart.operator import crd
 from edgepart.operator.configs import ConfigRenderer
+from edgepart.operator.graphs import check_graph, graph_key
 from edgepart.operator.nodes import NodeError, NodeInfo, nodes_from_documents
 from edgepart.operator.planning import PlanFn, compute_plan
 from edgepart.operator.reconcile import DesiredState, reconcile
-from edgepart.operator.render import Owner
+from edgepart.operator.render import SECRET_KEY, Owner
 from edgepart.operator.settings import OperatorSettings
 from edgepart.planner.costmodel import DeviceProfile, load_profile
 from edgepart.spec import API_GROUP, API_VERSION, KIND
@@ -82,9 +88,24 @@ class RenderResult:
     files: tuple[Path, ...]
 
 
+def load_graph_file(path: Path, resource: Mapping[str, Any], settings: OperatorSettings) -> dict[str, LayerGraph]:
+    """The layer graph `edgepart trace` wrote for the resource's model, keyed as the operator keys it."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RenderError(f"--graph: cannot read {path}: {err.strerror}") from None
+    graph = graph_from_json(text, str(path))
+    model = (resource.get("spec") or {}).get("model") or {}
+    shape = model.get("inputShape")
+    ref = ModelRef(str(model.get("name", "")), tuple(shape) if isinstance(shape, list) else graph.input_shape)
+    check_graph(graph, ref, str(path))
+    return {graph_key(ref, settings.image): graph}
+
+
 def render_directory(resource: Mapping[str, Any], nodes: Sequence[NodeInfo], profiles: Mapping[str, DeviceProfile],
                      output: Path, *, settings: OperatorSettings, configs: ConfigRenderer,
-                     planner: PlanFn = compute_plan, owner_uid: str = "") -> RenderResult:
+                     planner: PlanFn = compute_plan, owner_uid: str = "",
+                     graphs: Mapping[str, LayerGraph] | None = None) -> RenderResult:
     """Reconcile without a cluster and write one YAML file per object (and `status.yaml`).
 
     Without `owner_uid` the objects carry no owner reference (a reference to a uid that does
@@ -98,12 +119,20 @@ def render_directory(resource: Mapping[str, Any], nodes: Sequence[NodeInfo], pro
                   generation=int(meta.get("generation") or 1))
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     desired = reconcile(owner, resource.get("spec") or {}, nodes, profiles, settings=settings, planner=planner,
-                        configs=configs, now=now)
+                        configs=configs, now=now, graphs=graphs)
     output.mkdir(parents=True, exist_ok=True)
     files = []
-    for index, obj in enumerate([*desired.objects, *desired.jobs]):
+    # the Secret with a fresh value (kubectl apply creates it; re-applying a new render changes it)
+    secrets_ = [{**s, "stringData": {SECRET_KEY: secrets.token_urlsafe(32)}} for s in desired.secrets]
+    for index, obj in enumerate([*secrets_, *desired.objects, *desired.jobs]):
         path = output / f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        path.write_text(yaml.safe_dump(dict(obj), sort_keys=False, width=120))
+        text = yaml.safe_dump(dict(obj), sort_keys=False, width=120)
+        if obj["kind"] == "Secret":  # only its owner may read the file
+            path.unlink(missing_ok=True)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(text)
+        else:
+            path.write_text(text)
         files.append(path)
     status_path = output / "status.yaml"
     status_path.write_text(yaml.safe_dump({"status": dict(desired.status)}, sort_keys=False, width=120))

@@ -23,6 +23,8 @@ class ConfigRequest:
     gateway_url: str
     gateway_device: str  # node of the gateway (the master)
     request_timeout_s: float
+    client_port: int  # the gateway's port for its clients (gateway_url is its internal one)
+    secret_file: str  # where pods find the deployment's secret (a mounted Secret)
     threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
 
 

@@ -40,21 +40,16 @@ CATEGORIES = ["edgepart"]
 _NUMBER = r"[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?"
 
 
-def _anycase(word: str) -> str:
-    """'kbps' -> '[kK][bB][pP][sS]' (portable across Go RE2, ECMA and Python regexes)."""
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else ("\\" + c if c in "./" else c) for c in word)
+def _alternatives(words: list[str]) -> str:
+    """A regex group of `words`, longest first ('ms' before 'm'), case-sensitive as the parsers are."""
+    ordered = sorted(words, key=len, reverse=True)
+    return "(" + "|".join(w.replace(".", "\\.") for w in ordered) + ")"
 
 
-def _alternatives(words: list[str], anycase: bool) -> str:
-    ordered = sorted(words, key=len, reverse=True)  # longest first: 'ms' before 'm'
-    return "(" + "|".join(_anycase(w) if anycase else w for w in ordered) + ")"
-
-
-BANDWIDTH_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module.BANDWIDTH_UNITS), True)
-                     + r"\s*$")
-DURATION_PATTERN = r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module.TIME_UNITS), False) + r"\s*$"
-MEMORY_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives([u for u in spec_module.MEMORY_UNITS if u], True)
-                  + r"?\s*$")
+BANDWIDTH_PATTERN = (r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module.BANDWIDTH_UNITS))
+                     + r"\s*$")  # case-sensitive, as the parser: b bits, B bytes
+DURATION_PATTERN = r"^\s*" + _NUMBER + r"\s*" + _alternatives(list(spec_module.TIME_UNITS)) + r"\s*$"
+MEMORY_PATTERN = r"^\s*" + _NUMBER + _alternatives(list(spec_module.MEMORY_SUFFIXES)) + r"?\s*$"
 
 # The pydantic validators whose accepted strings these patterns describe.
 _VALIDATOR_PATTERNS: dict[Callable[..., Any], str] = {

@@ -25,9 +25,11 @@ import kopf
 from kubernetes.client import ApiException
 
 from edgepart.errors import EdgepartError
+from edgepart.graph.layer_graph import GraphError
 from edgepart.operator import apply, names, render
 from edgepart.operator.apply import Api
 from edgepart.operator.configs import ConfigRenderer
+from edgepart.operator.graphs import GraphSet, TraceJob, graph_from_log, graphs_from_config_maps
 from edgepart.operator.nodes import NodeError, NodeInfo, node_from_object
 from edgepart.operator.planning import PlanFn, PlanRequest, compute_plan
 from edgepart.operator.profiles import (
@@ -36,7 +38,14 @@ from edgepart.operator.profiles import (
     profile_from_log,
     profiles_from_config_maps,
 )
-from edgepart.operator.reconcile import DesiredState, GatewayState, Observed, PodState, reconcile
+from edgepart.operator.reconcile import (
+    CONFIG_MAP_LIMIT,
+    DesiredState,
+    GatewayState,
+    Observed,
+    PodState,
+    reconcile,
+)
 from edgepart.operator.render import Owner
 from edgepart.operator.settings import OperatorSettings
 from edgepart.operator.status import same_status
@@ -197,6 +206,10 @@ def reconcile_once(runtime: Runtime, body: Mapping[str, Any], logger: Logger) ->
     jobs, harvested = harvest_profiles(api, owner.namespace, profile_set, logger)
     if harvested:
         profile_set = read_profiles(api, owner.namespace)
+    graph_set = read_graphs(api, owner.namespace)
+    trace_jobs, traced = harvest_graphs(api, owner.namespace, graph_set, logger)
+    if traced:
+        graph_set = read_graphs(api, owner.namespace)
     status = dict(body.get("status") or {})
     observed = Observed(
         pods=tuple(PodState.from_object(p) for p in api.list_objects("Pod", owner.namespace,
@@ -205,6 +218,8 @@ def reconcile_once(runtime: Runtime, body: Mapping[str, Any], logger: Logger) ->
         gateway=GatewayState.from_object(api.read("Deployment", owner.namespace, names.gateway_name(owner.name))),
         jobs=tuple(j for j in jobs if not j.succeeded),
         profile_errors=profile_set.errors,
+        trace_jobs=tuple(j for j in trace_jobs if not j.succeeded),
+        graph_errors=graph_set.errors,
         status=status,
     )
 
@@ -216,10 +231,14 @@ def reconcile_once(runtime: Runtime, body: Mapping[str, Any], logger: Logger) ->
         return runtime.plans.get(request)
 
     desired = reconcile(owner, body.get("spec") or {}, nodes, profile_set.profiles, observed=observed,
-                        settings=settings, planner=planner, configs=runtime.configs, now=_now())
+                        settings=settings, planner=planner, configs=runtime.configs, now=_now(),
+                        graphs=graph_set.graphs)
     for job in desired.jobs:
         if api.create(job):
-            logger.info("started profiling job %s", job["metadata"]["name"])
+            logger.info("started job %s", job["metadata"]["name"])
+    for secret in desired.secrets:  # before the pods that mount it
+        if apply.create_secret(api, secret):
+            logger.info("created secret %s", secret["metadata"]["name"])
     result = apply.sync(api, owner, desired.objects, desired.prune)
     if result.applied or result.deleted:
         logger.info("applied %s; deleted %s", list(result.applied), list(result.deleted))
@@ -289,6 +308,51 @@ def harvest_profiles(api: Api, namespace: str, profile_set: ProfileSet,
     return jobs, harvested
 
 
+def read_graphs(api: Api, namespace: str) -> GraphSet:
+    return graphs_from_config_maps(api.list_objects("ConfigMap", namespace, {names.LABEL_GRAPH: "true"}))
+
+
+def harvest_graphs(api: Api, namespace: str, graph_set: GraphSet, logger: Logger) -> tuple[list[TraceJob], bool]:
+    """Copy the graph of every finished tracing Job into its ConfigMap, after validating it as data; a log
+    without a valid graph fails the Job. Returns the jobs and whether a graph was stored."""
+    jobs = []
+    stored = False
+    for obj in api.list_objects("Job", namespace, {names.LABEL_GRAPH: "true"}):
+        job = TraceJob.from_object(obj)
+        model = str(((obj.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_MODEL, ""))
+        if job.succeeded and job.key and job.key not in graph_set.graphs:
+            try:
+                pod_name = _finished_pod(api, namespace, names.LABEL_GRAPH, job.name)
+                graph, text = graph_from_log(api.pod_log(namespace, pod_name), f"log of pod {pod_name}")
+                if graph.model_name != model:
+                    raise GraphError(f"log of pod {pod_name}: a graph of {graph.model_name[:200]!r}, "
+                                     f"the job traced {model[:200]!r}")
+                config_map = render.graph_config_map(job.key, model, text, namespace,
+                                                     {f"{names.GROUP}/traced-by": job.name})
+                if len(text) > CONFIG_MAP_LIMIT:
+                    raise GraphError(f"the graph of {model[:200]!r} takes {len(text)} bytes; a ConfigMap holds "
+                                     "at most 1 MiB")
+            except (EdgepartError, ApiException) as err:
+                jobs.append(TraceJob(job.name, job.key, succeeded=False, failed=True, message=str(err)[:2000]))
+                continue
+            api.apply(config_map)
+            stored = True
+            logger.info("stored the layer graph of %s from job %s", model[:200], job.name)
+        jobs.append(job)
+    return jobs, stored
+
+
+def _finished_pod(api: Api, namespace: str, label: str, job_name: str) -> str:
+    """The name of a succeeded pod of a Job (its log holds the result)."""
+    pods = [p for p in api.list_objects("Pod", namespace, {label: "true"})
+            if (p.get("metadata") or {}).get("labels", {}).get("job-name") == job_name
+            or (p.get("metadata") or {}).get("labels", {}).get("batch.kubernetes.io/job-name") == job_name]
+    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+    if not done:
+        raise EdgepartError(f"job {job_name} succeeded but none of its pods is left to read")
+    return str(done[-1]["metadata"]["name"])
+
+
 # ---------------------------------------------------------------- wake-ups
 # Async on purpose: they run in the operator's event loop, where the loops' asyncio.Events live.
 
@@ -317,6 +381,8 @@ async def child_changed(namespace: str | None, labels: Mapping[str, str], memo: 
 
 @kopf.on.event("", "v1", "configmaps", labels={names.LABEL_PROFILE: "true"})
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_PROFILE: "true"})
+@kopf.on.event("", "v1", "configmaps", labels={names.LABEL_GRAPH: "true"})
+@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_GRAPH: "true"})
 async def profile_changed(namespace: str | None, memo: Any, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:

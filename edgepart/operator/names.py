@@ -29,6 +29,10 @@ LABEL_PLAN = f"{GROUP}/plan"
 # Device classes, profiles and profiling jobs.
 LABEL_DEVICE_CLASS = f"{GROUP}/device-class"
 LABEL_PROFILE = f"{GROUP}/profile"
+# Layer graphs of models outside the zoo, traced by a Job (the operator never imports a model's code).
+LABEL_GRAPH = f"{GROUP}/graph"
+LABEL_GRAPH_KEY = f"{GROUP}/graph-key"
+ANNOTATION_MODEL = f"{GROUP}/model"
 # Annotations.
 ANNOTATION_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
@@ -107,6 +111,10 @@ def partition_pod_name(deployment: str, partition_id: str, content_hash: str) ->
     return dns_label(deployment, partition_id, content_hash[:8])
 
 
+def secret_name(deployment: str) -> str:
+    return dns_label(deployment, "secret")
+
+
 def gateway_name(deployment: str) -> str:
     return dns_label(deployment, "gateway")
 
@@ -121,3 +129,11 @@ def profile_config_map_name(device_class: str) -> str:
 
 def profile_job_name(device_class: str) -> str:
     return dns_label("edgepart-profile", device_class)
+
+
+def graph_config_map_name(key: str) -> str:
+    return dns_label("edgepart-graph", key)
+
+
+def trace_job_name(key: str) -> str:
+    return dns_label("edgepart-trace", key)

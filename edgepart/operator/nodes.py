@@ -10,44 +10,16 @@ one profile.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from edgepart.operator.names import ARCH_LABEL, LABEL_DEVICE_CLASS, dns_label, matches
-
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-            "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
-            "P": Decimal("1e15"), "E": Decimal("1e18")}
-_QUANTITY = re.compile(r"^([+-]?[0-9]*\.?[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$")
+from edgepart.spec import parse_cpu, parse_memory
 
 
 class NodeError(ValueError):
     """A node document that cannot be read; the message names the node and field."""
-
-
-def parse_quantity(value: str | int | float) -> Decimal:
-    """A Kubernetes resource quantity ('500m', '4', '3977908Ki', '1.5Gi', '1e3') as a Decimal."""
-    if isinstance(value, bool):
-        raise ValueError(f"quantity {value!r}: expected a number or a string like 500m or 2Gi")
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    match = _QUANTITY.fullmatch(str(value).strip())
-    if not match:
-        raise ValueError(f"quantity {value!r}: expected a Kubernetes quantity like 500m, 4 or 2Gi")
-    try:
-        number = Decimal(match.group(1))
-    except InvalidOperation:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(f"quantity {value!r}: not a number") from None
-    suffix = match.group(2) or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix[:1] in ("e", "E"):
-        return number * (Decimal(10) ** int(suffix[1:]))
-    return number * _DECIMAL[suffix]
 
 
 def format_cpu(cores: float) -> str:
@@ -108,10 +80,13 @@ def node_from_object(obj: Mapping[str, Any]) -> NodeInfo:
     status = obj.get("status") or {}
     allocatable = status.get("allocatable") or status.get("capacity") or {}
     try:
-        cpu = float(parse_quantity(allocatable.get("cpu", "1")))
-        memory = int(parse_quantity(allocatable.get("memory", "1Gi")))
+        cpu = parse_cpu(allocatable.get("cpu", "1"))
     except ValueError as err:
-        raise NodeError(f"node {name}: status.allocatable: {err}") from None
+        raise NodeError(f"node {name}: status.allocatable.cpu: {err}") from None
+    try:
+        memory = parse_memory(allocatable.get("memory", "1Gi"))
+    except ValueError as err:
+        raise NodeError(f"node {name}: status.allocatable.memory: {err}") from None
     arch = labels.get(ARCH_LABEL) or (status.get("nodeInfo") or {}).get("architecture") or "amd64"
     spec = obj.get("spec") or {}
     device_class = labels.get(LABEL_DEVICE_CLASS) or default_device_class(arch, cpu, memory)
@@ -130,10 +105,13 @@ def node_from_short_form(item: Mapping[str, Any], index: int = 0) -> NodeInfo:
     if unknown:
         raise NodeError(f"{where}: unknown fields {sorted(unknown)}")
     try:
-        cpu = float(parse_quantity(item.get("cpu", "4")))
-        memory = int(parse_quantity(item.get("memory", "4Gi")))
+        cpu = parse_cpu(item.get("cpu", "4"))
     except ValueError as err:
-        raise NodeError(f"{where}: {err}") from None
+        raise NodeError(f"{where}.cpu: {err}") from None
+    try:
+        memory = parse_memory(item.get("memory", "4Gi"))
+    except ValueError as err:
+        raise NodeError(f"{where}.memory: {err}") from None
     labels = {str(k): str(v) for k, v in (item.get("labels") or {}).items()}
     arch = str(item.get("arch") or labels.get(ARCH_LABEL) or "amd64")
     labels.setdefault(ARCH_LABEL, arch)

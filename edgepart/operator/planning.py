@@ -1,8 +1,9 @@
 """From usable nodes and device profiles to a Plan, and from a Plan to pod resources.
 
-The operator plans from the LayerGraph (traced on the meta device: no weights,
-no arithmetic) and from the device profiles; it never runs the model. The
-request is a frozen value with a stable digest, so callers can cache plans.
+The operator plans from the LayerGraph and from the device profiles; it never runs the model, and never
+imports one it does not trust: zoo models (edgepart's own code) and references the cluster admin listed
+are traced here on the meta device (no weights, no arithmetic); every other graph arrives as data
+(`operator.graphs`). The request is a frozen value with a stable digest, so callers can cache plans.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from edgepart.errors import EdgepartError
 from edgepart.graph.layer_graph import LayerGraph
-from edgepart.graph.loader import ModelRef, load_graph
+from edgepart.graph.loader import ModelRef, is_zoo_name, load_graph
 from edgepart.operator.names import digest
 from edgepart.operator.nodes import NodeInfo
 from edgepart.plan import Objective, Plan, Task
@@ -40,11 +42,16 @@ class PlanRequest:
     cluster: ClusterSpec
     profiles: Mapping[str, DeviceProfile] = field(default_factory=dict)  # device name -> its class's profile
     options: Mapping[str, Any] = field(default_factory=dict)
+    # graphs of models traced elsewhere (a Job), by model id, and what each depends on (`graphs.graph_key`,
+    # '' for a zoo or trusted model, traced here)
+    graphs: Mapping[str, LayerGraph] = field(default_factory=dict, compare=False, repr=False)
+    graph_keys: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return digest({
             "models": [[mid, m.name, list(m.input_shape or ()), m.weights, m.seed] for mid, m in self.models],
+            "graphs": list(self.graph_keys),
             "objective": self.objective,
             "solver": self.solver,
             "options": dict(self.options),
@@ -56,9 +63,17 @@ class PlanRequest:
 PlanFn = Callable[[PlanRequest], Plan]
 
 
+class UntrustedModelError(EdgepartError, ValueError):
+    """The operator was asked to import a model that is neither in the zoo nor on the admin's allow-list."""
+
+
 @functools.lru_cache(maxsize=16)
-def graph_of(model: ModelRef) -> LayerGraph:
-    """The model's LayerGraph, traced on the meta device (cached: tracing VGG-16 takes a moment)."""
+def graph_of(model: ModelRef, trusted: frozenset[str] = frozenset()) -> LayerGraph:
+    """The LayerGraph of a zoo model, or of a reference in `trusted`, traced on the meta device (cached:
+    tracing VGG-16 takes a moment). Anything else is refused: tracing imports and runs the model's code."""
+    if not is_zoo_name(model.name) and model.name not in trusted:
+        raise UntrustedModelError(f"model {model.name[:200]!r} is not in the zoo nor in the operator's "
+                                  "trustedModels: the operator does not import it (a tracing Job does)")
     return load_graph(model)
 
 
@@ -75,12 +90,14 @@ def planner_cluster(request: PlanRequest) -> Cluster:
 
 
 def graphs_of(request: PlanRequest) -> dict[str, LayerGraph]:
-    return {mid: graph_of(ref) for mid, ref in request.models}
+    """Every model's graph: the traced one given with the request, else traced here (zoo or trusted)."""
+    return {mid: request.graphs[mid] if mid in request.graphs else graph_of(ref) for mid, ref in request.models}
 
 
 def compute_plan(request: PlanRequest) -> Plan:
     """Run the solver the spec names (`auto` by default) over the usable nodes."""
-    models = [PlanningModel(mid, ref, graph_of(ref)) for mid, ref in request.models]
+    graphs = graphs_of(request)
+    models = [PlanningModel(mid, ref, graphs[mid]) for mid, ref in request.models]
     try:
         return solve_models(models, planner_cluster(request), request.objective, request.solver,
                             **dict(request.options))

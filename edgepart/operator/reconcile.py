@@ -10,6 +10,8 @@ The phase follows from the first thing missing:
 
     spec invalid, model unknown, plan impossible     -> Failed
     no usable node matches                           -> Pending
+    a model outside the zoo has no traced graph yet  -> Tracing    (and the Job to trace it: the operator
+                                                                    never imports a model's code)
     a device class has no profile yet                -> Profiling  (and the Job to make one)
     pods or gateway of the current plan not ready    -> Deploying
     all ready, every selected node in the plan       -> Ready
@@ -25,14 +27,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from edgepart.errors import EdgepartError, explain_validation
+from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of, is_zoo_name
 from edgepart.graph.zoo import ZOO, UnknownModelError
 from edgepart.operator import names, render
 from edgepart.operator.configs import ConfigRenderer, ConfigRequest
+from edgepart.operator.graphs import TraceJob, check_graph, graph_key
 from edgepart.operator.nodes import NodeInfo, format_cpu, format_memory, select_nodes
 from edgepart.operator.planning import (
     PlanFn,
     PlanRequest,
+    graph_of,
     graphs_of,
     partition_resources,
     plan_digest,
@@ -47,6 +52,7 @@ from edgepart.operator.status import (
     PROFILED,
     READY,
     SPEC_VALID,
+    TRACED,
     Condition,
     DeploymentStatus,
     ExcludedNode,
@@ -143,6 +149,8 @@ class Observed:
     gateway: GatewayState = GatewayState()
     jobs: tuple[JobState, ...] = ()
     profile_errors: Mapping[str, str] = field(default_factory=dict)
+    trace_jobs: tuple[TraceJob, ...] = ()
+    graph_errors: Mapping[str, str] = field(default_factory=dict)
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -154,6 +162,7 @@ class DesiredState:
     status: Mapping[str, Any]
     objects: tuple[Mapping[str, Any], ...] = ()  # owned children; with prune, owned objects not here go
     prune: bool = False
+    secrets: tuple[Mapping[str, Any], ...] = ()  # created once when missing (their value is filled in then)
     jobs: tuple[Mapping[str, Any], ...] = ()  # profiling Jobs to create when missing
     plan: Plan | None = None
     plan_inputs: str = ""
@@ -195,13 +204,17 @@ class _Context:
 
 def reconcile(owner: Owner, spec: Mapping[str, Any], nodes: Sequence[NodeInfo],
               profiles: Mapping[str, DeviceProfile], *, observed: Observed = Observed(),
-              settings: OperatorSettings, planner: PlanFn, configs: ConfigRenderer, now: str) -> DesiredState:
-    """The desired state of one DNNDeployment. Never raises for a bad spec: that is a Failed status."""
+              settings: OperatorSettings, planner: PlanFn, configs: ConfigRenderer, now: str,
+              graphs: Mapping[str, LayerGraph] | None = None) -> DesiredState:
+    """The desired state of one DNNDeployment. Never raises for a bad spec: that is a Failed status.
+
+    `graphs`: traced layer graphs of models outside the zoo, by `graphs.graph_key`.
+    """
     previous = [c for c in observed.status.get("conditions") or () if isinstance(c, Mapping)]
     ctx = _Context(owner, settings, now, previous)
     excluded: list[ExcludedNode] = []
     try:
-        return _reconcile(ctx, spec, nodes, profiles, observed, excluded, planner, configs)
+        return _reconcile(ctx, spec, nodes, profiles, graphs or {}, observed, excluded, planner, configs)
     except _Halt as stop:
         ctx.set(stop.condition, False, stop.reason, stop.message)
         status = DeploymentStatus(
@@ -211,7 +224,7 @@ def reconcile(owner: Owner, spec: Mapping[str, Any], nodes: Sequence[NodeInfo],
         return DesiredState(phase=stop.phase, status=status.to_dict(), jobs=tuple(stop.extra.get("jobs", ())))
 
 
-_CONDITION_ORDER = (SPEC_VALID, DEVICES_AVAILABLE, PROFILED, PLANNED, READY, DEGRADED)
+_CONDITION_ORDER = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED)
 
 
 def _ordered(conditions: Mapping[str, Condition]) -> list[Condition]:
@@ -236,8 +249,8 @@ def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
 
 
 def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeInfo],
-               profiles: Mapping[str, DeviceProfile], observed: Observed, excluded: list[ExcludedNode],
-               planner: PlanFn, configs: ConfigRenderer) -> DesiredState:
+               profiles: Mapping[str, DeviceProfile], graphs: Mapping[str, LayerGraph], observed: Observed,
+               excluded: list[ExcludedNode], planner: PlanFn, configs: ConfigRenderer) -> DesiredState:
     owner, settings = ctx.owner, ctx.settings
     spec = parse_spec(raw_spec)
     ctx.set(SPEC_VALID, True, "SpecValid", "the spec is valid")
@@ -299,6 +312,7 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     if bad:
         raise _Halt("Failed", PROFILED, "InvalidProfile", "; ".join(f"device class {c}: {m}"
                                                                       for c, m in sorted(bad.items())))
+    profile_jobs: list[dict[str, Any]] = []
     if needed:
         jobs_by_class = {j.device_class: j for j in observed.jobs}
         failed_jobs = [j for c, j in sorted(jobs_by_class.items()) if c in needed and j.failed]
@@ -306,18 +320,43 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
             raise _Halt("Failed", PROFILED, "ProfilingFailed", "; ".join(
                 f"profiling job {j.name} for device class {j.device_class} failed"
                 + (f": {j.message}" if j.message else "") for j in failed_jobs))
-        jobs = [render.profile_job(c, node.name, format_cpu(node.cpu * settings.cpu_share), owner.namespace,
-                                   settings) for c, node in sorted(needed.items())]
-        raise _Halt("Profiling", PROFILED, "ProfilingJobsRunning",
-                    f"profiling device classes {sorted(needed)} on nodes "
-                    f"{[needed[c].name for c in sorted(needed)]}", jobs=jobs)
+        profile_jobs = [render.profile_job(c, node.name, format_cpu(node.cpu * settings.cpu_share),
+                                           owner.namespace, settings) for c, node in sorted(needed.items())]
+    profiling = (f"profiling device classes {sorted(needed)} on nodes {[needed[c].name for c in sorted(needed)]}"
+                 if needed else "")
+
+    # ---- the model's layer graph: traced here only for code the operator trusts, else by a Job
+    request = plan_request(spec, usable, profiles, master)
+    known: dict[str, LayerGraph] = {}
+    keys: list[str] = []
+    trace_jobs: list[dict[str, Any]] = []
+    for model_id, model in request.models:
+        graph, key, trace_job = model_graph(model, graphs, observed, settings, owner.namespace)
+        keys.append(key)
+        if trace_job is not None:
+            trace_jobs.append(trace_job)
+        elif key:
+            assert graph is not None
+            known[model_id] = graph
+    if trace_jobs:
+        if needed:
+            ctx.set(PROFILED, False, "ProfilingJobsRunning", profiling)
+        tracing = ", ".join(f"{j['metadata']['annotations'].get(names.ANNOTATION_MODEL, '')[:200] or '?'} in job "
+                            f"{j['metadata']['name']}" for j in trace_jobs)
+        raise _Halt("Tracing", TRACED, "TracingJobRunning",
+                    f"tracing {tracing} (the operator does not import models outside the zoo)"
+                    + (f"; {profiling}" if needed else ""), jobs=[*trace_jobs, *profile_jobs])
+    ctx.set(TRACED, True, "GraphKnown", "every model's layer graph is known"
+            + (" (traced by a job)" if any(keys) else ""))
+    if needed:
+        raise _Halt("Profiling", PROFILED, "ProfilingJobsRunning", profiling, jobs=profile_jobs)
     ctx.set(PROFILED, True, "ProfilesFound", "every device class has a profile")
 
     # ---- plan
-    request = plan_request(spec, usable, profiles, master)
+    request = replace(request, graphs=known, graph_keys=tuple(keys))
     try:
         plan = planner(request)
-        graphs = graphs_of(request)
+        model_graphs = graphs_of(request)
     except EdgepartError as err:
         raise _Halt("Failed", PLANNED, "PlanningFailed", _name_field(err)) from None
     plan_hash = plan_digest(plan)
@@ -326,11 +365,12 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
 
     # ---- objects
     by_name = {n.name: n for n in usable}
-    port = settings.port
-    addresses = {t.id: f"http://{names.partition_service_name(owner.name, t.id)}.{owner.namespace}.svc:{port}"
+    internal = settings.internal_port  # every hop inside the deployment; only the client port is public
+    addresses = {t.id: f"http://{names.partition_service_name(owner.name, t.id)}.{owner.namespace}.svc:{internal}"
                  for t in plan.tasks}
     gateway_service = names.gateway_name(owner.name)
-    gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{port}"
+    gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{settings.port}"
+    gateway_internal_url = f"http://{gateway_service}.{owner.namespace}.svc:{internal}"
     on_node: dict[str, int] = {}
     for task in plan.tasks:
         on_node[task.device] = on_node.get(task.device, 0) + 1
@@ -338,8 +378,9 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
                for node, count in on_node.items()}
     try:
         rendered = configs(ConfigRequest(
-            plan=plan, deployment=owner.name, addresses=addresses, gateway_url=gateway_url, gateway_device=master,
-            request_timeout_s=parse_duration(spec.request_timeout), threads=threads))
+            plan=plan, deployment=owner.name, addresses=addresses, gateway_url=gateway_internal_url,
+            gateway_device=master, request_timeout_s=parse_duration(spec.request_timeout),
+            client_port=settings.port, secret_file=render.SECRET_FILE, threads=threads))
     except ValueError as err:  # EdgepartErrors and the data plane's ConfigError
         raise _Halt("Failed", PLANNED, "ConfigFailed", str(err)) from None
     data = {render.PLAN_KEY: plan.to_json(), render.GATEWAY_KEY: rendered.gateway}
@@ -356,7 +397,7 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     ]
     pod_names: dict[str, str] = {}
     for task in plan.tasks:
-        resources = partition_resources(graphs[task.model], task, by_name[task.device], on_node[task.device],
+        resources = partition_resources(model_graphs[task.model], task, by_name[task.device], on_node[task.device],
                                         settings.cpu_share)
         pod_object = render.partition_pod(owner, render.PartitionPod(
             partition_id=task.id, node=task.device, cpu=format_cpu(resources.cpu),
@@ -406,7 +447,7 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         plan_inputs=request.key,
     )
     return DesiredState(phase=phase, status=status.to_dict(), objects=tuple(render.sorted_objects(objects)),
-                        prune=True, plan=plan, plan_inputs=request.key)
+                        prune=True, secrets=(render.deployment_secret(owner),), plan=plan, plan_inputs=request.key)
 
 
 def _name_field(err: EdgepartError) -> str:
@@ -455,6 +496,36 @@ def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Map
         models.append((model_id, model))
     return PlanRequest(models=tuple(models), objective=spec.objective, solver=spec.solver, cluster=cluster,
                        profiles=node_profiles, options=dict(spec.solver_options))
+
+
+def model_graph(model: ModelRef, graphs: Mapping[str, LayerGraph], observed: Observed, settings: OperatorSettings,
+                namespace: str) -> tuple[LayerGraph | None, str, dict[str, Any] | None]:
+    """(the graph, its key ('' when traced here), a tracing Job to create when it is not known yet: no graph).
+
+    Zoo models and the admin's trusted references are traced here; any other reference is never imported
+    by the operator: its graph comes from a tracing Job, as data.
+    """
+    if is_zoo_name(model.name) or model.name in settings.trusted_models:
+        try:
+            return graph_of(model, frozenset(settings.trusted_models)), "", None
+        except EdgepartError as err:
+            raise _Halt("Failed", TRACED, "TracingFailed", _name_field(err)) from None
+    key = graph_key(model, settings.image)
+    graph = graphs.get(key)
+    if graph is not None:
+        try:
+            return check_graph(graph, model, f"graph {names.graph_config_map_name(key)}"), key, None
+        except EdgepartError as err:
+            raise _Halt("Failed", TRACED, "InvalidGraph", str(err)) from None
+    if key in observed.graph_errors:
+        raise _Halt("Failed", TRACED, "InvalidGraph", observed.graph_errors[key])
+    job = next((j for j in observed.trace_jobs if j.key == key), None)
+    if job is not None and job.failed:
+        raise _Halt("Failed", TRACED, "TracingFailed",
+                    f"spec.model.name: tracing {model.name[:200]!r} failed in job {job.name}"
+                    + (f": {job.message}" if job.message else "") + " (see its pod's log)")
+    assert model.input_shape is not None  # plan_request requires it outside the zoo
+    return None, key, render.trace_job(key, model.name, model.input_shape, namespace, settings)
 
 
 def plan_summary(plan: Plan, plan_hash: str, config_map: str) -> PlanSummary:

@@ -23,11 +23,15 @@ from edgepart.operator import names
 from edgepart.operator.settings import OperatorSettings
 
 CONFIG_DIR = "/etc/edgepart"
+SECRET_DIR = "/var/run/secrets/edgepart"  # the deployment's Secret, mounted read-only into its pods
+SECRET_KEY = "token"
+SECRET_FILE = f"{SECRET_DIR}/{SECRET_KEY}"
 PLAN_KEY = "plan.json"
 GATEWAY_KEY = "gateway.json"
 PROFILE_KEY = "profile.json"
 PROFILE_BEGIN = "----- BEGIN EDGEPART PROFILE -----"
 PROFILE_END = "----- END EDGEPART PROFILE -----"
+GRAPH_KEY = "graph.json"
 
 
 def partition_key(partition_id: str) -> str:
@@ -95,9 +99,18 @@ def metadata(name: str, owner: Owner | None, namespace: str, labels: Mapping[str
     return meta
 
 
-def scrape_annotations(settings: OperatorSettings) -> dict[str, str]:
-    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(settings.port),
-            "prometheus.io/path": "/metrics"}
+def scrape_annotations(port: int) -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
+def deployment_secret(owner: Owner) -> dict[str, Any]:
+    """The deployment's Secret, without its value: the operator fills it in once, when it creates the Secret,
+    and never reads it back (its RBAC allows `create` on Secrets, nothing else)."""
+    return with_hash(render_template(
+        "secret.yaml.j2",
+        metadata=metadata(names.secret_name(owner.name), owner, owner.namespace,
+                          names.base_labels(owner.name, "secret")),
+    ))
 
 
 def plan_config_map(owner: Owner, data: Mapping[str, str], plan_hash: str) -> dict[str, Any]:
@@ -134,7 +147,7 @@ def partition_labels(owner: Owner, partition_id: str, plan_hash: str) -> dict[st
 def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: OperatorSettings) -> dict[str, Any]:
     """A partition pod. Pods are immutable, so the name carries a digest of the content: a change
     (new plan, new image) is a new pod, and the old one is pruned."""
-    annotations = scrape_annotations(settings) | {names.ANNOTATION_PLAN_HASH: plan_hash}
+    annotations = scrape_annotations(settings.internal_port) | {names.ANNOTATION_PLAN_HASH: plan_hash}
     obj = render_template(
         "partition-pod.yaml.j2",
         metadata=metadata("", owner, owner.namespace, partition_labels(owner, pod.partition_id, plan_hash),
@@ -144,6 +157,8 @@ def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: Ope
         partition_id=pod.partition_id,
         config_path=f"{CONFIG_DIR}/{partition_key(pod.partition_id)}",
         config_map=names.config_map_name(owner.name),
+        secret=names.secret_name(owner.name),
+        secret_dir=SECRET_DIR,
         cpu=pod.cpu,
         memory_request=pod.memory_request,
         memory_limit=pod.memory_limit,
@@ -178,11 +193,13 @@ def gateway_deployment(owner: Owner, node: str, plan_hash: str, settings: Operat
         metadata=metadata(names.gateway_name(owner.name), owner, owner.namespace, labels),
         selector=gateway_selector(owner),
         pod_labels=labels | {names.LABEL_PLAN: plan_hash},
-        pod_annotations=scrape_annotations(settings) | {names.ANNOTATION_PLAN_HASH: plan_hash},
+        pod_annotations=scrape_annotations(settings.port) | {names.ANNOTATION_PLAN_HASH: plan_hash},
         service_account=names.service_account_name(owner.name),
         node=node,
         config_path=f"{CONFIG_DIR}/{GATEWAY_KEY}",
         config_map=names.config_map_name(owner.name),
+        secret=names.secret_name(owner.name),
+        secret_dir=SECRET_DIR,
         settings=settings,
     ))
 
@@ -212,6 +229,7 @@ def network_policies(owner: Owner, settings: OperatorSettings) -> list[dict[str,
         metadata=metadata(names.network_policy_name(owner.name, "gateway"), owner, owner.namespace,
                           names.base_labels(owner.name, "gateway")),
         gateway_selector=gateway_selector(owner),
+        deployment_selector=names.selector_labels(owner.name),
         settings=settings,
     ))
     return [partitions, gateway]
@@ -254,8 +272,41 @@ def profile_config_map(device_class: str, profile_json: str, namespace: str,
     ))
 
 
+def graph_labels(key: str) -> dict[str, str]:
+    return {names.LABEL_NAME: "edgepart", names.LABEL_COMPONENT: "tracer",
+            names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_GRAPH: "true", names.LABEL_GRAPH_KEY: key}
+
+
+def trace_job(key: str, model: str, input_shape: Sequence[int], namespace: str,
+              settings: OperatorSettings) -> dict[str, Any]:
+    """A Job that traces a model outside the zoo in the image (the user's code runs there, not in the
+    operator) and prints its layer graph between marker lines; the operator copies it into a ConfigMap.
+
+    No shell: the model reference is an argument after `--`, so no name can become a command or an option.
+    """
+    labels = graph_labels(key)
+    shape = ",".join(str(int(d)) for d in input_shape)
+    return with_hash(render_template(
+        "trace-job.yaml.j2",
+        metadata=metadata(names.trace_job_name(key), None, namespace, labels, {names.ANNOTATION_MODEL: model}),
+        pod_labels=labels,
+        args=["trace", "--input-shape", shape, "--markers", "--", model],
+        settings=settings,
+    ))
+
+
+def graph_config_map(key: str, model: str, graph_json: str, namespace: str,
+                     source: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return with_hash(render_template(
+        "graph-configmap.yaml.j2",
+        metadata=metadata(names.graph_config_map_name(key), None, namespace, graph_labels(key),
+                          {names.ANNOTATION_MODEL: model, **(source or {})}),
+        data={GRAPH_KEY: graph_json},
+    ))
+
+
 def sorted_objects(objects: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply order: what others refer to first (account, config, services), then workloads."""
-    order = {"ServiceAccount": 0, "ConfigMap": 1, "NetworkPolicy": 2, "Service": 3, "Pod": 4, "Deployment": 5,
-             "Job": 6}
+    order = {"ServiceAccount": 0, "Secret": 1, "ConfigMap": 1, "NetworkPolicy": 2, "Service": 3, "Pod": 4,
+             "Deployment": 5, "Job": 6}
     return sorted(objects, key=lambda o: (order.get(o["kind"], 9), o["metadata"]["name"]))

@@ -22,7 +22,10 @@ class OperatorSettings(BaseSettings):
                        description="Image of partition, gateway and profiling pods (the operator's own image).")
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
                                    description="imagePullPolicy of the pods the operator creates.")
-    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of partitions and gateway.")
+    port: int = Field(default=8080, ge=1, le=65535, description="The gateway's HTTP port for its clients.")
+    internal_port: int = Field(default=8081, ge=1, le=65535,
+                               description="Port of the traffic inside a deployment (partitions, and the gateway's "
+                                           "port for them); only the deployment's own pods may reach it.")
     run_as_user: int = Field(default=65532, ge=1, description="Numeric non-root user of every pod.")
     tmp_size: str = Field(default="1Gi", description="Size limit of the /tmp emptyDir of every pod.")
     cpu_share: float = Field(default=0.8, gt=0, le=1,
@@ -38,6 +41,13 @@ class OperatorSettings(BaseSettings):
     profile_timeout_seconds: int = Field(default=1800, ge=60, description="Deadline of a profiling Job.")
     profile_quick: bool = Field(default=False, description="Profile with `edgepart profile --quick` "
                                                            "(about a minute, fewer sizes).")
+    trace_memory: str = Field(default="2Gi", description="Memory of a tracing Job (traces a model outside the "
+                                                          "zoo on the meta device: no weights).")
+    trace_timeout_seconds: int = Field(default=600, ge=30, description="Deadline of a tracing Job.")
+    trusted_models: list[str] = Field(
+        default_factory=list,
+        description="Model references (package.module:factory) the cluster admin trusts the operator to import "
+                    "and trace in its own process; every other model outside the zoo is traced by a Job.")
     max_restarts: int = Field(default=3, ge=1, description="A partition container restarted this often has "
                                                           "failed: its node is left out and the model re-planned.")
     resync_seconds: float = Field(default=30.0, gt=0, description="Reconcile at least this often.")

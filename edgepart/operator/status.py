@@ -3,7 +3,7 @@
 The same pydantic model builds the status the operator writes and the status
 part of the CRD's schema. Phases, in the order a deployment normally walks:
 
-    Pending -> Profiling -> Planning -> Deploying -> Ready
+    Pending -> Tracing -> Profiling -> Planning -> Deploying -> Ready
                                             ^           |
                                             +- Degraded <+   (a node lost: re-planned on the rest)
     any phase -> Failed                                      (invalid spec, impossible plan)
@@ -20,18 +20,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-Phase = Literal["Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
-PHASES: tuple[Phase, ...] = ("Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed")
+Phase = Literal["Pending", "Tracing", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
+PHASES: tuple[Phase, ...] = ("Pending", "Tracing", "Profiling", "Planning", "Deploying", "Ready", "Degraded",
+                             "Failed")
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 # Condition types, each answering one question.
 SPEC_VALID = "SpecValid"  # is the spec usable?
 DEVICES_AVAILABLE = "DevicesAvailable"  # do enough usable nodes match?
+TRACED = "Traced"  # is the model's layer graph known (a model outside the zoo is traced by a Job)?
 PROFILED = "Profiled"  # does every device class have a cost model?
 PLANNED = "Planned"  # is there a plan for the current spec and devices?
 READY = "Ready"  # does every partition pod and the gateway answer /readyz?
 DEGRADED = "Degraded"  # is the plan running on fewer devices than selected?
-CONDITION_TYPES = (SPEC_VALID, DEVICES_AVAILABLE, PROFILED, PLANNED, READY, DEGRADED)
+CONDITION_TYPES = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED)
 
 
 class _Model(BaseModel):
@@ -89,7 +91,8 @@ class ExcludedNode(_Model):
 class DeploymentStatus(_Model):
     """What `kubectl get dnndeployment -o yaml` shows under status."""
 
-    phase: Phase = Field(description="Pending, Profiling, Planning, Deploying, Ready, Degraded or Failed.")
+    phase: Phase = Field(description="Pending, Tracing, Profiling, Planning, Deploying, Ready, Degraded or "
+                                            "Failed.")
     message: str = Field(default="", description="Why the deployment is in this phase.")
     observed_generation: int = Field(default=0, ge=0, description="metadata.generation of the spec last acted on.")
     conditions: list[Condition] = Field(default_factory=list)

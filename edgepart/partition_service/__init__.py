@@ -3,6 +3,7 @@
 from edgepart.partition_service.config import (
     GATEWAY,
     ConfigError,
+    ConnectionLimits,
     DeploymentConfigs,
     GatewayConfig,
     PartitionConfig,
@@ -12,7 +13,7 @@ from edgepart.partition_service.config import (
     render_configs,
 )
 from edgepart.partition_service.errors import ServiceError
-from edgepart.partition_service.gateway import GatewayService, gateway_app
+from edgepart.partition_service.gateway import GatewayService, gateway_app, gateway_internal_app
 from edgepart.partition_service.partition import PartitionService, partition_app
 from edgepart.partition_service.wire import (
     Frame,
@@ -24,8 +25,8 @@ from edgepart.partition_service.wire import (
 )
 
 __all__ = [
-    "GATEWAY", "ConfigError", "DeploymentConfigs", "Frame", "FrameHeader", "GatewayConfig", "GatewayService",
-    "Limits", "PartitionConfig", "PartitionService", "ServiceError", "ServiceSettings", "decode_frame",
-    "encode_frame", "frame_bytes", "gateway_app", "load_gateway_config", "load_partition_config",
-    "partition_app", "render_configs",
+    "GATEWAY", "ConfigError", "ConnectionLimits", "DeploymentConfigs", "Frame", "FrameHeader", "GatewayConfig",
+    "GatewayService", "Limits", "PartitionConfig", "PartitionService", "ServiceError", "ServiceSettings",
+    "decode_frame", "encode_frame", "frame_bytes", "gateway_app", "gateway_internal_app", "load_gateway_config",
+    "load_partition_config", "partition_app", "render_configs",
 ]

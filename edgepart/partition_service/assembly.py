@@ -105,6 +105,11 @@ class Assembler:
         del self._pending[header.request_id]
         return pending.tile
 
+    def received(self, request_id: str, sender: str, region: Region) -> bool:
+        """True when the piece from `sender` covering `region` of an open request is in already."""
+        pending = self._pending.get(request_id)
+        return pending is not None and (sender, region) in pending.received
+
     def missing(self, request_id: str) -> tuple[str, ...]:
         pending = self._pending.get(request_id)
         received = pending.received if pending else set()

@@ -9,6 +9,12 @@ output send it to the gateway; the gateway cuts the input regions of every task
 that reads a model's input. The local runtime writes these configs to files;
 the operator mounts the same JSON into pods. A process reads its config through `ServiceSettings`
 (`EDGEPART_CONFIG` = a path to the JSON file, or the JSON itself).
+
+Ports: a partition serves one port, internal to the deployment (pieces, the gateway's reads). The gateway
+serves two: `port` for its clients and `internal_port` for the last stage's pieces and the partitions'
+failure reports. Every internal request carries the deployment's secret (`secret_file`, see `auth`).
+`ConnectionLimits` bounds what any connection may take: time for a request head and body, connections,
+payload memory.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from edgepart.partition_service.wire import Limits
 from edgepart.plan import INPUT, InputRegionField, Plan, RegionField, Task, topological_tasks
 
 __all__ = [
-    "GATEWAY", "ConfigError", "DeploymentConfigs", "Endpoint", "GatewayConfig", "GatewayModel", "ModelSource",
-    "PartitionConfig",
-    "Piece", "Route", "ServiceSettings", "load_gateway_config", "load_partition_config", "render_configs",
+    "GATEWAY", "ConfigError", "ConnectionLimits", "DeploymentConfigs", "Endpoint", "GatewayConfig", "GatewayModel",
+    "ModelSource", "PartitionConfig", "Piece", "Route", "ServiceSettings", "load_gateway_config",
+    "load_partition_config", "render_configs",
 ]
 
 GATEWAY = "gateway"  # sender / target name of the gateway
@@ -90,6 +96,28 @@ class Route(_Base):
                            description="Emulated link latency: the sender sleeps this long before sending.")
 
 
+class ConnectionLimits(_Base):
+    """What one connection may take from a process (every port, the client's and the internal one)."""
+
+    head_timeout_s: float = Field(default=10.0, gt=0, le=3600, description="A request head must be complete "
+                                  "this long after its first byte (else 408 and the connection closes).")
+    keep_alive_s: float = Field(default=120.0, gt=0, le=86400, description="An idle connection closes after this "
+                                "long, a partial head included.")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=86400, description="Time a request body gets besides "
+                                  "what its bytes earn at min_body_rate (else 408 and the connection closes).")
+    min_body_rate: int = Field(default=64 * 1024, ge=1, description="Slowest body accepted, bytes per second: "
+                               "every min_body_rate bytes that arrive buy a body one more second, so a sender "
+                               "slower than this holds no buffer or assembly slot for long.")
+    max_connections: int = Field(default=1024, ge=1, le=1 << 20, description="Open connections per listening "
+                                 "port; a connection beyond gets 503 and is closed at once.")
+    max_payload_bytes: int = Field(default=1 << 30, ge=1, description="Payload memory in flight per process "
+                                   "(received, not yet handed on); beyond, 503 before anything is allocated.")
+
+    def body_allowance_s(self, received: int) -> float:
+        """Seconds a body may have taken once `received` of its bytes are in."""
+        return self.body_timeout_s + received / self.min_body_rate
+
+
 class Endpoint(_Base):
     id: PartId
     device: str
@@ -121,9 +149,13 @@ class PartitionConfig(_Base):
     output_region: RegionField
     inputs: tuple[Piece, ...] = Field(min_length=1, description="Disjoint pieces that fill the input buffer.")
     outputs: tuple[Route, ...] = Field(min_length=1, description="Pieces of the output and where they go.")
-    gateway_url: Url = Field(description="Where failures (and, for the last stage, results) are reported.")
+    gateway_url: Url = Field(description="The gateway's internal URL: where failures (and, for the last stage, "
+                                         "results) are reported.")
     host: str = Field(default="0.0.0.0", description="Listen address.")
-    port: int = Field(ge=0, le=65535, description="Listen port.")
+    port: int = Field(ge=0, le=65535, description="Listen port (internal to the deployment).")
+    secret_file: str = Field(min_length=1, description="File holding the deployment's secret, which every "
+                                                       "internal request carries.")
+    connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads.")
     exact_kernels: bool = Field(default=True, description="Native kernels: every tile is bit-identical to the "
                                                           "whole model (oneDNN is faster but rounds by tile size).")
@@ -189,8 +221,14 @@ class GatewayConfig(_Base):
     models: tuple[GatewayModel, ...] = Field(min_length=1)
     partitions: tuple[Endpoint, ...] = Field(min_length=1)
     stages: int = Field(ge=1)
-    host: str = Field(default="0.0.0.0")
-    port: int = Field(ge=0, le=65535)
+    host: str = Field(default="0.0.0.0", description="Listen address for clients.")
+    port: int = Field(ge=0, le=65535, description="Listen port for clients.")
+    internal_host: str = Field(default="0.0.0.0", description="Listen address for the partitions.")
+    internal_port: int = Field(ge=0, le=65535, description="Listen port for the partitions (pieces of the output, "
+                                                           "failure reports), internal to the deployment.")
+    secret_file: str = Field(min_length=1, description="File holding the deployment's secret, which every "
+                                                       "internal request carries.")
+    connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_inflight: int = Field(default=16, ge=1, description="Requests in the pipeline at once; more wait.")
     max_queue: int = Field(default=256, ge=0, description="Requests waiting for room; beyond, 503 at once.")
@@ -202,7 +240,9 @@ class GatewayConfig(_Base):
     plan: dict[str, Any] | None = Field(default=None, description="The plan JSON (served at /v1/plan).")
 
     @model_validator(mode="after")
-    def _unique_models(self) -> GatewayConfig:
+    def _consistent(self) -> GatewayConfig:
+        if self.port == self.internal_port and self.port != 0 and self.host == self.internal_host:
+            raise ValueError(f"internal_port: {self.internal_port} must differ from the client port")
         ids = [m.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"models: duplicate model ids {ids}")
@@ -329,9 +369,13 @@ def render_configs(
     addresses: Mapping[str, str],
     gateway_url: str,
     *,
+    client_port: int,
+    secret_file: str,
     hosts: Mapping[str, str] | None = None,
     bind_host: str = "0.0.0.0",
     gateway_host: str = "0.0.0.0",
+    gateway_internal_host: str = "0.0.0.0",
+    connection: ConnectionLimits | None = None,
     threads: Mapping[str, int] | int = 1,
     request_timeout_s: float = 30.0,
     max_inflight: int = 16,
@@ -345,7 +389,10 @@ def render_configs(
     """One config per task plus the gateway's, for `plan` with tasks at `addresses`.
 
     addresses: task id -> base URL (http://host:port); the task listens on that port, on
-    `hosts[id]` if given, else `bind_host`. threads: per device name, or one value.
+    `hosts[id]` if given, else `bind_host`. gateway_url: the gateway's internal URL (the tasks post
+    to it; the gateway listens on its port, on `gateway_internal_host`); clients reach the gateway on
+    `client_port` (on `gateway_host`). secret_file: where every process reads the deployment's
+    secret. threads: per device name, or one value.
     link_delay(from_device, to_device) -> seconds of emulated latency (0 when omitted); the
     gateway sits on `gateway_device` (default: the plan's master). input_shape / output_shape
     (batch first) of a one-model plan default to the model's shape (the zoo's default for zoo
@@ -416,7 +463,8 @@ def render_configs(
                 gateway_url=gateway_url.rstrip("/"), host=host, port=_port(addresses[task.id], f"addresses[{task.id}]"),
                 threads=threads_of(task.device), request_timeout_s=request_timeout_s,
                 max_inflight=2 * max_inflight, max_header_bytes=limits.max_header_bytes,
-                max_tensor_bytes=limits.max_tensor_bytes,
+                max_tensor_bytes=limits.max_tensor_bytes, secret_file=secret_file,
+                connection=connection or ConnectionLimits(),
             ))
         except ValidationError as err:
             raise ConfigError(f"partition {task.id}: {explain_validation(err)}") from None
@@ -439,7 +487,9 @@ def render_configs(
         gateway = GatewayConfig(
             deployment=deployment, models=tuple(models), partitions=endpoints,
             stages=len({stages[t.id] for t in plan.compute_tasks}),
-            host=gateway_host, port=_port(gateway_url, "gateway_url"), request_timeout_s=request_timeout_s,
+            host=gateway_host, port=client_port, internal_host=gateway_internal_host,
+            internal_port=_port(gateway_url, "gateway_url"), secret_file=secret_file,
+            connection=connection or ConnectionLimits(), request_timeout_s=request_timeout_s,
             max_inflight=max_inflight, max_queue=max_queue, max_header_bytes=limits.max_header_bytes,
             max_tensor_bytes=limits.max_tensor_bytes,
             predicted_latency_s=predicted.latency_s if predicted else None,
@@ -461,7 +511,9 @@ class ServiceSettings(BaseSettings):
 
     config: str = Field(description="Path to the partition or gateway config JSON, or the JSON itself.")
     listen_fds: Annotated[tuple[int, ...], NoDecode] = Field(
-        default=(), description="Inherited listening sockets (comma-separated fds), served besides host:port.")
+        default=(), description="Inherited listening sockets (comma-separated fds). Each serves the port of the "
+                                "config it is bound to (the gateway's client or internal port); a port no "
+                                "inherited socket serves is bound from the config.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="warning")
 
     @field_validator("listen_fds", mode="before")

@@ -7,24 +7,31 @@ Exception tree (status code in brackets)::
     │   ├── FrameError [400]                 malformed header, bad dtype/shape/region, trailing bytes
     │   │   ├── TruncatedFrameError [400]    the body ended before the header or payload did
     │   │   └── FrameTooLargeError [413]     header or tensor over the configured limits
+    │   ├── UnauthorizedError [401]          an internal request without the deployment's secret
+    │   ├── SlowRequestError [408]           a request head or body slower than the limits allow
+    │   ├── HeadTooLargeError [431]          a request head over its limit
     │   ├── UnsupportedMediaTypeError [415]  neither a tensor frame nor JSON
     │   ├── UnknownModelError [404]          a model id the deployment does not serve
     │   ├── UnexpectedPieceError [422]       a well-formed frame this receiver does not expect
     │   └── DuplicatePieceError [409]        the same piece of one request arrived twice
     ├── NotReadyError [503]                  slice not loaded / warmed yet
     ├── OverloadedError [503]                no capacity within the request timeout (backpressure)
+    │   ├── TooManyConnectionsError [503]    the process's connection cap is reached
+    │   └── MemoryBudgetError [503]          payload memory in flight would exceed its cap
     ├── RequestTimeoutError [504]            pieces or results did not arrive in time
     ├── PeerError [502]                      a peer answered with an error
     │   └── PeerUnreachableError [503]       a peer cannot be reached (names the peer)
     └── ComputeFailedError [500]             the slice raised while computing
 
 Handlers answer with a JSON body ``{"error": reason, "detail": ..., "peer": ..., "request_id": ...}``
-and `error_from_response` turns such a body back into the same exception on the client side.
+and `error_from_response` turns such a body back into the same exception on the client side. What a client
+(not a peer) reads passes through `redact`: internal URLs and file paths stay inside the deployment.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -35,10 +42,10 @@ from edgepart.errors import EdgepartError
 
 __all__ = [
     "BadRequestError", "ComputeFailedError", "DuplicatePieceError", "FrameError", "FrameTooLargeError",
-    "NotReadyError", "OverloadedError", "PeerError", "PeerUnreachableError", "RequestTimeoutError", "ServiceError",
-    "TruncatedFrameError", "UnexpectedPieceError", "UnknownModelError", "UnsupportedMediaTypeError", "error_body",
-    "error_from_response",
-    "install_error_handlers",
+    "HeadTooLargeError", "MemoryBudgetError", "NotReadyError", "OverloadedError", "PeerError", "PeerUnreachableError",
+    "RequestTimeoutError", "ServiceError", "SlowRequestError", "TooManyConnectionsError", "TruncatedFrameError",
+    "UnauthorizedError", "UnexpectedPieceError", "UnknownModelError", "UnsupportedMediaTypeError", "error_body", "error_from_response",
+    "install_error_handlers", "redact",
 ]
 
 
@@ -76,6 +83,21 @@ class FrameTooLargeError(FrameError):
     reason = "frame_too_large"
 
 
+class UnauthorizedError(BadRequestError):
+    status = 401
+    reason = "unauthorized"
+
+
+class SlowRequestError(BadRequestError):
+    status = 408
+    reason = "slow_request"
+
+
+class HeadTooLargeError(BadRequestError):
+    status = 431
+    reason = "head_too_large"
+
+
 class UnsupportedMediaTypeError(BadRequestError):
     status = 415
     reason = "unsupported_media_type"
@@ -104,6 +126,14 @@ class NotReadyError(ServiceError):
 class OverloadedError(ServiceError):
     status = 503
     reason = "overloaded"
+
+
+class TooManyConnectionsError(OverloadedError):
+    reason = "too_many_connections"
+
+
+class MemoryBudgetError(OverloadedError):
+    reason = "memory_budget"
 
 
 class RequestTimeoutError(ServiceError):
@@ -138,8 +168,23 @@ def _register(cls: type[ServiceError]) -> None:
 _register(ServiceError)
 
 
-def error_body(err: ServiceError) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": err.reason, "detail": err.detail}
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s,;()'\"]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.:/-])(?:~|\.{1,2})?/(?:[^\s/:,;()'\"]+/)+(?=[^\s/:,;()'\"]*)")
+
+
+def redact(text: str) -> str:
+    """`text` without internal URLs (`<internal>`) and directories of file paths (the file name stays).
+
+    For what the gateway tells its clients: peers' addresses and the deployment's files stay inside.
+    """
+    return _PATH.sub("", _URL.sub("<internal>", text))
+
+
+def error_body(err: ServiceError, *, redacted: bool = False) -> dict[str, Any]:
+    if redacted:
+        body: dict[str, Any] = {"error": err.reason, "detail": redact(err.detail)}
+    else:
+        body = {"error": err.reason, "detail": err.detail}
     if err.peer is not None:
         body["peer"] = err.peer
     if err.request_id is not None:
@@ -160,20 +205,25 @@ def error_from_response(status: int, content: bytes, peer: str | None = None) ->
         return cls(detail, peer=body.get("peer") or peer, request_id=body.get("request_id"))
     text = content[:200].decode("utf-8", "replace").strip()
     by_status: dict[int, type[ServiceError]] = {
-        400: BadRequestError, 409: DuplicatePieceError, 413: FrameTooLargeError, 415: UnsupportedMediaTypeError,
-        422: UnexpectedPieceError, 503: NotReadyError, 504: RequestTimeoutError}
+        400: BadRequestError, 401: UnauthorizedError, 408: SlowRequestError, 409: DuplicatePieceError,
+        413: FrameTooLargeError, 415: UnsupportedMediaTypeError, 422: UnexpectedPieceError, 431: HeadTooLargeError,
+        503: NotReadyError, 504: RequestTimeoutError}
     fallback = by_status.get(status, PeerError)
     return fallback(f"HTTP {status}" + (f": {text}" if text else ""), peer=peer)
 
 
-def install_error_handlers(app: FastAPI, on_error: Callable[[ServiceError], None] | None = None) -> None:
-    """Answer every `ServiceError` with its status and JSON body; `on_error` counts it."""
+def install_error_handlers(app: FastAPI, on_error: Callable[[ServiceError], None] | None = None, *,
+                           redacted: bool = False) -> None:
+    """Answer every `ServiceError` with its status and JSON body; `on_error` counts it. `redacted`: for the
+    gateway's clients, whose answers name no internal URL or file path."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         if on_error is not None:
             on_error(exc)
         headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+        if exc.status in (401, 408, 431):
+            headers = {"Connection": "close"}
+        return JSONResponse(error_body(exc, redacted=redacted), status_code=exc.status, headers=headers)
 
     app.add_exception_handler(ServiceError, handle)

@@ -2,13 +2,18 @@
 
 `POST /v1/infer` (or `POST /v1/models/{id}/infer` when the deployment runs
 several models) takes a tensor frame (or JSON ``{"shape": [...], "data": [...]}``
-for small inputs), cuts the input regions of every task that reads the model's
-input and streams them to it, then waits for the pieces of the tasks that
-deliver the output (`POST /v1/tensor`) and answers with the assembled output: a frame, or JSON when the client asks
+for small inputs), cuts the first stage's input regions and streams them to
+their partitions, then waits for the last stage's pieces (`POST /v1/tensor`)
+and answers with the assembled output: a frame, or JSON when the client asks
 for it (``Accept: application/json``). Partitions report failures they see to
 `POST /v1/failures`; a request whose pieces stop coming is answered, before its
 timeout, with 503 naming an unreachable partition, or 504 naming the missing
 pieces when every partition is alive.
+
+Two ports, two apps (`gateway_apps`): the client port serves /v1/infer and the read-only views (model,
+plan, status, trace, probes, metrics), none of which names an internal URL or file path; the internal port
+serves the partitions only (`/v1/tensor`, `/v1/failures`), each request carrying the deployment's secret.
+A client input is checked against the model's input shape before its payload is allocated.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +38,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgepart.geometry import Region
+from edgepart.partition_service.access import BodyDeadline, InternalOnly
 from edgepart.partition_service.assembly import Assembler
+from edgepart.partition_service.auth import Secret, load_secret
+from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import (
     GATEWAY,
     ConfigError,
@@ -43,6 +52,7 @@ from edgepart.partition_service.config import (
 )
 from edgepart.partition_service.errors import (
     BadRequestError,
+    DuplicatePieceError,
     FrameTooLargeError,
     NotReadyError,
     OverloadedError,
@@ -55,8 +65,9 @@ from edgepart.partition_service.errors import (
     UnsupportedMediaTypeError,
     error_from_response,
     install_error_handlers,
+    redact,
 )
-from edgepart.partition_service.lane import TensorLane
+from edgepart.partition_service.lane import Guard, TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.partition import FAILURES_PATH
@@ -66,11 +77,12 @@ from edgepart.partition_service.transport import (
     HopClient,
     Sender,
     content_length,
+    internal_headers,
     make_client,
     make_hop_client,
     media_type,
     peer_error,
-    receive_frame,
+    received_frame,
 )
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
@@ -81,7 +93,7 @@ from edgepart.partition_service.wire import (
     make_header,
 )
 
-__all__ = ["GatewayService", "InferResult", "gateway_app"]
+__all__ = ["GatewayService", "InferResult", "gateway_app", "gateway_internal_app"]
 
 log = logging.getLogger("edgepart.gateway")
 
@@ -118,8 +130,11 @@ class GatewayService:
     """The gateway's core; `gateway_app` wraps it in HTTP."""
 
     def __init__(self, config: GatewayConfig, *, client: httpx.AsyncClient | None = None,
-                 metrics: ServiceMetrics | None = None):
+                 metrics: ServiceMetrics | None = None, secret: Secret | None = None):
         self.config = config
+        self.secret = secret or load_secret(config.secret_file)
+        self.budget = PayloadBudget(config.connection.max_payload_bytes)  # client inputs and output pieces
+        self._internal = internal_headers(self.secret)  # on every request to a partition
         self.metrics = metrics or ServiceMetrics(config.deployment, GATEWAY, GATEWAY)
         self._client = client
         self._own_client = client is None
@@ -137,10 +152,10 @@ class GatewayService:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = make_client(self.config.request_timeout_s)
+            self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
-            self._hop = make_hop_client(self.config.request_timeout_s)
-        self._sender = Sender(self._client, self._hop)
+            self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
+        self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
 
     async def aclose(self) -> None:
         for waiter in self._waiters.values():
@@ -166,17 +181,54 @@ class GatewayService:
     # ------------------------------------------------------------ inference
 
     def served(self, model_id: str | None) -> GatewayModel:
+        """The model `model_id` serves (the only one when None); 404 / 400 naming the choices otherwise."""
         try:
             return self.config.served(model_id)
         except ConfigError as err:
             raise (UnknownModelError if model_id is not None else BadRequestError)(str(err)) from None
+
+    def input_admitter(self, model_id: str | None) -> Callable[[FrameHeader], None]:
+        """A check that a client's input frame is model `model_id`'s input (shape, float32), run before the
+        payload is allocated."""
+        expected = self.served(model_id).input_shape
+
+        def admit_input(header: FrameHeader) -> None:
+            if tuple(header.shape) != expected:
+                raise UnexpectedPieceError(f"input has shape {list(header.shape)}, the model expects "
+                                           f"{list(expected)}")
+            if header.dtype != "float32":
+                raise UnexpectedPieceError(f"input has dtype {header.dtype}, expected float32")
+        return admit_input
+
+    def _assembler_for(self, header: FrameHeader) -> Assembler:
+        """The assembler of the request's model; for a request not pending here, the first that knows the
+        sender (so a malformed piece is still refused as such)."""
+        model = self._request_model.get(header.request_id)
+        if model is not None:
+            return self._assemblers[model]
+        for assembler in self._assemblers.values():
+            if header.sender in assembler.senders:
+                return assembler
+        return next(iter(self._assemblers.values()))
+
+    def admit(self, header: FrameHeader) -> None:
+        """A piece of an output must be one the gateway expects, of a request it waits for."""
+        assembler = self._assembler_for(header)
+        assembler.check(header)
+        waiter = self._waiters.get(header.request_id)
+        if waiter is None or waiter.done():
+            raise RequestTimeoutError(f"request {header.request_id} is not pending at the gateway (timed out, failed "
+                                      "or unknown)", request_id=header.request_id)
+        if assembler.received(header.request_id, header.sender, header.region):
+            raise DuplicatePieceError(f"request {header.request_id} already has its piece from {header.sender}",
+                                      request_id=header.request_id)
 
     def check_input(self, tensor: torch.Tensor, model_id: str | None = None) -> None:
         served = self.served(model_id)
         expected = served.input_shape
         if tuple(tensor.shape) != expected:
             raise UnexpectedPieceError(f"input has shape {list(tensor.shape)}, the model "
-                                       f"{served.model.name} expects {list(expected)}")
+                                       f"{redact(served.model.name)} expects {list(expected)}")
         if tensor.dtype != torch.float32:
             raise UnexpectedPieceError(f"input has dtype {str(tensor.dtype).removeprefix('torch.')}, expected float32")
 
@@ -293,28 +345,13 @@ class GatewayService:
         raise RequestTimeoutError(f"request {rid} timed out after {timeout:g} s waiting for pieces from "
                                   f"{', '.join(missing)}", peer=missing[0] if len(missing) == 1 else None)
 
-    def _assembler_for(self, header: FrameHeader) -> Assembler:
-        """The assembler of the request's model; for a request not pending here, the first that knows the
-        sender (so a malformed piece is still refused as such)."""
-        model = self._request_model.get(header.request_id)
-        if model is not None:
-            return self._assemblers[model]
-        for assembler in self._assemblers.values():
-            if header.sender in assembler.senders:
-                return assembler
-        return next(iter(self._assemblers.values()))
-
     async def ingest(self, frame: Frame) -> None:
         """A piece of some request's output, from a task that delivers it."""
         header = frame.header
-        assembler = self._assembler_for(header)
-        assembler.check(header)
-        waiter = self._waiters.get(header.request_id)
-        if waiter is None or waiter.done():
-            raise RequestTimeoutError(f"request {header.request_id} is not pending at the gateway (timed out, failed "
-                                      "or unknown)", request_id=header.request_id)
+        self.admit(header)
+        waiter = self._waiters[header.request_id]
         self.metrics.bytes_in.inc(frame.nbytes)
-        output = assembler.add(header, frame.tensor)
+        output = self._assemblers[self._request_model[header.request_id]].add(header, frame.tensor)
         if output is not None:
             waiter.set_result(output)
 
@@ -337,7 +374,7 @@ class GatewayService:
     async def _probe(self, endpoint: Endpoint, path: str, timeout: float) -> str | None:
         """None when `endpoint` answers `path` with 200, else why not."""
         try:
-            response = await self.client.get(endpoint.url + path, timeout=timeout)
+            response = await self.client.get(endpoint.url + path, timeout=timeout, headers=self._internal)
         except httpx.HTTPError as err:
             return peer_error(err, endpoint.id, endpoint.url, f"GET {path}").detail
         if response.status_code != 200:
@@ -363,29 +400,34 @@ class GatewayService:
         """Liveness and readiness of every partition, as the gateway sees them, with how many requests each
         has computed and their mean compute time."""
         async def one(e: Endpoint) -> dict[str, Any]:
+            public = {"id": e.id, "device": e.device, "stage": e.stage}  # its URL is internal
             try:
-                response = await self.client.get(e.url + "/readyz", timeout=2.0)
+                response = await self.client.get(e.url + "/readyz", timeout=2.0, headers=self._internal)
             except httpx.HTTPError as err:
-                why = peer_error(err, e.id, e.url, "GET /readyz").detail
-                return {**e.model_dump(), "live": False, "ready": False, "state": None, "detail": why}
+                why = f"partition {e.id} is unreachable: {type(err).__name__}"
+                return {**public, "live": False, "ready": False, "state": None, "detail": why}
             body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             detail = None if response.status_code == 200 else str(body.get("detail") or f"HTTP {response.status_code}")
             if body.get("failure"):
                 detail = f"{detail}: {body['failure']}"
             computed, mean = None, None
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                info = (await self.client.get(e.url + "/v1/info", timeout=2.0)).json()
+                info = (await self.client.get(e.url + "/v1/info", timeout=2.0, headers=self._internal)).json()
                 computed, mean = info.get("computed"), info.get("compute_mean_s")
-            return {**e.model_dump(), "live": True, "ready": response.status_code == 200,
-                    "state": body.get("state", "ready" if response.status_code == 200 else None), "detail": detail,
-                    "computed": computed, "compute_mean_s": mean}
+            return {**public, "live": True, "ready": response.status_code == 200,
+                    "state": body.get("state", "ready" if response.status_code == 200 else None),
+                    "detail": redact(detail) if detail else None, "computed": computed, "compute_mean_s": mean}
 
         return list(await asyncio.gather(*(one(e) for e in self.config.partitions)))
 
     async def trace(self, request_id: str) -> dict[str, Any] | None:
-        """One recent request followed through every partition: each one's events in seconds after the gateway
-        received the request (None when the gateway has no record of it)."""
-        rid = self._pipeline_ids.get(request_id, request_id)
+        """One recent request, by the id its client knows, followed through every partition: each one's events
+        in seconds after the gateway received the request (None when the gateway has no record of it).
+
+        The pipeline's own id (what pieces carry) is not revealed: it names a request on the internal hops."""
+        rid = self._pipeline_ids.get(request_id)
+        if rid is None:
+            return None
         events = self.timeline.get(rid)
         if events is None:
             return None
@@ -394,35 +436,55 @@ class GatewayService:
         async def one(e: Endpoint) -> dict[str, Any]:
             base: dict[str, Any] = {"partition": e.id, "device": e.device, "stage": e.stage, "events": {}}
             try:
-                response = await self.client.get(f"{e.url}/v1/timeline/{rid}", timeout=2.0)
+                response = await self.client.get(f"{e.url}/v1/timeline/{rid}", timeout=2.0, headers=self._internal)
             except httpx.HTTPError as err:
-                return {**base, "detail": peer_error(err, e.id, e.url, "GET /v1/timeline").detail}
+                return {**base, "detail": f"partition {e.id} is unreachable: {type(err).__name__}"}
             body = response.json() if response.status_code in (200, 404) else {}
             if response.status_code != 200:
-                return {**base, "detail": str(body.get("detail") or f"HTTP {response.status_code}")}
+                detail = str(body.get("detail") or f"HTTP {response.status_code}").replace(rid, request_id)
+                return {**base, "detail": redact(detail)}
             return {**base, "events": {k: v - origin for k, v in body["events"].items()}}
 
         parts = await asyncio.gather(*(one(e) for e in self.config.partitions))
-        return {"request_id": request_id, "pipeline_id": rid,
+        return {"request_id": request_id,
                 "gateway": {k: v - origin for k, v in events.items()},
                 "partitions": sorted(parts, key=lambda p: (p["stage"], p["partition"]))}
 
     def model_info(self) -> dict[str, Any]:
+        """What clients may know of the model: its name (a file reference without its directories), shapes,
+        the number of stages and partitions, the predicted costs. No URL, no path."""
         c = self.config
-        models = [{"id": m.id, "model": m.model.model_dump(), "input_shape": list(m.input_shape),
-                   "output_shape": list(m.output_shape), "predicted_latency_s": m.predicted_latency_s}
-                  for m in c.models]
-        first = models[0]
+        models = [{"id": m.id,
+                   "model": {"name": redact(m.model.name), "input_shape": list(m.model.input_shape),
+                             "weights": redact(m.model.weights) if m.model.weights else None, "seed": m.model.seed},
+                   "input_shape": list(m.input_shape), "output_shape": list(m.output_shape),
+                   "predicted_latency_s": m.predicted_latency_s} for m in c.models]
+        one = models[0] if len(models) == 1 else None
         return {
             "deployment": c.deployment,
-            "model": first["model"] if len(models) == 1 else None,
-            "input_shape": first["input_shape"] if len(models) == 1 else None,
-            "output_shape": first["output_shape"] if len(models) == 1 else None,
+            "model": one["model"] if one else None,
+            "input_shape": one["input_shape"] if one else None,
+            "output_shape": one["output_shape"] if one else None,
             "models": models,
             "stages": c.stages,
-            "partitions": [e.model_dump() for e in c.partitions],
+            "partitions": len(c.partitions),
             "predicted": {"latency_s": c.predicted_latency_s, "throughput_per_s": c.predicted_throughput_per_s},
         }
+
+    def plan_info(self) -> dict[str, Any]:
+        """The plan, with every string redacted (the model's reference and weights are file paths locally)."""
+        result: dict[str, Any] = _redacted(self.config.plan or {})
+        return result
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _loop_time(deadline: float) -> float:
@@ -481,31 +543,42 @@ def _result_headers(result: InferResult, size: int | None = None) -> dict[str, s
 
 
 def gateway_app(service: GatewayService) -> FastAPI:
-    """The HTTP face of the gateway (one uvicorn worker)."""
+    """The gateway's client port (one uvicorn worker): inference and read-only views, nothing internal.
 
-    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=service_lifespan(service), docs_url=None,
-                  redoc_url=None)
-    install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest,
-                                       on_error=lambda err: service.metrics.error(err.reason))
+    It starts and stops the service (its lifespan); `gateway_internal_app` serves the same service to the
+    partitions on the internal port."""
+
+    app = FastAPI(title=f"edgepart gateway {service.config.deployment}", lifespan=service_lifespan(service),
+                  docs_url=None, redoc_url=None)
+
+    def count(err: ServiceError) -> None:
+        service.metrics.error(err.reason)
+
+    install_error_handlers(app, on_error=count, redacted=True)
+    connection = service.config.connection
+    app.add_middleware(BodyDeadline, limits=connection)
+    app.state.guard = Guard(connection, None, on_error=count)
 
     async def run(request: Request, model_id: str | None) -> Response:
-        service.served(model_id)  # an unknown model is refused before the body is read
+        admit_input = service.input_admitter(model_id)  # an unknown model is refused before the body is read
         kind = media_type(request)
         proposed = request.headers.get("x-request-id")
         if kind == "application/json":
-            body, size = await _read_json(request, service.config.max_json_bytes)
-            tensor = _tensor_from_json(body)
+            length = content_length(request) or service.config.max_json_bytes
+            with service.budget.reserve(min(length, service.config.max_json_bytes) * 2, "a JSON input"):
+                body, size = await _read_json(request, service.config.max_json_bytes)
+                tensor = _tensor_from_json(body)
             proposed = body.request_id or proposed
             service.metrics.bytes_in.inc(size)
+            result = await service.infer(tensor, proposed, model_id)
         elif kind in (CONTENT_TYPE, "application/octet-stream"):
-            frame = await receive_frame(request, service.config.limits)
-            tensor = frame.tensor
-            service.metrics.bytes_in.inc(frame.nbytes)
+            async with received_frame(request, service.config.limits, admit=admit_input,
+                                      budget=service.budget) as frame:
+                service.metrics.bytes_in.inc(frame.nbytes)
+                result = await service.infer(frame.tensor, proposed, model_id)
         else:
             raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or "
                                             f"application/json, not {kind or 'no Content-Type'}")
-        result = await service.infer(tensor, proposed, model_id)
         if _wants_json(request):
             return JSONResponse({"request_id": result.request_id, "shape": list(result.output.shape),
                                  "data": result.output.reshape(-1).tolist(),
@@ -525,15 +598,6 @@ def gateway_app(service: GatewayService) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {"models": service.model_info()["models"]}
 
-    @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
-    async def tensor(request: Request) -> Response:
-        await service.ingest(await receive_frame(request, service.config.limits))
-        return Response(status_code=204)
-
-    @app.post(FAILURES_PATH, summary="A partition reports that a request cannot finish.")
-    async def failures(report: FailureReport) -> dict[str, bool]:
-        return {"delivered": service.fail(report)}
-
     @app.get("/healthz", summary="Liveness.")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -542,15 +606,16 @@ def gateway_app(service: GatewayService) -> FastAPI:
     async def readyz() -> JSONResponse:
         waiting = await service.not_ready()
         if waiting:
-            return JSONResponse({"error": "not_ready", "detail": "partitions not ready: " + "; ".join(waiting)},
+            return JSONResponse({"error": "not_ready", "detail": redact("partitions not ready: " + "; ".join(waiting))},
                                 status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", summary="Prometheus metrics.")
     async def metrics() -> Response:
+        service.metrics.payload.set(service.budget.in_flight)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/model", summary="The model reference, shapes, partitions and predicted costs.")
+    @app.get("/v1/model", summary="The model's name, shapes, number of partitions and predicted costs.")
     async def model() -> dict[str, Any]:
         return service.model_info()
 
@@ -571,6 +636,42 @@ def gateway_app(service: GatewayService) -> FastAPI:
 
     @app.get("/v1/plan", summary="The plan this deployment runs.")
     async def plan() -> dict[str, Any]:
-        return service.config.plan or {}
+        return service.plan_info()
+
+    return app
+
+
+def gateway_internal_app(service: GatewayService) -> FastAPI:
+    """The gateway's internal port: the last stage's pieces and the partitions' failure reports, each
+    request carrying the deployment's secret (401 otherwise)."""
+
+    app = FastAPI(title=f"edgepart gateway {service.config.deployment} (internal)", docs_url=None,
+                  redoc_url=None, openapi_url=None)
+
+    def count(err: ServiceError) -> None:
+        service.metrics.error(err.reason)
+
+    install_error_handlers(app, on_error=count)
+    connection = service.config.connection
+    app.add_middleware(BodyDeadline, limits=connection)
+    app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
+    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
+                      budget=service.budget)
+    app.state.guard = Guard(connection, lane, on_error=count, secret=service.secret)
+
+    @app.post(TENSOR_PATH, status_code=204, summary="Receive a piece of a request's output from the last stage.")
+    async def tensor(request: Request) -> Response:
+        async with received_frame(request, service.config.limits, admit=service.admit,
+                                  budget=service.budget) as frame:
+            await service.ingest(frame)
+        return Response(status_code=204)
+
+    @app.post(FAILURES_PATH, summary="A partition reports that a request cannot finish.")
+    async def failures(report: FailureReport) -> dict[str, bool]:
+        return {"delivered": service.fail(report)}
+
+    @app.get("/healthz", summary="Liveness.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
     return app

@@ -156,8 +156,9 @@ class HopClient:
     """Keep-alive HTTP/1.1 POSTs of tensor frames; one per process, shared by every peer."""
 
     def __init__(self, timeout_s: float, *, connect_timeout_s: float = 5.0, max_idle_per_peer: int = 32,
-                 keepalive_expiry_s: float = 30.0):
+                 keepalive_expiry_s: float = 30.0, headers: dict[str, str] | None = None):
         self.timeout_s = timeout_s
+        self.headers = dict(headers or {})  # sent with every request (the deployment's Authorization)
         self.connect_timeout_s = min(connect_timeout_s, timeout_s)
         self.max_idle_per_peer = max_idle_per_peer
         self.keepalive_expiry_s = keepalive_expiry_s  # shorter than the servers' keep-alive: no reuse races
@@ -263,7 +264,7 @@ class HopClient:
         views = [memoryview(p).cast("B") for p in parts]
         size = sum(v.nbytes for v in views)
         lines = [f"POST {target.path} HTTP/1.1", f"Host: {target.authority}", f"Content-Length: {size}"]
-        for name, value in headers.items():
+        for name, value in {**self.headers, **headers}.items():
             if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
                 continue
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:

@@ -1,17 +1,35 @@
-"""The tensor lane: `POST /v1/tensor` served at the protocol level, below ASGI, straight into the tensor's memory.
+"""The front of every connection: limits on time, connections and memory, and the tensor lane.
 
-Why: through uvicorn and FastAPI a frame's bytes are copied three times before they reach the tensor (the event
-loop's read buffer, the HTTP parser's body chunk, the app's reader) and the request costs a few hundred
+Every connection a service accepts, on any of its ports, starts here (`GuardedProtocol`, a protocol uvicorn
+creates like its own). It reads each request head itself, so it can bound what a connection may take:
+
+- a head must be complete within `head_timeout_s` of its first byte, and an idle connection (a partial
+  head included) closes after `keep_alive_s`: a head dribbled a byte at a time gets 408 and the connection
+  closes;
+- a body gets `body_timeout_s`, and one more second for every `min_body_rate` bytes that arrive;
+- a port holds at most `max_connections`; one more gets 503 and is closed at once (its descriptor freed);
+- a head over `MAX_HEAD` bytes gets 431, a head that is not HTTP/1.x gets 400, and the connection closes;
+- on an internal port, a request without the deployment's secret gets 401 from its head alone (probes and
+  /metrics excepted): no body is read, nothing reaches the app.
+
+A connection closed after an error answer lingers a moment, reading and dropping what the client still
+sends, so that the answer is read before the connection resets.
+
+Any request that is not the lane's is handed, untouched but for a ``Connection: close``, to uvicorn's own
+HTTP protocol, which serves the FastAPI app for that one request: the next request comes on a new
+connection, whose head is read here again (uvicorn alone would let a client dribble the next head forever).
+
+The tensor lane: `POST /v1/tensor` served at the protocol level, below ASGI, straight into the tensor's
+memory. Through uvicorn and FastAPI a frame's bytes are copied three times before they reach the tensor (the
+event loop's read buffer, the HTTP parser's body chunk, the app's reader) and the request costs a few hundred
 microseconds of routing; with a stage sending megabytes per request to each peer, that decided the hop's
-throughput. Here the connection's protocol parses the request head itself, validates the frame header (limits,
-shape, dtype) before allocating anything, and then has the socket `recv_into` the tensor's payload buffer: the
-kernel's copy is the only one. The frame goes to the same `ingest` the app's route calls and the answer is the
-route's: 204, or the error's status with the same JSON body.
-
-Only the plain case takes the lane: `POST <path>` over HTTP/1.x with a Content-Length and a tensor-frame
-Content-Type. Any other request (another path, a chunked body, `Expect: 100-continue`, a wrong media type, a head
-that does not parse) hands the connection, untouched bytes included, to uvicorn's own HTTP protocol, which serves
-the FastAPI app (whose /v1/tensor route answers exactly like the lane) for the rest of the connection.
+throughput. Here the lane validates the frame header (limits, shape, dtype), asks the service whether it expects that piece
+(`admit`), reserves its bytes against the process's payload budget (503 beyond) and only then allocates the
+payload and has the socket `recv_into` it: the kernel's copy is the only one. The frame goes to the same
+`ingest` the app's route calls and the answer is the route's: 204, or the error's status with the same JSON
+body. Only the plain case takes the lane: `POST <path>` over HTTP/1.x with a Content-Length and a
+tensor-frame Content-Type; a chunked body or `Expect: 100-continue` goes to the app's route, which checks the
+same things.
 """
 
 from __future__ import annotations
@@ -26,14 +44,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-from edgepart.partition_service.errors import FrameTooLargeError, ServiceError, error_body
-from edgepart.partition_service.wire import CONTENT_TYPE, Frame, FrameReader, Limits
+from edgepart.partition_service.auth import Secret
+from edgepart.partition_service.budget import PayloadBudget
+from edgepart.partition_service.config import ConnectionLimits
+from edgepart.partition_service.errors import (
+    BadRequestError,
+    FrameTooLargeError,
+    HeadTooLargeError,
+    ServiceError,
+    SlowRequestError,
+    TooManyConnectionsError,
+    UnauthorizedError,
+    error_body,
+)
+from edgepart.partition_service.wire import CONTENT_TYPE, Frame, FrameHeader, FrameReader, Limits
 
-__all__ = ["LaneProtocol", "TensorLane", "lane_protocol"]
+__all__ = ["Guard", "GuardedProtocol", "TensorLane", "guarded_protocol"]
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 16 * 1024  # a longer request head goes to uvicorn, which answers it
+MAX_HEAD = 16 * 1024  # a longer request head is answered 431
 _SCRATCH = 64 * 1024  # heads, frame headers and small payload pieces land here first
 # While a payload streams in, the socket wakes the loop only once this many of its bytes are there (SO_RCVLOWAT):
 # over a slow link a frame otherwise arrives one wake-up per packet, and on a device with a fifth of a core
@@ -42,36 +72,84 @@ RCV_LOWAT = 256 * 1024
 _MEDIA_TYPES = (CONTENT_TYPE, "application/octet-stream")
 _NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 _NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+_HOP_HEADERS = ("connection", "keep-alive")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # kubelet probes and Prometheus: no secret
+LINGER_S = 2.0  # after an error answer, read and drop the client's bytes this long before closing
+LINGER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class TensorLane:
-    """What the lane needs from a service: where frames go and how errors are counted."""
+    """What the lane needs from a service: where frames go, what it expects, who may send."""
 
     path: str
     limits: Limits
     ingest: Callable[[Frame], Awaitable[None]]
     on_error: Callable[[ServiceError], None] | None = None
+    admit: Callable[[FrameHeader], None] | None = None  # raises for a piece the receiver does not expect
+    budget: PayloadBudget | None = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The rules of one listening port: connection limits, its tensor lane if it has one, and on an internal
+    port the deployment's secret, which every request but `open_paths` must carry."""
+
+    limits: ConnectionLimits
+    lane: TensorLane | None = None
+    on_error: Callable[[ServiceError], None] | None = None
+    secret: Secret | None = None  # the services set it on internal ports; None: a public port (or a bench sink)
+    open_paths: frozenset[str] = OPEN_PATHS
 
 
 class _State(enum.Enum):
     HEAD = "head"  # waiting for (the rest of) a request head
     FRAME = "frame"  # reading the body into a frame
-    DISCARD = "discard"  # the frame failed: read and drop the rest of its body, then answer
+    DISCARD = "discard"  # the frame failed: read and drop the rest of its (small) body, then answer
     ANSWERING = "answering"  # body complete: reading paused until the answer is written
     HANDED_OFF = "handed_off"  # uvicorn's protocol owns the connection now
+    LINGERING = "lingering"  # answered and half-closed: dropping what still comes, then closing
+    CLOSED = "closed"
 
 
 @dataclass
 class _Head:
-    content_length: int
-    keep_alive: bool
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]  # as sent, in order
+    fields: dict[str, str]  # lower-case name -> value (the last one)
+    duplicates: frozenset[str]
+
+    def get(self, name: str) -> str | None:
+        return self.fields.get(name)
 
 
-class LaneProtocol(asyncio.BufferedProtocol):
-    """One connection of a server with a tensor lane; uvicorn creates it like its own HTTP protocols."""
+def _parse_head(raw: bytes) -> _Head | None:
+    """An HTTP/1.x request head, or None when it is not one."""
+    lines = raw.decode("latin-1").split("\r\n")
+    request = lines[0].split(" ")
+    if len(request) != 3 or not request[0].isalpha() or not request[1] or request[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        return None
+    headers: list[tuple[str, str]] = []
+    fields: dict[str, str] = {}
+    duplicates: set[str] = set()
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or any(c in name for c in " \t\r\n"):
+            return None
+        key = name.lower()
+        if key in fields:
+            duplicates.add(key)
+        fields[key] = value.strip()
+        headers.append((name, value.strip()))
+    return _Head(request[0], request[1], request[2], headers, fields, frozenset(duplicates))
 
-    lane: ClassVar[TensorLane]
+
+class GuardedProtocol(asyncio.BufferedProtocol):
+    """One connection of a service's port; uvicorn creates it like its own HTTP protocols."""
+
+    guard: ClassVar[Guard]
     fallback: ClassVar[Callable[..., asyncio.Protocol]]
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
@@ -93,21 +171,42 @@ class LaneProtocol(asyncio.BufferedProtocol):
         self.into_payload = False  # the last get_buffer handed out the frame's payload window
         self.closing = False
         self.paused = False  # reading paused: a pipelined request filled the scratch while answering
-        self.idle: asyncio.TimerHandle | None = None
+        self.idle: asyncio.TimerHandle | None = None  # keep-alive: no complete head for this long closes
+        self.deadline: asyncio.TimerHandle | None = None  # the head or body in progress must be done by then
         self.sock: Any = None  # the connection's socket, while SO_RCVLOWAT can be set on it
         self.lowat = 1
+        self.dropped = 0  # bytes read and dropped while lingering
+        self.body_started = 0.0  # when the current body's first byte could come (loop time)
+        self.body_length = 0
+
+    @property
+    def lane(self) -> TensorLane | None:
+        return self.guard.lane
 
     # ------------------------------------------------------------ transport callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        limit = self.guard.limits.max_connections
+        if len(self.server_state.connections) >= limit:
+            # answered and closed at once: a connection over the cap must not hold its descriptor (no linger)
+            self.keep_alive = False
+            self.state = _State.CLOSED
+            err = TooManyConnectionsError(f"{limit} connections are open on this port; try again later")
+            self._count(err)
+            self.transport.write(self._error_bytes(err))
+            self.transport.close()
+            return
         self.sock = transport.get_extra_info("socket")
         self.server_state.connections.add(self)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _State.CLOSED
         self.server_state.connections.discard(self)
         self._disarm_idle()
+        self._disarm_deadline()
+        self._drop_reader()
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself
@@ -119,6 +218,8 @@ class LaneProtocol(asyncio.BufferedProtocol):
         pass
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.state is _State.LINGERING:
+            return memoryview(self.scratch)
         if self.state is _State.FRAME and self.reader is not None:
             window = self.reader.payload_window()
             if window is not None and window.nbytes:
@@ -131,7 +232,14 @@ class LaneProtocol(asyncio.BufferedProtocol):
         return memoryview(self.scratch)[self.end:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._disarm_idle()
+        if self.state is _State.CLOSED:
+            return
+        if self.state is _State.LINGERING:
+            self.start = self.end = 0
+            self.dropped += nbytes
+            if self.dropped > LINGER_BYTES and self.transport is not None:
+                self._close_now()
+            return
         if self.into_payload:
             self.into_payload = False
             assert self.reader is not None
@@ -195,6 +303,9 @@ class LaneProtocol(asyncio.BufferedProtocol):
                         self._fail(err)
                 self.start += take
                 self.remaining -= take
+                if self.state is _State.DISCARD and self.remaining > _SCRATCH:
+                    self.keep_alive = False  # a large body we will not use: answer now, do not read it
+                    self.remaining = 0
                 if not self.remaining:
                     self._body_done()
             else:
@@ -203,83 +314,94 @@ class LaneProtocol(asyncio.BufferedProtocol):
             self.start = self.end = 0
 
     def _read_head(self) -> bool:
-        """Parse one request head; False when it is incomplete or the connection was handed off."""
+        """Parse one request head; False when it is incomplete, refused or handed off."""
         cut = self.scratch.find(b"\r\n\r\n", self.start, self.end)
         if cut < 0:
             if self.end - self.start > MAX_HEAD:
-                self._hand_off()
+                self._refuse(HeadTooLargeError(f"request head over {MAX_HEAD} bytes"))
+            elif self.deadline is None:
+                self._arm_deadline(self.guard.limits.head_timeout_s, "request head")
             return False
-        head = self._parse_head(bytes(self.scratch[self.start:cut]))
+        self._disarm_deadline()
+        self._disarm_idle()
+        raw = bytes(self.scratch[self.start:cut])
+        head = _parse_head(raw)
         if head is None:
-            self._hand_off()
+            self._refuse(BadRequestError("not an HTTP/1.x request head"))
             return False
         self.start = cut + 4
-        self.keep_alive = head.keep_alive
-        self.remaining = head.content_length
+        secret = self.guard.secret
+        path = head.target.split("?", 1)[0]
+        if secret is not None and path not in self.guard.open_paths and not secret.admits(head.get("authorization")):
+            self._refuse(UnauthorizedError(f"{path[:100]} is internal to the deployment: the request does not "
+                                           "carry its secret"))
+            return False
+        length = self._lane_request(head)
+        if length is None:
+            self._hand_off(head)
+            return False
+        lane = self.lane
+        assert lane is not None
+        tokens = {t.strip().lower() for t in (head.get("connection") or "").split(",")}
+        self.keep_alive = "close" not in tokens if head.version == "HTTP/1.1" else "keep-alive" in tokens
+        self.remaining = length
         self.error = None
         self.state = _State.FRAME
         try:
-            self.reader = FrameReader(self.lane.limits, head.content_length)
+            self.reader = FrameReader(lane.limits, length, admit=lane.admit, budget=lane.budget)
         except FrameTooLargeError as err:  # do not read a body over the limit: answer and close
             self.keep_alive = False
             self.state = _State.ANSWERING
             self._answer_error(err)
             return False
+        self.body_started = self.loop.time()
+        self.body_length = length
+        self._arm_deadline(self.guard.limits.body_allowance_s(0), "request body")
         return True
 
-    def _parse_head(self, raw: bytes) -> _Head | None:
-        """The head of a request the lane serves, or None for anything else (uvicorn takes it)."""
-        lines = raw.decode("latin-1").split("\r\n")
-        request = lines[0].split(" ")
-        if len(request) != 3 or request[0] != "POST" or request[1] != self.lane.path \
-                or request[2] not in ("HTTP/1.1", "HTTP/1.0"):
+    def _lane_request(self, head: _Head) -> int | None:
+        """The body length of a request the lane serves, or None for anything else (the app takes it)."""
+        lane = self.lane
+        if lane is None or head.method != "POST" or head.target != lane.path:
             return None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                return None
-            key = name.lower()
-            if key in headers and key in ("content-length", "content-type"):
-                return None
-            headers[key] = value.strip()
-        if any(name in headers for name in ("transfer-encoding", "expect", "upgrade")):
+        if head.duplicates & {"content-length", "content-type", "authorization", "transfer-encoding"}:
             return None
-        length = headers.get("content-length", "")
+        if any(name in head.fields for name in ("transfer-encoding", "expect", "upgrade")):
+            return None
+        length = head.get("content-length") or ""
         if not (length.isascii() and length.isdigit()):
             return None
-        if headers.get("content-type", "").split(";")[0].strip().lower() not in _MEDIA_TYPES:
+        if (head.get("content-type") or "").split(";")[0].strip().lower() not in _MEDIA_TYPES:
             return None
-        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        keep = "close" not in tokens if request[2] == "HTTP/1.1" else "keep-alive" in tokens
-        return _Head(int(length), keep)
+        return int(length)
 
     def _fail(self, err: ServiceError) -> None:
-        """The frame is bad: drop the rest of its body (the connection stays usable), then answer `err`."""
+        """The frame is bad: drop the rest of its body (a small one: the connection stays usable), then answer."""
         self.error = err
         self.state = _State.DISCARD
-        self.reader = None
+        self._drop_reader()
 
     # ------------------------------------------------------------ answering
 
     def _body_done(self) -> None:
+        self._disarm_deadline()
         self.state = _State.ANSWERING  # bytes that come meanwhile wait in the scratch (a pipelined request)
         if self.error is not None:
             self._answer_error(self.error)
             return
-        assert self.reader is not None
+        assert self.reader is not None and self.lane is not None
         try:
             frame = self.reader.finish()
         except ServiceError as err:
             self._answer_error(err)
             return
-        task = self.loop.create_task(self._ingest(frame))
+        task = self.loop.create_task(self._ingest(self.lane, frame))
         self.server_state.tasks.add(task)
         task.add_done_callback(self.server_state.tasks.discard)
 
-    async def _ingest(self, frame: Frame) -> None:
+    async def _ingest(self, lane: TensorLane, frame: Frame) -> None:
         try:
-            await self.lane.ingest(frame)
+            await lane.ingest(frame)
         except ServiceError as err:
             self._answer_error(err)
             return
@@ -289,9 +411,18 @@ class LaneProtocol(asyncio.BufferedProtocol):
             return
         self._answer(_NO_CONTENT if self.keep_alive and not self.closing else _NO_CONTENT_CLOSE)
 
-    def _answer_error(self, err: ServiceError) -> None:
-        if self.lane.on_error is not None:
-            self.lane.on_error(err)
+    def _refuse(self, err: ServiceError) -> None:
+        """Answer `err` and close: the connection is not worth reading further."""
+        self.keep_alive = False
+        self.state = _State.ANSWERING
+        self._answer_error(err)
+
+    def _count(self, err: ServiceError) -> None:
+        on_error = self.lane.on_error if self.lane is not None and self.lane.on_error else self.guard.on_error
+        if on_error is not None:
+            on_error(err)
+
+    def _error_bytes(self, err: ServiceError) -> bytes:
         body = json.dumps(error_body(err)).encode()
         lines = [f"HTTP/1.1 {err.status} {http.HTTPStatus(err.status).phrase}", "content-type: application/json",
                  f"content-length: {len(body)}"]
@@ -299,10 +430,14 @@ class LaneProtocol(asyncio.BufferedProtocol):
             lines.append("retry-after: 1")
         if not self.keep_alive or self.closing:
             lines.append("connection: close")
-        self._answer(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    def _answer_error(self, err: ServiceError) -> None:
+        self._count(err)
+        self._answer(self._error_bytes(err))
 
     def _answer(self, data: bytes) -> None:
-        self.reader = None
+        self._drop_reader()
         self.error = None
         self.server_state.total_requests += 1
         transport = self.transport
@@ -310,7 +445,9 @@ class LaneProtocol(asyncio.BufferedProtocol):
             return
         transport.write(data)
         if not self.keep_alive or self.closing:
-            transport.close()
+            self._disarm_idle()
+            self._disarm_deadline()
+            self._linger()
             return
         self.state = _State.HEAD
         if self.paused:
@@ -320,11 +457,40 @@ class LaneProtocol(asyncio.BufferedProtocol):
         if self.state is _State.HEAD and self.start == self.end:
             self._arm_idle()
 
-    # ------------------------------------------------------------ keep-alive and hand-off
+    def _linger(self) -> None:
+        """Half-close after the answer, drop what the client still sends for a moment, then close: closing
+        with unread bytes would reset the connection, and the client could lose the answer."""
+        transport = self.transport
+        assert transport is not None
+        self.state = _State.LINGERING
+        self.start = self.end = 0
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError):
+            self._close_now()
+            return
+        self.deadline = self.loop.call_later(LINGER_S, self._close_now)
+
+    def _close_now(self) -> None:
+        self._disarm_deadline()
+        self.state = _State.CLOSED
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _drop_reader(self) -> None:
+        if self.reader is not None:
+            self.reader.release()
+            self.reader = None
+
+    # ------------------------------------------------------------ time limits and hand-off
 
     def _arm_idle(self) -> None:
         self._disarm_idle()
-        self.idle = self.loop.call_later(self.config.timeout_keep_alive, self._idle_timeout)
+        self.idle = self.loop.call_later(self.guard.limits.keep_alive_s, self._idle_timeout)
 
     def _disarm_idle(self) -> None:
         if self.idle is not None:
@@ -332,25 +498,60 @@ class LaneProtocol(asyncio.BufferedProtocol):
             self.idle = None
 
     def _idle_timeout(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        self.idle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.state is _State.HEAD and self.start < self.end:  # a partial head, idle all this time
+            self._refuse(SlowRequestError(f"request head not complete after {self.guard.limits.keep_alive_s:g} s"))
+            return
+        self._close_now()
 
-    def _hand_off(self) -> None:
-        """Give the connection, from this request on, to uvicorn's HTTP protocol (which serves the app)."""
+    def _arm_deadline(self, seconds: float, what: str) -> None:
+        self._disarm_deadline()
+        self.deadline = self.loop.call_later(seconds, self._deadline_passed, seconds, what)
+
+    def _disarm_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _deadline_passed(self, seconds: float, what: str) -> None:
+        self.deadline = None
+        if self.transport is None or self.transport.is_closing() or self.state in (_State.CLOSED,
+                                                                                   _State.LINGERING):
+            return
+        if self.state in (_State.FRAME, _State.DISCARD):  # a body: what has arrived buys it more time
+            received = self.body_length - self.remaining
+            allowed = self.guard.limits.body_allowance_s(received)
+            left = self.body_started + allowed - self.loop.time()
+            if left > 0:
+                self.deadline = self.loop.call_later(left, self._deadline_passed, allowed, what)
+                return
+            seconds = allowed
+        self._drop_reader()  # its buffer and its share of the payload budget go now
+        self.remaining = 0
+        self._refuse(SlowRequestError(f"{what} not complete after {seconds:g} s"))
+
+    def _hand_off(self, head: _Head) -> None:
+        """Give the connection to uvicorn's HTTP protocol (which serves the app) for this one request."""
         assert self.transport is not None
         self._disarm_idle()
+        self._disarm_deadline()
         self.state = _State.HANDED_OFF
-        pending = bytes(self.scratch[self.start:self.end])
+        lines = [f"{head.method} {head.target} {head.version}"]
+        lines += [f"{name}: {value}" for name, value in head.headers if name.lower() not in _HOP_HEADERS]
+        lines.append("connection: close")  # the next request comes on a new connection, whose head we read
+        pending = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + bytes(self.scratch[self.start:self.end])
         self.start = self.end = 0
         inner = self.fallback(config=self.config, server_state=self.server_state, app_state=self.app_state,
                               _loop=self.loop)
         self.server_state.connections.discard(self)
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)
-        if pending:
-            inner.data_received(pending)
+        inner.data_received(pending)
 
 
-def lane_protocol(lane: TensorLane, fallback: Callable[..., asyncio.Protocol]) -> type[LaneProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` that serves `lane` and hands the rest to `fallback`."""
-    return type("TensorLaneProtocol", (LaneProtocol,), {"lane": lane, "fallback": staticmethod(fallback)})
+def guarded_protocol(guard: Guard, fallback: Callable[..., asyncio.Protocol]) -> type[GuardedProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` that guards every connection, serves `guard.lane` when
+    there is one, and hands the rest to `fallback`."""
+    return type("GuardedProtocol", (GuardedProtocol,), {"guard": guard, "fallback": staticmethod(fallback)})

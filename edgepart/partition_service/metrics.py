@@ -28,6 +28,7 @@ class _Bound:
     bytes_in: Counter
     bytes_out: Counter
     inflight: Gauge
+    payload: Gauge
     errors: Counter
 
 
@@ -55,6 +56,8 @@ class ServiceMetrics:
             bytes_out=Counter("edgepart_sent_bytes", "Tensor frame bytes sent.", _LABELS, registry=r),
             inflight=Gauge("edgepart_inflight_requests", "Requests admitted and not finished.", _LABELS,
                            registry=r),
+            payload=Gauge("edgepart_payload_bytes_in_flight", "Payload bytes received and not yet handed on "
+                          "(capped per process).", _LABELS, registry=r),
             errors=self._errors,
         )
         self.queue = self.m.queue.labels(**self._labels)
@@ -65,6 +68,7 @@ class ServiceMetrics:
         self.bytes_in = self.m.bytes_in.labels(**self._labels)
         self.bytes_out = self.m.bytes_out.labels(**self._labels)
         self.inflight = self.m.inflight.labels(**self._labels)
+        self.payload = self.m.payload.labels(**self._labels)
 
     def error(self, reason: str) -> None:
         self._errors.labels(**self._labels, reason=reason).inc()

@@ -10,6 +10,11 @@ Pipeline per request id::
 Failures that the gateway cannot see itself (a peer that refuses a piece, a
 request whose pieces never all arrived, a compute error) are reported to the
 gateway's /v1/failures so the client gets an answer naming the problem.
+
+Everything a partition serves is internal to its deployment: a piece, a read of its info or of a
+timeline must carry the deployment's secret (401 otherwise), except the probes and /metrics. A piece is
+checked against the ones the partition expects (sender, stage, region, shape: hence its exact size)
+before its payload is allocated, and its bytes count against the process's payload budget.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from fastapi.responses import JSONResponse
 
 from edgepart.executor import use_exact_kernels
 from edgepart.geometry import Region
+from edgepart.partition_service.access import BodyDeadline, InternalOnly
 from edgepart.partition_service.assembly import Assembler
+from edgepart.partition_service.auth import Secret, load_secret
+from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
 from edgepart.partition_service.errors import (
     ComputeFailedError,
@@ -42,7 +50,7 @@ from edgepart.partition_service.errors import (
     error_body,
     install_error_handlers,
 )
-from edgepart.partition_service.lane import TensorLane
+from edgepart.partition_service.lane import Guard, TensorLane
 from edgepart.partition_service.lifecycle import service_lifespan
 from edgepart.partition_service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from edgepart.partition_service.slicing import TaskRunner, load_slice
@@ -51,12 +59,13 @@ from edgepart.partition_service.transport import (
     TENSOR_PATH,
     HopClient,
     Sender,
+    internal_headers,
     make_client,
     make_hop_client,
     peer_error,
-    receive_frame,
+    received_frame,
 )
-from edgepart.partition_service.wire import Frame, make_header
+from edgepart.partition_service.wire import Frame, FrameHeader, make_header
 
 __all__ = ["PartitionService", "partition_app"]
 
@@ -81,9 +90,12 @@ class PartitionService:
     """The partition's core; `partition_app` wraps it in HTTP."""
 
     def __init__(self, config: PartitionConfig, *, loader: SliceLoader = load_slice,
-                 client: httpx.AsyncClient | None = None, metrics: ServiceMetrics | None = None):
+                 client: httpx.AsyncClient | None = None, metrics: ServiceMetrics | None = None,
+                 secret: Secret | None = None):
         self.config = config
         self.id = config.partition
+        self.secret = secret or load_secret(config.secret_file)
+        self.budget = PayloadBudget(config.connection.max_payload_bytes)
         self.metrics = metrics or ServiceMetrics(config.deployment, str(config.stage), config.partition)
         self.computed = 0  # requests computed, and their total compute time (for /v1/info)
         self.compute_total_s = 0.0
@@ -115,10 +127,10 @@ class PartitionService:
         use_exact_kernels(self.config.exact_kernels)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slice-{self.id}")
         if self._client is None:
-            self._client = make_client(self.config.request_timeout_s)
+            self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
-            self._hop = make_hop_client(self.config.request_timeout_s)
-        self._sender = Sender(self._client, self._hop)
+            self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
+        self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
         self.state = "loading"
         self._spawn(self._load())
         self._worker = asyncio.create_task(self._compute_loop(), name=f"compute-{self.id}")
@@ -169,17 +181,23 @@ class PartitionService:
             reason = f": {self.failure}" if self.failure else ""
             raise NotReadyError(f"partition {self.id} is not ready ({self.state}{reason})", peer=self.id)
 
-    async def ingest(self, frame: Frame) -> None:
-        """Take one piece; when it completes a request's input, queue the request for compute."""
+    def admit(self, header: FrameHeader) -> None:
+        """Raise unless this is a piece the partition expects now: checked from the frame header alone, before
+        its payload is allocated."""
         self._require_ready()
-        header = frame.header
         rid = header.request_id
         self._assembler.check(header)
         if rid in self._expired:
             raise RequestTimeoutError(f"partition {self.id}: request {rid} already timed out", request_id=rid)
-        if rid in self._completed:
-            raise DuplicatePieceError(f"partition {self.id}: request {rid} is already complete; second piece from "
+        if rid in self._completed or self._assembler.received(rid, header.sender, header.region):
+            raise DuplicatePieceError(f"partition {self.id}: request {rid} already has its piece from "
                                       f"{header.sender}", request_id=rid)
+
+    async def ingest(self, frame: Frame) -> None:
+        """Take one piece; when it completes a request's input, queue the request for compute."""
+        header = frame.header
+        rid = header.request_id
+        self.admit(header)
         self.metrics.bytes_in.inc(frame.nbytes)
         if rid not in self._assembler:
             await self._admit(rid)
@@ -321,7 +339,7 @@ class PartitionService:
         body = {**error_body(err), "request_id": rid, "partition": self.id}
         url = self.config.gateway_url + FAILURES_PATH
         try:
-            response = await self._client.post(url, json=body, timeout=5.0)
+            response = await self._client.post(url, json=body, timeout=5.0, headers=internal_headers(self.secret))
             if response.status_code >= 300:
                 log.warning("partition %s: the gateway refused a failure report: %s", self.id, response.text[:200])
         except httpx.HTTPError as report_err:
@@ -347,14 +365,25 @@ class PartitionService:
 def partition_app(service: PartitionService) -> FastAPI:
     """The HTTP face of one partition (run it with one uvicorn worker)."""
 
-    app = FastAPI(title=f"edgepart partition {service.id}", lifespan=service_lifespan(service), docs_url=None, redoc_url=None)
-    install_error_handlers(app, on_error=lambda err: service.metrics.error(err.reason))
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest,
-                                       on_error=lambda err: service.metrics.error(err.reason))
+    app = FastAPI(title=f"edgepart partition {service.id}", lifespan=service_lifespan(service), docs_url=None,
+                  redoc_url=None, openapi_url=None)
+
+    def count(err: ServiceError) -> None:
+        service.metrics.error(err.reason)
+
+    install_error_handlers(app, on_error=count)
+    connection = service.config.connection
+    app.add_middleware(BodyDeadline, limits=connection)
+    app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
+    lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
+                      budget=service.budget)
+    app.state.guard = Guard(connection, lane, on_error=count, secret=service.secret)
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive one piece of a request's input tile (tensor frame).")
     async def tensor(request: Request) -> Response:
-        await service.ingest(await receive_frame(request, service.config.limits))
+        async with received_frame(request, service.config.limits, admit=service.admit,
+                                  budget=service.budget) as frame:
+            await service.ingest(frame)
         return Response(status_code=204)
 
     @app.get("/healthz", summary="Liveness: the process serves (500 once loading the slice failed).")
@@ -373,6 +402,7 @@ def partition_app(service: PartitionService) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics.")
     async def metrics() -> Response:
+        service.metrics.payload.set(service.budget.in_flight)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/info", summary="What this partition computes and its state.")

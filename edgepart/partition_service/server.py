@@ -2,9 +2,15 @@
 
 `main()` is the role entry of processes and pods (`edgepart serve-partition`,
 `edgepart serve-gateway`, or `python -m edgepart.partition_service ROLE`).
-Besides host:port from its config, a process serves sockets it inherits
-(`EDGEPART_LISTEN_FDS`), which the local runtime uses to give an emulated
-device's gateway a listener on the host's loopback.
+A partition serves one port (internal to its deployment); the gateway two, one
+app each: its clients' port and its internal port (`gateway_app`,
+`gateway_internal_app`), run as two uvicorn servers on one event loop. A
+process serves sockets it inherits (`EDGEPART_LISTEN_FDS`) on the endpoint
+whose port they are bound to (the local runtime binds them, so there is no port
+race, and gives an emulated device's gateway a client listener on the host's
+loopback); an endpoint with none binds its host:port from the config. Every
+connection is guarded (`lane.GuardedProtocol`: time, connection and memory
+limits) before uvicorn or the app sees it.
 
 Speed: the process runs on uvloop with uvicorn's httptools parser when they are installed, serves tensor frames
 on the app's tensor lane (`lane.py`: below ASGI, received straight into the tensor), and keeps
@@ -20,24 +26,30 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
 
+from edgepart.errors import EdgepartError
 from edgepart.partition_service.config import (
     ConfigError,
+    ConnectionLimits,
     ServiceSettings,
     load_gateway_config,
     load_partition_config,
 )
-from edgepart.partition_service.gateway import GatewayService, gateway_app
-from edgepart.partition_service.lane import TensorLane, lane_protocol
+from edgepart.partition_service.gateway import GatewayService, gateway_app, gateway_internal_app
+from edgepart.partition_service.lane import Guard, guarded_protocol
 from edgepart.partition_service.partition import PartitionService, partition_app
 from edgepart.profiler.microbench import partition_allocator
 
-__all__ = ["QuietServer", "Role", "bind", "http_protocol", "loop_factory", "main", "serve", "tune_allocator"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Endpoint", "QuietServer", "Role", "bind", "build_endpoints", "http_protocol", "loop_factory", "main",
+           "open_files_limit", "serve", "serve_all", "tune_allocator", "within_descriptors"]
 
 Role = Literal["partition", "gateway"]
 
@@ -68,14 +80,8 @@ def bind(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
-def _listens_on(sock: socket.socket, host: str, port: int) -> bool:
-    """True when an inherited socket already is the config's host:port (the runtime bound it for us)."""
-    address = sock.getsockname()
-    return bool(address[1] == port and address[0] == host)
-
-
 def http_protocol(app: FastAPI) -> Any:
-    """uvicorn's HTTP protocol (httptools when installed), behind the app's tensor lane when it has one."""
+    """uvicorn's HTTP protocol (httptools when installed), behind the app's guard (and lane) when it has one."""
     http: type[asyncio.Protocol]
     if _installed("httptools"):
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -83,8 +89,8 @@ def http_protocol(app: FastAPI) -> Any:
     else:
         from uvicorn.protocols.http.h11_impl import H11Protocol
         http = H11Protocol
-    lane = getattr(app.state, "tensor_lane", None)
-    return lane_protocol(lane, http) if isinstance(lane, TensorLane) else http
+    guard = getattr(app.state, "guard", None)
+    return guarded_protocol(guard, http) if isinstance(guard, Guard) else http
 
 
 class QuietServer(uvicorn.Server):
@@ -98,10 +104,20 @@ class QuietServer(uvicorn.Server):
 
     TICK_S = 1.0
 
-    def __init__(self, config: uvicorn.Config):
+    def __init__(self, config: uvicorn.Config, *, signals: bool = True):
         super().__init__(config)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.signals = signals  # False: another server of the process takes the signals and stops this one
+        self.partners: list[QuietServer] = []  # servers to stop with this one
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        if not self.signals:
+            yield
+            return
+        with super().capture_signals():
+            yield
 
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -115,23 +131,101 @@ class QuietServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
+        for partner in self.partners:
+            partner.should_exit = True
+            partner.wake()
+        self.wake()
+
+    def wake(self) -> None:
         if self._loop is not None and self._wake is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One app on its own listening sockets; the first endpoint of a process runs the lifespan."""
+
+    app: FastAPI
+    host: str
+    port: int
+    sockets: tuple[socket.socket, ...] = ()
+
+
+def _config(app: FastAPI, log_level: str, lifespan: bool) -> uvicorn.Config:
+    guard = getattr(app.state, "guard", None)
+    keep_alive = guard.limits.keep_alive_s if isinstance(guard, Guard) else 120.0
+    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on" if lifespan else "off",
+                          workers=1, http=http_protocol(app), timeout_keep_alive=int(max(1, keep_alive)),
+                          timeout_graceful_shutdown=5)
+
+
 async def serve(app: FastAPI, sockets: Sequence[socket.socket], log_level: str = "warning") -> None:
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", workers=1,
-                            http=http_protocol(app), timeout_keep_alive=120, timeout_graceful_shutdown=5)
-    await QuietServer(config).serve(sockets=list(sockets))
+    """Serve one app on `sockets` until a signal stops it."""
+    await QuietServer(_config(app, log_level, True)).serve(sockets=list(sockets))
 
 
-def build_app(role: Role, settings: ServiceSettings) -> tuple[FastAPI, str, int]:
+async def serve_all(endpoints: Sequence[Endpoint], log_level: str = "warning") -> None:
+    """Serve every endpoint on one loop: the first takes the signals (and stops the others) and runs the
+    lifespan, which starts the service they share."""
+    servers = [QuietServer(_config(e.app, log_level, i == 0), signals=i == 0) for i, e in enumerate(endpoints)]
+    servers[0].partners = servers[1:]
+    await asyncio.gather(*(server.serve(sockets=list(e.sockets)) for server, e in zip(servers, endpoints, strict=True)))
+
+
+RESERVED_FDS = 256  # descriptors kept for what is not a client connection: peers, files, the event loop
+
+
+def open_files_limit() -> int:
+    """The process's descriptor limit, raised to its hard limit (the soft default is often 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return int(soft) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def within_descriptors(limits: ConnectionLimits, ports: int, files: int) -> ConnectionLimits:
+    """`limits` with a connection cap the process can honour: `ports` listeners sharing `files` descriptors
+    (a flood must meet the cap's 503, not an exhausted descriptor table)."""
+    room = max(1, (files - RESERVED_FDS) // max(1, ports))
+    if limits.max_connections <= room:
+        return limits
+    log.warning("max_connections %d per port is over what %d descriptors allow; %d instead",
+                limits.max_connections, files, room)
+    return limits.model_copy(update={"max_connections": room})
+
+
+def build_endpoints(role: Role, settings: ServiceSettings, files: int | None = None) -> list[Endpoint]:
     text = settings.config_text()
+    files = files if files is not None else open_files_limit()
     if role == "partition":
         pconfig = load_partition_config(text)
-        return partition_app(PartitionService(pconfig)), pconfig.host, pconfig.port
+        pconfig = pconfig.model_copy(update={"connection": within_descriptors(pconfig.connection, 1, files)})
+        return [Endpoint(partition_app(PartitionService(pconfig)), pconfig.host, pconfig.port)]
     gconfig = load_gateway_config(text)
-    return gateway_app(GatewayService(gconfig)), gconfig.host, gconfig.port
+    gconfig = gconfig.model_copy(update={"connection": within_descriptors(gconfig.connection, 2, files)})
+    service = GatewayService(gconfig)
+    return [Endpoint(gateway_app(service), gconfig.host, gconfig.port),
+            Endpoint(gateway_internal_app(service), gconfig.internal_host, gconfig.internal_port)]
+
+
+def with_sockets(endpoints: Sequence[Endpoint], inherited: Sequence[socket.socket]) -> list[Endpoint]:
+    """Each endpoint with the inherited sockets bound to its port, or else a socket bound to its host:port."""
+    claimed: set[int] = set()
+    result = []
+    for endpoint in endpoints:
+        mine = tuple(s for s in inherited if s.getsockname()[1] == endpoint.port)
+        claimed.update(s.fileno() for s in mine)
+        result.append(Endpoint(endpoint.app, endpoint.host, endpoint.port, mine or (bind(endpoint.host, endpoint.port),)))
+    stray = [s.getsockname() for s in inherited if s.fileno() not in claimed]
+    if stray:
+        raise ConfigError(f"EDGEPART_LISTEN_FDS: sockets {stray} are bound to none of the config's ports "
+                          f"{[e.port for e in endpoints]}")
+    return result
 
 
 def main(role: Role, settings: ServiceSettings | None = None) -> int:
@@ -140,14 +234,12 @@ def main(role: Role, settings: ServiceSettings | None = None) -> int:
         settings = settings or ServiceSettings()
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        app, host, port = build_app(role, settings)
-        sockets = [socket.socket(fileno=fd) for fd in settings.listen_fds]
-        if not any(_listens_on(s, host, port) for s in sockets):
-            sockets.append(bind(host, port))
-    except (ConfigError, ValueError, OSError) as err:
+        inherited = [socket.socket(fileno=fd) for fd in settings.listen_fds]
+        endpoints = with_sockets(build_endpoints(role, settings), inherited)
+    except (EdgepartError, ValueError, OSError) as err:
         print(f"edgepart {role}: {err}", file=sys.stderr)
         return 2
     tune_allocator()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvicorn's `loop` only counts in uvicorn.run
-        runner.run(serve(app, sockets, settings.log_level))
+        runner.run(serve_all(endpoints, settings.log_level))
     return 0

@@ -9,12 +9,15 @@ lost connection is `PeerUnreachableError` (503), a slow peer `RequestTimeoutErro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httpx
 import torch
 from starlette.requests import Request
 
+from edgepart.partition_service.auth import Secret
+from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.errors import (
     FrameError,
     PeerError,
@@ -27,33 +30,43 @@ from edgepart.partition_service.errors import (
 from edgepart.partition_service.hop import HopClient
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
+    Admit,
     Frame,
     FrameHeader,
+    FrameReader,
     Limits,
     encode_frame,
     frame_size,
     read_frame,
 )
 
-__all__ = ["TENSOR_PATH", "HopClient", "Sender", "content_length", "make_client", "make_hop_client", "peer_error",
-           "receive_frame", "send_frame"]
+__all__ = ["TENSOR_PATH", "HopClient", "Sender", "content_length", "internal_headers", "make_client",
+           "make_hop_client", "peer_error", "receive_frame", "received_frame", "send_frame"]
 
 TENSOR_PATH = "/v1/tensor"
 SEND_CHUNK = 1024 * 1024
 
 
-def make_client(timeout_s: float, max_connections: int = 256) -> httpx.AsyncClient:
-    """The one persistent client of a process (keep-alive shorter than the servers', so no reuse races)."""
+def internal_headers(secret: Secret) -> dict[str, str]:
+    """What every request to another process of the deployment carries."""
+    return {"authorization": secret.header}
+
+
+def make_client(timeout_s: float, max_connections: int = 256, *, secret: Secret | None = None) -> httpx.AsyncClient:
+    """The one persistent client of a process, for its internal requests (each carries the secret).
+
+    The services' ports answer one app request per connection (the lane hands each over with Connection:
+    close), so nothing is kept alive for long."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64, keepalive_expiry=30.0),
-        trust_env=False,
+        trust_env=False, headers=internal_headers(secret) if secret is not None else None,
     )
 
 
-def make_hop_client(timeout_s: float) -> HopClient:
+def make_hop_client(timeout_s: float, *, secret: Secret | None = None) -> HopClient:
     """The process's client for the tensor hop (POST /v1/tensor), much cheaper per request than httpx."""
-    return HopClient(timeout_s, connect_timeout_s=5.0)
+    return HopClient(timeout_s, connect_timeout_s=5.0, headers=internal_headers(secret) if secret else None)
 
 
 def peer_error(err: Exception, peer: str, url: str, what: str) -> ServiceError:
@@ -92,14 +105,17 @@ async def _chunks(parts: Sequence[bytes | memoryview], sent: Callable[[], None] 
 
 
 async def send_frame(client: httpx.AsyncClient | HopClient, url: str, header: FrameHeader, tensor: torch.Tensor, *,
-                     peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None) -> int:
+                     peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
     """POST one frame to `url`/v1/tensor; the number of bytes sent. Raises a typed error naming `peer`.
 
-    `sent` is called once the whole body has been handed to the socket (before the answer).
+    `sent` is called once the whole body has been handed to the socket (before the answer); `headers` go with
+    the request (the deployment's Authorization).
     """
     parts = encode_frame(header, tensor)
     size = frame_size(parts)
-    headers = {"content-type": CONTENT_TYPE, "content-length": str(size), "x-request-id": header.request_id}
+    headers = {**(headers or {}), "content-type": CONTENT_TYPE, "content-length": str(size),
+               "x-request-id": header.request_id}
     target = url + TENSOR_PATH
     if isinstance(client, HopClient):
         answer = await client.post(target, parts, headers, peer=peer, peer_url=url, timeout_s=timeout_s, sent=sent,
@@ -123,9 +139,11 @@ class Sender:
 
     Frames to http:// peers go through `hop` when given (the fast path), otherwise through `client`."""
 
-    def __init__(self, client: httpx.AsyncClient, hop: HopClient | None = None):
+    def __init__(self, client: httpx.AsyncClient, hop: HopClient | None = None,
+                 headers: Mapping[str, str] | None = None):
         self.client = client
         self.hop = hop
+        self.headers = dict(headers or {})  # on every frame (the deployment's Authorization)
         self._fifo = asyncio.Lock()
 
     async def send(self, url: str, header: FrameHeader, tensor: torch.Tensor, *, peer: str,
@@ -145,7 +163,7 @@ class Sender:
             client: httpx.AsyncClient | HopClient = self.client
             if self.hop is not None and self.hop.supports(url):
                 client = self.hop
-            return await send_frame(client, url, header, tensor, peer=peer, sent=release)
+            return await send_frame(client, url, header, tensor, peer=peer, sent=release, headers=self.headers)
         finally:
             release()
 
@@ -169,3 +187,21 @@ async def receive_frame(request: Request, limits: Limits) -> Frame:
     if kind not in (CONTENT_TYPE, "application/octet-stream"):
         raise UnsupportedMediaTypeError(f"expected Content-Type {CONTENT_TYPE}, got {kind or 'none'}")
     return await read_frame(request.stream(), limits, content_length(request))
+
+
+@contextlib.asynccontextmanager
+async def received_frame(request: Request, limits: Limits, *, admit: Admit | None = None,
+                         budget: PayloadBudget | None = None) -> AsyncIterator[Frame]:
+    """The request body's tensor frame, checked as the lane checks one: limits, then `admit(header)`, then
+    the payload budget, before the payload is allocated; its budget is held until the block ends."""
+    kind = media_type(request)
+    if kind not in (CONTENT_TYPE, "application/octet-stream"):
+        raise UnsupportedMediaTypeError(f"expected Content-Type {CONTENT_TYPE}, got {kind or 'none'}")
+    reader = FrameReader(limits, content_length(request), admit=admit, budget=budget)
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                reader.feed(chunk)
+        yield reader.finish()
+    finally:
+        reader.release()

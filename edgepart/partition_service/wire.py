@@ -13,16 +13,20 @@ cols, half-open), the stage that produced it (-1: the client's input) and the
 sender (a partition id, or ``gateway``). A reader checks the header length
 against its limit, parses and validates the header, checks that the region
 matches the shape and that the declared size is within its limit and equals
-what the body holds, and only then allocates the payload buffer.
+what the body holds, asks the receiver whether it expects such a piece at all
+(`admit`: a partition knows every expected piece's exact region and size),
+reserves the bytes against the process's payload budget, and only then
+allocates the payload buffer.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -31,6 +35,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgepart.geometry import Region
+from edgepart.partition_service.budget import PayloadBudget, Reservation, payload_buffer
 from edgepart.partition_service.errors import FrameError, FrameTooLargeError, TruncatedFrameError
 from edgepart.plan import InputRegionField
 
@@ -116,7 +121,7 @@ def _le_bytes(tensor: torch.Tensor, little: bool) -> memoryview:
     return flat.view(torch.uint8).numpy().data
 
 
-def _from_le(buffer: bytearray, dtype: torch.dtype, shape: Sequence[int], little: bool) -> torch.Tensor:
+def _from_le(buffer: bytearray | mmap.mmap, dtype: torch.dtype, shape: Sequence[int], little: bool) -> torch.Tensor:
     if not buffer:
         return torch.empty(tuple(shape), dtype=dtype)
     flat = torch.frombuffer(buffer, dtype=torch.uint8)
@@ -201,11 +206,18 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits = Limits()
     return Frame(header, _from_le(buffer, header.torch_dtype, header.shape, little), view.nbytes)
 
 
+Admit = Callable[[FrameHeader], None]
+
+
 class FrameReader:
-    """Incremental frame decoder: feed chunks, then `finish()`; allocates the payload once, after validation."""
+    """Incremental frame decoder: feed chunks, then `finish()`; allocates the payload once, after validation.
+
+    `admit(header)` raises when the receiver does not expect such a piece; `budget` caps the payload bytes
+    the process holds (503 beyond). Call `release()` once the frame is handed on (or dropped).
+    """
 
     def __init__(self, limits: Limits = Limits(), content_length: int | None = None, *,
-                 little: bool = _NATIVE_LITTLE):
+                 little: bool = _NATIVE_LITTLE, admit: Admit | None = None, budget: PayloadBudget | None = None):
         if content_length is not None and content_length > limits.max_frame_bytes:
             raise FrameTooLargeError(f"request body of {content_length} bytes is over the limit of "
                                      f"{limits.max_frame_bytes} bytes")
@@ -215,9 +227,23 @@ class FrameReader:
         self._head = bytearray()
         self._header_len: int | None = None
         self._header: FrameHeader | None = None
-        self._payload: bytearray | None = None
+        self._payload: bytearray | mmap.mmap | None = None
         self._filled = 0
         self._total = 0
+        self._admit = admit
+        self._budget = budget
+        self._reservation: Reservation | None = None
+
+    @property
+    def header(self) -> FrameHeader | None:
+        """The validated header, once read."""
+        return self._header
+
+    def release(self) -> None:
+        """Return the payload's bytes to the budget (the frame was handed on, or dropped)."""
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk).cast("B")
@@ -267,8 +293,12 @@ class FrameReader:
             what = "is truncated" if self._content_length < expected else "has trailing bytes"
             raise kind(f"request body {what}: {self._content_length} bytes, the frame header declares "
                        f"{expected} ({list(header.shape)} {header.dtype})")
+        if self._admit is not None:
+            self._admit(header)  # before anything is allocated: a piece the receiver does not expect goes
+        if self._budget is not None:
+            self._reservation = self._budget.reserve(header.nbytes, f"the piece of request {header.request_id}")
         self._header = header
-        self._payload = bytearray(header.nbytes)
+        self._payload = payload_buffer(header.nbytes)
         return view
 
     def finish(self) -> Frame:
@@ -285,7 +315,7 @@ class FrameReader:
 
 async def read_frame(chunks: AsyncIterator[bytes], limits: Limits = Limits(),
                      content_length: int | None = None) -> Frame:
-    """Read one frame from a byte stream (an HTTP request body)."""
+    """Read one frame from a byte stream (an HTTP request body), with no expectations and no budget."""
     reader = FrameReader(limits, content_length)
     async for chunk in chunks:
         if chunk:

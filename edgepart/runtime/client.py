@@ -15,8 +15,8 @@ import torch
 from edgepart.errors import EdgepartError
 from edgepart.executor import Comparison, compare, use_exact_kernels
 from edgepart.geometry import Region
-from edgepart.graph.loader import load_model
-from edgepart.partition_service.config import GATEWAY, ModelSource
+from edgepart.graph.loader import ModelRef, load_model
+from edgepart.partition_service.config import GATEWAY
 from edgepart.partition_service.errors import error_from_response
 from edgepart.partition_service.transport import peer_error
 from edgepart.partition_service.wire import (
@@ -101,19 +101,22 @@ async def _maybe_client(client: httpx.AsyncClient | None, timeout_s: float = 30.
         yield own
 
 
-def _whole(source: ModelSource, x: torch.Tensor) -> torch.Tensor:
+def _whole(ref: ModelRef, x: torch.Tensor) -> torch.Tensor:
     use_exact_kernels(True)
-    model = load_model(source.ref())
+    model = load_model(ref)
     with torch.no_grad():
         out = model(x)
     assert isinstance(out, torch.Tensor)
     return out
 
 
-async def reference_output(model: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """The whole model's output for `x`, computed here from the reference the gateway reports."""
-    source = ModelSource.model_validate(model)
-    return await asyncio.to_thread(_whole, source, x)
+async def reference_output(ref: ModelRef, x: torch.Tensor) -> torch.Tensor:
+    """The whole model's output for `x`, computed here from the model the *user* names.
+
+    Never from what a gateway reports: building a model runs its code, and a gateway is only a peer on the
+    network (a fake one could name any file to execute).
+    """
+    return await asyncio.to_thread(_whole, ref, x)
 
 
 def served_model(info: dict[str, Any], model_id: str | None) -> dict[str, Any]:
@@ -131,9 +134,8 @@ def served_model(info: dict[str, Any], model_id: str | None) -> dict[str, Any]:
     raise EdgepartError(f"--model-id: the deployment serves {', '.join(ids)}, not {model_id!r}")
 
 
-async def check(url: str, x: torch.Tensor, output: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4,
-                model_id: str | None = None) -> Comparison:
-    info = await fetch_model(url)
-    expected = await reference_output(served_model(info, model_id)["model"], x)
+async def check(ref: ModelRef, x: torch.Tensor, output: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4
+                ) -> Comparison:
+    """Compare a deployment's `output` for `x` with the whole model `ref` run here."""
+    expected = await reference_output(ref, x)
     return compare(expected, output, atol, rtol)
-

@@ -14,9 +14,10 @@ from edgepart.spec import load_deployment
 if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `status` starts fast
     import torch
 
+    from edgepart.graph.loader import ModelRef
     from edgepart.plan import Plan
 
-__all__ = ["down", "infer_command", "read_input", "status", "table", "trace_table", "up"]
+__all__ = ["down", "infer_command", "read_input", "reference_model", "status", "table", "trace_table", "up"]
 
 Echo = Callable[[str], None]
 
@@ -52,7 +53,7 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
     echo(f"{state.name}: {len(state.processes) - 1} partitions ready ({state.how}"
          f"{', emulated devices' if state.emulated else ''}){predicted}")
     echo(f"gateway: {state.gateway_url}")
-    echo(f"try:     edgepart infer {state.gateway_url} --random --check")
+    echo(f"try:     edgepart infer {state.gateway_url} --random --check --deployment {path}")
     echo(f"stop:    edgepart down {state.name}")
     return state
 
@@ -118,14 +119,46 @@ def trace_table(trace: dict[str, Any]) -> str:
                      p.get("detail") or ""])
     g = trace["gateway"]
     rows.append(["", "gateway", "", "", "", "", "", at(g, "output"), f"scattered at {at(g, 'scattered')} ms"])
-    return (f"request {trace['request_id']} (pipeline id {trace['pipeline_id']}), ms after the gateway received it:\n"
+    return (f"request {trace['request_id']}, ms after the gateway received it:\n"
             + table(["stage", "partition", "device", "first piece", "assembled", "compute start", "compute ms",
                      "sent", "detail"], rows))
 
 
+def reference_model(model: str | None, input_shape: str | None, weights: Path | None, model_seed: int,
+                    deployment: Path | None, model_id: str | None = None) -> ModelRef | None:
+    """The model `--check` compares with: named by the user (`--model`, or the model of `--deployment`; of
+    several, the one with id `model_id`)."""
+    from edgepart.graph.loader import ModelRef, input_shape_of, parse_input_shape
+    from edgepart.runtime.planning import model_ref
+
+    if model is not None and deployment is not None:
+        raise EdgepartError("give one of --model and --deployment, not both")
+    if deployment is not None:
+        specs = load_deployment(deployment).spec.model_specs()
+        ids = [mid for mid, _ in specs]
+        if model_id is None and len(specs) > 1:
+            raise EdgepartError(f"{deployment} deploys {len(specs)} models ({', '.join(ids)}): name one with "
+                                "--model-id")
+        chosen = next((m for mid, m in specs if model_id in (None, mid)), None)
+        if chosen is None:
+            raise EdgepartError(f"--model-id: {deployment} deploys {', '.join(ids)}, not {model_id!r}")
+        return model_ref(chosen, Path.cwd())
+    if model is None:
+        return None
+    shape = parse_input_shape(input_shape) if input_shape else None
+    ref = ModelRef(model, shape, str(weights) if weights else None, model_seed)
+    return ModelRef(model, input_shape_of(ref), ref.weights, model_seed)
+
+
 async def infer_command(url: str, *, random: bool, input_path: Path | None, check_output: bool, seed: int,
                         requests: int, output_path: Path | None, echo: Echo, show_trace: bool = False,
-                        model_id: str | None = None) -> int:
+                        reference: ModelRef | None = None, model_id: str | None = None) -> int:
+    """Send inputs to a gateway (to model `model_id` of several); with `check_output`, compare the last
+    output with `reference` run here.
+
+    The reference is the model the user names, never the one the gateway describes (`GET /v1/model` is
+    only read for the input shape and to print what the gateway says it serves).
+    """
     import numpy as np
     import torch
 
@@ -133,17 +166,24 @@ async def infer_command(url: str, *, random: bool, input_path: Path | None, chec
 
     if random == (input_path is not None):
         raise EdgepartError("give exactly one of --random and --input FILE.npy")
+    if check_output and reference is None:
+        raise EdgepartError("--check needs the model to compare with: --model NAME (with --input-shape outside "
+                            "the zoo) or --deployment FILE (the gateway's own description is not trusted to name "
+                            "code to run here)")
     info = await fetch_model(url)
     served = served_model(info, model_id)
     shape = tuple(served["input_shape"])
+    if reference is not None and reference.input_shape is not None and tuple(reference.input_shape) != shape:
+        raise EdgepartError(f"the gateway takes inputs of shape {list(shape)}, the model to check with "
+                            f"({reference.name}) takes {list(reference.input_shape)}")
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) if input_path is None
          else read_input(input_path, shape))
     results = [await infer(url, x, model_id=model_id) for _ in range(max(1, requests))]
     last = results[-1]
     latencies = [r.latency_s * 1e3 for r in results]
     server = [r.server_latency_s * 1e3 for r in results if r.server_latency_s is not None]
-    echo(f"output {'x'.join(map(str, last.output.shape))} from {served['model']['name']} "
-         f"({len(info['partitions'])} partitions), request {last.request_id}")
+    echo(f"output {'x'.join(map(str, last.output.shape))} from {str(served['model']['name'])[:200]} "
+         f"({info.get('partitions', '?')} partitions), request {last.request_id}")
     summary = f"latency {statistics.median(latencies):.1f} ms"
     if len(results) > 1:
         summary = f"median latency {statistics.median(latencies):.1f} ms over {len(results)} requests"
@@ -158,11 +198,11 @@ async def infer_command(url: str, *, random: bool, input_path: Path | None, chec
     if output_path is not None:
         np.save(output_path, last.output.numpy(), allow_pickle=False)
         echo(f"wrote {output_path}")
-    if not check_output:
+    if not check_output or reference is None:
         return 0
-    comparison = await check(url, x, last.output, model_id=model_id)
-    echo(f"whole model here vs deployment: max abs diff {comparison.max_abs_diff:.3g}, max rel diff "
-         f"{comparison.max_rel_diff:.3g} (atol 1e-05, rtol 1e-04)")
+    comparison = await check(reference, x, last.output)
+    echo(f"whole model {reference.name} here vs deployment: max abs diff {comparison.max_abs_diff:.3g}, "
+         f"max rel diff {comparison.max_rel_diff:.3g} (atol 1e-05, rtol 1e-04)")
     if not comparison.allclose:
         echo("MISMATCH: the deployment's output differs from the whole model's")
         return 1

@@ -39,7 +39,7 @@ from edgepart.errors import EdgepartError
 from edgepart.spec import DeviceSpec, NetworkSpec, parse_bandwidth
 
 __all__ = ["EmulatedDevice", "EmulationError", "Testbed", "cpu_capped", "create_testbed", "destroy_testbed", "enter",
-           "support_problems"]
+           "link_rate_bits", "support_problems"]
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 NETNS_DIR = Path("/run/netns")
@@ -116,6 +116,11 @@ def _burst_bytes(rate_bps: int) -> int:
     return max(65536, rate_bps // 8 // 500)
 
 
+def link_rate_bits(network: NetworkSpec) -> int:
+    """The tbf rate of every emulated link, in bits per second (tc's unit), from the network's bandwidth."""
+    return round(parse_bandwidth(network.bandwidth) * 8)
+
+
 def create_testbed(run: str, index: int, devices: Sequence[DeviceSpec], network: NetworkSpec) -> Testbed:
     """Create namespaces, bridge, veths with tbf caps and CPU cgroups; everything is removed on failure."""
     problems = support_problems()
@@ -123,7 +128,7 @@ def create_testbed(run: str, index: int, devices: Sequence[DeviceSpec], network:
         raise EmulationError("; ".join(problems))
     if not 0 <= index <= 254 or len(devices) > 250:
         raise EmulationError(f"testbed index {index} / {len(devices)} devices out of range")
-    rate = int(parse_bandwidth(network.bandwidth) * 8)
+    rate = link_rate_bits(network)
     hub = f"edgepart-{run}-hub"
     cgroup_root = CGROUP_CPU / "edgepart" / run if any(d.cpus for d in devices) else None
     emulated = tuple(

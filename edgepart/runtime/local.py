@@ -7,14 +7,17 @@ until every one is ready and records everything under the run directory::
 
     .edgepart/run/<name>/state.json      pids, URLs, ports, emulation resources
     .edgepart/run/<name>/plan.json
+    .edgepart/run/<name>/secret          the deployment's secret (mode 0600, new on every `up`)
     .edgepart/run/<name>/configs/*.json  gateway.json, <partition>.json
     .edgepart/run/<name>/logs/*.log
 
 so `status` and `down` work from another shell. Without emulation every
-process listens on 127.0.0.1 on a socket the runtime binds and hands over (no
-port races). With emulation each partition runs in its device's namespace and
-CPU group; the gateway runs in the master device's namespace and also serves a
-socket bound on the host's 127.0.0.1:PORT, which is the URL clients use.
+process listens on 127.0.0.1 on sockets the runtime binds and hands over (no
+port races): each partition one (internal), the gateway two (its clients' port
+and its internal port). With emulation each partition runs in its device's
+namespace and CPU group; the gateway runs in the master device's namespace,
+serving its internal port there and its clients on a socket bound on the host's
+127.0.0.1:PORT, which is the URL clients use.
 """
 
 from __future__ import annotations
@@ -49,13 +52,14 @@ from edgepart.runtime.emulate import (
 from edgepart.spec import DNNDeployment, parse_duration
 
 if TYPE_CHECKING:  # torch-heavy; `status` and `down` start fast without them
-    from edgepart.partition_service.config import DeploymentConfigs
+    from edgepart.partition_service.config import ConnectionLimits, DeploymentConfigs
     from edgepart.plan import Plan
     from edgepart.runtime.planning import Planned
 
 __all__ = ["LocalRuntime", "LocalRuntimeError", "ProcessState", "RunState", "RunStatus", "default_root"]
 
 GATEWAY_INTERNAL_PORT = 9000  # inside an emulated master device
+SECRET_FILE = "secret"
 PARTITION_BASE_PORT = 9100  # inside an emulated device: 9100, 9101, ...
 _MARK = "edgepart.partition_service"
 
@@ -161,6 +165,7 @@ class LocalRuntime:
         self.root = (root or default_root()).resolve()
         self._echo = echo or (lambda message: None)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._connection: ConnectionLimits | None = None
 
     # ------------------------------------------------------------ state files
 
@@ -254,8 +259,11 @@ class LocalRuntime:
     # ------------------------------------------------------------ up
 
     async def up(self, deployment: DNNDeployment, *, port: int = 8080, emulate: bool = False,
-                 plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None) -> RunState:
-        """Plan (unless `plan` is given), start every process, wait until all are ready."""
+                 plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None,
+                 connection: ConnectionLimits | None = None) -> RunState:
+        """Plan (unless `plan` is given), start every process, wait until all are ready.
+
+        `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`)."""
         name = deployment.metadata.name
         spec = deployment.spec
         existing = self.load(name)
@@ -278,9 +286,12 @@ class LocalRuntime:
         names = ", ".join(m.name for _, m in spec.model_specs())
         self._echo(f"planning {names} on {len(cluster.devices)} devices (solver {spec.solver})")
         planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)
+        from edgepart.partition_service.auth import write_secret
+
         directory = self.root / name
         for sub in ("logs", "configs"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
+        write_secret(directory / SECRET_FILE)
         save_plan(planned.plan, directory / "plan.json")
         predicted = planned.plan.predicted
         state = RunState(
@@ -291,6 +302,7 @@ class LocalRuntime:
             predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
         )
         try:
+            self._connection = connection
             if emulate:
                 await self._up_emulated(deployment, planned, state)
             else:
@@ -305,9 +317,9 @@ class LocalRuntime:
         self._save(state)
         return state
 
-    def _render(self, deployment: DNNDeployment, planned: Planned, addresses: dict[str, str], gateway_url: str,
-                *, hosts: dict[str, str] | None = None, gateway_host: str = "127.0.0.1", emulate: bool = False
-                ) -> DeploymentConfigs:
+    def _render(self, state: RunState, deployment: DNNDeployment, planned: Planned, addresses: dict[str, str],
+                gateway_url: str, *, hosts: dict[str, str] | None = None, gateway_host: str = "127.0.0.1",
+                gateway_internal_host: str = "127.0.0.1", emulate: bool = False) -> DeploymentConfigs:
         from edgepart.partition_service.config import render_configs
 
         spec = deployment.spec
@@ -322,8 +334,10 @@ class LocalRuntime:
 
         threads = {name: max(1, int(d.cpus)) if d.cpus else 1 for name, d in devices.items()}
         return render_configs(
-            planned.plan, deployment.metadata.name, addresses, gateway_url, hosts=hosts, bind_host="127.0.0.1",
-            gateway_host=gateway_host, threads=threads, request_timeout_s=parse_duration(spec.request_timeout),
+            planned.plan, deployment.metadata.name, addresses, gateway_url, client_port=state.port,
+            secret_file=str(Path(state.directory) / SECRET_FILE), hosts=hosts, bind_host="127.0.0.1",
+            gateway_host=gateway_host, gateway_internal_host=gateway_internal_host, threads=threads,
+            connection=self._connection, request_timeout_s=parse_duration(spec.request_timeout),
             gateway_device=cluster.master_name, link_delay=delay if emulate else None,
         )
 
@@ -339,12 +353,14 @@ class LocalRuntime:
 
     async def _up_local(self, deployment: DNNDeployment, planned: Planned, state: RunState) -> None:
         gateway_sock = _free_socket("127.0.0.1", state.port)
+        internal_sock = _free_socket()
         sockets = {t.id: _free_socket() for t in planned.plan.tasks}
         try:
             state.port = gateway_sock.getsockname()[1]
             state.gateway_url = f"http://127.0.0.1:{state.port}"
+            internal = f"http://127.0.0.1:{internal_sock.getsockname()[1]}"
             addresses = {pid: f"http://127.0.0.1:{s.getsockname()[1]}" for pid, s in sockets.items()}
-            configs = self._render(deployment, planned, addresses, state.gateway_url)
+            configs = self._render(state, deployment, planned, addresses, internal)
             paths = self._write_configs(state, configs)
             self._save(state)
             for config in configs.partitions:
@@ -353,10 +369,12 @@ class LocalRuntime:
                     paths[config.partition], threads=config.threads, sockets=(sockets[config.partition],)))
                 self._save(state)
             state.processes.append(self._spawn(state, "gateway", "gateway", configs.gateway.deployment,
-                                               state.gateway_url, paths["gateway"], sockets=(gateway_sock,)))
+                                               state.gateway_url, paths["gateway"],
+                                               sockets=(gateway_sock, internal_sock)))
             self._save(state)
         finally:
             gateway_sock.close()
+            internal_sock.close()
             for sock in sockets.values():
                 sock.close()
 
@@ -391,8 +409,8 @@ class LocalRuntime:
                 hosts[task.id] = dev.address
             master = testbed.device(cluster.master_name)
             internal = f"http://{master.address}:{GATEWAY_INTERNAL_PORT}"
-            configs = self._render(deployment, planned, addresses, internal, hosts=hosts,
-                                   gateway_host=master.address, emulate=True)
+            configs = self._render(state, deployment, planned, addresses, internal, hosts=hosts,
+                                   gateway_host="127.0.0.1", gateway_internal_host=master.address, emulate=True)
             paths = self._write_configs(state, configs)
             for config in configs.partitions:
                 dev = testbed.device(config.device)
@@ -465,8 +483,9 @@ class LocalRuntime:
                     parts = response.json()["partitions"]
                 except httpx.HTTPError as err:
                     detail = f"gateway {state.gateway_url} does not answer: {type(err).__name__}"
-                for part in parts:
-                    part["pid"] = state.process(part["id"]).pid
+                for part in parts:  # the gateway does not tell its clients where partitions are: we know
+                    proc = state.process(part["id"])
+                    part["pid"], part["url"] = proc.pid, proc.url
                 ready = bool(parts) and all(p["ready"] for p in parts) and all(alive.values())
                 result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, ready=ready,
                                         emulated=state.emulated, alive=alive, partitions=parts, detail=detail,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,9 +30,11 @@ from edgepart.partition_service import (
     PartitionConfig,
     PartitionService,
     gateway_app,
+    gateway_internal_app,
     partition_app,
     render_configs,
 )
+from edgepart.partition_service.auth import Secret, write_secret
 from edgepart.partition_service.slicing import TaskRunner, load_slice, resident_bytes
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame, frame_bytes, make_header
 from edgepart.plan import ModelEntry, Plan, make_plan
@@ -110,11 +114,12 @@ class Router(httpx.AsyncBaseTransport):
 
 class Deployment:
     def __init__(self, configs: DeploymentConfigs, partitions: dict[str, PartitionService], gateway: GatewayService,
-                 client: httpx.AsyncClient):
+                 client: httpx.AsyncClient, secret: Secret):
         self.configs = configs
         self.partitions = partitions
         self.gateway = gateway
-        self.client = client  # base URL: the gateway
+        self.client = client  # base URL: the gateway's client port
+        self.internal = {"authorization": secret.header}  # what a request inside the deployment carries
 
 
 @contextlib.asynccontextmanager
@@ -123,7 +128,10 @@ async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16,
                  overrides: dict[str, httpx.AsyncBaseTransport] | None = None,
                  start: set[str] | None = None) -> AsyncIterator[Deployment]:
     addresses = {t.id: f"http://{t.id}:8000" for t in plan.tasks}
-    configs = render_configs(plan, "asgi", addresses, "http://gateway:8080", request_timeout_s=timeout_s,
+    secret_dir = Path(tempfile.mkdtemp())
+    secret = write_secret(secret_dir / "secret")
+    configs = render_configs(plan, "asgi", addresses, "http://gateway-internal:8081", client_port=8080,
+                             secret_file=str(secret_dir / "secret"), request_timeout_s=timeout_s,
                              max_inflight=max_inflight, max_queue=max_queue)
     partitions: dict[str, PartitionService] = {}
     apps: dict[str, Any] = {}
@@ -135,6 +143,7 @@ async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16,
         apps[config.partition] = partition_app(service)
     gateway = GatewayService(configs.gateway, client=client)
     apps["gateway"] = gateway_app(gateway)
+    apps["gateway-internal"] = gateway_internal_app(gateway)
     router.transports.update({h: httpx.ASGITransport(app=a) for h, a in apps.items() if h not in router.transports})
     await gateway.start()
     deadline = time.monotonic() + 60
@@ -147,12 +156,13 @@ async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16,
                 assert time.monotonic() < deadline, "slices did not load"
                 await asyncio.sleep(0.01)
     try:
-        yield Deployment(configs, partitions, gateway, client)
+        yield Deployment(configs, partitions, gateway, client, secret)
     finally:
         for service in partitions.values():
             await service.aclose()
         await gateway.aclose()
         await client.aclose()
+        shutil.rmtree(secret_dir)
 
 
 def plans(model_file: Path) -> dict[str, Plan]:
@@ -205,7 +215,9 @@ async def test_http_frames_json_and_request_ids(model_file: Path) -> None:
         assert answer["shape"] == [1, 10]
         torch.testing.assert_close(torch.tensor(answer["data"]).reshape(1, 10), expected, atol=1e-5, rtol=1e-4)
         info = (await d.client.get("/v1/model")).json()
-        assert info["model"]["name"] == plan.model.name and info["input_shape"] == list(SHAPE)
+        # the model's file without its directory: clients learn no path inside the deployment
+        assert info["model"]["name"] == "tiny_models.py:tiny" and info["input_shape"] == list(SHAPE)
+        assert info["partitions"] == len(plan.tasks) and "http://" not in json.dumps(info)
         status = (await d.client.get("/v1/status")).json()
         assert status["ready"] and [p["id"] for p in status["partitions"]] == [t.id for t in plan.tasks]
         assert all(p["computed"] == 2 and p["compute_mean_s"] > 0 for p in status["partitions"])  # both requests
@@ -250,7 +262,7 @@ async def test_partitions_refuse_pieces_they_do_not_expect(model_file: Path) -> 
                        data: torch.Tensor | None = None) -> httpx.Response:
             t = tensor if data is None else data
             return await d.client.post("http://s1p0:8000/v1/tensor", content=frame_bytes(
-                make_header(rid, t, region, stage, sender), t), headers={"content-type": CONTENT_TYPE})
+                make_header(rid, t, region, stage, sender), t), headers={"content-type": CONTENT_TYPE, **d.internal})
 
         response = await post("intruder", piece.region)
         assert response.status_code == 422 and "not from 'intruder'" in response.json()["detail"]
@@ -261,7 +273,7 @@ async def test_partitions_refuse_pieces_they_do_not_expect(model_file: Path) -> 
         assert response.status_code == 422 and "stage 3" in response.json()["detail"]
         assert (await post(piece.sender, piece.region)).status_code == 204
         response = await post(piece.sender, piece.region)
-        assert response.status_code == 409 and "second piece" in response.json()["detail"]
+        assert response.status_code == 409 and "already has its piece" in response.json()["detail"]
 
 
 async def test_an_unreachable_partition_is_named_at_once(model_file: Path) -> None:
@@ -395,7 +407,8 @@ def test_a_slice_holds_only_its_own_weights(model_file: Path, tmp_path: Path, fr
         ref = ModelRef(ref.name, ref.input_shape, str(tmp_path / "w.safetensors"))
         plan = plan.replace(models=(ModelEntry.of(plan.models[0].id, ref),))
     _, graph = trace_ref(ref)
-    configs = render_configs(plan, "t", {t.id: f"http://{t.id}:1" for t in plan.tasks}, "http://gw:2")
+    configs = render_configs(plan, "t", {t.id: f"http://{t.id}:1" for t in plan.tasks}, "http://gw:2",
+                             client_port=3, secret_file="unused")
     for config in [c for c in configs.partitions if c.start < c.stop][:3]:
         runner = load_slice(config).runner
         assert runner is not None

@@ -150,7 +150,7 @@ async def test_a_request_is_traced_through_every_partition(running: tuple[LocalR
         await infer(state.gateway_url, torch.randn(SHAPE), request_id="traced", client=client)
         trace = await fetch_trace(state.gateway_url, "traced", client=client)
         missing = await client.get(state.gateway_url + "/v1/trace/never-sent")
-    assert trace["request_id"] == "traced" and trace["pipeline_id"].startswith("traced.")
+    assert trace["request_id"] == "traced" and "pipeline_id" not in trace  # what pieces carry stays inside
     gateway = trace["gateway"]
     assert gateway["received"] == 0.0 and 0.0 <= gateway["scattered"] <= gateway["output"]
     assert set(gateway) == set(GATEWAY_EVENTS)
@@ -206,12 +206,15 @@ def test_bad_frames_get_4xx_and_the_service_keeps_serving(running: tuple[LocalRu
         # a client that vanishes in the middle of its body
         _post_raw(port, f"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: {CONTENT_TYPE}\r\n"
                         f"Content-Length: {len(good)}\r\n\r\n".encode(), good[:500])
-        # a partition refuses a piece from a stranger, naming it
+        # a partition refuses a piece from anyone without the deployment's secret; with it, from a stranger
         tile = next(p for p in state.processes if p.id == "s1p0")
         piece = torch.zeros(1, 8, 8, 8)
-        response = client.post(tile.url + "/v1/tensor", content=frame_bytes(
-            make_header("r", piece, Region.full(piece.shape[1:]), 0, "mallory"), piece),
-            headers={"content-type": CONTENT_TYPE})
+        forged = frame_bytes(make_header("r", piece, Region.full(piece.shape[1:]), 0, "mallory"), piece)
+        response = client.post(tile.url + "/v1/tensor", content=forged, headers={"content-type": CONTENT_TYPE})
+        assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+        secret = (Path(state.directory) / "secret").read_text().strip()
+        response = client.post(tile.url + "/v1/tensor", content=forged, headers={
+            "content-type": CONTENT_TYPE, "authorization": f"Bearer {secret}"})
         assert response.status_code == 422 and "mallory" in response.json()["detail"]
         response = client.post(url, content=good, headers={"content-type": CONTENT_TYPE})
         assert response.status_code == 200
@@ -266,14 +269,15 @@ def test_the_cli_runs_a_deployment_from_another_shell(model_file: Path, tmp_path
         status = _cli("status", env=env)
         assert status.returncode == 0, status.stdout
         assert "tiny-cli: ready" in status.stdout and "s1p0" in status.stdout
-        check = _cli("infer", url, "--random", "--check", "--trace", env=env)
+        check = _cli("infer", url, "--random", "--check", "--deployment", str(manifest), "--trace", env=env)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "output 1x10" in check.stdout and "OK" in check.stdout and "latency" in check.stdout
         assert "compute start" in check.stdout and "s1p0" in check.stdout and "scattered at" in check.stdout
         array = tmp_path / "x.npy"
         np.save(array, np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
         out = tmp_path / "y.npy"
-        given = _cli("infer", url, "--input", str(array), "--check", "--output", str(out), env=env)
+        given = _cli("infer", url, "--input", str(array), "--check", "--model", f"{model_file}:tiny", "--input-shape",
+                     "1,3,32,32", "--output", str(out), env=env)
         assert given.returncode == 0, given.stdout + given.stderr
         assert np.load(out).shape == (1, 10)
         np.save(array, np.zeros((1, 3, 8, 8), dtype=np.float32))

@@ -6,6 +6,7 @@ pod, deployment, node and job status, and check what the operator does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -134,7 +135,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     assert st["devices"] == ["edge-0", "edge-1", "edge-2", "edge-3"]
     assert st["plan"]["hash"] and st["plan"]["solver"] == "ftp-grid"
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
-        "SpecValid": "True", "DevicesAvailable": "True", "Profiled": "True", "Planned": "True",
+        "SpecValid": "True", "DevicesAvailable": "True", "Traced": "True", "Profiled": "True", "Planned": "True",
         "Ready": "False", "Degraded": "False"}
 
     # exactly one pod and one service per partition, each pod pinned to its planned node
@@ -155,16 +156,22 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
         assert env["EDGEPART_CONFIG"] == f"/etc/edgepart/partition-{part.id}.json"
         config = load_partition_config(config_map["data"][f"partition-{part.id}.json"])
         assert (config.partition, config.device) == (part.id, part.device)
-        assert config.port == 8080 and config.host == "0.0.0.0"
+        assert config.port == 8081 and config.host == "0.0.0.0"  # the internal port
+        assert config.secret_file == "/var/run/secrets/edgepart/token"
         assert config.output_region == part.output
         assert config.input_region == hull_all([i.region for i in part.inputs])
         for route in config.outputs:
-            assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8080",
-                                 f"http://{NAME}-gateway.{NAMESPACE}.svc:8080")
+            assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8081",
+                                 f"http://{NAME}-gateway.{NAMESPACE}.svc:8081")
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
     gateway_config = load_gateway_config(config_map["data"]["gateway.json"])
     assert sorted(r.target for r in gateway_config.routes) == sorted(t.id for t in plan.tasks if t.reads_input)
+    assert (gateway_config.port, gateway_config.internal_port) == (8080, 8081)
+    # the deployment's secret: created once with a random value, owned, mounted by every pod
+    secret = await eventually(lambda: get(k8s, "secrets", f"{NAME}-secret"), what="the deployment's secret")
+    token = secret["stringData"]["token"] if "stringData" in secret else secret["data"]["token"]
+    assert len(token) >= 32 and secret["metadata"]["ownerReferences"][0]["uid"] == uid
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
     assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
@@ -181,6 +188,8 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     await make_ready(k8s, merge_patch, st["plan"]["hash"])
     st = await phase_is(k8s, "Ready")
     assert phase_history(k8s) == ["Planning", "Deploying", "Ready"]
+    again = get(k8s, "secrets", f"{NAME}-secret") or {}
+    assert (again.get("stringData") or again.get("data") or {}).get("token") == token  # never replaced
     assert st["ready"] == f"{len(plan.tasks)}/{len(plan.tasks)}"
     assert condition(k8s, "Ready")["reason"] == "AllReady"
     assert st["message"] == f"serving at http://{NAME}-gateway.{NAMESPACE}.svc:8080"
@@ -332,3 +341,59 @@ async def test_missing_profile_runs_a_profiling_job(k8s: EdgepartEmulator, kopf_
     st, plan = await deployed(k8s)
     assert condition(k8s, "Profiled")["status"] == "True"
     assert len(partition_pods(k8s)) == len(plan.tasks)
+
+
+async def test_a_model_outside_the_zoo_is_traced_by_a_job_never_in_the_operator(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
+    """`os:abort`, imported and called, killed the operator for every namespace; now a Job traces it."""
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(model={"name": "os:abort", "inputShape": [1, 3, 64, 64]}))
+    st = await phase_is(k8s, "Tracing")
+    assert "os:abort" in st["message"] and condition(k8s, "Traced")["reason"] == "TracingJobRunning"
+    job = await eventually(lambda: next((j for j in objects(k8s, "jobs")
+                                         if j["metadata"]["name"].startswith("edgepart-trace-")), None),
+                           what="the tracing job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--", "os:abort"] and "command" not in container
+    assert partition_pods(k8s) == []
+    # the job's pod aborts (it runs the code); the operator, alive, reports it
+    await merge_patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job['metadata']['name']}/status",
+                      {"status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                                                               "reason": "BackoffLimitExceeded"}]}})
+    st = await phase_is(k8s, "Failed")
+    assert st["message"].startswith("spec.model.name: tracing 'os:abort' failed in job "), st["message"]
+    assert condition(k8s, "Traced")["reason"] == "TracingFailed"
+    assert kopf_operator.error is None
+
+
+async def test_a_traced_graph_from_the_jobs_log_is_planned_from(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                                create_object: Create, merge_patch: Patch) -> None:
+    from edgepart.graph.loader import ModelRef, load_graph
+    from edgepart.graph.serial import GRAPH_BEGIN, GRAPH_END, graph_to_dict
+
+    name = "acme.models:alexnet"  # no such module anywhere: planning it proves nothing was imported
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(model={"name": name, "inputShape": [1, 3, 224, 224]}))
+    await phase_is(k8s, "Tracing")
+    job = await eventually(lambda: next((j for j in objects(k8s, "jobs")
+                                         if j["metadata"]["name"].startswith("edgepart-trace-")), None),
+                           what="the tracing job")
+    graph = {**graph_to_dict(load_graph(ModelRef("alexnet"))), "model": name}
+    pod_name = f"{job['metadata']['name']}-q8v4x"
+    k8s[f"get /api/v1/namespaces/{NAMESPACE}/pods/{pod_name}/log"] << (
+        f"user output\n{GRAPH_BEGIN}\n{json.dumps(graph)}\n{GRAPH_END}\n").encode()
+    async with k8s.post(f"/api/v1/namespaces/{NAMESPACE}/pods", json={
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": NAMESPACE,
+                     "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": job["metadata"]["name"]}},
+        "spec": job["spec"]["template"]["spec"], "status": {"phase": "Succeeded"}}) as response:
+        assert response.status == 201
+    await merge_patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job['metadata']['name']}/status",
+                      {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}})
+    stored = await eventually(lambda: next((c for c in objects(k8s, "configmaps")
+                                            if c["metadata"]["name"].startswith("edgepart-graph-")), None),
+                              what="the graph ConfigMap")
+    assert stored["metadata"]["annotations"]["edgepart.io/model"] == name
+    _, plan = await deployed(k8s)
+    assert plan.model.name == name and len(plan.tasks) == 5  # a 2x2 grid and the tail
+    assert condition(k8s, "Traced")["status"] == "True"

@@ -16,7 +16,8 @@ from edgepart.operator.settings import OperatorSettings
 CHART = ROOT / "charts" / "edgepart"
 FULL = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                     "grafanaDashboard": {"enabled": True}, "scrapeNamespace": "monitoring"},
-        "watchNamespaces": ["edge-a", "edge-b"], "imagePullSecrets": [{"name": "regcred"}]}
+        "watchNamespaces": ["edge-a", "edge-b"], "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {"trustedModels": ["acme.models:build"]}}
 
 
 def render(values: dict[str, Any] | None = None, namespace: str = "edgepart-system") -> list[dict[str, Any]]:
@@ -57,7 +58,8 @@ def test_service_monitor_scrapes_the_operators_services() -> None:
     assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "edgepart",
                                                 "app.kubernetes.io/managed-by": "edgepart-operator"}}
     assert spec["namespaceSelector"] == {"matchNames": ["edge-a", "edge-b"]}
-    assert spec["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert spec["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"},
+                                 {"port": "internal", "path": "/metrics", "interval": "15s"}]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert by_kind(render(), "ServiceMonitor") == []
 
@@ -111,6 +113,7 @@ def test_the_operator_gets_its_settings_and_namespaces(monkeypatch: pytest.Monke
     settings = OperatorSettings()  # as the operator reads them
     assert settings.image == container["image"] and settings.namespaces == ["edge-a", "edge-b"]
     assert settings.metrics_namespace == "monitoring" and settings.run_as_user == 65532
+    assert settings.trusted_models == ["acme.models:build"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

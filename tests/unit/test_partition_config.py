@@ -66,7 +66,8 @@ PLANS = _plans()
 
 def render(plan: Plan, delay: Callable[[str, str], float] | None = None) -> DeploymentConfigs:
     addresses = {t.id: f"http://{t.id}.svc:8000" for t in plan.tasks}
-    return render_configs(plan, "demo", addresses, "http://gateway.svc:8080", link_delay=delay,
+    return render_configs(plan, "demo", addresses, "http://gateway.svc:8081", client_port=8080,
+                          secret_file="/var/run/secrets/edgepart/token", link_delay=delay,
                           input_shape=graph_of(plan.model.name).input_shape)
 
 
@@ -91,7 +92,7 @@ def test_every_piece_is_sent_by_exactly_one_peer(name: str) -> None:
             need = (Region.full(configs.gateway.output_shape[1:]) if route.target == GATEWAY
                     else by_id[route.target].input_region)
             assert route.region == config.output_region.intersect(need)
-            assert route.url.endswith(":8080" if route.target == GATEWAY else ":8000")
+            assert route.url.endswith(":8081" if route.target == GATEWAY else ":8000")
 
 
 @pytest.mark.parametrize("name", sorted(PLANS))
@@ -112,7 +113,8 @@ def test_the_gateway_cuts_the_first_stage_and_assembles_the_last(name: str) -> N
 def test_layer_ranges_regions_and_listen_addresses() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()
     addresses = {t.id: f"http://10.0.0.{i + 2}:{9100 + i}" for i, t in enumerate(plan.tasks)}
-    configs = render_configs(plan, "demo", addresses, "http://10.0.0.1:9000", hosts={"s0p0": "10.0.0.2"},
+    configs = render_configs(plan, "demo", addresses, "http://10.0.0.1:9000", client_port=8080, secret_file="s",
+                             hosts={"s0p0": "10.0.0.2"},
                              bind_host="127.0.0.1", threads={"d0": 2}, request_timeout_s=7.5)
     for i, task in enumerate(plan.tasks):
         config = configs.partition(task.id)
@@ -124,7 +126,8 @@ def test_layer_ranges_regions_and_listen_addresses() -> None:
         assert config.threads == (2 if task.device == "d0" else 1)
         assert config.request_timeout_s == 7.5
         assert config.model.name == "vgg16" and config.model.input_shape == (1, 3, 224, 224)
-    assert configs.gateway.port == 9000
+    assert (configs.gateway.port, configs.gateway.internal_port) == (8080, 9000)
+    assert {c.secret_file for c in configs.partitions} == {configs.gateway.secret_file} == {"s"}
 
 
 def test_emulated_latency_only_between_devices() -> None:
@@ -193,9 +196,11 @@ def test_render_refuses_missing_or_portless_addresses() -> None:
     plan = PLANS["vgg16-ftp-2x2"]()
     addresses = {t.id: f"http://{t.id}:8000" for t in plan.tasks}
     with pytest.raises(ConfigError, match=r"no base URL for tasks \['s1p0'\]"):
-        render_configs(plan, "demo", {k: v for k, v in addresses.items() if k != "s1p0"}, "http://gw:1")
+        render_configs(plan, "demo", {k: v for k, v in addresses.items() if k != "s1p0"}, "http://gw:1",
+                       client_port=2, secret_file="s")
     with pytest.raises(ConfigError, match="must name a port"):
-        render_configs(plan, "demo", {**addresses, "s0p2": "http://s0p2"}, "http://gw:1")
+        render_configs(plan, "demo", {**addresses, "s0p2": "http://s0p2"}, "http://gw:1", client_port=2,
+                       secret_file="s")
 
 
 class _PadWider(nn.Module):
@@ -219,7 +224,8 @@ def test_a_tile_in_padding_gets_a_trigger_piece() -> None:
     staged = make_plan(ref, "manual", "latency", ("d0", "d1"), stages)
     assert staged.stages[1].partitions[0].input_region.empty
     plan = staged.to_plan("d0")  # the split stage reads from a relay on the master, s1r
-    configs = render_configs(plan, "t", {t.id: f"http://{t.id}:1" for t in plan.tasks}, "http://gw:2")
+    configs = render_configs(plan, "t", {t.id: f"http://{t.id}:1" for t in plan.tasks}, "http://gw:2",
+                             client_port=3, secret_file="s")
     padded = configs.partition("s1p0")
     assert padded.input_region.empty
     assert [(p.sender, p.region) for p in padded.inputs] == [("s1r", padded.input_region)]

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from k8s_fakes import LATER, NOW, OWNER, nodes, profile, spec
+from kubernetes.utils.quantity import parse_quantity
 
 from edgepart.cli import data_plane_configs
 from edgepart.operator.names import ANNOTATION_HASH, HOSTNAME_LABEL, LABEL_PARTITION, LABEL_PLAN
-from edgepart.operator.nodes import parse_quantity
 from edgepart.operator.planning import PlanRequest, compute_plan, graph_of
 from edgepart.operator.profiles import JobState
 from edgepart.operator.reconcile import DesiredState, GatewayState, Observed, PodState, reconcile
@@ -110,7 +110,7 @@ def test_the_status_summarises_the_plan() -> None:
     assert status["predicted"]["latency"].endswith(("ms", "s"))
     assert status["gateway"] == {"service": "alex-gateway", "endpoint": "http://alex-gateway.edge.svc:8080"}
     assert [c["type"] for c in status["conditions"]] == [
-        "SpecValid", "DevicesAvailable", "Profiled", "Planned", "Ready", "Degraded"]
+        "SpecValid", "DevicesAvailable", "Traced", "Profiled", "Planned", "Ready", "Degraded"]
     assert status["planInputs"] == desired.plan_inputs and len(desired.plan_inputs) == 16
 
 

@@ -27,7 +27,13 @@ def every_object() -> list[dict[str, Any]]:
     profiling = reconcile(OWNER, spec(), nodes(), {}, settings=SETTINGS, planner=compute_plan,
                           configs=data_plane_configs, now=NOW)
     profile_map = render.profile_config_map("rpi4", profile().to_json(), "edge", {"edgepart.io/profiled-by": "job"})
-    return [*map(dict, deployed.objects), *map(dict, profiling.jobs), profile_map]
+    tracing = reconcile(OWNER, spec(model={"name": "acme.models:build", "inputShape": [1, 3, 64, 64]}), nodes(),
+                        {"rpi4": profile()}, settings=SETTINGS, planner=compute_plan, configs=data_plane_configs,
+                        now=NOW)
+    assert tracing.phase == "Tracing"
+    graph_map = render.graph_config_map("k" * 16, "acme.models:build", "{}", "edge", {"edgepart.io/traced-by": "job"})
+    return [*map(dict, deployed.objects), *map(dict, deployed.secrets), *map(dict, profiling.jobs), profile_map,
+            *map(dict, tracing.jobs), graph_map]
 
 
 OBJECTS = every_object()
@@ -43,7 +49,7 @@ def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_every_kind_is_rendered() -> None:
     kinds = sorted({o["kind"] for o in OBJECTS})
-    assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Secret", "Service", "ServiceAccount"]
 
 
 @pytest.mark.parametrize("obj", OBJECTS, ids=lambda o: f"{o['kind']}-{o['metadata']['name']}")
@@ -74,15 +80,25 @@ def test_pods_are_locked_down(obj: dict[str, Any]) -> None:
 def test_serving_pods_have_probes_and_scrape_annotations(obj: dict[str, Any]) -> None:
     template = obj if obj["kind"] == "Pod" else obj["spec"]["template"]
     annotations = template["metadata"]["annotations"]
+    partition = obj["kind"] == "Pod"
+    # a partition serves only its deployment (the internal port); the gateway its clients and its partitions
+    served = "internal" if partition else "http"
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == "8080" and annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == ("8081" if partition else "8080")
+    assert annotations["prometheus.io/path"] == "/metrics"
     container = pod_specs(obj)[0]["containers"][0]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": served}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": served}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["args"] == (["serve-partition"] if obj["kind"] == "Pod" else ["serve-gateway"])
+    internal = {"name": "internal", "containerPort": 8081, "protocol": "TCP"}
+    assert container["ports"] == ([internal] if partition else
+                                  [{"name": "http", "containerPort": 8080, "protocol": "TCP"}, internal])
+    assert container["args"] == (["serve-partition"] if partition else ["serve-gateway"])
     assert "limits" in container["resources"] and "cpu" not in container["resources"]["limits"]
+    # the deployment's secret, mounted read-only where the configs say it is
+    volumes = {v["name"]: v for v in pod_specs(obj)[0]["volumes"]}
+    assert volumes["secret"]["secret"] == {"secretName": "alex-secret", "defaultMode": 0o440}
+    assert {"name": "secret", "mountPath": render.SECRET_DIR, "readOnly": True} in container["volumeMounts"]
 
 
 def test_network_policies_admit_only_the_deployments_pods_and_the_gateways_clients() -> None:
@@ -98,7 +114,11 @@ def test_network_policies_admit_only_the_deployments_pods_and_the_gateways_clien
     gateway = policies["alex-gateway"]["spec"]
     assert gateway["podSelector"] == {"matchLabels": {names.LABEL_DEPLOYMENT: "alex",
                                                       names.LABEL_COMPONENT: "gateway"}}
-    assert gateway["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    assert gateway["ingress"] == [  # clients from anywhere on http; internal only from the deployment's own pods
+        {"ports": [{"port": "http", "protocol": "TCP"}]},
+        {"from": [{"podSelector": {"matchLabels": {names.LABEL_DEPLOYMENT: "alex"}}}],
+         "ports": [{"port": "internal", "protocol": "TCP"}]}]
+    assert peers["ports"] == metrics["ports"] == [{"port": "internal", "protocol": "TCP"}]
     # every pod the policies are about carries the labels they select on
     for obj in OBJECTS:
         if obj["kind"] == "Pod":
@@ -180,11 +200,16 @@ def test_the_render_command_writes_what_the_operator_would_create(tmp_path: Any)
     expected = reconcile(render.Owner("alex", "edge", ""), spec(), nodes(), {"rpi4": profile()},
                          settings=OperatorSettings(image="registry.example/e:1"), planner=compute_plan,
                          configs=data_plane_configs, now=NOW)
-    assert len(written) == len(expected.objects)
+    assert len(written) == len(expected.objects) + 1
+    (secret_file,) = out.glob("*-secret-alex-secret.yaml")
+    assert secret_file.stat().st_mode & 0o777 == 0o600  # the Secret's value, readable by its owner only
+    secret = yaml.safe_load(secret_file.read_text())
+    assert len(secret["stringData"][render.SECRET_KEY]) >= 32 and secret["type"] == "Opaque"
     for obj in written:
         assert "ownerReferences" not in obj["metadata"]  # no uid to point at without a cluster
         validate_strict(obj)
-    assert {o["metadata"]["name"] for o in written} == {o["metadata"]["name"] for o in expected.objects}
+    assert {o["metadata"]["name"] for o in written} == {o["metadata"]["name"] for o in expected.objects} | {
+        "alex-secret"}
     status = yaml.safe_load((out / "status.yaml").read_text())["status"]
     assert status["plan"]["hash"] == expected.status["plan"]["hash"]
 

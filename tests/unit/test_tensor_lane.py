@@ -17,13 +17,15 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from edgepart.geometry import Region
+from edgepart.partition_service.auth import Secret
+from edgepart.partition_service.config import ConnectionLimits
 from edgepart.partition_service.errors import (
     ServiceError,
     UnexpectedPieceError,
     install_error_handlers,
 )
 from edgepart.partition_service.hop import HopClient
-from edgepart.partition_service.lane import LaneProtocol, TensorLane
+from edgepart.partition_service.lane import Guard, GuardedProtocol, TensorLane
 from edgepart.partition_service.server import http_protocol
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame, send_frame
 from edgepart.partition_service.wire import CONTENT_TYPE, Frame, Limits, frame_bytes, make_header
@@ -71,8 +73,8 @@ async def sink() -> AsyncIterator[Sink]:
     async def lane_ingest(frame: Frame) -> None:
         await ingest(frame, "lane")
 
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, lane_ingest,
-                                       on_error=lambda err: holder[0].errors.append(err.reason))
+    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, LIMITS, lane_ingest,
+                                                           on_error=lambda err: holder[0].errors.append(err.reason)))
     sock = socket.create_server(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
                             timeout_graceful_shutdown=2)
@@ -212,20 +214,22 @@ async def test_service_errors_answer_like_the_route(sink: Sink) -> None:
     assert sink.errors == ["unexpected_piece", "internal"]
 
 
-async def test_other_requests_are_handed_to_the_app_on_the_same_connection(sink: Sink) -> None:
+async def test_other_requests_are_handed_to_the_app_for_one_request_then_the_connection_closes(sink: Sink) -> None:
     conn = await Conn.open(sink.port)
     await conn.send(_post(_frame("lane-1", torch.randn(1, 3))))
     assert (await conn.answer())[0] == 204
-    await conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-    code, _, body = await conn.answer()
+    await conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\r\n")
+    code, headers, body = await conn.answer()
     assert code == 200 and json.loads(body) == {"status": "ok"}
-    await conn.send(_post(_frame("route-1", torch.randn(1, 3))))  # uvicorn owns the connection from now on
-    assert (await conn.answer())[0] == 204
+    # uvicorn serves that one request: the next head comes on a new connection, where the guard reads it
+    assert headers.get("connection") == "close" and await conn.closed()
+    await conn.close()
+    conn = await Conn.open(sink.port)
     await conn.send(_post(_frame("x", torch.randn(1, 3)), media="text/plain"))
     code, _, body = await conn.answer()
     assert code == 415 and "text/plain" in json.loads(body)["detail"]
     await conn.close()
-    assert sink.lane == ["lane-1"] and sink.route == ["route-1"]
+    assert sink.lane == ["lane-1"] and sink.route == []
 
 
 async def test_chunked_and_expect_continue_bodies_go_to_the_app(sink: Sink) -> None:
@@ -271,7 +275,7 @@ async def test_graceful_shutdown_waits_for_an_answer_in_progress(sink: Sink) -> 
     busy = await Conn.open(sink.port)
     await busy.send(_post(_frame("slow-1", torch.randn(1, 2))))
     await asyncio.sleep(0.01)
-    assert any(isinstance(c, LaneProtocol) for c in sink.server.server_state.connections)
+    assert any(isinstance(c, GuardedProtocol) for c in sink.server.server_state.connections)
     sink.server.should_exit = True
     code, headers, _ = await busy.answer()
     assert code == 204 and headers.get("connection") == "close"
@@ -281,16 +285,17 @@ async def test_graceful_shutdown_waits_for_an_answer_in_progress(sink: Sink) -> 
     assert sink.lane == ["slow-1"]
 
 
-def test_the_lane_protocol_is_what_services_serve_with() -> None:
+def test_the_guarded_protocol_is_what_services_serve_with() -> None:
     app = FastAPI()
-    assert not issubclass(http_protocol(app), LaneProtocol)
+    assert not issubclass(http_protocol(app), GuardedProtocol)
 
     async def ingest(frame: Frame) -> None:
         raise ServiceError("unused")
 
-    app.state.tensor_lane = TensorLane(TENSOR_PATH, LIMITS, ingest)
+    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, LIMITS, ingest))
     protocol = http_protocol(app)
-    assert issubclass(protocol, LaneProtocol) and protocol.lane.path == TENSOR_PATH
+    assert issubclass(protocol, GuardedProtocol) and protocol.guard.lane is not None
+    assert protocol.guard.lane.path == TENSOR_PATH
 
 
 async def test_a_streamed_payload_wakes_the_loop_in_large_steps_then_heads_are_read_at_once(sink: Sink) -> None:
@@ -301,7 +306,7 @@ async def test_a_streamed_payload_wakes_the_loop_in_large_steps_then_heads_are_r
     frame = _post(_frame("big", big))
     await conn.send(frame[:len(frame) // 2])
     await asyncio.sleep(0.05)
-    lane = next(c for c in sink.server.server_state.connections if isinstance(c, LaneProtocol))
+    lane = next(c for c in sink.server.server_state.connections if isinstance(c, GuardedProtocol))
     assert lane.sock is not None and lane.lowat > 1  # mid-payload: waiting for a large step
     assert lane.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == lane.lowat
     await conn.send(frame[len(frame) // 2:])
@@ -343,3 +348,127 @@ async def test_the_services_server_ticks_once_a_second_and_a_signal_stops_it_at_
     await asyncio.wait_for(task, 5)
     assert time.monotonic() - started < 0.5
     sock.close()
+
+
+# ---------------------------------------------------------------- the guard's limits (issue 10, item 5)
+
+SHORT = ConnectionLimits(head_timeout_s=5.0, keep_alive_s=0.6, body_timeout_s=0.3, min_body_rate=1 << 30,
+                         max_connections=4)
+SECRET = Secret("s" * 40)
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[Sink]:
+    """A sink behind a guard with short limits, a connection cap of 4 and a secret."""
+    app = FastAPI()
+    install_error_handlers(app)
+    holder: list[Sink] = []
+
+    async def ingest(frame: Frame) -> None:
+        holder[0].lane.append(frame.header.request_id)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    def count(err: ServiceError) -> None:
+        holder[0].errors.append(err.reason)
+
+    app.state.guard = Guard(SHORT, TensorLane(TENSOR_PATH, LIMITS, ingest, on_error=count), on_error=count,
+                            secret=SECRET)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", http=http_protocol(app)))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    holder.append(Sink(f"http://127.0.0.1:{sock.getsockname()[1]}", sock.getsockname()[1], server))
+    try:
+        yield holder[0]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+AUTH = f"authorization: {SECRET.header}\r\n"
+
+
+async def test_an_idle_connection_and_a_partial_head_are_dropped_at_the_keep_alive_timeout(guarded: Sink) -> None:
+    idle, partial = await Conn.open(guarded.port), await Conn.open(guarded.port)
+    await partial.send(b"P")  # one byte, then nothing: the head timeout (5 s) is longer than keep-alive
+    assert await idle.closed()  # closed, nothing answered
+    code, _headers, body = await partial.answer()
+    assert code == 408 and "not complete after 0.6 s" in json.loads(body)["detail"] and await partial.closed()
+    assert guarded.errors == ["slow_request"]
+    await idle.close()
+    await partial.close()
+
+
+async def test_a_slow_body_is_cut_off_and_never_ingested(guarded: Sink) -> None:
+    conn = await Conn.open(guarded.port)
+    frame = _frame("slow", torch.randn(1, 4, 64, 64))
+    await conn.send(_post(frame, extra=AUTH)[:-1000])  # all but the last 1000 bytes
+    code, headers, body = await conn.answer()
+    assert code == 408 and headers.get("connection") == "close" and "request body" in json.loads(body)["detail"]
+    assert await conn.closed()
+    await conn.close()
+    assert guarded.lane == [] and guarded.errors == ["slow_request"]
+
+
+async def test_connections_over_the_cap_get_503_and_are_closed_at_once(guarded: Sink) -> None:
+    held = [await Conn.open(guarded.port) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    extra = await Conn.open(guarded.port)
+    code, _, body = await extra.answer()
+    assert code == 503 and "4 connections" in json.loads(body)["detail"] and await extra.closed()
+    assert len(guarded.server.server_state.connections) == 4
+    await held[0].send(_post(_frame("ok", torch.randn(1, 2)), extra=AUTH))  # the held ones still serve
+    assert (await held[0].answer())[0] == 204
+    for conn in (*held, extra):
+        await conn.close()
+    await asyncio.sleep(0.05)
+    again = await Conn.open(guarded.port)  # room again
+    await again.send(_post(_frame("again", torch.randn(1, 2)), extra=AUTH))
+    assert (await again.answer())[0] == 204
+    await again.close()
+    assert guarded.lane == ["ok", "again"] and guarded.errors == ["too_many_connections"]
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GET / HTTP/1.1\r\nx: " + b"y" * (20 * 1024), 431),  # over 16 KiB and no end in sight
+    (b"\x16\x03\x01\x02\x00\r\n\r\n", 400),  # not HTTP (a TLS hello)
+    (b"GET /v1/info HTTP/1.1\r\nhost: x\r\n\r\n", 401),  # not the lane, still internal
+    (b"GET /healthz?x=1 HTTP/1.1\r\nhost: x\r\n\r\n", 200),  # probes need no secret
+])
+async def test_heads_are_judged_before_anything_else(guarded: Sink, data: bytes, status: int) -> None:
+    conn = await Conn.open(guarded.port)
+    await conn.send(data)
+    code, headers, _ = await conn.answer()
+    assert code == status and headers.get("connection") == "close" and await conn.closed()
+    await conn.close()
+
+
+async def test_without_the_secret_the_answer_comes_from_the_head_and_survives_the_unread_body(guarded: Sink) -> None:
+    """401 before the body is read; the connection lingers, dropping the body, so the answer is not lost to a
+    reset."""
+    frame = _frame("forged", torch.randn(1, 16, 256, 256))  # 4 MiB the server never reads
+    for auth in ("", "authorization: Bearer wrong\r\n", f"authorization: {SECRET.token}\r\n"):
+        conn = await Conn.open(guarded.port)
+        await conn.send(_post(frame, extra=auth))
+        code, _headers, body = await conn.answer()
+        assert code == 401 and json.loads(body)["error"] == "unauthorized" and await conn.closed()
+        await conn.close()
+    assert guarded.lane == [] and guarded.errors == ["unauthorized"] * 3
+
+
+def test_the_connection_cap_stays_within_the_descriptors_the_process_has() -> None:
+    from edgepart.partition_service.server import RESERVED_FDS, open_files_limit, within_descriptors
+
+    limits = ConnectionLimits(max_connections=1024)
+    assert within_descriptors(limits, 2, 1024 * 4).max_connections == 1024  # room: unchanged
+    assert within_descriptors(limits, 2, RESERVED_FDS + 200).max_connections == 100  # two ports share 200
+    assert within_descriptors(limits, 1, 10).max_connections == 1
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert open_files_limit() >= soft  # raised towards the hard limit, never lowered

@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 
 import edgepart.partition_service as data_plane
 from edgepart.geometry import Region
+from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.errors import (
     BadRequestError,
     DuplicatePieceError,
     FrameError,
     FrameTooLargeError,
+    MemoryBudgetError,
     NotReadyError,
     PeerError,
     PeerUnreachableError,
@@ -208,3 +210,45 @@ def test_unknown_error_bodies_fall_back_on_the_status() -> None:
     assert isinstance(error_from_response(503, b"<html>busy</html>", "gw"), NotReadyError)
     err = error_from_response(500, b"boom", "s0p0")
     assert isinstance(err, PeerError) and err.peer == "s0p0" and "boom" in err.detail
+
+
+def test_a_header_alone_makes_no_buffer_until_the_receiver_expects_it_and_the_budget_has_room() -> None:
+    """The reader's order: limits, then `admit`, then the payload budget, and only then the buffer."""
+    tensor = torch.zeros(1, 4, 4, 4)
+    header = make_header("r", tensor, Region.full((4, 4, 4)), 0, "s0p0").model_dump_json().encode()
+    prefix = len(header).to_bytes(4, "big") + header
+
+    def refuse(_: object) -> None:
+        raise UnexpectedPieceError("not expected")
+
+    reader = FrameReader(Limits(), admit=refuse)
+    with pytest.raises(UnexpectedPieceError):
+        reader.feed(prefix)
+    assert reader.payload_window() is None
+    budget = PayloadBudget(limit=100)
+    reader = FrameReader(Limits(), budget=budget)
+    with pytest.raises(MemoryBudgetError, match="cap of 100 bytes"):
+        reader.feed(prefix)  # 256 bytes over a 100-byte budget
+    assert reader.payload_window() is None and budget.in_flight == 0 and budget.refused == 1
+    budget = PayloadBudget(limit=1000)
+    reader = FrameReader(Limits(), budget=budget)
+    reader.feed(prefix)
+    assert budget.in_flight == 256
+    reader.release()
+    reader.release()  # idempotent
+    assert budget.in_flight == 0
+
+
+def test_large_payloads_are_their_own_mappings_and_small_ones_heap_buffers() -> None:
+    import mmap
+
+    from edgepart.partition_service.budget import MMAP_PAYLOAD_BYTES, payload_buffer
+
+    assert isinstance(payload_buffer(MMAP_PAYLOAD_BYTES), mmap.mmap)  # unmapped when freed
+    assert isinstance(payload_buffer(MMAP_PAYLOAD_BYTES - 1), bytearray)
+    big = torch.randn(1, 4, 1024, 1024)  # 16 MiB: decoded into a mapping, read back intact
+    frame = decode_frame(frame_bytes(make_header("r", big, Region.full(big.shape[1:]), 0, "s"), big))
+    assert torch.equal(frame.tensor, big)
+    reader = FrameReader(Limits())
+    reader.feed(frame_bytes(make_header("r", big, Region.full(big.shape[1:]), 0, "s"), big))
+    assert torch.equal(reader.finish().tensor, big)
