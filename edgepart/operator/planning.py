@@ -42,8 +42,8 @@ class PlanRequest:
     cluster: ClusterSpec
     profiles: Mapping[str, DeviceProfile] = field(default_factory=dict)  # device name -> its class's profile
     options: Mapping[str, Any] = field(default_factory=dict)
-    # graphs of models traced elsewhere (a Job), by model id, and what each depends on (`graphs.graph_key`,
-    # '' for a zoo or trusted model, traced here)
+    # every model's graph when the caller has it (traced by a Job, or here for a zoo or trusted model), by
+    # model id, and what each depends on (`graphs.graph_key`; '' for a model traced here)
     graphs: Mapping[str, LayerGraph] = field(default_factory=dict, compare=False, repr=False)
     graph_keys: tuple[str, ...] = ()
 

@@ -335,8 +335,8 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         keys.append(key)
         if trace_job is not None:
             trace_jobs.append(trace_job)
-        elif key:
-            assert graph is not None
+        else:
+            assert graph is not None  # traced by a Job, or here (a zoo or trusted model)
             known[model_id] = graph
     if trace_jobs:
         if needed:

@@ -243,8 +243,8 @@ def test_the_client_port_names_no_internal_url_or_file_path(deployed: RunState, 
             for place in secrets_and_places:
                 assert place not in text, (path, place)
         paths = set(client.get(state.gateway_url + "/openapi.json").json()["paths"])
-        assert paths == {"/v1/infer", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/status",
-                         "/v1/trace/{request_id}", "/v1/plan"}
+        assert paths == {"/v1/infer", "/v1/models/{model_id}/infer", "/v1/models", "/healthz", "/readyz",
+                         "/metrics", "/v1/model", "/v1/status", "/v1/trace/{request_id}", "/v1/plan"}
         assert client.get(internal_url(state) + "/openapi.json").status_code == 401
         assert client.get(partition(state, "s0p0").url + "/openapi.json").status_code == 401
     assert "tiny_secure.py:tiny" in httpx.get(state.gateway_url + "/v1/model").text  # the file's name only

@@ -73,7 +73,8 @@ def test_one_model_of_several_must_be_named(two_models: tuple[LocalRuntime, RunS
     unknown = httpx.post(state.gateway_url + "/v1/models/resnet/infer", json=body, timeout=60)
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_model"
     for mid in ("alexnet", "squeezenet"):
-        result = runner.invoke(app, ["infer", state.gateway_url, "--model-id", mid, "--random", "--check"])
+        result = runner.invoke(app, ["infer", state.gateway_url, "--model-id", mid, "--random", "--check",
+                                     "--deployment", str(ROOT / "examples" / "deployments" / "two-models.yaml")])
         assert result.exit_code == 0, result.output
         assert "OK: the deployment's output equals the whole model's" in result.output
 
@@ -100,7 +101,7 @@ def test_vgg16_partial_offloading_plan_deploys_and_checks(tmp_path: Path) -> Non
                                    ready_timeout_s=300))
     try:
         assert len([p for p in state.processes if p.role == "partition"]) == 9  # 4 paths x 2 + the fusion
-        result = runner.invoke(app, ["infer", state.gateway_url, "--random", "--check"])
+        result = runner.invoke(app, ["infer", state.gateway_url, "--random", "--check", "--deployment", str(deployment)])
         assert result.exit_code == 0, result.output
         assert "OK: the deployment's output equals the whole model's" in result.output
     finally:

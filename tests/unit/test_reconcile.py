@@ -260,7 +260,8 @@ def test_heterogeneous_profiles_reach_the_planner() -> None:
     assert request.profiles["fast-1"] is profiles["fast"] and request.profiles["edge-0"] is profiles["slow"]
     assert {d.name: d.memory for d in request.cluster.devices}["edge-0"] == "8192Mi"
     assert request.key == PlanRequest(request.models, request.objective, request.solver, request.cluster,
-                                      dict(request.profiles), dict(request.options)).key
+                                      dict(request.profiles), dict(request.options),
+                                      graph_keys=request.graph_keys).key
 
 
 def test_two_models_deploy_as_one_task_graph() -> None:

@@ -144,7 +144,7 @@ def test_the_operator_refuses_to_trace_anything_but_the_zoo_itself(user_model: t
         with pytest.raises(UntrustedModelError, match="does not import it"):
             graph_of(model)
         with pytest.raises(UntrustedModelError):
-            compute_plan(PlanRequest(model=model, objective="latency", solver="single",
+            compute_plan(PlanRequest(models=(("m", model),), objective="latency", solver="single",
                                      cluster=ClusterSpec(devices=[DeviceSpec(name="a")])))
     assert not marker.exists()
 
