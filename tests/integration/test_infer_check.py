@@ -67,8 +67,11 @@ async def fake_gateway(files: tuple[Path, Path, Path]) -> AsyncIterator[tuple[st
 
     @app.get("/v1/model")
     async def model() -> dict[str, object]:
-        return {"deployment": "fake", "model": {"name": f"{evil}:build", "input_shape": list(SHAPE)},
-                "input_shape": list(SHAPE), "output_shape": list(output.shape), "stages": 1, "partitions": 1}
+        described = {"name": f"{evil}:build", "input_shape": list(SHAPE)}
+        return {"deployment": "fake", "model": described, "input_shape": list(SHAPE),
+                "output_shape": list(output.shape), "stages": 1, "partitions": 1,
+                "models": [{"id": "fake", "model": described, "input_shape": list(SHAPE),
+                            "output_shape": list(output.shape)}]}
 
     @app.post("/v1/infer")
     async def infer() -> Response:
