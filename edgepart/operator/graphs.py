@@ -17,6 +17,7 @@ from typing import Any
 from edgepart.graph.layer_graph import GraphError, LayerGraph
 from edgepart.graph.loader import ModelRef
 from edgepart.graph.serial import GRAPH_BEGIN, GRAPH_END, graph_from_json
+from edgepart.operator.job_output import between_markers, parse_config_maps
 from edgepart.operator.names import LABEL_GRAPH, LABEL_GRAPH_KEY, digest
 from edgepart.operator.profiles import JobState
 from edgepart.operator.render import GRAPH_KEY
@@ -47,34 +48,19 @@ class GraphSet:
     errors: Mapping[str, str]
 
 
+def _graph_key_of(obj: Mapping[str, Any]) -> str | None:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    key = labels.get(LABEL_GRAPH_KEY)
+    return key if labels.get(LABEL_GRAPH) == "true" and isinstance(key, str) and key else None
+
+
 def graphs_from_config_maps(objects: Sequence[Mapping[str, Any]]) -> GraphSet:
-    graphs: dict[str, LayerGraph] = {}
-    errors: dict[str, str] = {}
-    for obj in objects:
-        meta = obj.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        key = labels.get(LABEL_GRAPH_KEY)
-        if labels.get(LABEL_GRAPH) != "true" or not isinstance(key, str) or not key:
-            continue
-        source = f"ConfigMap {meta.get('name')}"
-        text = (obj.get("data") or {}).get(GRAPH_KEY)
-        if not isinstance(text, str):
-            errors[key] = f"{source}: no data key {GRAPH_KEY!r}"
-            continue
-        try:
-            graphs[key] = graph_from_json(text, source)
-        except GraphError as err:
-            errors[key] = str(err)
-    return GraphSet(graphs, {k: v for k, v in errors.items() if k not in graphs})
+    return GraphSet(*parse_config_maps(objects, _graph_key_of, GRAPH_KEY, graph_from_json, GraphError))
 
 
 def graph_from_log(log: str, source: str = "tracing job log") -> tuple[LayerGraph, str]:
     """The graph a tracing Job printed between the marker lines of its log, and its JSON text."""
-    begin = log.rfind(GRAPH_BEGIN)
-    end = log.rfind(GRAPH_END)
-    if begin < 0 or end < begin:
-        raise GraphError(f"{source}: no graph between {GRAPH_BEGIN!r} and {GRAPH_END!r}")
-    text = log[begin + len(GRAPH_BEGIN): end].strip()
+    text = between_markers(log, GRAPH_BEGIN, GRAPH_END, "graph", source, GraphError)
     return graph_from_json(text, source), text
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgepart.operator.job_output import between_markers, parse_config_maps
 from edgepart.operator.names import LABEL_DEVICE_CLASS, LABEL_PROFILE
 from edgepart.operator.render import PROFILE_BEGIN, PROFILE_END, PROFILE_KEY
 from edgepart.planner.costmodel import DeviceProfile, ProfileError, profile_from_json
@@ -36,33 +37,19 @@ def is_profile_config_map(obj: Mapping[str, Any]) -> bool:
     return labels.get(LABEL_PROFILE) == "true" and bool(labels.get(LABEL_DEVICE_CLASS))
 
 
+def _device_class_of(obj: Mapping[str, Any]) -> str | None:
+    return str(obj["metadata"]["labels"][LABEL_DEVICE_CLASS]) if is_profile_config_map(obj) else None
+
+
 def profiles_from_config_maps(objects: Sequence[Mapping[str, Any]]) -> ProfileSet:
-    profiles: dict[str, DeviceProfile] = {}
-    errors: dict[str, str] = {}
-    for obj in sorted(objects, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
-        if not is_profile_config_map(obj):
-            continue
-        meta = obj.get("metadata") or {}
-        device_class = str(meta["labels"][LABEL_DEVICE_CLASS])
-        source = f"ConfigMap {meta.get('name')}"
-        text = (obj.get("data") or {}).get(PROFILE_KEY)
-        if not isinstance(text, str):
-            errors[device_class] = f"{source}: no data key {PROFILE_KEY!r}"
-            continue
-        try:
-            profiles[device_class] = profile_from_json(text, source)
-        except ProfileError as err:
-            errors[device_class] = str(err)
-    return ProfileSet(profiles, {k: v for k, v in errors.items() if k not in profiles})
+    ordered = sorted(objects, key=lambda o: str((o.get("metadata") or {}).get("name", "")))
+    return ProfileSet(*parse_config_maps(ordered, _device_class_of, PROFILE_KEY, profile_from_json, ProfileError))
 
 
 def profile_from_log(log: str, source: str = "profiling job log") -> DeviceProfile:
     """The profile a profiling Job printed between the marker lines of its log."""
-    begin = log.rfind(PROFILE_BEGIN)
-    end = log.rfind(PROFILE_END)
-    if begin < 0 or end < begin:
-        raise ProfileError(f"{source}: no profile between {PROFILE_BEGIN!r} and {PROFILE_END!r}")
-    return profile_from_json(log[begin + len(PROFILE_BEGIN): end].strip(), source)
+    return profile_from_json(between_markers(log, PROFILE_BEGIN, PROFILE_END, "profile", source, ProfileError),
+                             source)
 
 
 @dataclass(frozen=True)

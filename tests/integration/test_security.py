@@ -26,6 +26,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from tiny_cnn import SHAPE, write_tiny_cnn
 
 from edgepart.executor import use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
@@ -39,37 +40,13 @@ from edgepart.runtime.client import infer
 from edgepart.runtime.local import LocalRuntime, ProcessState, RunState
 from edgepart.spec import deployment_from_dict
 
-TINY = '''
-import torch
-from torch import nn
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.p = nn.MaxPool2d(2)
-        self.c3 = nn.Conv2d(8, 16, 3, padding=1)
-        self.g = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.p(torch.relu(self.c2(torch.relu(self.c1(x)))))
-        return self.fc(torch.flatten(self.g(torch.relu(self.c3(x))), 1))
-
-def tiny():
-    return Tiny()
-'''
-SHAPE = (1, 3, 32, 32)
 LIMITS = ConnectionLimits(head_timeout_s=1.0, keep_alive_s=2.0, body_timeout_s=1.0, min_body_rate=1 << 20,
                           max_connections=64)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny_secure.py"
-    path.write_text(TINY)
-    return path
+    return write_tiny_cnn(tmp_path_factory.mktemp("model"), "tiny_secure.py")
 
 
 @pytest.fixture(scope="module")
