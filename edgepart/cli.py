@@ -523,6 +523,23 @@ def simulate_command(
         typer.echo(f"wrote {svg}")
 
 
+@app.command("dse")
+@user_errors
+def dse_command(
+    deployment: Annotated[Path, typer.Argument(help="A DNNDeployment YAML with spec.variants and inline devices.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the front and the choice as JSON.")] = False,
+) -> None:
+    """Accuracy-aware data partitioning: the design-space table's Pareto front (throughput, accuracy, power)
+    and the configuration the target selects (exit 1 when the target cannot be met)."""
+    from edgepart.runtime.variants_local import dse_report
+    from edgepart.spec import load_deployment
+
+    text, feasible = dse_report(load_deployment(deployment), Path.cwd(), as_json=as_json)
+    typer.echo(text)
+    if not feasible:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------ local runtime: up / status / down / infer
 
 

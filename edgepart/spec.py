@@ -280,6 +280,42 @@ class VariantFamilySpec(_Model):
         raise SpecError(f"family {self.name!r} has no variant {name!r}; it has {[v.name for v in self.variants]}")
 
 
+class VariantsTargetSpec(_Model):
+    throughput: float | None = Field(default=None, gt=0, le=1e9,
+                                     description="Images per second the stream must sustain: the most accurate "
+                                                 "configuration that reaches it is chosen.")
+    accuracy: float | None = Field(default=None, ge=0, le=1,
+                                   description="Accuracy the answers must reach: the configuration that answers "
+                                               "a request soonest among those reaching it is chosen.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VariantsTargetSpec:
+        if (self.throughput is None) == (self.accuracy is None):
+            raise ValueError("give exactly one of target.throughput (images/s) or target.accuracy (a fraction)")
+        return self
+
+
+class VariantsSpec(_Model):
+    family: str | None = Field(default=None, max_length=512,
+                               description="`digits` (the family edgepart ships, trained and measured by it), or "
+                                           "(local runtime only) the path of a family document (YAML or JSON).")
+    custom: VariantFamilySpec | None = Field(default=None, description="A family given inline: variants with "
+                                                                       "model, weights and accuracy.")
+    target: VariantsTargetSpec = Field(description="What the configuration must reach: throughput or accuracy.")
+    batch: int = Field(default=32, ge=1, le=4096, description="Images a worker computes at once; θ (images/s of "
+                                                              "a variant on a device) is predicted at this batch.")
+    power: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(
+        default_factory=dict, description="Watts each device draws while it runs a variant (optional; breaks "
+                                          "ties towards lower power).")
+
+    @model_validator(mode="after")
+    def _one_family(self) -> VariantsSpec:
+        if (self.family is None) == (self.custom is None):
+            raise ValueError("give exactly one of variants.family (digits, or a family document) or "
+                             "variants.custom (the family inline)")
+        return self
+
+
 class DeploymentSpec(_Model):
     model: ModelSpec | None = Field(default=None, description="The network to run (or `models` for several).")
     models: list[ModelSpec] = Field(default_factory=list, max_length=16,
@@ -297,11 +333,19 @@ class DeploymentSpec(_Model):
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Links between the devices.")
     master: Name | None = Field(default=None, description="Device holding the input (default: the first).")
     request_timeout: Duration = Field(default="30s", description="Per-request timeout in the data plane.")
+    variants: VariantsSpec | None = Field(
+        default=None, description="Accuracy-aware data partitioning: a family of variants of one model instead of "
+                                  "`model`; each device runs one variant (or none) on a share of the images.")
 
     @model_validator(mode="after")
     def _one_kind_of_model(self) -> DeploymentSpec:
+        if self.variants is not None:
+            if self.model is not None or self.models:
+                raise ValueError("variants: give either `variants` (a family) or `model`/`models`, not both")
+            return self
         if (self.model is None) == (not self.models):
-            raise ValueError("model: give either `model` (one network) or `models` (several), not both or neither")
+            raise ValueError("model: give either `model` (one network), `models` (several) or `variants` (a "
+                             "family), not both or neither")
         ids = [i for i, _ in self.model_specs()]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

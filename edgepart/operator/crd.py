@@ -65,6 +65,8 @@ CRD_BOUNDS: dict[tuple[str, ...], dict[str, Any]] = {
     ("model", "name"): {"maxLength": 512},
     ("models",): {"maxItems": 16},
     ("network", "links"): {"maxItems": 1024},
+    ("variants", "custom", "variants"): {"maxItems": 32},
+    ("variants", "power"): {"maxProperties": 256},
 }
 
 SPEC_VALIDATIONS: list[dict[str, str]] = [
@@ -75,8 +77,9 @@ SPEC_VALIDATIONS: list[dict[str, str]] = [
         "reason": "FieldValueRequired",
     },
     {
-        "rule": "has(self.model) != (has(self.models) && size(self.models) > 0)",
-        "message": "give either spec.model (one network) or spec.models (several), not both or neither",
+        "rule": "(has(self.model) ? 1 : 0) + (has(self.models) && size(self.models) > 0 ? 1 : 0) + "
+                "(has(self.variants) ? 1 : 0) == 1",
+        "message": "give one of spec.model (one network), spec.models (several) or spec.variants (a family)",
         "reason": "FieldValueInvalid",
     },
     {
@@ -93,6 +96,20 @@ MODEL_VALIDATIONS: list[dict[str, str]] = [
         "message": "spec.model.inputShape is required for models outside the zoo (module:factory or file.py:factory)",
         "fieldPath": ".inputShape",
         "reason": "FieldValueRequired",
+    },
+]
+
+VARIANTS_VALIDATIONS: list[dict[str, str]] = [
+    {
+        "rule": "has(self.family) != has(self.custom)",
+        "message": "give exactly one of spec.variants.family or spec.variants.custom",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "has(self.target.throughput) != has(self.target.accuracy)",
+        "message": "give exactly one of spec.variants.target.throughput or spec.variants.target.accuracy",
+        "fieldPath": ".target",
+        "reason": "FieldValueInvalid",
     },
 ]
 
@@ -225,6 +242,7 @@ def spec_schema() -> dict[str, Any]:
     _at(schema, ("model",))["x-kubernetes-validations"] = copy.deepcopy(MODEL_VALIDATIONS)
     _at(schema, ("models",))["items"]["x-kubernetes-validations"] = [
         {**rule, "message": rule["message"].replace("spec.model.", "spec.models[].")} for rule in MODEL_VALIDATIONS]
+    _at(schema, ("variants",))["x-kubernetes-validations"] = copy.deepcopy(VARIANTS_VALIDATIONS)
     schema["description"] = ("What to run (model), where (nodes selected by label, or named), and what to "
                              "optimise (objective); edgepart decides how to split it.")
     return _reorder(schema)

@@ -153,6 +153,10 @@ def resource(**spec: Any) -> dict[str, Any]:
     {"model": {"name": "pkg.mod:build", "inputShape": [1, 3, 64, 64]}, "nodeSelector": {"a": "b"},
      "network": {"bandwidth": "12.5MB/s", "latency": "500us", "links": [{"from": "a", "to": "b", "bandwidth": "1Gbps"}]},
      "devices": [{"name": "a", "memory": "512Mi", "speed": 2.5}], "solverOptions": {"grid": [2, 2], "maxFused": 3}},
+    {"variants": {"family": "digits", "target": {"throughput": 1000}}, "nodeSelector": {"pool": "edge"}},
+    {"variants": {"custom": {"name": "f", "task": "t", "variants": [
+        {"name": "v", "model": {"name": "alexnet"}, "accuracy": {"value": 0.5, "kind": "declared", "source": "s"}}]},
+        "target": {"accuracy": 0.5}, "power": {"a": 3}}, "devices": [{"name": "a"}]},
 ])
 def test_valid_specs_pass_the_schema_the_cel_rules_and_pydantic(spec: dict[str, Any]) -> None:
     assert valid_by_the_api_server(resource(**spec)) == []
@@ -170,6 +174,12 @@ def test_valid_specs_pass_the_schema_the_cel_rules_and_pydantic(spec: dict[str, 
     ({"model": {"name": "vgg16"}, "devices": [{"name": "A_B"}]}, "devices.0.name"),
     ({"model": {"name": "vgg16"}, "devices": [{"name": "a", "speed": 0}]}, "speed"),
     ({"model": {"name": "vgg16", "inputShape": [1, 3, 64]}, "nodeSelector": {"a": "b"}}, "inputShape"),
+    ({"model": {"name": "vgg16"}, "variants": {"family": "digits", "target": {"throughput": 1}},
+      "nodeSelector": {"a": "b"}}, "give one of spec.model"),
+    ({"variants": {"target": {"throughput": 1}}, "nodeSelector": {"a": "b"}}, "spec.variants.family or"),
+    ({"variants": {"family": "digits", "target": {"throughput": 1, "accuracy": 0.5}}, "nodeSelector": {"a": "b"}},
+     "spec.variants.target.throughput or"),
+    ({"variants": {"family": "digits", "target": {"throughput": 0}}, "nodeSelector": {"a": "b"}}, "throughput"),
 ])
 def test_invalid_specs_are_rejected_by_the_api_server_and_by_pydantic(spec: dict[str, Any], message: str) -> None:
     problems = valid_by_the_api_server(resource(**spec))
