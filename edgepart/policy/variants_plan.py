@@ -52,8 +52,10 @@ __all__ = ["DispatchCost", "Exploration", "VariantsPlanError", "explore", "resol
 
 FLOAT_BYTES = 4  # images and answers travel as float32
 
+
 class VariantsPlanError(EdgepartError, ValueError):
     """A variants deployment that cannot be explored; the message names the field at fault."""
+
 
 def _absolute(family: VariantFamilySpec, base: Path) -> VariantFamilySpec:
     """Weights paths and `path/file.py:factory` models made absolute against `base`."""
@@ -69,6 +71,7 @@ def _absolute(family: VariantFamilySpec, base: Path) -> VariantFamilySpec:
             name = f"{(base / location).resolve()}:{attr}"
         variants.append(v.model_copy(update={"model": model.model_copy(update={"weights": weights, "name": name})}))
     return family.model_copy(update={"variants": variants})
+
 
 def resolve_family(spec: VariantsSpec, base: Path | None = None) -> VariantFamilySpec:
     """The family a deployment names: inline, the shipped `digits`, or a document (YAML/JSON family, or a
@@ -96,11 +99,13 @@ def resolve_family(spec: VariantsSpec, base: Path | None = None) -> VariantFamil
         raise VariantsPlanError(f"spec.variants.family ({path}): {explain_validation(err)}") from None
     return _absolute(family, path.parent)
 
+
 def target_of(spec: VariantsSpec) -> Target:
     if spec.target.throughput is not None:
         return ThroughputTarget(spec.target.throughput)
     assert spec.target.accuracy is not None
     return AccuracyTarget(spec.target.accuracy)
+
 
 @dataclass(frozen=True)
 class DispatchCost:
@@ -116,6 +121,7 @@ class DispatchCost:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise VariantsPlanError(f"dispatch cost {name} must be a finite number >= 0, got {value}")
+
 
 def stream_throughput(problem: DseProblem, selection: Selection, images: int,
                       cost: DispatchCost = DispatchCost()) -> float:
@@ -137,6 +143,7 @@ def stream_throughput(problem: DseProblem, selection: Selection, images: int,
     dispatcher = cost.per_request_s + parts * cost.per_part_s
     return images / max(slowest, dispatcher)
 
+
 @dataclass(frozen=True)
 class Exploration:
     family: VariantFamilySpec
@@ -155,6 +162,7 @@ class Exploration:
     def master(self) -> str:
         return self.cluster.master
 
+
 def _links(cluster: Cluster) -> dict[str, tuple[Link, Link]]:
     master = cluster.master
     links = {d.name: (cluster.link(master, d.name), cluster.link(d.name, master))
@@ -162,6 +170,7 @@ def _links(cluster: Cluster) -> dict[str, tuple[Link, Link]]:
     local = Link(cluster.local_s(master), float("inf"))
     links[master] = (local, local)
     return links
+
 
 def explore(spec: DeploymentSpec, base: Path | None = None, *, family: VariantFamilySpec | None = None,
             estimates: ThroughputEstimates | None = None, window: int = 2,
@@ -199,6 +208,7 @@ def explore(spec: DeploymentSpec, base: Path | None = None, *, family: VariantFa
     return Exploration(family, cluster, settings, theta, problem, front, selection, seconds, input_shape,
                        output_shape, variants_spec.batch)
 
+
 def describe_exploration(exploration: Exploration) -> Mapping[str, object]:
     """The chosen configuration as JSON-able data (what `edgepart dse --json` prints)."""
     s = exploration.selection
@@ -218,6 +228,7 @@ def describe_exploration(exploration: Exploration) -> Mapping[str, object]:
         "configurations": exploration.problem.configuration_count,
         "dseSeconds": exploration.dse_seconds,
     }
+
 
 def to_json(exploration: Exploration) -> str:
     return json.dumps(describe_exploration(exploration), indent=2)
