@@ -617,6 +617,11 @@ def infer_command(
                                                         "(first piece, assembled, compute, sent).")] = False,
     model_id: Annotated[str | None, typer.Option("--model-id", help="Which model of a deployment with several "
                                                                     "(its id; see GET /v1/models).")] = None,
+    held_out: Annotated[bool, typer.Option("--held-out", help="A variants dispatcher: send the digits family's "
+                                                              "held-out images and report the measured accuracy "
+                                                              "(--check --deployment FILE: every answer against "
+                                                              "its variant run here).")] = False,
+    images: Annotated[int, typer.Option("--images", min=1, help="--held-out: images per request.")] = 90,
 ) -> None:
     """Send one input to a gateway; print the output shape and latency.
 
@@ -627,6 +632,16 @@ def infer_command(
 
     from edgepart.runtime import commands
 
+    if held_out:
+        from edgepart.runtime.variants_local import infer_held_out
+
+        if check and deployment is None:
+            raise fail("--held-out --check needs --deployment FILE (the family to compare with)")
+        code = asyncio.run(infer_held_out(url, images=images, check_with=deployment if check else None,
+                                          echo=typer.echo))
+        if code:
+            raise typer.Exit(code)
+        return
     reference = commands.reference_model(model, input_shape, weights, model_seed, deployment, model_id)
     code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
                                               seed=seed, requests=requests, output_path=output, echo=typer.echo,

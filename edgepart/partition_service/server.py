@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Endpoint", "QuietServer", "Role", "bind", "build_endpoints", "http_protocol", "loop_factory", "main",
            "open_files_limit", "serve", "serve_all", "tune_allocator", "within_descriptors"]
 
-Role = Literal["partition", "gateway"]
+Role = Literal["partition", "gateway", "dispatcher", "worker"]
 
 def tune_allocator() -> bool:
     """Keep freed C-heap memory mapped for reuse: received frames, activations and convolution scratch then
@@ -202,6 +202,11 @@ def within_descriptors(limits: ConnectionLimits, ports: int, files: int) -> Conn
 def build_endpoints(role: Role, settings: ServiceSettings, files: int | None = None) -> list[Endpoint]:
     text = settings.config_text()
     files = files if files is not None else open_files_limit()
+    if role in ("dispatcher", "worker"):  # accuracy-aware data partitioning (variant_server.py)
+        from edgepart.partition_service.variant_server import variant_app
+
+        app, host, port = variant_app(role, text)
+        return [Endpoint(app, host, port)]
     if role == "partition":
         pconfig = load_partition_config(text)
         pconfig = pconfig.model_copy(update={"connection": within_descriptors(pconfig.connection, 1, files)})

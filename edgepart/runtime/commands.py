@@ -47,6 +47,14 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
     runtime = LocalRuntime(root, echo=echo)
     state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan, ready_timeout_s=timeout_s,
                              base=Path.cwd())
+    if deployment.spec.variants is not None:  # accuracy-aware data partitioning: no plan, a configuration
+        echo(f"{state.name}: dispatcher and {len(state.processes) - 1} variant workers ready "
+             f"({'emulated devices; ' if state.emulated else ''}predicted "
+             f"{state.predicted_throughput_per_s or 0:.0f} images/s)")
+        echo(f"dispatcher: {state.gateway_url}")
+        echo(f"try:     edgepart infer {state.gateway_url} --held-out --check --deployment {path}")
+        echo(f"stop:    edgepart down {state.name}")
+        return state
     echo(plan_table(runtime.plan_of(state.name)))
     predicted = (f"; predicted latency {state.predicted_latency_s * 1e3:.1f} ms"
                  if state.predicted_latency_s is not None else "")
@@ -76,6 +84,15 @@ async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool
         rows = [[p["id"], p["device"], p["stage"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
                  "yes" if p["ready"] else "NO", p.get("computed") or 0, _ms(p.get("compute_mean_s")), p["url"],
                  p["detail"] or ""] for p in run.partitions]
+        if run.manager is not None:  # accuracy-aware data partitioning
+            from edgepart.runtime.variants_local import manager_lines
+
+            echo("\n".join(manager_lines(run.manager)))
+            rows = [[p["id"], p["device"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
+                     "yes" if p["ready"] else "NO", p.get("variant") or "off", p.get("loaded") or "-", p["url"],
+                     p["detail"] or ""] for p in run.partitions]
+            echo(table(["worker", "device", "pid", "alive", "ready", "runs", "loaded", "url", "detail"], rows))
+            continue
         if rows:
             echo(table(["partition", "device", "stage", "pid", "alive", "ready", "requests", "compute", "url",
                         "detail"], rows))

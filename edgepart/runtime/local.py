@@ -76,7 +76,7 @@ class ProcessState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str  # partition id, or "gateway"
-    role: Literal["partition", "gateway"]
+    role: Literal["partition", "gateway", "dispatcher", "worker"]
     device: str
     pid: int
     url: str  # where the process serves (inside its namespace when emulated)
@@ -122,6 +122,7 @@ class RunStatus(BaseModel):
     partitions: list[dict[str, Any]]
     detail: str | None = None
     predicted_latency_s: float | None = None
+    manager: dict[str, Any] | None = None  # accuracy-aware data partitioning: the resource manager's state
 
 
 def _free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -216,7 +217,8 @@ class LocalRuntime:
             return child.poll()
         return None if _is_ours(proc.pid, proc.config) else -1
 
-    def _spawn(self, state: RunState, ident: str, role: Literal["partition", "gateway"], device: str, url: str,
+    def _spawn(self, state: RunState, ident: str, role: Literal["partition", "gateway", "dispatcher", "worker"],
+               device: str, url: str,
                config: Path, *, threads: int = 1, sockets: tuple[socket.socket, ...] = (),
                netns: str | None = None, cgroup: str | None = None, cap_later: bool = False) -> ProcessState:
         """Start one process; with `cap_later` it joins its CPU cgroup only once ready (`_apply_caps`)."""
@@ -266,6 +268,11 @@ class LocalRuntime:
         `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`)."""
         name = deployment.metadata.name
         spec = deployment.spec
+        if spec.variants is not None:  # accuracy-aware data partitioning: a dispatcher and variant workers
+            from edgepart.runtime.variants_local import up_variants
+
+            return await up_variants(self, deployment, port=port, emulate=emulate, ready_timeout_s=ready_timeout_s,
+                                     base=base)
         existing = self.load(name)
         if existing is not None:
             if any(self.alive(p) for p in existing.processes):
@@ -477,10 +484,12 @@ class LocalRuntime:
                 alive = {p.id: self.alive(p) for p in state.processes}
                 parts: list[dict[str, Any]] = []
                 detail = None
+                manager = None
                 try:
                     response = await client.get(state.gateway_url + "/v1/status")
                     response.raise_for_status()
                     parts = response.json()["partitions"]
+                    manager = response.json().get("manager")
                 except httpx.HTTPError as err:
                     detail = f"gateway {state.gateway_url} does not answer: {type(err).__name__}"
                 for part in parts:  # the gateway does not tell its clients where partitions are: we know
@@ -489,7 +498,7 @@ class LocalRuntime:
                 ready = bool(parts) and all(p["ready"] for p in parts) and all(alive.values())
                 result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, ready=ready,
                                         emulated=state.emulated, alive=alive, partitions=parts, detail=detail,
-                                        predicted_latency_s=state.predicted_latency_s))
+                                        predicted_latency_s=state.predicted_latency_s, manager=manager))
         return result
 
     async def teardown(self, state: RunState) -> list[str]:
