@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from edgepart.partition_service.auth import write_secret
-from edgepart.partition_service.dispatcher import VariantDispatcher, WorkerUnavailableError, dispatcher_app
-from edgepart.partition_service.variant_worker import WorkerConfig, WorkerService, frame_body, worker_app
+from edgepart.partition_service.dispatcher import (
+    VariantDispatcher,
+    WorkerUnavailableError,
+    dispatcher_app,
+)
+from edgepart.partition_service.variant_worker import (
+    WorkerConfig,
+    WorkerService,
+    frame_body,
+    worker_app,
+)
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame
 from edgepart.policy.dse import Variant, image_counts
 from edgepart.policy.manager import ManagerSettings, initial_state
