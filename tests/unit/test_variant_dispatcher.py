@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from pathlib import Path
 
@@ -103,7 +104,7 @@ async def test_a_request_is_split_by_the_chosen_shares_and_assembled_in_order() 
     assert answered == {"a": counts[0], "b": counts[1]}
     assert [p[:2] for p in result.parts] == sorted(p[:2] for p in result.parts)
     assert result.parts[0][0] == 0 and result.parts[-1][1] == 101
-    assert all(p[1] == q[0] for p, q in zip(result.parts, result.parts[1:], strict=False))
+    assert all(p[1] == q[0] for p, q in itertools.pairwise(result.parts))
     assert torch.equal(result.output, expected(x, result.parts))
     accuracy = sum((b - a) * {"small": 0.8, "big": 0.95}[v] for a, b, _, v in result.parts) / 101
     assert result.accuracy == pytest.approx(accuracy)
