@@ -666,6 +666,22 @@ def serve_gateway_command() -> None:
     raise typer.Exit(serve_main("gateway"))
 
 
+@app.command("serve-dispatcher")
+def serve_dispatcher_command() -> None:
+    """Role entry of a variants deployment's dispatcher (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
+    from edgepart.partition_service.server import main as serve_main
+
+    raise typer.Exit(serve_main("dispatcher"))
+
+
+@app.command("serve-worker")
+def serve_worker_command() -> None:
+    """Role entry of a variant worker (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
+    from edgepart.partition_service.server import main as serve_main
+
+    raise typer.Exit(serve_main("worker"))
+
+
 # ------------------------------------------------------------------ demo
 
 
@@ -701,9 +717,14 @@ def data_plane_configs(request: Any) -> Any:
 
     Wired here, at the composition root, because the operator package never imports the data plane.
     """
-    from edgepart.operator.configs import RenderedConfigs
+    from edgepart.operator.configs import RenderedConfigs, VariantConfigRequest
     from edgepart.partition_service.config import render_configs
 
+    if isinstance(request, VariantConfigRequest):  # accuracy-aware data partitioning
+        from edgepart.partition_service.variant_server import variant_configs
+
+        dispatcher, workers = variant_configs(request)
+        return RenderedConfigs(gateway=dispatcher, partitions=workers)
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
                              client_port=request.client_port, secret_file=request.secret_file,
                              gateway_device=request.gateway_device, request_timeout_s=request.request_timeout_s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgepart.plan import Plan
 
@@ -34,4 +35,24 @@ class RenderedConfigs:
     partitions: Mapping[str, str]  # partition id -> partition config JSON
 
 
-ConfigRenderer = Callable[[ConfigRequest], RenderedConfigs]
+@dataclass(frozen=True)
+class VariantConfigRequest:
+    """Accuracy-aware data partitioning: the dispatcher's config (as `gateway`) and one worker's per node (as
+    `partitions`, by worker id)."""
+
+    deployment: str
+    spec: Mapping[str, Any]  # the deployment's spec (camelCase) with the usable nodes as inline devices
+    family: Mapping[str, Any]  # the variant family (camelCase), weights paths as the pods see them
+    input_shape: tuple[int, ...]  # one image
+    workers: Mapping[str, str]  # node -> worker id
+    worker_urls: Mapping[str, str]  # node -> base URL of its worker
+    theta: Mapping[str, Mapping[str, float]]  # node -> variant -> images/s the operator predicted
+    request_timeout_s: float
+    client_port: int
+    worker_port: int
+    secret_file: str
+    batch: int
+    threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
+
+
+ConfigRenderer = Callable[[ConfigRequest | VariantConfigRequest], RenderedConfigs]

@@ -325,6 +325,10 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     profiling = (f"profiling device classes {sorted(needed)} on nodes {[needed[c].name for c in sorted(needed)]}"
                  if needed else "")
 
+    if spec.variants is not None:  # accuracy-aware data partitioning: a dispatcher and variant workers
+        return _reconcile_variants(ctx, spec, usable, profiles, master, observed, excluded, degraded_reasons,
+                                   sorted(left_out), configs)
+
     # ---- the model's layer graph: traced here only for code the operator trusts, else by a Job
     request = plan_request(spec, usable, profiles, master)
     known: dict[str, LayerGraph] = {}
@@ -448,6 +452,45 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     )
     return DesiredState(phase=phase, status=status.to_dict(), objects=tuple(render.sorted_objects(objects)),
                         prune=True, secrets=(render.deployment_secret(owner),), plan=plan, plan_inputs=request.key)
+
+
+def _reconcile_variants(ctx: _Context, spec: DeploymentSpec, usable: Sequence[NodeInfo],
+                        profiles: Mapping[str, DeviceProfile], master: str, observed: Observed,
+                        excluded: list[ExcludedNode], degraded_reasons: Sequence[str], left_out: Sequence[str],
+                        configs: ConfigRenderer) -> DesiredState:
+    """`operator/variants.py` computes the objects; here they become the desired state and its status."""
+    from edgepart.operator.variants import reconcile_variants
+
+    owner, settings = ctx.owner, ctx.settings
+    ready_pods = {p.name for p in observed.pods if p.ready and not p.deleting}
+
+    def gateway_ready(gateway: Mapping[str, Any]) -> bool:
+        return observed.gateway.ready and observed.gateway.spec_hash == gateway["metadata"]["annotations"][
+            names.ANNOTATION_HASH]
+
+    try:
+        outcome = reconcile_variants(owner, spec, plan_request(spec, usable, profiles, master), usable, master,
+                                     settings=settings, configs=configs, ready_pods=ready_pods,
+                                     gateway_ready=gateway_ready, degraded_reasons=degraded_reasons,
+                                     left_out=left_out)
+    except (EdgepartError, ValueError) as err:
+        raise _Halt("Failed", PLANNED, "ConfigurationFailed", str(err)[:2000]) from None
+    ctx.set(TRACED, True, "GraphKnown", "every variant's layer graph is known")
+    ctx.set(PROFILED, True, "ProfilesFound", "every device class has a profile")
+    for type_, ok, reason, message in outcome.conditions:
+        ctx.set(type_, ok, reason, message)
+    selection = outcome.exploration.selection
+    status = DeploymentStatus(
+        phase=outcome.phase, message=outcome.message, observed_generation=owner.generation,
+        conditions=_ordered(ctx.conditions), partitions=outcome.workers, ready_partitions=outcome.ready,
+        ready=f"{outcome.ready}/{outcome.workers}", devices=[n.name for n in usable], excluded_nodes=excluded,
+        predicted=Predicted(latency="-", latency_seconds=0.0, throughput=format_rate(selection.throughput),
+                            throughput_per_second=selection.throughput),
+        gateway=Gateway(service=names.gateway_name(owner.name),
+                        endpoint=f"http://{names.gateway_name(owner.name)}.{owner.namespace}.svc:{settings.port}"),
+    )
+    return DesiredState(phase=outcome.phase, status=status.to_dict(), objects=outcome.objects, prune=True,
+                        secrets=(render.deployment_secret(owner),))
 
 
 def _name_field(err: EdgepartError) -> str:

@@ -144,9 +144,10 @@ def partition_labels(owner: Owner, partition_id: str, plan_hash: str) -> dict[st
         names.LABEL_PARTITION: partition_id, names.LABEL_PLAN: plan_hash}
 
 
-def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: OperatorSettings) -> dict[str, Any]:
-    """A partition pod. Pods are immutable, so the name carries a digest of the content: a change
-    (new plan, new image) is a new pod, and the old one is pruned."""
+def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: OperatorSettings,
+                  args: tuple[str, ...] = ("serve-partition",)) -> dict[str, Any]:
+    """A partition pod (`args`: a variant worker's are serve-worker). Pods are immutable, so the name carries a
+    digest of the content: a change (new plan, new image) is a new pod, and the old one is pruned."""
     annotations = scrape_annotations(settings.internal_port) | {names.ANNOTATION_PLAN_HASH: plan_hash}
     obj = render_template(
         "partition-pod.yaml.j2",
@@ -163,6 +164,7 @@ def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: Ope
         memory_request=pod.memory_request,
         memory_limit=pod.memory_limit,
         settings=settings,
+        args=list(args),
     )
     obj["metadata"]["name"] = names.partition_pod_name(owner.name, pod.partition_id, names.digest(obj, 10))
     return with_hash(obj)
@@ -186,7 +188,9 @@ def gateway_selector(owner: Owner) -> dict[str, str]:
             names.LABEL_COMPONENT: "gateway"}
 
 
-def gateway_deployment(owner: Owner, node: str, plan_hash: str, settings: OperatorSettings) -> dict[str, Any]:
+def gateway_deployment(owner: Owner, node: str, plan_hash: str, settings: OperatorSettings,
+                       args: tuple[str, ...] = ("serve-gateway",)) -> dict[str, Any]:
+    """The gateway (`args`: a variants deployment's dispatcher is serve-dispatcher)."""
     labels = names.base_labels(owner.name, "gateway")
     return with_hash(render_template(
         "gateway-deployment.yaml.j2",
@@ -201,6 +205,7 @@ def gateway_deployment(owner: Owner, node: str, plan_hash: str, settings: Operat
         secret=names.secret_name(owner.name),
         secret_dir=SECRET_DIR,
         settings=settings,
+        args=list(args),
     ))
 
 

@@ -451,6 +451,9 @@ class DispatcherConfig(BaseModel):
     spec: dict[str, Any] = Field(description="The DNNDeployment's spec (camelCase, as applied).")
     base: str = Field(description="Directory relative paths of the spec resolve against.")
     workers: dict[str, str] = Field(description="Device name -> worker URL.")
+    theta: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Device -> variant -> images/s to start from (the operator's prediction, "
+                                          "made with its device profiles); default: the cost model's here.")
     secret_file: str
     request_timeout_s: float = Field(default=30.0, gt=0)
     heartbeat_s: float = Field(default=0.5, gt=0)

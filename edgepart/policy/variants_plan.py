@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from edgepart.errors import EdgepartError, explain_validation
 from edgepart.planner.cluster import Cluster, Link, cluster_from_spec
+from edgepart.planner.costmodel import DeviceProfile
 from edgepart.policy.dse import OFF, DseProblem, Front, Variant, image_counts, pareto_front
 from edgepart.policy.manager import ManagerSettings
 from edgepart.policy.select import (
@@ -43,7 +44,7 @@ from edgepart.policy.select import (
     select,
 )
 from edgepart.policy.throughput import ThroughputEstimates
-from edgepart.spec import DeploymentSpec, VariantFamilySpec, VariantsSpec
+from edgepart.spec import ClusterSpec, DeploymentSpec, VariantFamilySpec, VariantsSpec
 from edgepart.variants import family_graphs, load_manifest, shipped_family
 from edgepart.variants.family import DIGITS_FAMILY
 
@@ -173,18 +174,21 @@ def _links(cluster: Cluster) -> dict[str, tuple[Link, Link]]:
 
 
 def explore(spec: DeploymentSpec, base: Path | None = None, *, family: VariantFamilySpec | None = None,
-            estimates: ThroughputEstimates | None = None, window: int = 2,
-            images: int | None = None) -> Exploration:
+            estimates: ThroughputEstimates | None = None, window: int = 2, images: int | None = None,
+            cluster_spec: ClusterSpec | None = None,
+            profiles: Mapping[str, DeviceProfile] | None = None) -> Exploration:
     """The table, front and selection of a variants deployment on its inline devices (module docstring).
 
     `family` skips resolving it again; `estimates` replaces the cost model's θ (e.g. measured ones);
-    `window`: requests the dispatcher keeps in flight; `images`: request size the accuracy mode times."""
+    `window`: requests the dispatcher keeps in flight; `images`: request size the accuracy mode times;
+    `cluster_spec` and `profiles` (device name -> profile): the devices, instead of the spec's inline ones
+    (the operator's view of the nodes)."""
     if spec.variants is None:
         raise VariantsPlanError("spec.variants: this deployment names no variant family")
     variants_spec = spec.variants
     root = base or Path.cwd()
     family = family if family is not None else resolve_family(variants_spec, root)
-    cluster = cluster_from_spec(spec.cluster(), base_dir=root)
+    cluster = cluster_from_spec(cluster_spec or spec.cluster(), base_dir=root, profiles=profiles)
     unknown = sorted(set(variants_spec.power) - set(cluster.names))
     if unknown:
         raise VariantsPlanError(f"spec.variants.power: {unknown} are not devices {list(cluster.names)}")

@@ -397,3 +397,89 @@ async def test_a_traced_graph_from_the_jobs_log_is_planned_from(k8s: EdgepartEmu
     _, plan = await deployed(k8s)
     assert plan.model.name == name and len(plan.tasks) == 5  # a 2x2 grid and the tail
     assert condition(k8s, "Traced")["status"] == "True"
+
+
+# ---------------------------------------------------------------- accuracy-aware data partitioning
+
+
+def variants_deployment(**variants: Any) -> dict[str, Any]:
+    body = deployment(variants={"family": "digits", "target": {"throughput": 2000}, **variants})
+    for key in ("model", "solver", "solverOptions"):
+        body["spec"].pop(key)
+    return body
+
+
+def worker_pods(k8s: EdgepartEmulator) -> list[dict[str, Any]]:
+    return [p for p in partition_pods(k8s) if p["metadata"]["labels"][LABEL_PARTITION].startswith("worker-")]
+
+
+async def test_a_variants_deployment_runs_a_dispatcher_and_a_worker_per_node_and_degrades_without_one(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
+    from edgepart.partition_service.dispatcher import DispatcherConfig
+    from edgepart.partition_service.variant_worker import WorkerConfig
+
+    await create_object(profile_config_map("edge-small"))
+    await create_object(variants_deployment())
+    st = await phase_is(k8s, "Deploying")
+    await eventually(lambda: len(worker_pods(k8s)) == 4 or None, what="four worker pods")
+    assert sorted(node_of(p) for p in worker_pods(k8s)) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    assert all(p["spec"]["containers"][0]["args"] == ["serve-worker"] for p in worker_pods(k8s))
+    gateway = get(k8s, "deployments", f"{NAME}-gateway")
+    assert gateway is not None
+    assert gateway["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve-dispatcher"]
+    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    dispatcher = DispatcherConfig.model_validate_json(config_map["data"]["gateway.json"])
+    assert sorted(dispatcher.workers) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    assert set(dispatcher.theta["edge-1"]) == {"digits-xs", "digits-s", "digits-m", "digits-l", "digits-xl"}
+    worker = WorkerConfig.model_validate_json(config_map["data"]["partition-worker-edge-1.json"])
+    assert worker.device == "edge-1" and worker.family.name == "digits" and worker.input_shape == (1, 8, 8)
+    assert "digits" in condition(k8s, "Planned")["message"]
+    assert st["predicted"]["throughputPerSecond"] > 0
+
+    async def ready_all() -> None:
+        for pod in worker_pods(k8s):
+            await merge_patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status",
+                              {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                                          "containerStatuses": [{"name": "partition", "ready": True,
+                                                                 "restartCount": 0}]}})
+        gw = get(k8s, "deployments", f"{NAME}-gateway")
+        assert gw is not None
+        await merge_patch(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}-gateway/status",
+                          {"status": {"readyReplicas": 1, "replicas": 1,
+                                      "observedGeneration": gw["metadata"]["generation"]}})
+
+    await ready_all()
+    st = await phase_is(k8s, "Ready")
+    assert st["message"].startswith("dispatching at") and st["ready"] == "4/4"
+
+    # a device goes out: its worker goes, the dispatcher's config drops it, Degraded names it
+    await merge_patch("/api/v1/nodes/edge-2/status", {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}})
+    await eventually(lambda: "edge-2" not in status(k8s).get("devices", ["edge-2"]) or None, what="edge-2 out")
+    await eventually(lambda: len(worker_pods(k8s)) == 3 or None, what="three worker pods")
+    assert all(node_of(p) != "edge-2" for p in worker_pods(k8s))
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    assert "edge-2" not in DispatcherConfig.model_validate_json(config_map["data"]["gateway.json"]).workers
+    assert condition(k8s, "Degraded")["status"] == "True"
+    await ready_all()
+    st = await phase_is(k8s, "Degraded")
+    assert "edge-2" in st["message"]
+
+
+async def test_custom_variants_outside_the_trusted_models_are_refused(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                                     create_object: Create) -> None:
+    custom = {"name": "mine", "task": "t", "variants": [
+        {"name": "a", "model": {"name": "alexnet"}, "accuracy": {"value": 0.5, "kind": "declared", "source": "s"}},
+        {"name": "b", "model": {"name": "mypkg.nets:build", "inputShape": [1, 3, 224, 224]},
+         "accuracy": {"value": 0.7, "kind": "declared", "source": "s"}}]}
+    await create_object(profile_config_map("edge-small"))
+    body = variants_deployment(custom=custom)
+    body["spec"]["variants"].pop("family")
+    await create_object(body)
+    st = await phase_is(k8s, "Failed")
+    assert "spec.variants.custom.variants[1].model.name: 'mypkg.nets:build' (b)" in st["message"]
+    assert "trustedModels" in st["message"]
+    assert worker_pods(k8s) == []
