@@ -183,6 +183,7 @@ class VariantDispatcher:
         self.replans: list[str] = []
         self.stalled: str | None = None
         self.redispatched = 0
+        self.computed: dict[str, tuple[int, float]] = {}  # node -> (parts answered, their compute seconds)
         self.answered: deque[tuple[float, int]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counter = 0
@@ -271,6 +272,8 @@ class VariantDispatcher:
             pending.output = torch.empty((pending.images.shape[0], *out.shape[1:]), dtype=out.dtype)
         pending.output[action.start:action.stop] = out
         pending.parts.append((action.start, action.stop, action.node, action.variant))
+        done, spent = self.computed.get(action.node, (0, 0.0))
+        self.computed[action.node] = (done + 1, spent + seconds)
         self.metrics.images.labels(self.metrics.deployment, action.node, action.variant).inc(action.stop - action.start)
         images = action.stop - action.start
         self.apply(PartDone(action.request, action.part, action.node, images,
@@ -369,7 +372,11 @@ class VariantDispatcher:
     def describe(self) -> dict[str, Any]:
         """The resource manager's state and every worker's, for `/v1/status` and `edgepart status`."""
         manager = self.state.describe()
+        estimates: dict[str, dict[str, float]] = {}
+        for (node, variant), value in self.state.estimates.values.items():
+            estimates.setdefault(node, {})[variant] = value
         manager.update(replans=len(self.replans), lastReplan=self.replans[-1] if self.replans else None,
+                       estimates=estimates,
                        measuredThroughput=self.measured_throughput(), stalled=self.stalled,
                        redispatchedImages=self.redispatched)
         configuration = manager.get("configuration") or {}
@@ -377,6 +384,7 @@ class VariantDispatcher:
         workers = [{"id": f"worker-{n}", "device": n, "stage": 0, "alive": n not in self.gone,
                     "ready": n in self.seen and n not in self.gone, "state": "gone" if n in self.gone else "ready",
                     "variant": configuration.get(n), "loaded": self.state.loaded.get(n),
+                    "parts": self.computed.get(n, (0, 0.0))[0], "computeSeconds": self.computed.get(n, (0, 0.0))[1],
                     "detail": "unreachable; its images were dispatched again" if n in self.gone else ""}
                    for n in self.all_nodes]
         return {"ready": self.ready, "mode": "variants", "partitions": workers, "manager": manager}

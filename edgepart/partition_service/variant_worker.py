@@ -122,6 +122,7 @@ class WorkerService:
         self._computing = threading.Lock()  # one part at a time: its compute time is its own
         self.current: str | None = None
         self.computed = 0
+        self.parts = 0
         self.compute_s = 0.0
         torch.set_num_threads(config.threads)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -164,6 +165,7 @@ class WorkerService:
             out = torch.cat(outs)
             seconds = time.perf_counter() - started
         self.computed += images.shape[0]
+        self.parts += 1
         self.compute_s += seconds
         labels = (self.config.deployment, self.config.device, variant)
         self._images.labels(*labels).inc(images.shape[0])
@@ -222,7 +224,8 @@ def worker_app(service: WorkerService) -> FastAPI:
         if not authorized(request):
             return _error(401, "missing or wrong deployment secret")
         return JSONResponse({"device": service.config.device, "variant": service.current,
-                             "computed": service.computed, "computeSeconds": service.compute_s})
+                             "computed": service.computed, "parts": service.parts,
+                             "computeSeconds": service.compute_s})
 
     @app.post("/v1/load")
     async def load(request: Request) -> Response:

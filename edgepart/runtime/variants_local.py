@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,11 +93,13 @@ def dse_report(deployment: DNNDeployment, base: Path, *, as_json: bool = False) 
 
 
 async def up_variants(runtime: LocalRuntime, deployment: DNNDeployment, *, port: int, emulate: bool,
-                      ready_timeout_s: float, base: Path | None) -> RunState:
+                      ready_timeout_s: float, base: Path | None,
+                      theta: Mapping[str, Mapping[str, float]] | None = None) -> RunState:
     """Start a dispatcher and one worker per device; wait until every worker answers (module docstring).
 
     With `emulate` (root), every worker runs in its device's network namespace and CPU quota and the
-    dispatcher in the master device's namespace, serving its clients on the host's 127.0.0.1:PORT."""
+    dispatcher in the master device's namespace, serving its clients on the host's 127.0.0.1:PORT.
+    `theta` (device -> variant -> images/s, e.g. measured) replaces the cost model's estimates."""
     from edgepart.partition_service.auth import write_secret
     from edgepart.policy.variants_plan import explore
     from edgepart.runtime.planning import with_cpu_speeds
@@ -116,7 +118,11 @@ async def up_variants(runtime: LocalRuntime, deployment: DNNDeployment, *, port:
         deployment = with_cpu_speeds(deployment)
     spec = deployment.spec
     root = base or Path.cwd()
-    exploration = await asyncio.to_thread(explore, spec, root)
+    from edgepart.policy.throughput import ThroughputEstimates
+
+    given = None if theta is None else ThroughputEstimates(
+        {(n, v): t for n, row in theta.items() for v, t in row.items()})
+    exploration = await asyncio.to_thread(lambda: explore(spec, root, estimates=given))
     selection = exploration.selection
     runtime._echo(f"{exploration.family.name}: {len(exploration.family.variants)} variants on "
                   f"{len(exploration.cluster.devices)} devices; chosen "
@@ -133,7 +139,7 @@ async def up_variants(runtime: LocalRuntime, deployment: DNNDeployment, *, port:
                      solver="accuracy-aware", how="design-space exploration",
                      predicted_throughput_per_s=selection.throughput)
     try:
-        await _start(runtime, deployment, exploration, state, root, emulate)
+        await _start(runtime, deployment, exploration, state, root, emulate, theta)
         runtime._echo(f"started {len(state.processes)} processes; waiting until every worker answers")
         await runtime._wait_ready(state, ready_timeout_s)
         runtime._apply_caps(state)
@@ -146,7 +152,7 @@ async def up_variants(runtime: LocalRuntime, deployment: DNNDeployment, *, port:
 
 
 async def _start(runtime: LocalRuntime, deployment: DNNDeployment, exploration: Exploration, state: RunState,
-                 root: Path, emulate: bool) -> None:
+                 root: Path, emulate: bool, theta: Mapping[str, Mapping[str, float]] | None) -> None:
     from edgepart.partition_service.dispatcher import DispatcherConfig
     from edgepart.partition_service.variant_worker import WorkerConfig
 
@@ -198,6 +204,7 @@ async def _start(runtime: LocalRuntime, deployment: DNNDeployment, exploration: 
             deployment=state.name, host="127.0.0.1", port=state.port,
             spec=json.loads(deployment.spec.model_dump_json(by_alias=True, exclude_none=True)),
             base=str(root), workers=urls, secret_file=secret,
+            theta={n: dict(row) for n, row in (theta or {}).items()},
             request_timeout_s=parse_duration(spec.request_timeout))
         path = configs / f"{DISPATCHER}.json"
         path.write_text(dconfig.model_dump_json(indent=2))
