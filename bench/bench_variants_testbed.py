@@ -4,8 +4,8 @@ Setup: four emulated devices (each its own network namespace behind a 1 Gbit/s t
 CPU quotas of 0.6, 0.4, 0.25 and 0.25 CPU), the shipped digits family, a dispatcher on the first
 device (`edgepart up --emulate` of a variants deployment) and one variant worker per device.
 
-1. θ[n][m] is measured, not taken from the cost model: each variant computes 2,048 random digits in
-   batches of 32 under each device's CPU quota (`emulate.cpu_capped`). The target is 1.3x what the
+1. θ[n][m] is measured, not taken from the cost model: each variant computes random digits in
+   batches of 32 for 2 s under each device's CPU quota (`emulate.cpu_capped`). The target is 1.3x what the
    most accurate variant sustains everywhere, so the policy mixes variants.
 2. A stream of requests of 512 held-out digits (image j of request r is held-out digit
    (512 r + j) mod 360), 4 in flight from the client. The first half calibrates what the data plane
@@ -70,8 +70,10 @@ def emulate_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def measure_theta(images: int = 2048) -> dict[str, dict[str, float]]:
-    """Images/s of every variant under every device's CPU quota (batches of BATCH)."""
+def measure_theta(seconds: float = 1.5) -> dict[str, dict[str, float]]:
+    """Images/s of every variant under every device's CPU quota (batches of BATCH), each for at least
+    `seconds` (many CFS periods: a short burst runs unthrottled on the period's budget)."""
+    images = 1024
     family = shipped_family().family
     models = {v.name: load_model(model_ref(v)) for v in family.variants}
     x = torch.rand((images, 1, 8, 8), generator=torch.Generator().manual_seed(0))
@@ -83,9 +85,12 @@ def measure_theta(images: int = 2048) -> dict[str, dict[str, float]]:
             for name, model in models.items():
                 model(x[:BATCH])
                 started = time.perf_counter()
-                for i in range(0, images, BATCH):
-                    model(x[i:i + BATCH])
-                row[name] = images / (time.perf_counter() - started)
+                done = 0
+                while time.perf_counter() - started < seconds:
+                    for i in range(0, images, BATCH):
+                        model(x[i:i + BATCH])
+                    done += images
+                row[name] = done / (time.perf_counter() - started)
         by_quota[quota] = row
     return {device: by_quota[quota] for device, quota in CPUS.items()}
 
@@ -151,7 +156,7 @@ def cpu_of(state: RunState) -> dict[str, float]:
 
 async def run(quick: bool) -> dict[str, Any]:
     requests = 16 if quick else 40
-    theta = await asyncio.to_thread(measure_theta, 1024 if quick else 2048)
+    theta = await asyncio.to_thread(measure_theta, 1.0 if quick else 2.0)
     print("θ measured under each quota (images/s):")
     for device, row in theta.items():
         print(f"  {device} ({CPUS[device]} CPU): " + ", ".join(f"{v} {t:.0f}" for v, t in row.items()))
