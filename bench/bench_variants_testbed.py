@@ -178,19 +178,25 @@ async def run(quick: bool) -> dict[str, Any]:
             calibration = Stream(url, client)
             before = cpu_of(state)
             infos_before = await worker_compute(state, client)
+            by_before = await images_by_variant(state, client)
             await calibration.run(requests // 2)
             after = cpu_of(state)
             infos_after = await worker_compute(state, client)
+            by_after = await images_by_variant(state, client)
             st = await status(url, client)
             per_request = (after["dispatcher"] - before["dispatcher"]) / calibration.answered
-            overheads = []
+            overheads = {}
             for device, quota in CPUS.items():
                 wid = worker_id(device)
                 parts = infos_after[wid]["parts"] - infos_before[wid]["parts"]
-                compute = infos_after[wid]["computeSeconds"] - infos_before[wid]["computeSeconds"]
-                if parts > 0:  # CPU beyond compute (compute wall under a quota costs wall x quota of CPU)
-                    overheads.append(max(0.0, (after[wid] - before[wid]) - compute * quota) / parts / quota)
-            cost = DispatchCost(per_request_s=per_request, worker_part_s=max(overheads, default=0.0))
+                if parts <= 0:
+                    continue
+                # its CPU beyond what θ says its images take (images/θ of quota-limited time, x quota of CPU),
+                # per part, as time under its quota
+                compute_cpu = sum((n - by_before[wid].get(v, 0)) / theta[device][v] * quota
+                                  for v, n in by_after[wid].items())
+                overheads[device] = max(0.0, (after[wid] - before[wid]) - compute_cpu) / parts / quota
+            cost = DispatchCost(per_request_s=per_request, node_part_s=overheads)
             # measured: the second half
             measured = Stream(url, client)
             measured.next = calibration.next
@@ -212,7 +218,7 @@ async def run(quick: bool) -> dict[str, Any]:
                       "table_throughput": selection.throughput,
                       "predicted_with_costs": stream_throughput(problem, selection, IMAGES, cost),
                       "predicted_accuracy": selection.accuracy},
-                cost={"dispatcher_cpu_per_request_s": cost.per_request_s, "worker_part_s": cost.worker_part_s},
+                cost={"dispatcher_cpu_per_request_s": cost.per_request_s, "worker_part_s": dict(cost.node_part_s)},
                 measured={"throughput": images / wall, "accuracy": measured.right / images,
                           "expected_accuracy": measured.expected / images, "answered": measured.answered,
                           "sent": measured.sent, "by_variant": measured.by_variant})
@@ -243,8 +249,13 @@ async def run(quick: bool) -> dict[str, Any]:
 async def worker_compute(state: RunState, client: httpx.AsyncClient) -> dict[str, dict[str, float]]:
     """Each worker's parts and their compute seconds so far, as the dispatcher received them."""
     workers = (await status(state.gateway_url, client))["partitions"]
-    return {w["id"]: {"computeSeconds": float(w.get("computeSeconds", 0.0)), "parts": float(w.get("parts", 0))}
-            for w in workers}
+    return {w["id"]: {"computeSeconds": float(w.get("computeSeconds", 0.0)), "parts": float(w.get("parts", 0)),
+                      "images": float(w.get("images", 0))} for w in workers}
+
+
+async def images_by_variant(state: RunState, client: httpx.AsyncClient) -> dict[str, dict[str, int]]:
+    workers = (await status(state.gateway_url, client))["partitions"]
+    return {w["id"]: {str(v): int(n) for v, n in w.get("imagesByVariant", {}).items()} for w in workers}
 
 
 def report(r: dict[str, Any]) -> list[str]:
@@ -265,7 +276,8 @@ def report(r: dict[str, Any]) -> list[str]:
         f"measured / predicted with costs: {m['throughput'] / h['predicted_with_costs']:.2f}x; "
         f"measured / table Θ: {m['throughput'] / h['table_throughput']:.2f}x",
         f"data plane costs (calibrated on the first half): dispatcher {r['cost']['dispatcher_cpu_per_request_s'] * 1e3:.1f} "
-        f"ms CPU per request, a worker {r['cost']['worker_part_s'] * 1e3:.1f} ms per part beyond compute",
+        "ms CPU per request; per part beyond compute, under each quota: "
+        + ", ".join(f"{n} {v * 1e3:.1f} ms" for n, v in r["cost"]["worker_part_s"].items()),
         f"kill {k['victim']} mid-stream: {k['answered']}/{k['sent']} requests answered, "
         f"{k['redispatched_images']} images dispatched again; then {k['configuration']}, accuracy "
         f"{k['accuracy']:.4f} measured ({k['expected_accuracy']:.4f} expected; predicted {k['predicted_accuracy']:.4f})",

@@ -183,7 +183,8 @@ class VariantDispatcher:
         self.replans: list[str] = []
         self.stalled: str | None = None
         self.redispatched = 0
-        self.computed: dict[str, tuple[int, float]] = {}  # node -> (parts answered, their compute seconds)
+        self.computed: dict[str, tuple[int, int, float]] = {}  # node -> (parts, images, compute seconds) answered
+        self.images_by: dict[tuple[str, str], int] = {}  # (node, variant) -> images answered
         self.answered: deque[tuple[float, int]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counter = 0
@@ -272,8 +273,10 @@ class VariantDispatcher:
             pending.output = torch.empty((pending.images.shape[0], *out.shape[1:]), dtype=out.dtype)
         pending.output[action.start:action.stop] = out
         pending.parts.append((action.start, action.stop, action.node, action.variant))
-        done, spent = self.computed.get(action.node, (0, 0.0))
-        self.computed[action.node] = (done + 1, spent + seconds)
+        done, count, spent = self.computed.get(action.node, (0, 0, 0.0))
+        self.computed[action.node] = (done + 1, count + action.stop - action.start, spent + seconds)
+        key = (action.node, action.variant)
+        self.images_by[key] = self.images_by.get(key, 0) + action.stop - action.start
         self.metrics.images.labels(self.metrics.deployment, action.node, action.variant).inc(action.stop - action.start)
         images = action.stop - action.start
         self.apply(PartDone(action.request, action.part, action.node, images,
@@ -384,7 +387,9 @@ class VariantDispatcher:
         workers = [{"id": f"worker-{n}", "device": n, "stage": 0, "alive": n not in self.gone,
                     "ready": n in self.seen and n not in self.gone, "state": "gone" if n in self.gone else "ready",
                     "variant": configuration.get(n), "loaded": self.state.loaded.get(n),
-                    "parts": self.computed.get(n, (0, 0.0))[0], "computeSeconds": self.computed.get(n, (0, 0.0))[1],
+                    "parts": self.computed.get(n, (0, 0, 0.0))[0], "images": self.computed.get(n, (0, 0, 0.0))[1],
+                    "computeSeconds": self.computed.get(n, (0, 0, 0.0))[2],
+                    "imagesByVariant": {v: c for (m, v), c in self.images_by.items() if m == n},
                     "detail": "unreachable; its images were dispatched again" if n in self.gone else ""}
                    for n in self.all_nodes]
         return {"ready": self.ready, "mode": "variants", "partitions": workers, "manager": manager}

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +116,17 @@ class DispatchCost:
     per_request_s: float = 0.0
     per_part_s: float = 0.0
     worker_part_s: float = 0.0
+    node_part_s: Mapping[str, float] = field(default_factory=dict)  # per node, instead of worker_part_s
 
     def __post_init__(self) -> None:
-        for name in ("per_request_s", "per_part_s", "worker_part_s"):
-            value = getattr(self, name)
+        values = {"per_request_s": self.per_request_s, "per_part_s": self.per_part_s,
+                  "worker_part_s": self.worker_part_s, **{f"node_part_s[{n}]": v for n, v in self.node_part_s.items()}}
+        for name, value in values.items():
             if not (value >= 0 and math.isfinite(value)):
                 raise VariantsPlanError(f"dispatch cost {name} must be a finite number >= 0, got {value}")
+
+    def part_s(self, node: str) -> float:
+        return self.node_part_s.get(node, self.worker_part_s)
 
 
 def stream_throughput(problem: DseProblem, selection: Selection, images: int,
@@ -140,7 +145,7 @@ def stream_throughput(problem: DseProblem, selection: Selection, images: int,
         theta = problem.nodes[n].throughput[m]
         assert theta is not None
         parts += 1
-        slowest = max(slowest, count / theta + cost.worker_part_s)
+        slowest = max(slowest, count / theta + cost.part_s(problem.nodes[n].name))
     dispatcher = cost.per_request_s + parts * cost.per_part_s
     return images / max(slowest, dispatcher)
 

@@ -433,7 +433,7 @@ async def test_a_variants_deployment_runs_a_dispatcher_and_a_worker_per_node_and
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
     assert gateway["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve-dispatcher"]
-    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-0"
     config_map = get(k8s, "configmaps", f"{NAME}-plan")
     assert config_map is not None
     dispatcher = DispatcherConfig.model_validate_json(config_map["data"]["gateway.json"])
