@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -168,7 +169,8 @@ async def run(quick: bool) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="edgepart-variants-"))
     runtime = LocalRuntime(scratch / "run", echo=print)
     result: dict[str, Any] = {"cpus": CPUS, "theta": theta, "target": target, "requests": requests,
-                              "images_per_request": IMAGES}
+                              "images_per_request": IMAGES, "host_cores": os.cpu_count(),
+                              "load_before": os.getloadavg()[0]}
     state = await up_variants(runtime, deployment, port=0, emulate=True, ready_timeout_s=300, base=Path.cwd(),
                               theta=theta)
     try:
@@ -241,6 +243,7 @@ async def run(quick: bool) -> dict[str, Any]:
                               "redispatched_images": after_kill["redispatchedImages"],
                               "last_replan": after_kill["lastReplan"]}
     finally:
+        result["load_after"] = os.getloadavg()[0]
         await runtime.down(state.name)
         shutil.rmtree(scratch, ignore_errors=True)
     return result
@@ -278,6 +281,9 @@ def report(r: dict[str, Any]) -> list[str]:
         f"data plane costs (calibrated on the first half): dispatcher {r['cost']['dispatcher_cpu_per_request_s'] * 1e3:.1f} "
         "ms CPU per request; per part beyond compute, under each quota: "
         + ", ".join(f"{n} {v * 1e3:.1f} ms" for n, v in r["cost"]["worker_part_s"].items()),
+        f"host: {r['host_cores']} cores, load average {r['load_before']:.1f} before and {r['load_after']:.1f} after "
+        "(quotas above a process's fair share of a busy host do not bind; figures from a loaded host understate "
+        "throughput)",
         f"kill {k['victim']} mid-stream: {k['answered']}/{k['sent']} requests answered, "
         f"{k['redispatched_images']} images dispatched again; then {k['configuration']}, accuracy "
         f"{k['accuracy']:.4f} measured ({k['expected_accuracy']:.4f} expected; predicted {k['predicted_accuracy']:.4f})",
