@@ -331,10 +331,9 @@ class VariantDispatcher:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending[ident] = _Pending(ident, images, future)
         self.apply(RequestArrived(ident, int(images.shape[0])))
-        try:
-            return await asyncio.wait_for(future, self.request_timeout_s)
-        finally:
-            self.pending.pop(ident, None)
+        # a request that times out stays with the manager until it is answered (its parts still count, and
+        # the window frees only then); its answer is dropped
+        return await asyncio.wait_for(asyncio.shield(future), self.request_timeout_s)
 
     # ------------------------------------------------------------ workers coming and going
 

@@ -239,3 +239,18 @@ async def test_a_worker_refuses_calls_without_the_secret_and_computes_its_varian
     with torch.no_grad():
         assert torch.allclose(decode_frame(ran.content).tensor, own(x), atol=1e-6)
     assert not math.isnan(service.compute_s)
+
+
+async def test_a_timed_out_request_still_frees_the_window() -> None:
+    workers = FakeWorkers()
+    d = dispatcher(workers)
+    d.request_timeout_s = 0.05
+    await d.infer(images(10))
+    workers.hold.clear()
+    for k in range(3):  # more than the window (2) times out while the workers hold their parts
+        with pytest.raises(TimeoutError):
+            await d.infer(images(20, k))
+    workers.hold.set()
+    d.request_timeout_s = 5
+    result = await d.infer(images(30, 9))
+    assert result.parts[-1][1] == 30 and not d.pending
