@@ -126,3 +126,15 @@ def test_stream_prediction_adds_the_data_plane_costs() -> None:
     assert slower < free
     with pytest.raises(VariantsPlanError, match="per_part_s"):
         DispatchCost(per_part_s=-1)
+
+
+def test_status_lines_show_the_resource_managers_state() -> None:
+    from edgepart.runtime.variants_local import manager_lines
+
+    lines = manager_lines({"phase": "EXECUTE", "configuration": {"a": "digits-l", "b": None},
+                           "predictedThroughput": 1234.4, "predictedAccuracy": 0.98061, "targetMet": True,
+                           "measuredThroughput": 1100.0, "replans": 2, "lastReplan": "node b left",
+                           "redispatchedImages": 17, "queued": 1, "note": "", "stalled": None})
+    assert lines[0] == "resource manager: EXECUTE; configuration a: digits-l, b: off"
+    assert "predicted 1234 images/s at accuracy 0.9806 (target met); measured 1100 images/s" in lines[1]
+    assert "re-plans 2 (last: node b left); images dispatched again 17; queued 1" in lines[2]
