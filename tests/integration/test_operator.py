@@ -416,7 +416,7 @@ async def test_an_mw_deployment_offloads_from_the_end_device_to_the_edge_server(
     assert {t.device for t in plan.tasks} <= {"edge-2", "edge-1"} and plan.meta["server"] == "edge-1"
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
-    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-2"}
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-2"
     config_map = get(k8s, "configmaps", f"{NAME}-plan")
     assert config_map is not None
     configs = {t.id: load_partition_config(config_map["data"][f"partition-{t.id}.json"]) for t in plan.tasks}
