@@ -241,6 +241,8 @@ def print_plan(plan: Any) -> None:
             f"{m} {v * 1e3:.1f} ms" for m, v in plan.predicted.models.items()) + ")"
         typer.echo(f"predicted latency {plan.predicted.latency_s * 1e3:.1f} ms{per_model}, "
                    f"throughput {plan.predicted.throughput_per_s:.2f}/s")
+    if isinstance(plan.meta.get("summary"), str):  # what a solver says of its own search (partial offloading)
+        typer.echo(plan.meta["summary"])
 
 
 def is_deployment_file(text: str) -> bool:
