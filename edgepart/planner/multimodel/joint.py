@@ -14,7 +14,8 @@ The search's tasks become the plan's tasks on their devices: a task computes
 its stripe's output region and reads, from each producer task, the part of the
 producer's output its input region needs (the model input for the first
 stripe); the list schedule's priorities (position in the schedule's order)
-become the tasks' priorities. The objective is the completion time of one
+become the tasks' priorities, and the plan lists its tasks in that order (the
+evaluator and the data plane issue inputs and sends in plan order). The objective is the completion time of one
 request of every model issued together; the search scores candidates with the
 batched list schedule (`schedule.makespans`, links `free` or `fifo`) and the
 registry costs the chosen plan with the task-graph evaluator, like every
@@ -155,6 +156,7 @@ def plan_jointly(models: Sequence[JointModel], cluster: Cluster, solver: str,
         priority[cost.order] = np.arange(cost.tasks)
     names = cluster.names
     tasks, outputs = plan_tasks(models, prepared.tasks, [names[d] for d in result.task_devices], priority.tolist())
+    tasks.sort(key=lambda t: t.priority)  # the evaluator issues inputs and sends in plan order: the schedule's
     entries = [ModelEntry.of(m.id, m.ref) for m in models]
     used = dict.fromkeys((cluster.master, *(t.device for t in tasks)))
     meta = {
