@@ -85,3 +85,19 @@ def test_bad_options_and_objectives_name_what_is_wrong() -> None:
         solve_models(models(), cluster(), "throughput", "mgp-memetic")
     with pytest.raises(PlanningError, match="unknown option 'grid'"):
         solve_models(models(), cluster(), "latency", "lo-pso", grid="2x2")
+
+
+def test_pieces_of_a_stripe_on_one_device_become_one_task() -> None:
+    base = reference_profile()
+    devices = (Device("hub", base, 1.0, 2**30), Device("slow", base, 1e-4, 2**30))
+    lopsided = Cluster(devices, "hub", "switched", Link(1e-3, 1e6))
+    plan = solve_models(models(), lopsided, "latency", "mgp-memetic", iterations=10)
+    assert {t.device for t in plan.tasks} == {"hub"}
+    assert any(".p" not in t.id for t in plan.tasks)  # merged pieces: the whole stripe
+    assert len(plan.tasks) == len({(t.model, t.start) for t in plan.tasks})  # one task per stripe
+    use_exact_kernels()
+    for name in NAMES:
+        gm, graph = traced(name)
+        x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(5))
+        executor = Executor(gm, graph)
+        assert torch.equal(executor.run_plan(plan, x, name), executor.run_whole(x))

@@ -15,7 +15,10 @@ its stripe's output region and reads, from each producer task, the part of the
 producer's output its input region needs (the model input for the first
 stripe); the list schedule's priorities (position in the schedule's order)
 become the tasks' priorities, and the plan lists its tasks in that order (the
-evaluator and the data plane issue inputs and sends in plan order). The objective is the completion time of one
+evaluator and the data plane issue inputs and sends in plan order). Where
+every piece of a stripe went to one device, they become one task computing
+the whole stripe (its input read once, no halo recomputed), which the
+evaluator then costs lower than the search did. The objective is the completion time of one
 request of every model issued together; the search scores candidates with the
 batched list schedule (`schedule.makespans`, links `free` or `fifo`) and the
 registry costs the chosen plan with the task-graph evaluator, like every
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgepart.geometry import Region
+from edgepart.geometry import Region, backprop, hull_all
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
 from edgepart.plan import INPUT, ModelEntry, Plan, Task, TaskInput, make_task_plan
@@ -106,38 +109,68 @@ def search_settings(settings: JointSettings) -> SearchSettings:
     return SearchSettings(links=settings.links, pso=pso, memetic=memetic)
 
 
-def plan_tasks(models: Sequence[JointModel], tasks: TaskGraph, devices: Sequence[str],
-               priority: Sequence[int]) -> tuple[list[Task], dict[str, list[str]]]:
-    """The plan's tasks (task i on `devices[i]` with `priority[i]`) and each model's output tasks."""
-    ids = [_task_id(models[t.model].id, t.first_unit, t.stop_unit, t.piece) for t in tasks.tasks]
-    reads: list[list[TaskInput]] = [[] for _ in tasks.tasks]
-    for edge in tasks.edges:
-        reads[edge.dst].append(TaskInput(source=ids[edge.src], region=edge.region))
+@dataclass(frozen=True)
+class Stripe:
+    """One task of the plan: units [first_unit, stop_unit) of a model, one piece (None: all its pieces)."""
+
+    model: int
+    first_unit: int
+    stop_unit: int
+    start: int
+    stop: int
+    piece: int | None
+    output: Region
+    device: str
+    priority: int
+
+
+def stripes(tasks: TaskGraph, devices: Sequence[str], priority: Sequence[int]) -> list[Stripe]:
+    """The search's tasks on their devices; the pieces of one stripe that all went to one device become one
+    task (its whole output: the input is read once and no halo is recomputed)."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for t in tasks.tasks:
+        groups.setdefault((t.model, t.first_unit, t.stop_unit), []).append(t.index)
+    result = []
+    for (model, first, stop_unit), members in groups.items():
+        head = tasks.tasks[members[0]]
+        merge = len(members) > 1 and len({devices[i] for i in members}) == 1
+        parts = [members] if merge else [[i] for i in members]
+        for part in parts:
+            output = hull_all(tasks.tasks[i].output for i in part)
+            piece = None if merge else tasks.tasks[part[0]].piece
+            result.append(Stripe(model, first, stop_unit, head.start, head.stop, piece, output,
+                                 devices[part[0]], min(int(priority[i]) for i in part)))
+    return result
+
+
+def plan_tasks(models: Sequence[JointModel], parts: Sequence[Stripe]) -> tuple[list[Task], dict[str, list[str]]]:
+    """The plan's tasks, in priority order: each reads, from every task of its model ending where it starts,
+    what it needs of that task's output (the model input for the first stripes); and each model's outputs."""
+    ordered = sorted(parts, key=lambda p: p.priority)
+    ids = [_task_id(models[p.model].id, p.first_unit, p.stop_unit, p.piece) for p in ordered]
     result: list[Task] = []
     outputs: dict[str, list[str]] = {m.id: [] for m in models}
-    for i, t in enumerate(tasks.tasks):
-        model = models[t.model]
+    for rank, (part, tid) in enumerate(zip(ordered, ids, strict=True)):
+        model = models[part.model]
         graph = model.graph
-        inputs = reads[i]
-        if t.start == 0:
-            inputs = [TaskInput(source=INPUT, region=t.input), *inputs]
+        need = backprop(graph, part.start, part.stop, part.output).input_region
+        producers = [(ids[k], other) for k, other in enumerate(ordered)
+                     if other.model == part.model and other.stop == part.start and part.start > 0]
+        inputs = [TaskInput(source=INPUT, region=need)] if part.start == 0 else []
+        inputs += [TaskInput(source=pid, region=overlap) for pid, other in producers
+                   if not (overlap := other.output.intersect(need)).empty]
         if not inputs:  # a stripe that lies wholly in padding still waits for its producers
-            trigger = next(ids[s.index] for s in tasks.tasks if s.model == t.model and s.stop == t.start)
-            inputs = [TaskInput(source=trigger, region=_empty_like(t.input))]
-        result.append(Task(id=ids[i], model=model.id, device=devices[i], start=t.start, stop=t.stop,
-                           output=t.output, inputs=tuple(inputs), first_layer=graph.layers[t.start].name,
-                           last_layer=graph.layers[t.stop - 1].name, priority=int(priority[i])))
-        if t.stop == len(graph):
-            outputs[model.id].append(ids[i])
+            inputs = [TaskInput(source=producers[0][0], region=need.intersect(producers[0][1].output))]
+        result.append(Task(id=tid, model=model.id, device=part.device, start=part.start, stop=part.stop,
+                           output=part.output, inputs=tuple(inputs), first_layer=graph.layers[part.start].name,
+                           last_layer=graph.layers[part.stop - 1].name, priority=rank))
+        if part.stop == len(graph):
+            outputs[model.id].append(tid)
     return result, outputs
 
 
-def _task_id(model_id: str, first_unit: int, stop_unit: int, piece: int) -> str:
-    return f"{model_id}.u{first_unit}-{stop_unit}.p{piece}"
-
-
-def _empty_like(region: Region) -> Region:
-    return region.replace(region.ndim - 1, (0, 0))
+def _task_id(model_id: str, first_unit: int, stop_unit: int, piece: int | None) -> str:
+    return f"{model_id}.u{first_unit}-{stop_unit}" + ("" if piece is None else f".p{piece}")
 
 
 def plan_jointly(models: Sequence[JointModel], cluster: Cluster, solver: str,
@@ -155,8 +188,8 @@ def plan_jointly(models: Sequence[JointModel], cluster: Cluster, solver: str,
         priority = np.empty(cost.tasks, dtype=np.int64)
         priority[cost.order] = np.arange(cost.tasks)
     names = cluster.names
-    tasks, outputs = plan_tasks(models, prepared.tasks, [names[d] for d in result.task_devices], priority.tolist())
-    tasks.sort(key=lambda t: t.priority)  # the evaluator issues inputs and sends in plan order: the schedule's
+    parts = stripes(prepared.tasks, [names[d] for d in result.task_devices], priority.tolist())
+    tasks, outputs = plan_tasks(models, parts)  # in the schedule's order: the evaluator issues sends in plan order
     entries = [ModelEntry.of(m.id, m.ref) for m in models]
     used = dict.fromkeys((cluster.master, *(t.device for t in tasks)))
     meta = {
