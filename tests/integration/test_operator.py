@@ -410,7 +410,7 @@ async def test_a_joint_solver_deploys_several_models_in_one_plan(k8s: EdgepartEm
     await create_object(profile_config_map("edge-small"))
     await create_object(deployment(model=None, models=[{"id": "alexnet", "name": "alexnet"},
                                                        {"id": "squeezenet", "name": "squeezenet1_1"}],
-                                   solver="mgp-memetic", solverOptions={"K": 3, "iterations": 30, "seed": 1}))
+                                   solver="mgp-memetic", solverOptions={"K": 3, "iterations": 10, "seed": 1}))
     st, plan = await deployed(k8s)
     assert st["plan"]["solver"] == "mgp-memetic" and plan.meta["method"] == "MO"
     assert plan.model_ids == ("alexnet", "squeezenet")
