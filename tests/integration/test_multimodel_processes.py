@@ -1,7 +1,7 @@
 """A joint plan through real processes and real HTTP: examples/deployments/three-models.yaml (AlexNet,
 SqueezeNet and ResNet-50 on four devices, solver mgp-memetic) deployed with the local runtime, on small
-inputs (SqueezeNet and ResNet-50 at 64x64; AlexNet's classifier needs 224x224) so
-that it stays quick; requests of every model issued together each answer exactly what
+inputs (SqueezeNet and ResNet-50 at 64x64; AlexNet's classifier needs 224x224) and two pieces per unit so
+that it stays quick (few processes); requests of every model issued together each answer exactly what
 the whole model computes."""
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ SHAPES = {"alexnet": [1, 3, 224, 224], "squeezenet": [1, 3, 64, 64], "resnet50":
 def small(deployment: DNNDeployment) -> DNNDeployment:
     spec = deployment.spec
     models = [m.model_copy(update={"input_shape": SHAPES[m.id or ""]}) for m in spec.models]
-    return deployment.model_copy(update={"spec": spec.model_copy(update={"models": models})})
+    # two row pieces per unit, one block per piece index: every model is two tiled stripes and its head
+    options = {**spec.solver_options, "K": 2, "blocksPerModel": 2}
+    return deployment.model_copy(update={"spec": spec.model_copy(update={"models": models,
+                                                                         "solver_options": options})})
 
 
 def whole(mid: str, x: torch.Tensor) -> torch.Tensor:
