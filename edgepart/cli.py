@@ -165,8 +165,9 @@ def trace_command(
 # ------------------------------------------------------------------ plan / verify
 
 SolverOpt = Annotated[str, typer.Option("--solver", help="auto | single | layerwise | ftp-grid | fused-dp | "
-                                                          "pipeline-dp | brute-force (`edgepart solvers` "
-                                                          "describes each and its options)")]
+                                                          "pipeline-dp | brute-force; several models at once: "
+                                                          "mgp-memetic | mgp-pso | lo-pso | heft (`edgepart "
+                                                          "solvers` describes each and its options)")]
 ClusterOpt = Annotated[Path | None, typer.Option("--cluster", help="Cluster YAML: devices (profile or speed, "
                                                                    "memory), network, master. Default: --devices "
                                                                    "identical reference devices at --bandwidth.")]

@@ -492,6 +492,28 @@ async def test_custom_variants_outside_the_trusted_models_are_refused(k8s: Edgep
     assert worker_pods(k8s) == []
 
 
+async def test_a_joint_solver_deploys_several_models_in_one_plan(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                                 create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(model=None, models=[{"id": "alexnet", "name": "alexnet"},
+                                                       {"id": "squeezenet", "name": "squeezenet1_1"}],
+                                   solver="mgp-memetic", solverOptions={"K": 3, "iterations": 10, "seed": 1}))
+    st, plan = await deployed(k8s)
+    assert st["plan"]["solver"] == "mgp-memetic" and plan.meta["method"] == "MO"
+    assert plan.model_ids == ("alexnet", "squeezenet")
+    assert {t.model for t in plan.tasks} == {"alexnet", "squeezenet"}
+    pods = {p["metadata"]["labels"][LABEL_PARTITION]: p for p in partition_pods(k8s)}
+    assert sorted(pods) == sorted(t.id for t in plan.tasks)
+    for task in plan.tasks:  # each block's tasks on the node the search chose
+        assert node_of(pods[task.id]) == task.device
+    gateway = load_gateway_config(get(k8s, "configmaps", f"{NAME}-plan")["data"]["gateway.json"])  # type: ignore[index]
+    for mid in plan.model_ids:  # the gateway sends each model's input to that model's first tasks
+        assert sorted(r.target for r in gateway.served(mid).routes) == \
+            sorted(t.id for t in plan.tasks_of(mid) if t.reads_input)
+    await make_ready(k8s, merge_patch, st["plan"]["hash"])
+    await phase_is(k8s, "Ready")
+
+
 async def test_an_mw_deployment_offloads_from_the_end_device_to_the_edge_server(
         k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
     await create_object(profile_config_map("edge-small"))
