@@ -548,6 +548,35 @@ def up_command(
                             echo=typer.echo))
 
 
+@app.command("load")
+@user_errors
+def load_command(
+    urls: Annotated[list[str] | None, typer.Argument(help="Source URLs (default: every source of the "
+                                                          "deployment with sources that is up).")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="Images per second per source, Poisson "
+                                                                        "arrivals (default: all at once).")] = None,
+    count: Annotated[int, typer.Option("--count", min=1, help="Images per source.")] = 100,
+    deployment: Annotated[str | None, typer.Option("--deployment", help="The local deployment (default: the "
+                                                                        "only one with sources).")] = None,
+    secret_file: Annotated[str | None, typer.Option("--secret-file", help="The deployment's secret (default: "
+                                                                          "its run directory's).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arrivals and the images.")] = 0,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds an image may take.")] = 300.0,
+) -> None:
+    """Drive a deployment's sources with Poisson arrivals; report per-source completion, per-image time,
+    rejected (503: queue full) and lost (exit 1 if any was lost)."""
+    import asyncio
+
+    from edgepart.runtime.load import LoadSettings
+    from edgepart.runtime.load import load_command as run_load
+
+    settings = LoadSettings(rate=rate, count=count, seed=seed, timeout_s=timeout)
+    code = asyncio.run(run_load(urls or [], settings, deployment=deployment, secret_file=secret_file,
+                                echo=typer.echo))
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("status")
 @user_errors
 def status_command(

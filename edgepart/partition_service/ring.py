@@ -681,6 +681,7 @@ class RingService:
             "staleness": {"reports": len(ages), "mean_age_s": statistics.fmean(ages) if ages else 0.0,
                           "max_age_s": ages[-1] if ages else 0.0},
             "gamma": {s: g.value for s, g in self.gamma.items()},
+            "input_shape": list(self.config.model.input_shape),
         }
 
 
@@ -806,7 +807,11 @@ def serve_main() -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         config = load_ring_config(settings.config_text())
         inherited = [socket.socket(fileno=fd) for fd in settings.listen_fds]
-        endpoints = with_sockets([Endpoint(ring_app(RingService(config)), config.host, config.port)], inherited)
+        app = ring_app(RingService(config))
+        wanted = [Endpoint(app, config.host, config.port)]
+        if config.client_port is not None:
+            wanted.append(Endpoint(app, "127.0.0.1", config.client_port))
+        endpoints = with_sockets(wanted, inherited)
     except (EdgepartError, ValueError, OSError) as err:
         print(f"edgepart ring worker: {err}", file=sys.stderr)
         return 2

@@ -72,6 +72,8 @@ class RingWorkerConfig(_Base):
     host: str = Field(default="0.0.0.0", description="Listen address.")
     port: int = Field(ge=0, le=65535, description="Listen port (every path but probes and /metrics needs the "
                                                   "deployment's secret).")
+    client_port: int | None = Field(default=None, ge=1, le=65535, description="Port of an inherited socket "
+                                    "where the same app also serves (an emulated device's clients on the host).")
     secret_file: str = Field(min_length=1, description="File holding the deployment's secret.")
     connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads.")
@@ -138,6 +140,7 @@ def render_ring_configs(graph: LayerGraph, whole_s: Mapping[str, float], deploym
                         hosts: Mapping[str, str] | None = None, bind_host: str = "127.0.0.1",
                         ports: Mapping[str, int] | None = None, delays: Mapping[str, float] | None = None,
                         threads: Mapping[str, int] | None = None, strict: bool = False,
+                        client_ports: Mapping[str, int] | None = None,
                         connection: ConnectionLimits | None = None,
                         request_timeout_s: float = 120.0) -> tuple[RingWorkerConfig, ...]:
     """One config per ring worker (pure): `addresses[w]` is how the others reach w, `ports[w]` (default: the
@@ -155,6 +158,7 @@ def render_ring_configs(graph: LayerGraph, whole_s: Mapping[str, float], deploym
                 scheduler=scheduler,
                 gamma=gamma, strict=strict, queue_bound=queue_bound, heartbeat_s=heartbeat_s,
                 host=(hosts or {}).get(w, bind_host), port=port, secret_file=secret_file,
+                client_port=(client_ports or {}).get(w),
                 connection=connection or ConnectionLimits(), threads=(threads or {}).get(w, 1),
                 request_timeout_s=request_timeout_s))
         except ValidationError as err:
