@@ -655,6 +655,14 @@ def serve_partition_command() -> None:
     raise typer.Exit(serve_main("partition"))
 
 
+@app.command("serve-ring-worker")
+def serve_ring_worker_command() -> None:
+    """Role entry of a ring-worker process or pod (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
+    from edgepart.partition_service.ring import serve_main
+
+    raise typer.Exit(serve_main())
+
+
 @app.command("serve-gateway")
 def serve_gateway_command() -> None:
     """Role entry of the gateway process or pod (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
@@ -698,8 +706,21 @@ def data_plane_configs(request: Any) -> Any:
 
     Wired here, at the composition root, because the operator package never imports the data plane.
     """
-    from edgepart.operator.configs import RenderedConfigs
+    from edgepart.operator.configs import RenderedConfigs, RingRequest
     from edgepart.partition_service.config import render_configs
+
+    if isinstance(request, RingRequest):  # a deployment with sources: one ring-worker config per node
+        from edgepart.partition_service.config import ModelSource
+        from edgepart.partition_service.ring_config import render_ring_configs
+
+        assert request.model.input_shape is not None
+        ring = render_ring_configs(
+            request.graph, request.whole_s, request.deployment, ModelSource.of(request.model, request.model.input_shape),
+            request.ring, request.sources, request.addresses, scheduler=request.scheduler,
+            secret_file=request.secret_file, queue_bound=request.queue_bound, heartbeat_s=request.heartbeat_s,
+            bind_host="0.0.0.0", ports=dict.fromkeys(request.ring, request.port), threads=dict(request.threads),
+            request_timeout_s=request.request_timeout_s)
+        return RenderedConfigs(gateway="", partitions={c.worker: c.model_dump_json(indent=2) for c in ring})
 
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
                              client_port=request.client_port, secret_file=request.secret_file,
