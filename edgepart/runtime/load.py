@@ -25,7 +25,7 @@ from edgepart.partition_service.auth import Secret
 from edgepart.partition_service.ring import IMAGES_PATH, STATE_PATH
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame, frame_bytes, make_header
 
-__all__ = ["LoadReport", "LoadSettings", "SourceLoadReport", "drive"]
+__all__ = ["LoadReport", "LoadSettings", "SourceLoadReport", "arrival_times", "drive"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,22 @@ class LoadReport:
         return self.total_s / self.done if self.done else float("nan")
 
 
+def arrival_times(sources: int, settings: LoadSettings) -> list[list[float]]:
+    """Each source's send times from the start: the first at 0, then exponential gaps at `rate`, drawn source
+    after source from one generator seeded with `seed`, as the simulator draws them (`simulate_multisource`
+    with the same seed sees the same arrivals)."""
+    rng = random.Random(settings.seed)
+    result = []
+    for _ in range(sources):
+        times, at = [], 0.0
+        for _ in range(settings.count):
+            times.append(at)
+            if settings.rate is not None:
+                at += rng.expovariate(settings.rate)
+        result.append(times)
+    return result
+
+
 async def input_shape(url: str, client: httpx.AsyncClient) -> tuple[int, ...]:
     answer = await client.get(url + STATE_PATH)
     answer.raise_for_status()
@@ -82,12 +98,12 @@ async def input_shape(url: str, client: httpx.AsyncClient) -> tuple[int, ...]:
 async def drive(urls: Sequence[str], secret: Secret, settings: LoadSettings,
                 progress: Callable[[str], None] | None = None) -> LoadReport:
     """Drive every source in `urls` at once; see the module docstring."""
-    rng = random.Random(settings.seed)
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
     async with httpx.AsyncClient(trust_env=False, timeout=settings.timeout_s, limits=limits,
                                  headers={"authorization": secret.header}) as client:
         shapes = [await input_shape(u, client) for u in urls]
         reports = [SourceLoadReport(u) for u in urls]
+        schedule = arrival_times(len(urls), settings)
         begin = time.monotonic()
         ends: list[float] = []
 
@@ -120,16 +136,13 @@ async def drive(urls: Sequence[str], secret: Secret, settings: LoadSettings,
             report = reports[index]
             gen = torch.Generator().manual_seed(settings.seed * 1000 + index)
             tasks = []
-            at = 0.0
-            for n in range(settings.count):
+            for n, at in enumerate(schedule[index]):
                 delay = begin + at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 x = torch.randn(shapes[index], generator=gen)
                 report.sent += 1
                 tasks.append(asyncio.create_task(one(report, x, f"load-{index}-{n}")))
-                if settings.rate is not None:
-                    at += rng.expovariate(settings.rate)
             await asyncio.gather(*tasks)
             if progress is not None:
                 progress(f"{report.url}: {report.done} done, {report.rejected} rejected, {report.lost} lost")
