@@ -70,10 +70,18 @@ from edgepart.partition_service.ring_config import RingWorkerConfig
 from edgepart.partition_service.transport import (
     internal_headers,
     make_client,
+    make_hop_client,
     peer_error,
     received_frame,
 )
-from edgepart.partition_service.wire import CONTENT_TYPE, FrameHeader, frame_bytes, make_header
+from edgepart.partition_service.wire import (
+    CONTENT_TYPE,
+    FrameHeader,
+    encode_frame,
+    frame_bytes,
+    frame_size,
+    make_header,
+)
 from edgepart.policy.allocation import RingAllocation
 from edgepart.policy.gamma import GammaEstimator
 from edgepart.policy.scheduling import (
@@ -172,23 +180,33 @@ class HttpLink:
         self.client = client or make_client(config.request_timeout_s, secret=secret)
         self.headers = internal_headers(secret)
         self._own = client is None
+        # frames go through the keep-alive hop client (much cheaper per request than httpx on a small CPU
+        # share); an injected client (tests, in-process wiring) carries them too
+        self.hop = make_hop_client(config.request_timeout_s, secret=secret) if client is None else None
         self._fifo = asyncio.Lock()
 
     async def send(self, peer: str, path: str, header: FrameHeader, tensor: torch.Tensor) -> QueueReport:
         target = self.config.peer(peer)
-        body = frame_bytes(header, tensor)
+        parts = encode_frame(header, tensor)
+        headers = {**self.headers, "content-type": CONTENT_TYPE, "content-length": str(frame_size(parts)),
+                   "x-request-id": header.request_id}
+        what = f"sending {header.request_id}"
         async with self._fifo:
             if target.delay_s:
                 await asyncio.sleep(target.delay_s)
-            try:
-                response = await self.client.post(target.url + path, content=body, headers={
-                    **self.headers, "content-type": CONTENT_TYPE, "content-length": str(len(body)),
-                    "x-request-id": header.request_id})
-            except httpx.HTTPError as err:
-                raise peer_error(err, peer, target.url, f"sending {header.request_id}") from err
-        if response.status_code >= 300:
-            raise error_from_response(response.status_code, response.content, peer)
-        return QueueReport.model_validate_json(response.content)
+            if self.hop is not None and self.hop.supports(target.url):
+                answer = await self.hop.post(target.url + path, parts, headers, peer=peer, peer_url=target.url,
+                                             what=what)
+                status, content = answer.status, answer.content
+            else:
+                try:
+                    response = await self.client.post(target.url + path, content=b"".join(parts), headers=headers)
+                except httpx.HTTPError as err:
+                    raise peer_error(err, peer, target.url, what) from err
+                status, content = response.status_code, response.content
+        if status >= 300:
+            raise error_from_response(status, content, peer)
+        return QueueReport.model_validate_json(content)
 
     async def heartbeat(self, peer: str, report: QueueReport) -> None:
         target = self.config.peer(peer)
@@ -204,6 +222,8 @@ class HttpLink:
     async def aclose(self) -> None:
         if self._own:
             await self.client.aclose()
+        if self.hop is not None:
+            await self.hop.aclose()
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -283,6 +303,7 @@ class _Outbox:
     items: deque[tuple[_Item, torch.Tensor, str, str]] = field(default_factory=deque)  # item, out, peer, path
     task: asyncio.Task[None] | None = None
     blocked: bool = False
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # the peer reported room in its queue
 
 
 class RingService:
@@ -353,9 +374,18 @@ class RingService:
         total = max(sum(layer.params for layer in self.runners.graph), 1)
         self.gamma = {s: GammaEstimator(self.config.gamma[self.name] if total else 1.0) for s in self.config.sources}
         self.state = "ready"
-        self._tasks.append(asyncio.create_task(self._serve(), name=f"serve-{self.name}"))
+        serving = asyncio.create_task(self._serve(), name=f"serve-{self.name}")
+        serving.add_done_callback(self._stopped_serving)
+        self._tasks.append(serving)
         self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"heartbeat-{self.name}"))
         log.info("ring worker %s ready: %s", self.name, self.describe())
+
+    def _stopped_serving(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.state = "failed"
+        self.failure = f"the compute loop stopped: {type(task.exception()).__name__}: {task.exception()}"
+        log.error("ring worker %s: %s", self.name, self.failure)
 
     def _load_and_warm(self) -> Runners:
         with _LOADING:
@@ -521,6 +551,9 @@ class RingService:
     def take_report(self, report: QueueReport) -> None:
         if report.worker in self.config.names and report.worker != self.name:
             self.known[report.worker] = _Known(dict(report.queues), time.monotonic())
+            for source, outbox in self.outboxes.items():
+                if outbox.blocked and report.queues.get(source, self.config.queue_bound) < self.config.queue_bound:
+                    outbox.room.set()
             self._changed()
 
     def _complete(self, number: int, tensor: torch.Tensor, local: bool) -> None:
@@ -588,7 +621,7 @@ class RingService:
                 await self._wake.wait()
                 continue
             _, item = picked
-            run = self.runners.whole if item.local else self.runners.shares[item.source]
+            run = self.runners.whole if item.local else self.runners.shares.get(item.source, _forward_only)
             assert run is not None
             self.in_service = item
             self._gauges()
@@ -635,6 +668,7 @@ class RingService:
         """Send this source's computed items in order; a refused one (queue full, peer away) is kept and
         resent, and until it goes this worker serves that source no more (`blocked`)."""
         outbox = self.outboxes[source]
+        wait = self.config.retry_s
         while outbox.items:
             item, out, peer, path = outbox.items[0]
             layer = self.allocations[source].share_of(self.name).stop
@@ -645,8 +679,15 @@ class RingService:
                 if not outbox.blocked:
                     log.info("ring worker %s: %s refused %s (%s); keeping it", self.name, peer, header.request_id,
                              err.reason)
+                    wait = self.config.retry_s
                 outbox.blocked = True
-                await asyncio.sleep(self.config.retry_s)
+                # resend when the peer reports room (a heartbeat), or after a wait that doubles up to the
+                # heartbeat's period: a full queue is not polled at a rate that eats a small CPU share
+                outbox.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await outbox.room.wait()
+                wait = min(2 * wait, max(self.config.heartbeat_s, self.config.retry_s))
                 continue
             outbox.items.popleft()
             outbox.blocked = False
@@ -683,6 +724,11 @@ class RingService:
             "gamma": {s: g.value for s, g in self.gamma.items()},
             "input_shape": list(self.config.model.input_shape),
         }
+
+
+def _forward_only(tensor: torch.Tensor) -> torch.Tensor:
+    """A source whose own share of its images is empty: the image goes on as it came."""
+    return tensor
 
 
 def _timed(run: Runner, tensor: torch.Tensor) -> tuple[torch.Tensor, float]:

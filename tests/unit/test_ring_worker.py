@@ -240,3 +240,13 @@ def test_configs_name_the_bad_field(model_source: ModelSource) -> None:
     with pytest.raises(ConfigError, match="kind"):
         load_ring_config(json.dumps({**data, "kind": "partition"}))
     assert load_ring_config(good.model_dump_json()) == good
+
+
+async def test_a_source_with_an_empty_share_of_its_own_images_passes_them_on(ring_factory,
+                                                                            model_source: ModelSource) -> None:
+    ring = await ring_factory(scheduler="ar-mdi", gamma={"w0": 1.0, "w1": 1e-9, "w2": 1e-9})
+    assert ring.services["w0"].describe()["w0"] == [0, 0]  # w0 is far slower: it runs none of its layers
+    x = torch.randn(SHAPE)
+    answer = await ring.image("w0", x, "slow-source")
+    assert answer.status_code == 200, answer.text
+    assert torch.allclose(decode_frame(answer.content).tensor, whole(model_source, x), atol=1e-5, rtol=1e-4)
