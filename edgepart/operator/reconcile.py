@@ -100,7 +100,7 @@ class PodState:
         waiting = [str((c.get("state") or {}).get("waiting", {}).get("reason", "")) for c in containers]
         return PodState(
             name=str(meta.get("name", "")),
-            node=str(spec.get("nodeName") or (spec.get("nodeSelector") or {}).get(names.HOSTNAME_LABEL, "")),
+            node=names.pinned_node(spec),
             component=str(labels.get(names.LABEL_COMPONENT, "")),
             partition=str(labels.get(names.LABEL_PARTITION, "")),
             plan=str(labels.get(names.LABEL_PLAN, "")),

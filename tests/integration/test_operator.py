@@ -22,7 +22,13 @@ from kmock_emulator import (
 )
 
 from edgepart.geometry import hull_all
-from edgepart.operator.names import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_PARTITION, LABEL_PLAN
+from edgepart.operator.names import (
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    LABEL_PARTITION,
+    LABEL_PLAN,
+    pinned_node,
+)
 from edgepart.operator.render import PROFILE_BEGIN, PROFILE_END
 from edgepart.operator.settings import OperatorSettings
 from edgepart.partition_service.config import load_gateway_config, load_partition_config
@@ -81,7 +87,7 @@ def pods_of_plan(k8s: EdgepartEmulator, plan_hash: str) -> list[dict[str, Any]]:
 
 
 def node_of(pod: dict[str, Any]) -> str:
-    return str(pod["spec"]["nodeSelector"]["kubernetes.io/hostname"])
+    return pinned_node(pod["spec"])
 
 
 async def phase_is(k8s: EdgepartEmulator, *phases: str, timeout: float = 90) -> dict[str, Any]:
@@ -174,7 +180,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     assert len(token) >= 32 and secret["metadata"]["ownerReferences"][0]["uid"] == uid
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
-    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-0"
 
     # everything the operator made is owned by the DNNDeployment
     owned = [*partition_pods(k8s), *objects(k8s, "services"), *objects(k8s, "deployments"),
@@ -315,7 +321,7 @@ async def test_missing_profile_runs_a_profiling_job(k8s: EdgepartEmulator, kopf_
     assert "edge-small" in st["message"]
     job = await eventually(lambda: get(k8s, "jobs", "edgepart-profile-edge-small"), what="the profiling job")
     pod_spec = job["spec"]["template"]["spec"]
-    assert pod_spec["nodeSelector"]["kubernetes.io/hostname"].startswith("edge-")
+    assert pinned_node(pod_spec).startswith("edge-")
     assert pod_spec["containers"][0]["image"] == operator_settings.image
     assert "edgepart profile" in pod_spec["containers"][0]["args"][0]
     assert partition_pods(k8s) == []
