@@ -28,7 +28,7 @@ def test_one_ring_worker_pod_and_service_per_node_with_its_config() -> None:
     state = desired(scheduler="ar-mdi")
     assert state.phase == "Deploying" and state.status["ready"] == "0/4"
     pods = state.of_kind("Pod")
-    assert sorted(p["spec"]["nodeSelector"][names.HOSTNAME_LABEL] for p in pods) == [f"edge-{i}" for i in range(4)]
+    assert sorted(names.pinned_node(p["spec"]) for p in pods) == [f"edge-{i}" for i in range(4)]
     assert {p["metadata"]["labels"][names.LABEL_COMPONENT] for p in pods} == {RING_COMPONENT}
     assert all(p["spec"]["containers"][0]["args"] == ["serve-ring-worker"] for p in pods)
     assert len(state.of_kind("Service")) == 4 and not state.of_kind("Deployment")  # no gateway
@@ -57,7 +57,7 @@ def test_only_sources_admit_clients_and_every_worker_its_peers() -> None:
 def test_ready_when_every_worker_pod_is_ready_and_pods_change_with_the_scheduler() -> None:
     first = desired()
     observed = Observed(pods=tuple(
-        PodState(name=p["metadata"]["name"], node=p["spec"]["nodeSelector"][names.HOSTNAME_LABEL],
+        PodState(name=p["metadata"]["name"], node=names.pinned_node(p["spec"]),
                  component=RING_COMPONENT, partition="", plan="", phase="Running", ready=True)
         for p in first.of_kind("Pod")))
     ready = desired(observed)
