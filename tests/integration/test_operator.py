@@ -6,6 +6,7 @@ pod, deployment, node and job status, and check what the operator does.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -441,3 +442,28 @@ async def test_sources_deploy_one_ring_worker_per_node(k8s: EdgepartEmulator, ko
                                                              "restartCount": 0}]}})
     st = await phase_is(k8s, "Ready")
     assert st["ready"] == "4/4" and st["message"].startswith("sources answer at http://")
+
+
+async def test_an_mw_deployment_offloads_from_the_end_device_to_the_edge_server(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(solver="mw", solverOptions={}, master=None, devices=[
+        {"name": "edge-2", "speed": 0.2, "role": "end"}, {"name": "edge-1", "speed": 4.0, "role": "edge-server"}]))
+    st, plan = await deployed(k8s)
+    assert st["plan"]["solver"] == "mw" and plan.master == "edge-2"  # role end holds the input: the gateway's node
+    assert {t.device for t in plan.tasks} <= {"edge-2", "edge-1"} and plan.meta["server"] == "edge-1"
+    gateway = get(k8s, "deployments", f"{NAME}-gateway")
+    assert gateway is not None
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-2"
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    configs = {t.id: load_partition_config(config_map["data"][f"partition-{t.id}.json"]) for t in plan.tasks}
+    for device in ("edge-2", "edge-1"):  # each device's partitions take turns in the order S
+        chain = sorted((t for t in plan.compute_tasks if t.device == device), key=lambda t: t.priority)
+        for before, after in itertools.pairwise(chain):
+            turn = configs[before.id].turn
+            assert turn is not None and turn.next == after.id
+            assert turn.next_url == f"http://{NAME}-{after.id}.{NAMESPACE}.svc:8081"
+            assert configs[after.id].turn is not None and configs[after.id].turn.after == before.id  # type: ignore[union-attr]
+    await make_ready(k8s, merge_patch, st["plan"]["hash"])
+    await phase_is(k8s, "Ready")
