@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.graph.loader import ModelRef
 from edgepart.plan import Plan
 
 
@@ -55,4 +57,24 @@ class VariantConfigRequest:
     threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
 
 
-ConfigRenderer = Callable[[ConfigRequest | VariantConfigRequest], RenderedConfigs]
+@dataclass(frozen=True)
+class RingRequest:
+    """A deployment with sources: one ring-worker config per node (`RenderedConfigs.partitions`, by worker)."""
+
+    deployment: str
+    model: ModelRef  # input shape filled in
+    graph: LayerGraph
+    whole_s: Mapping[str, float]  # node -> predicted whole-model seconds (γ's prior)
+    ring: tuple[str, ...]
+    sources: tuple[str, ...]
+    scheduler: str
+    addresses: Mapping[str, str]  # node -> base URL of its ring worker's Service
+    port: int  # where every worker listens
+    secret_file: str
+    queue_bound: int
+    heartbeat_s: float
+    request_timeout_s: float
+    threads: Mapping[str, int] = field(default_factory=dict)
+
+
+ConfigRenderer = Callable[[ConfigRequest | RingRequest | VariantConfigRequest], RenderedConfigs]
