@@ -40,11 +40,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_frame_sink(port: int, cpus: float | None = None) -> None:
+def serve_frame_sink(port: int, cpus: float | None = None, *, lane: bool = True) -> None:
     """Decode every POSTed frame with the partitions' own `receive_frame`; GET /cpu reports CPU time.
 
     Served with the services' own set-up: tuned allocator, uvloop, httptools; with `cpus` (root), under
-    the CPU quota an emulated device with `cpus` gets.
+    the CPU quota an emulated device with `cpus` gets. `lane=False` serves frames through the plain FastAPI
+    route instead of the tensor lane (what the lane replaces; the secret is still checked by the guard).
     """
     app = FastAPI()
     limits = Limits()
@@ -58,8 +59,8 @@ def serve_frame_sink(port: int, cpus: float | None = None) -> None:
         return Response(status_code=204)
 
     # as the services serve frames: guarded, the secret checked from the head, then the lane
-    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, limits, ingest), secret=BENCH_SECRET,
-                            open_paths=frozenset({"/cpu"}))
+    app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, limits, ingest) if lane else None,
+                            secret=BENCH_SECRET, open_paths=frozenset({"/cpu"}))
 
     @app.get("/cpu")
     async def cpu() -> dict[str, float]:
@@ -90,5 +91,7 @@ def start_server(module: str, *args: str) -> tuple[subprocess.Popen[bytes], int]
 if __name__ == "__main__":
     if sys.argv[1] == "--cpus":
         serve_frame_sink(int(sys.argv[3]), float(sys.argv[2]))
+    elif sys.argv[1] == "--plain-route":
+        serve_frame_sink(int(sys.argv[2]), lane=False)
     else:
         serve_frame_sink(int(sys.argv[1]))

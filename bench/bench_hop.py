@@ -252,6 +252,7 @@ def _label(nbytes: int) -> str:
 def main(quick: bool) -> None:
     tune_allocator()  # the client process too
     http, http_port = start_server("bench._servers")
+    plain, plain_port = start_server("bench._servers", "--plain-route")  # the route the lane replaces
     raw, raw_port = start_server("bench.bench_hop", "serve-raw")
     araw, araw_port = start_server("bench.bench_hop", "serve-async-raw")
     rows: list[dict[str, float]] = []
@@ -269,39 +270,48 @@ def main(quick: bool) -> None:
             http_s: list[float] = []
             raw_s: list[float] = []
             araw_s: list[float] = []
+            plain_t: list[float] = []
+            plain_s: list[float] = []
             for _ in range(3):  # interleave: all three see the same machine state
                 raw_t += _raw_times(conn, tensor, reps // 3 + 1)
                 http_t += run_on_service_loop(_http_times(http_port, tensor, reps // 3 + 1))
                 araw_t += run_on_service_loop(_async_raw_times(araw_port, tensor, reps // 3 + 1))
+                plain_t += run_on_service_loop(_http_times(plain_port, tensor, reps // 3 + 1))
                 conn.close()  # the raw server serves one connection at a time
                 raw_s += _raw_stream(raw_port, tensor, frames, 1 if quick else 2)
                 http_s += run_on_service_loop(_http_stream(http_port, tensor, frames, 1 if quick else 2))
                 araw_s += run_on_service_loop(_async_raw_stream(araw_port, tensor, frames, 1 if quick else 2))
+                plain_s += run_on_service_loop(_http_stream(plain_port, tensor, frames, 1 if quick else 2))
                 conn = socket.create_connection(("127.0.0.1", raw_port))
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             h, r, a = statistics.median(http_t), statistics.median(raw_t), statistics.median(araw_t)
-            hs, rs, as_ = (frames * nbytes / statistics.median(t) / 1e6 for t in (http_s, raw_s, araw_s))
+            p = statistics.median(plain_t)
+            hs, rs, as_, ps = (frames * nbytes / statistics.median(t) / 1e6 for t in (http_s, raw_s, araw_s, plain_s))
             rows.append({"bytes": nbytes, "http_ms": h * 1e3, "raw_ms": r * 1e3, "async_raw_ms": a * 1e3,
-                         "frames": frames, "http_MBps": hs, "raw_MBps": rs, "async_raw_MBps": as_,
-                         "ratio": hs / rs, "ratio_async": hs / as_, "latency_ratio": r / h})
+                         "plain_route_ms": p * 1e3, "frames": frames, "http_MBps": hs, "raw_MBps": rs,
+                         "async_raw_MBps": as_, "plain_route_MBps": ps, "ratio": hs / rs, "ratio_async": hs / as_,
+                         "latency_ratio": r / h, "lane_over_route": hs / ps, "route_over_lane_ms": p / h})
         conn.close()
     finally:
-        for proc in (http, raw, araw):
+        for proc in (http, plain, raw, araw):
             proc.terminate()
             proc.wait(10)
     print("latency: median round trip of one tensor (send, decode into a tensor, acknowledge)")
-    print(f"{'tensor':>9}  {'HTTP hop':>10}  {'raw TCP':>10}  {'asyncio TCP':>11}  {'raw/HTTP':>8}")
+    print("(HTTP hop: the tensor lane, as the services run; plain route: the FastAPI route the lane replaces)")
+    print(f"{'tensor':>9}  {'HTTP hop':>10}  {'plain route':>11}  {'raw TCP':>10}  {'asyncio TCP':>11}  "
+          f"{'raw/HTTP':>8}  {'route/lane':>10}")
     for row in rows:
-        print(f"{_label(int(row['bytes'])):>9}  {row['http_ms']:>8.3f}ms  {row['raw_ms']:>8.3f}ms  "
-              f"{row['async_raw_ms']:>9.3f}ms  {row['latency_ratio']:>8.2f}")
+        print(f"{_label(int(row['bytes'])):>9}  {row['http_ms']:>8.3f}ms  {row['plain_route_ms']:>9.3f}ms  "
+              f"{row['raw_ms']:>8.3f}ms  {row['async_raw_ms']:>9.3f}ms  {row['latency_ratio']:>8.2f}  "
+              f"{row['route_over_lane_ms']:>10.2f}")
     print(f"\nthroughput: a stream of frames, at most {WINDOW} unacknowledged, MB/s")
-    print(f"{'tensor':>9}  {'frames':>6}  {'HTTP hop':>10}  {'raw TCP':>10}  {'asyncio TCP':>11}  {'HTTP/raw':>8}  "
-          f"{'HTTP/asyncio':>12}")
+    print(f"{'tensor':>9}  {'frames':>6}  {'HTTP hop':>10}  {'plain route':>11}  {'raw TCP':>10}  "
+          f"{'asyncio TCP':>11}  {'HTTP/raw':>8}  {'HTTP/asyncio':>12}  {'lane/route':>10}")
     for row in rows:
         target = "  (target HTTP/raw >= 0.80)" if row["bytes"] >= 1 << 20 else ""
         print(f"{_label(int(row['bytes'])):>9}  {int(row['frames']):>6}  {row['http_MBps']:>10.1f}  "
-              f"{row['raw_MBps']:>10.1f}  {row['async_raw_MBps']:>11.1f}  {row['ratio']:>8.2f}  "
-              f"{row['ratio_async']:>12.2f}{target}")
+              f"{row['plain_route_MBps']:>11.1f}  {row['raw_MBps']:>10.1f}  {row['async_raw_MBps']:>11.1f}  "
+              f"{row['ratio']:>8.2f}  {row['ratio_async']:>12.2f}  {row['lane_over_route']:>10.2f}{target}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "hop.json"
     out.write_text(json.dumps({"quick": quick, "window": WINDOW, "rows": rows}, indent=2))

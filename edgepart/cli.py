@@ -241,6 +241,8 @@ def print_plan(plan: Any) -> None:
             f"{m} {v * 1e3:.1f} ms" for m, v in plan.predicted.models.items()) + ")"
         typer.echo(f"predicted latency {plan.predicted.latency_s * 1e3:.1f} ms{per_model}, "
                    f"throughput {plan.predicted.throughput_per_s:.2f}/s")
+    if isinstance(plan.meta.get("summary"), str):  # what a solver says of its own search (partial offloading)
+        typer.echo(plan.meta["summary"])
 
 
 def is_deployment_file(text: str) -> bool:
@@ -543,6 +545,8 @@ def up_command(
                        ] = "processes",
     image: Annotated[str | None, typer.Option("--image", help="--runtime docker: the image (default "
                                                               "$EDGEPART_IMAGE or localhost/edgepart:dev).")] = None,
+    supervise: Annotated[bool, typer.Option("--supervise/--no-supervise",
+                                            help="Restart processes that exit, with backoff, until `down`.")] = True,
 ) -> None:
     """Start a deployment as local processes or containers (a gateway and one per partition); print the gateway URL."""
     import asyncio
@@ -561,7 +565,7 @@ def up_command(
                                           echo=typer.echo, image=image))
         return
     asyncio.run(commands.up(deployment, port=port, emulate=emulate, plan_path=plan_file, timeout_s=timeout,
-                            echo=typer.echo))
+                            echo=typer.echo, supervise=supervise))
 
 
 @app.command("status")
@@ -585,6 +589,22 @@ def status_command(
             raise fail(str(err)) from None
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command("restart")
+@user_errors
+def restart_command(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    process: Annotated[str, typer.Argument(help="A partition id (see `edgepart status`) or `gateway`.")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait until every partition is "
+                                                             "ready.")] = 300.0,
+) -> None:
+    """Restart one process of a local deployment (stopping it first) and wait until the deployment is ready."""
+    import asyncio
+
+    from edgepart.runtime import commands
+
+    asyncio.run(commands.restart(name, process, echo=typer.echo, timeout_s=timeout))
 
 
 @app.command("down")

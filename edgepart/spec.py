@@ -172,6 +172,9 @@ class DeviceSpec(_Model):
                     "benchmark measure it for emulated devices.")
     arch: str | None = Field(default=None, description="CPU architecture, e.g. arm64 or amd64 (informational).")
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels (device class etc.).")
+    role: Literal["end", "edge-server"] | None = Field(
+        default=None, description="Partial offloading (solvers mw, nfl, offload-bf): `end` is the device that "
+                                  "holds the input (and so the master), `edge-server` a server it may offload to.")
 
 
 class LinkSpec(_Model):
@@ -203,6 +206,12 @@ class ClusterSpec(_Model):
             raise ValueError(f"devices: duplicate device names {dupes}")
         if self.master is not None and self.master not in names:
             raise ValueError(f"master: {self.master!r} is not one of the devices {names}")
+        ends = [d.name for d in self.devices if d.role == "end"]
+        if len(ends) > 1:
+            raise ValueError(f"devices: only one device may have role end, got {ends}")
+        if ends and self.master is not None and self.master != ends[0]:
+            raise ValueError(f"master: {self.master!r} differs from the device with role end ({ends[0]!r}), "
+                             "which holds the input")
         for i, link in enumerate(self.network.links):
             for end in (link.source, link.target):
                 if end not in names:
@@ -211,7 +220,9 @@ class ClusterSpec(_Model):
 
     @property
     def master_name(self) -> str:
-        return self.master or self.devices[0].name
+        """The master: as given, else the device with role end, else the first device."""
+        ends = [d.name for d in self.devices if d.role == "end"]
+        return self.master or (ends[0] if ends else self.devices[0].name)
 
 
 # ---------------------------------------------------------------- deployment

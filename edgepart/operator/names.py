@@ -38,6 +38,20 @@ ANNOTATION_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_PLAN_HASH = f"{GROUP}/plan-hash"
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def pinned_node(pod_spec: Mapping[str, Any]) -> str:
+    """The node a pod spec runs on or is pinned to: spec.nodeName once bound, else the `metadata.name` field
+    affinity the operator renders (or, from older operators, a hostname nodeSelector); '' if none."""
+    if pod_spec.get("nodeName"):
+        return str(pod_spec["nodeName"])
+    required = (((pod_spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    for term in required.get("nodeSelectorTerms") or ():
+        for field in (term or {}).get("matchFields") or ():
+            if field.get("key") == "metadata.name" and field.get("operator") == "In" and field.get("values"):
+                return str(field["values"][0])
+    return str((pod_spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL, ""))
 ARCH_LABEL = "kubernetes.io/arch"
 
 MAX_NAME = 63

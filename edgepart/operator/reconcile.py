@@ -100,7 +100,7 @@ class PodState:
         waiting = [str((c.get("state") or {}).get("waiting", {}).get("reason", "")) for c in containers]
         return PodState(
             name=str(meta.get("name", "")),
-            node=str(spec.get("nodeName") or (spec.get("nodeSelector") or {}).get(names.HOSTNAME_LABEL, "")),
+            node=names.pinned_node(spec),
             component=str(labels.get(names.LABEL_COMPONENT, "")),
             partition=str(labels.get(names.LABEL_PARTITION, "")),
             plan=str(labels.get(names.LABEL_PLAN, "")),
@@ -297,9 +297,10 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
                     f"spec.master: node {spec.master!r} is not one of the selected nodes "
                     f"{[n.name for n in selected]}")
-    master = spec.master if spec.master in {n.name for n in usable} else usable[0].name
-    if spec.master is not None and spec.master != master:
-        degraded_reasons.append(f"master {spec.master} is unusable; the gateway moved to {master}")
+    wanted = spec.master or next((d.name for d in spec.devices if d.role == "end"), None)  # role end holds the input
+    master = wanted if wanted in {n.name for n in usable} else usable[0].name
+    if wanted is not None and wanted != master:
+        degraded_reasons.append(f"master {wanted} is unusable; the gateway moved to {master}")
 
     # ---- profiles: every device class needs a cost model (or a speed given in the spec)
     overrides = {d.name: d for d in spec.devices}
@@ -470,6 +471,7 @@ def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Map
             cpus=min(256.0, max(node.cpu, 0.001)),
             arch=node.arch,
             speed=override.speed if override is not None else None,
+            role=override.role if override is not None and (override.role != "end" or node.name == master) else None,
             labels={names.LABEL_DEVICE_CLASS: node.device_class},
         ))
     network = spec.network.model_copy(update={"links": [

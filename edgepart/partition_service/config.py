@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from edgepart.errors import EdgepartError, explain_validation
 from edgepart.geometry import Region, disjoint_cover, hull_all
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of
+from edgepart.partition_service.turnstile import TurnConfig, turn_configs
 from edgepart.partition_service.wire import Limits
 from edgepart.plan import INPUT, InputRegionField, Plan, RegionField, Task, topological_tasks
 
@@ -163,6 +164,8 @@ class PartitionConfig(_Base):
     max_inflight: int = Field(default=32, ge=1, description="Requests admitted at once (backpressure beyond).")
     max_header_bytes: int = Field(default=Limits.max_header_bytes, ge=256)
     max_tensor_bytes: int = Field(default=Limits.max_tensor_bytes, ge=1)
+    turn: TurnConfig | None = Field(default=None, description="Its place among the partitions of its device that "
+                                                              "take turns (plans with meta.turns; see turnstile).")
 
     @model_validator(mode="after")
     def _consistent(self) -> PartitionConfig:
@@ -450,6 +453,7 @@ def render_configs(
             routes[sender.id].append(Route(target=GATEWAY, url=gateway_url.rstrip("/"), region=piece.region,
                                            delay_s=hop_delay(sender.device, master)))
 
+    turns = turn_configs(plan, {t.id: url(t.id) for t in plan.tasks}, request_timeout_s)
     configs = []
     for task in plan.tasks:
         host = (hosts or {}).get(task.id, bind_host)
@@ -464,7 +468,7 @@ def render_configs(
                 threads=threads_of(task.device), request_timeout_s=request_timeout_s,
                 max_inflight=2 * max_inflight, max_header_bytes=limits.max_header_bytes,
                 max_tensor_bytes=limits.max_tensor_bytes, secret_file=secret_file,
-                connection=connection or ConnectionLimits(),
+                connection=connection or ConnectionLimits(), turn=turns.get(task.id),
             ))
         except ValidationError as err:
             raise ConfigError(f"partition {task.id}: {explain_validation(err)}") from None

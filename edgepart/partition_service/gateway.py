@@ -523,6 +523,21 @@ def _tensor_from_json(body: JsonInput) -> torch.Tensor:
     return torch.from_numpy(array.reshape(body.shape))
 
 
+# JSON has no NaN or infinities: they travel as these strings, both ways (numpy reads them back).
+NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_values(tensor: torch.Tensor) -> list[float | str]:
+    """The tensor's values, flattened, as JSON can carry them: non-finite values as "NaN", "Infinity", "-Infinity"."""
+    flat = tensor.detach().reshape(-1)
+    values: list[float | str] = flat.tolist()
+    if bool(torch.isfinite(flat).all()):
+        return values
+    for i in torch.nonzero(~torch.isfinite(flat)).reshape(-1).tolist():
+        values[i] = NON_FINITE_JSON[str(values[i])]
+    return values
+
+
 def _wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept or request.query_params.get("format") == "json"
@@ -581,7 +596,7 @@ def gateway_app(service: GatewayService) -> FastAPI:
                                             f"application/json, not {kind or 'no Content-Type'}")
         if _wants_json(request):
             return JSONResponse({"request_id": result.request_id, "shape": list(result.output.shape),
-                                 "data": result.output.reshape(-1).tolist(),
+                                 "data": json_values(result.output),
                                  "latency_ms": result.latency_s * 1000}, headers=_result_headers(result))
         return _frame_response(result)
 

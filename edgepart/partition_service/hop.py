@@ -152,6 +152,27 @@ def _target(url: str) -> _Target:
     return _Target(host, port, authority, path)
 
 
+class Lease:
+    """A connection held for one POST; returned to the pool (or closed) if the POST never takes it."""
+
+    def __init__(self, client: HopClient, key: tuple[str, int], conn: _Connection):
+        self._client = client
+        self._key = key
+        self._conn: _Connection | None = conn
+
+    def take(self) -> tuple[tuple[str, int], _Connection]:
+        if self._conn is None:
+            raise RuntimeError("a lease is used once")
+        conn, self._conn = self._conn, None
+        return self._key, conn
+
+    def release(self) -> None:
+        """Give the connection back unused (a no-op once a POST took it)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._client._checkin(self._key, conn)
+
+
 class HopClient:
     """Keep-alive HTTP/1.1 POSTs of tensor frames; one per process, shared by every peer."""
 
@@ -214,29 +235,52 @@ class HopClient:
 
     # ------------------------------------------------------------ one exchange
 
-    async def post(self, url: str, parts: Sequence[bytes | memoryview], headers: dict[str, str], *, peer: str,
-                   what: str, peer_url: str | None = None, timeout_s: float | None = None,
-                   sent: Callable[[], None] | None = None) -> Answer:
-        """POST `parts` (the body, in order) to `url`; the answer, whatever its status.
-
-        `sent` is called once the whole body is in the socket. Raises `PeerUnreachableError` or
-        `RequestTimeoutError` naming `peer` (at `peer_url`, default `url`).
-        """
+    def _target_of(self, url: str) -> _Target:
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _target(url)
-        where = f"{peer} at {peer_url or url}"
+        return target
+
+    async def lease(self, url: str, *, peer: str, what: str, peer_url: str | None = None,
+                    timeout_s: float | None = None) -> Lease:
+        """A connection to `url`'s peer, kept-alive or newly opened, for one `post(..., lease=)`.
+
+        Opening it is the part that waits on a dead or slow peer (up to the connect timeout), so a sender
+        takes its lease before it queues for its link: one unreachable peer does not stall the others."""
+        target = self._target_of(url)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         key = (target.host, target.port)
         conn = self._checkout(key)
-        if conn is None:
-            try:
-                async with asyncio.timeout(min(timeout, self.connect_timeout_s)):
-                    conn = await self._connect(target.host, target.port)
-            except TimeoutError:
-                raise PeerUnreachableError(f"{where} is unreachable ({what}): ConnectTimeout", peer=peer) from None
-            except OSError as err:
-                raise PeerUnreachableError(f"{where} is unreachable ({what}): {err}", peer=peer) from None
+        if conn is not None:
+            return Lease(self, key, conn)
+        where = f"{peer} at {peer_url or url}"
+        try:
+            async with asyncio.timeout(min(timeout, self.connect_timeout_s)):
+                conn = await self._connect(target.host, target.port)
+        except TimeoutError:
+            raise PeerUnreachableError(f"{where} is unreachable ({what}): ConnectTimeout", peer=peer) from None
+        except OSError as err:
+            raise PeerUnreachableError(f"{where} is unreachable ({what}): {err}", peer=peer) from None
+        return Lease(self, key, conn)
+
+    async def post(self, url: str, parts: Sequence[bytes | memoryview], headers: dict[str, str], *, peer: str,
+                   what: str, peer_url: str | None = None, timeout_s: float | None = None,
+                   sent: Callable[[], None] | None = None, lease: Lease | None = None) -> Answer:
+        """POST `parts` (the body, in order) to `url`; the answer, whatever its status.
+
+        `sent` is called once the whole body is in the socket; `lease` (from `lease()`) is the connection to
+        use, taken over by this call. Raises `PeerUnreachableError` or `RequestTimeoutError` naming `peer`
+        (at `peer_url`, default `url`).
+        """
+        target = self._target_of(url)
+        where = f"{peer} at {peer_url or url}"
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        if lease is None:
+            lease = await self.lease(url, peer=peer, what=what, peer_url=peer_url, timeout_s=timeout_s)
+        key, conn = lease.take()
+        if not conn.alive():  # the peer hung up while the lease waited for its turn on the link
+            conn.close()
+            key, conn = (await self.lease(url, peer=peer, what=what, peer_url=peer_url, timeout_s=timeout_s)).take()
         try:
             async with asyncio.timeout(timeout):
                 await self._send(conn, target, parts, headers)

@@ -47,6 +47,7 @@ from edgepart.partition_service.errors import (
     OverloadedError,
     RequestTimeoutError,
     ServiceError,
+    UnexpectedPieceError,
     error_body,
     install_error_handlers,
 )
@@ -65,6 +66,7 @@ from edgepart.partition_service.transport import (
     peer_error,
     received_frame,
 )
+from edgepart.partition_service.turnstile import TURN_PATH, TurnNotice, Turnstile
 from edgepart.partition_service.wire import Frame, FrameHeader, make_header
 
 __all__ = ["PartitionService", "partition_app"]
@@ -118,6 +120,8 @@ class PartitionService:
         self._worker: asyncio.Task[None] | None = None
         self._sender: Sender | None = None
         self._hop: HopClient | None = None
+        # partitions of one device that take turns (plans with meta.turns): see turnstile.py
+        self.turns = Turnstile(config.turn) if config.turn is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -265,12 +269,15 @@ class PartitionService:
         loop = asyncio.get_running_loop()
         while True:
             job = await self._queue.get()
+            if self.turns is not None:
+                await self.turns.wait(job.request_id)
             self.metrics.queue.observe(job.admission_wait + time.monotonic() - job.ready_at)
             try:
                 pieces, began, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                self._pass_turn(job.request_id)
                 self.metrics.error("compute_failed")
                 self._finish(job.request_id)
                 failure = ComputeFailedError(f"partition {self.id} failed computing request {job.request_id}: "
@@ -278,6 +285,7 @@ class PartitionService:
                 log.error("%s", failure)
                 self._spawn(self._report(job.request_id, failure))
                 continue
+            self._pass_turn(job.request_id)
             self.metrics.compute.observe(seconds)
             self.timeline.mark(job.request_id, "compute_start", began)
             self.timeline.mark(job.request_id, "compute_end", began + seconds)
@@ -332,6 +340,35 @@ class PartitionService:
         self.metrics.send.observe(time.perf_counter() - started)
         self.metrics.bytes_out.inc(size)
 
+    # ------------------------------------------------------------ turns
+
+    def take_turn(self, notice: TurnNotice) -> None:
+        """POST /v1/turn: the partition before this one on the device has computed a request."""
+        if self.turns is None or notice.sender != self.turns.config.after:
+            before = self.turns.config.after if self.turns is not None else None
+            raise UnexpectedPieceError(f"partition {self.id}: {notice.sender} does not compute before it on its "
+                                       f"device ({before or 'no partition does'})", peer=notice.sender)
+        self.turns.passed(notice.request_id)
+
+    def _pass_turn(self, rid: str) -> None:
+        """Tell the next partition of the device that its turn for request `rid` has come."""
+        turn = self.turns.config if self.turns is not None else None
+        if turn is not None and turn.next_url is not None:
+            self._spawn(self._notify_turn(turn.next_url, str(turn.next), rid))
+
+    async def _notify_turn(self, url: str, target: str, rid: str) -> None:
+        if self._client is None:
+            return
+        try:
+            response = await self._client.post(url + TURN_PATH, json={"request_id": rid, "sender": self.id},
+                                               timeout=5.0, headers=internal_headers(self.secret))
+            if response.status_code >= 300:
+                log.warning("partition %s: %s refused its turn for request %s: %s", self.id, target, rid,
+                            response.text[:200])
+        except httpx.HTTPError as err:  # it computes anyway after its wait limit
+            log.warning("partition %s: cannot pass the turn to %s: %s", self.id, target,
+                        peer_error(err, target, url, "turn"))
+
     async def _report(self, rid: str, err: ServiceError) -> None:
         """Tell the gateway why a request cannot finish (best effort)."""
         if self._client is None:
@@ -358,6 +395,8 @@ class PartitionService:
             "state": self.state, "failure": self.failure, "threads": c.threads,
             "assembling": len(self._assembler), "queued": self._queue.qsize(),
             "computed": self.computed,
+            "turn": None if self.turns is None else {"after": self.turns.config.after, "next": self.turns.config.next,
+                                                     "waited_out": self.turns.waited_out},
             "compute_mean_s": self.compute_total_s / self.computed if self.computed else None,
         }
 
@@ -384,6 +423,12 @@ def partition_app(service: PartitionService) -> FastAPI:
         async with received_frame(request, service.config.limits, admit=service.admit,
                                   budget=service.budget) as frame:
             await service.ingest(frame)
+        return Response(status_code=204)
+
+    @app.post(TURN_PATH, status_code=204, summary="The partition before this one on its device has computed a "
+                                                   "request (plans whose devices take turns).")
+    async def turn(notice: TurnNotice) -> Response:
+        service.take_turn(notice)
         return Response(status_code=204)
 
     @app.get("/healthz", summary="Liveness: the process serves (500 once loading the slice failed).")

@@ -27,7 +27,7 @@ from edgepart.partition_service.errors import (
     UnsupportedMediaTypeError,
     error_from_response,
 )
-from edgepart.partition_service.hop import HopClient
+from edgepart.partition_service.hop import HopClient, Lease
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
     Admit,
@@ -106,7 +106,7 @@ async def _chunks(parts: Sequence[bytes | memoryview], sent: Callable[[], None] 
 
 async def send_frame(client: httpx.AsyncClient | HopClient, url: str, header: FrameHeader, tensor: torch.Tensor, *,
                      peer: str, timeout_s: float | None = None, sent: Callable[[], None] | None = None,
-                     headers: Mapping[str, str] | None = None) -> int:
+                     headers: Mapping[str, str] | None = None, lease: Lease | None = None) -> int:
     """POST one frame to `url`/v1/tensor; the number of bytes sent. Raises a typed error naming `peer`.
 
     `sent` is called once the whole body has been handed to the socket (before the answer); `headers` go with
@@ -119,7 +119,7 @@ async def send_frame(client: httpx.AsyncClient | HopClient, url: str, header: Fr
     target = url + TENSOR_PATH
     if isinstance(client, HopClient):
         answer = await client.post(target, parts, headers, peer=peer, peer_url=url, timeout_s=timeout_s, sent=sent,
-                                   what=f"sending request {header.request_id}")
+                                   what=f"sending request {header.request_id}", lease=lease)
         if answer.status >= 300:
             raise _answer_error(answer.status, answer.content, peer, url)
         return size
@@ -145,10 +145,26 @@ class Sender:
         self.hop = hop
         self.headers = dict(headers or {})  # on every frame (the deployment's Authorization)
         self._fifo = asyncio.Lock()
+        self._peer_order: dict[str, asyncio.Lock] = {}
 
     async def send(self, url: str, header: FrameHeader, tensor: torch.Tensor, *, peer: str,
                    delay_s: float = 0.0) -> int:
-        await self._fifo.acquire()
+        client: httpx.AsyncClient | HopClient = self.client
+        lease: Lease | None = None
+        if self.hop is not None and self.hop.supports(url):
+            client = self.hop
+            # Connect before queueing for the link, so a dead or slow peer holds up only the frames to it.
+            # Frames to one peer still take the link in the order they were sent (its own lock, fair).
+            async with self._peer_order.setdefault(url, asyncio.Lock()):
+                lease = await self.hop.lease(url + TENSOR_PATH, peer=peer, peer_url=url,
+                                             what=f"sending request {header.request_id}")
+                try:
+                    await self._fifo.acquire()
+                except BaseException:
+                    lease.release()
+                    raise
+        else:
+            await self._fifo.acquire()
         released = False
 
         def release() -> None:
@@ -160,12 +176,12 @@ class Sender:
         try:
             if delay_s:
                 await asyncio.sleep(delay_s)
-            client: httpx.AsyncClient | HopClient = self.client
-            if self.hop is not None and self.hop.supports(url):
-                client = self.hop
-            return await send_frame(client, url, header, tensor, peer=peer, sent=release, headers=self.headers)
+            return await send_frame(client, url, header, tensor, peer=peer, sent=release, headers=self.headers,
+                                    lease=lease)
         finally:
             release()
+            if lease is not None:
+                lease.release()
 
 
 def content_length(request: Request) -> int | None:

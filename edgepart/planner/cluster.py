@@ -92,6 +92,7 @@ class Device:
     # CPU seconds per message sent or received at the profile's speed; None: the profile's own value,
     # or the reference profile's when the profile has none
     message_overhead_s: float | None = None
+    role: str | None = None  # partial offloading: "end" or "edge-server" (DeviceSpec.role)
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
@@ -245,7 +246,7 @@ def _device_from_spec(spec: DeviceSpec, index: int, reference: DeviceProfile, ba
     speed = spec.speed if spec.speed is not None else 1.0
     # a given message cost is this device's own time; the Device keeps it at the profile's speed
     message = None if spec.message_cost is None else parse_duration(spec.message_cost) * speed
-    return Device(spec.name, profile, speed, parse_memory(spec.memory), spec.cpus, message)
+    return Device(spec.name, profile, speed, parse_memory(spec.memory), spec.cpus, message, spec.role)
 
 
 def cluster_from_spec(spec: ClusterSpec, reference_profile_: DeviceProfile | None = None,

@@ -48,6 +48,8 @@ from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.evaluate import check_memory, evaluate
 from edgepart.planner.fused_dp import solve_fused_dp
+from edgepart.planner.offload.costs import OffloadProblem
+from edgepart.planner.offload.deploy import settings_from_options, solve_offload
 from edgepart.planner.pipeline_dp import solve_pipeline_dp
 from edgepart.planner.problem import Problem
 from edgepart.planner.stage_costs import check_staged_memory, evaluate_staged
@@ -331,3 +333,37 @@ def _auto(problem: Problem, objective: Objective) -> StagedPlan:
 def _tag(plan: StagedPlan) -> StagedPlan:
     return make_plan(plan.model, plan.solver, plan.objective, plan.devices, plan.stages, plan.predicted,
                      {**plan.meta, "requested": "auto"})
+
+
+# ------------------------------------------------------------------ partial offloading (SOLVERS.md §5)
+
+
+def _offload(solver: str, problem: Problem, objective: Objective, end: str | None, server: str | None,
+             compute_model: str, tau_max: int | None, grid_max: str, max_paths: int | None) -> Plan:
+    settings = settings_from_options(solver, end=end, server=server, compute_model=compute_model, tau_max=tau_max,
+                                     grid_max=grid_max, max_paths=max_paths)
+    return solve_offload(OffloadProblem(problem.graph, problem.cluster, settings), problem.model, solver, objective)
+
+
+@register("mw", "partial offloading (Li et al. GLOBECOM'22): fused-layer paths from the end device (role end, or "
+                "end=NAME) to one edge server (role edge-server, or server=NAME), each cut at its own layer, "
+                "scheduled by Minimizing Waiting over every path length tau and grid.")
+def _mw(problem: Problem, objective: Objective, *, end: str | None = None, server: str | None = None,
+        compute_model: str = "sequential", tau_max: int | None = None, grid_max: str = "32x32",
+        max_paths: int | None = None) -> Plan:
+    return _offload("mw", problem, objective, end, server, compute_model, tau_max, grid_max, max_paths)
+
+
+@register("nfl", "partial offloading without fused layers: the best single cut of the whole model between the end "
+                 "device and the edge server.")
+def _nfl(problem: Problem, objective: Objective, *, end: str | None = None, server: str | None = None,
+         compute_model: str = "sequential") -> Plan:
+    return _offload("nfl", problem, objective, end, server, compute_model, None, "32x32", None)
+
+
+@register("offload-bf", "partial offloading, exact optimum over every tau, grid of at most max_paths (6) paths, "
+                        "order and cut vector; small instances only.")
+def _offload_bf(problem: Problem, objective: Objective, *, end: str | None = None, server: str | None = None,
+                compute_model: str = "sequential", tau_max: int | None = None, grid_max: str = "32x32",
+                max_paths: int | None = None) -> Plan:
+    return _offload("offload-bf", problem, objective, end, server, compute_model, tau_max, grid_max, max_paths)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `s
     from edgepart.graph.loader import ModelRef
     from edgepart.plan import Plan
 
-__all__ = ["down", "infer_command", "read_input", "reference_model", "status", "table", "trace_table", "up"]
+__all__ = ["down", "infer_command", "read_input", "reference_model", "restart", "status", "table", "trace_table",
+           "up"]
 
 Echo = Callable[[str], None]
 
@@ -39,7 +40,7 @@ def plan_table(plan: Plan) -> str:
 
 
 async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, timeout_s: float, echo: Echo,
-             root: Path | None = None) -> RunState:
+             root: Path | None = None, supervise: bool = True) -> RunState:
     from edgepart.plan import load_plan
 
     deployment = load_deployment(path)
@@ -47,6 +48,8 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
     runtime = LocalRuntime(root, echo=echo)
     state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan, ready_timeout_s=timeout_s,
                              base=Path.cwd())
+    if supervise:
+        runtime.start_supervisor(state)
     echo(plan_table(runtime.plan_of(state.name)))
     predicted = (f"; predicted latency {state.predicted_latency_s * 1e3:.1f} ms"
                  if state.predicted_latency_s is not None else "")
@@ -54,6 +57,8 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
          f"{', emulated devices' if state.emulated else ''}){predicted}")
     echo(f"gateway: {state.gateway_url}")
     echo(f"try:     edgepart infer {state.gateway_url} --random --check --deployment {path}")
+    if supervise:
+        echo("processes that exit are restarted (with backoff) until `edgepart down`; `edgepart status` counts it")
     echo(f"stop:    edgepart down {state.name}")
     return state
 
@@ -70,16 +75,26 @@ async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool
         return True
     for run in runs:
         ready = sum(1 for p in run.partitions if p["ready"])
-        echo(f"{run.name}: {'ready' if run.ready else 'NOT READY'}, gateway {run.gateway_url}, "
+        restarts = sum(run.restarts.values())
+        echo(f"{run.name}: {'ready' if run.ready else 'NOT READY'}, gateway {run.gateway_url}"
+             f"{'' if run.alive.get('gateway', True) else ' (NOT RUNNING)'}, "
              f"{ready}/{len(run.partitions)} partitions ready{', emulated devices' if run.emulated else ''}"
+             f", {'supervised' if run.supervised else 'not supervised'}"
+             + (f", {restarts} restarts (gateway {run.restarts.get('gateway', 0)})" if restarts else "")
              + (f"; {run.detail}" if run.detail else ""))
         rows = [[p["id"], p["device"], p["stage"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
-                 "yes" if p["ready"] else "NO", p.get("computed") or 0, _ms(p.get("compute_mean_s")), p["url"],
-                 p["detail"] or ""] for p in run.partitions]
+                 "yes" if p["ready"] else "NO", run.restarts.get(p["id"], 0), p.get("computed") or 0,
+                 _ms(p.get("compute_mean_s")), p["url"], p["detail"] or ""] for p in run.partitions]
         if rows:
-            echo(table(["partition", "device", "stage", "pid", "alive", "ready", "requests", "compute", "url",
-                        "detail"], rows))
+            echo(table(["partition", "device", "stage", "pid", "alive", "ready", "restarts", "requests", "compute",
+                        "url", "detail"], rows))
     return all(r.ready for r in runs)
+
+
+async def restart(name: str, ident: str, echo: Echo, root: Path | None = None, timeout_s: float = 300.0) -> None:
+    runtime = LocalRuntime(root, echo=echo)
+    new = await runtime.restart(name, ident, ready_timeout_s=timeout_s)
+    echo(f"{name}: {ident} restarted (pid {new.pid}, restart {new.restarts}); every partition is ready")
 
 
 async def down(name: str | None, echo: Echo, root: Path | None = None) -> list[str]:

@@ -84,6 +84,8 @@ class ProcessState(BaseModel):
     log: str
     netns: str | None = None
     cgroup: str | None = None
+    restarts: int = 0  # by the supervisor or `edgepart restart`, as a Pod's restartCount
+    last_exit: int | None = None  # the exit code (negative: the signal) before the last restart, when known
 
 
 class RunState(BaseModel):
@@ -104,6 +106,7 @@ class RunState(BaseModel):
     how: str
     predicted_latency_s: float | None = None
     predicted_throughput_per_s: float | None = None
+    supervisor_pid: int | None = None  # the process restarting partitions that exit (`edgepart up`)
 
     def process(self, ident: str) -> ProcessState:
         for proc in self.processes:
@@ -122,6 +125,14 @@ class RunStatus(BaseModel):
     partitions: list[dict[str, Any]]
     detail: str | None = None
     predicted_latency_s: float | None = None
+    restarts: dict[str, int] = {}
+    supervised: bool = False
+    capped: bool = True  # emulated: every live partition runs in its device's CPU cgroup
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    return host, int(port)
 
 
 def _free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -143,6 +154,31 @@ def _tail(path: str, lines: int = 25) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _in_cgroup(pid: int, cgroup: str) -> bool:
+    """True when `pid` runs in the CPU cgroup directory `cgroup` (v1 `cpu` controller or the v2 tree)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    tail = "/" + cgroup.split("/sys/fs/cgroup/", 1)[-1].split("/", 1)[-1] if "/sys/fs/cgroup/" in cgroup else cgroup
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if (not controllers or "cpu" in controllers.split(",")) and (path == tail or cgroup.endswith(path)):
+            return path not in ("", "/")
+    return False
+
+
+def _supervisor_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return b"edgepart.runtime.supervise" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _is_ours(pid: int, config: str) -> bool:
@@ -483,17 +519,65 @@ class LocalRuntime:
                     parts = response.json()["partitions"]
                 except httpx.HTTPError as err:
                     detail = f"gateway {state.gateway_url} does not answer: {type(err).__name__}"
+                    # what this machine knows without the gateway: which partition processes live
+                    parts = [{"id": p.id, "device": p.device, "stage": "?", "ready": False,
+                              "detail": "alive; the gateway does not answer" if alive[p.id] else "not running"}
+                             for p in state.processes if p.role == "partition"]
                 for part in parts:  # the gateway does not tell its clients where partitions are: we know
                     proc = state.process(part["id"])
                     part["pid"], part["url"] = proc.pid, proc.url
                 ready = bool(parts) and all(p["ready"] for p in parts) and all(alive.values())
+                uncapped = [p.id for p in state.processes if p.cgroup is not None and alive[p.id]
+                            and not _in_cgroup(p.pid, p.cgroup)]
+                if uncapped and state.status == "ready":
+                    detail = "; ".join(filter(None, [detail, f"outside their CPU cgroups: {', '.join(uncapped)}"]))
+                if state.status == "starting" and not _supervisor_alive(state.supervisor_pid):
+                    detail = "; ".join(filter(None, [detail, "start-up did not finish (`edgepart down` cleans up)"]))
                 result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, ready=ready,
-                                        emulated=state.emulated, alive=alive, partitions=parts, detail=detail,
-                                        predicted_latency_s=state.predicted_latency_s))
+                                        emulated=state.emulated and not uncapped, alive=alive, partitions=parts,
+                                        detail=detail, predicted_latency_s=state.predicted_latency_s,
+                                        restarts={p.id: p.restarts for p in state.processes},
+                                        supervised=_supervisor_alive(state.supervisor_pid),
+                                        capped=not uncapped))
         return result
 
+    def start_supervisor(self, state: RunState) -> int:
+        """Start the process that restarts this deployment's processes when they exit (`supervise.py`)."""
+        log = Path(state.directory) / "logs" / "supervisor.log"
+        with open(log, "ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "edgepart.runtime.supervise", str(self.root), state.name], cwd=state.cwd,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._children[child.pid] = child
+        state.supervisor_pid = child.pid
+        self._save(state)
+        return child.pid
+
+    async def _stop_supervisor(self, state: RunState) -> None:
+        pid = state.supervisor_pid
+        if pid is None or not _supervisor_alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _supervisor_alive(pid) and time.monotonic() < deadline:
+            child = self._children.get(pid)
+            if child is not None and child.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        if _supervisor_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(child.wait, 10)
+
     async def teardown(self, state: RunState) -> list[str]:
-        """Stop every process of `state`, remove its emulated devices and its run directory."""
+        """Stop the supervisor and every process of `state`, remove its emulated devices and its run directory."""
+        await self._stop_supervisor(state)
+        state = self.load(state.name) or state  # the supervisor may have restarted a process since
         await self._stop_processes(list(state.processes))
         problems = destroy_testbed(state.testbed) if state.testbed is not None else []
         shutil.rmtree(state.directory, ignore_errors=True)
@@ -521,25 +605,39 @@ class LocalRuntime:
             await asyncio.sleep(0.02)
 
     async def restart(self, name: str, ident: str, ready_timeout_s: float = 120.0) -> ProcessState:
-        """Start one partition again (killing it first if it still runs) and wait until the deployment is ready."""
+        """Start one process again (killing it first if it still runs) and wait until the deployment is ready."""
         state = self._pick(name)[0]
+        new = await self.respawn(state, ident, cap_later=True)
+        await self._wait_ready(state, ready_timeout_s)
+        self._apply_caps(state)
+        return new
+
+    async def respawn(self, state: RunState, ident: str, *, cap_later: bool = False) -> ProcessState:
+        """Start process `ident` of `state` again on its own address (stopping it first), counted as a restart;
+        saves the state. Without `cap_later` an emulated partition starts inside its CPU cgroup."""
         old = state.process(ident)
+        child = self._children.get(old.pid)
+        code = child.poll() if child is not None else None  # known for processes this runtime started
         await self._stop_processes([old])
         sockets: tuple[socket.socket, ...] = ()
-        if not state.emulated:
-            host_port = old.url.removeprefix("http://").rsplit(":", 1)
-            sockets = (_free_socket(host_port[0], int(host_port[1])),)
+        if old.role == "gateway" and not state.emulated:
+            config = json.loads(Path(old.config).read_text())
+            sockets = (_free_socket("127.0.0.1", state.port),
+                       _free_socket(config["internal_host"], int(config["internal_port"])))
+        elif old.netns is None:
+            sockets = (_free_socket(*_host_port(old.url)),)
+        elif old.role == "gateway":
+            sockets = (_free_socket("127.0.0.1", state.port),)
         try:
             threads = json.loads(Path(old.config).read_text()).get("threads", 1) if old.role == "partition" else 1
             new = self._spawn(state, old.id, old.role, old.device, old.url, Path(old.config), threads=threads,
-                              sockets=sockets, netns=old.netns, cgroup=old.cgroup, cap_later=True)
+                              sockets=sockets, netns=old.netns, cgroup=old.cgroup, cap_later=cap_later)
         finally:
             for sock in sockets:
                 sock.close()
+        new.restarts, new.last_exit = old.restarts + 1, code
         state.processes = [new if p.id == ident else p for p in state.processes]
         self._save(state)
-        await self._wait_ready(state, ready_timeout_s)
-        self._apply_caps(state)
         return new
 
     def plan_of(self, name: str) -> Plan:

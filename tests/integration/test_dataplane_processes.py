@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,15 +209,13 @@ async def test_a_killed_partition_is_named_then_restarted(model_file: Path, tmp_
         await infer(state.gateway_url, x)
         for victim in ("s1p0", "s0p1"):  # the last stage (reported by its sender), a first-stage partition
             await runtime.kill(state.name, victim)
-            started = time.monotonic()
             async with httpx.AsyncClient(timeout=30) as client:
                 response = await client.post(state.gateway_url + "/v1/infer", json={
                     "shape": list(SHAPE), "data": x.tolist()})
-            elapsed = time.monotonic() - started
+            # 503 naming the victim: detected from its connection, not the 4 s timeout (which answers 504)
             assert response.status_code == 503, response.text
             body = response.json()
             assert body["peer"] == victim and victim in body["detail"], body
-            assert elapsed < 4.0, f"answered after {elapsed:.1f} s, the timeout is 4 s"
             statuses = {s.name: s for s in await runtime.status(state.name)}
             assert not statuses[state.name].ready and not statuses[state.name].alive[victim]
             await runtime.restart(state.name, victim)

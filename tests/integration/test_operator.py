@@ -6,6 +6,7 @@ pod, deployment, node and job status, and check what the operator does.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +23,13 @@ from kmock_emulator import (
 )
 
 from edgepart.geometry import hull_all
-from edgepart.operator.names import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_PARTITION, LABEL_PLAN
+from edgepart.operator.names import (
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    LABEL_PARTITION,
+    LABEL_PLAN,
+    pinned_node,
+)
 from edgepart.operator.render import PROFILE_BEGIN, PROFILE_END
 from edgepart.operator.settings import OperatorSettings
 from edgepart.partition_service.config import load_gateway_config, load_partition_config
@@ -81,7 +88,7 @@ def pods_of_plan(k8s: EdgepartEmulator, plan_hash: str) -> list[dict[str, Any]]:
 
 
 def node_of(pod: dict[str, Any]) -> str:
-    return str(pod["spec"]["nodeSelector"]["kubernetes.io/hostname"])
+    return pinned_node(pod["spec"])
 
 
 async def phase_is(k8s: EdgepartEmulator, *phases: str, timeout: float = 90) -> dict[str, Any]:
@@ -174,7 +181,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     assert len(token) >= 32 and secret["metadata"]["ownerReferences"][0]["uid"] == uid
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
-    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "edge-0"}
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-0"
 
     # everything the operator made is owned by the DNNDeployment
     owned = [*partition_pods(k8s), *objects(k8s, "services"), *objects(k8s, "deployments"),
@@ -315,7 +322,7 @@ async def test_missing_profile_runs_a_profiling_job(k8s: EdgepartEmulator, kopf_
     assert "edge-small" in st["message"]
     job = await eventually(lambda: get(k8s, "jobs", "edgepart-profile-edge-small"), what="the profiling job")
     pod_spec = job["spec"]["template"]["spec"]
-    assert pod_spec["nodeSelector"]["kubernetes.io/hostname"].startswith("edge-")
+    assert pinned_node(pod_spec).startswith("edge-")
     assert pod_spec["containers"][0]["image"] == operator_settings.image
     assert "edgepart profile" in pod_spec["containers"][0]["args"][0]
     assert partition_pods(k8s) == []
@@ -397,3 +404,28 @@ async def test_a_traced_graph_from_the_jobs_log_is_planned_from(k8s: EdgepartEmu
     _, plan = await deployed(k8s)
     assert plan.model.name == name and len(plan.tasks) == 5  # a 2x2 grid and the tail
     assert condition(k8s, "Traced")["status"] == "True"
+
+
+async def test_an_mw_deployment_offloads_from_the_end_device_to_the_edge_server(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(solver="mw", solverOptions={}, master=None, devices=[
+        {"name": "edge-2", "speed": 0.2, "role": "end"}, {"name": "edge-1", "speed": 4.0, "role": "edge-server"}]))
+    st, plan = await deployed(k8s)
+    assert st["plan"]["solver"] == "mw" and plan.master == "edge-2"  # role end holds the input: the gateway's node
+    assert {t.device for t in plan.tasks} <= {"edge-2", "edge-1"} and plan.meta["server"] == "edge-1"
+    gateway = get(k8s, "deployments", f"{NAME}-gateway")
+    assert gateway is not None
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-2"
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    configs = {t.id: load_partition_config(config_map["data"][f"partition-{t.id}.json"]) for t in plan.tasks}
+    for device in ("edge-2", "edge-1"):  # each device's partitions take turns in the order S
+        chain = sorted((t for t in plan.compute_tasks if t.device == device), key=lambda t: t.priority)
+        for before, after in itertools.pairwise(chain):
+            turn = configs[before.id].turn
+            assert turn is not None and turn.next == after.id
+            assert turn.next_url == f"http://{NAME}-{after.id}.{NAMESPACE}.svc:8081"
+            assert configs[after.id].turn is not None and configs[after.id].turn.after == before.id  # type: ignore[union-attr]
+    await make_ready(k8s, merge_patch, st["plan"]["hash"])
+    await phase_is(k8s, "Ready")

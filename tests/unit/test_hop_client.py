@@ -7,6 +7,7 @@ import contextlib
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -278,3 +279,35 @@ def test_services_run_on_uvloop_with_a_warm_heap(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert tune_allocator() is True  # glibc
+
+
+class _BlackholeHop(HopClient):
+    """Connections to host `blackhole` never complete (a peer whose SYNs are dropped)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.connecting = asyncio.Event()
+
+    async def _connect(self, host: str, port: int) -> Any:
+        if host == "blackhole":
+            self.connecting.set()
+            await asyncio.Event().wait()
+        return await super()._connect(host, port)
+
+
+async def test_a_peer_that_cannot_be_reached_holds_up_only_its_own_frames(
+        uvicorn_url: tuple[str, list[tuple[str, torch.Tensor, int]]]) -> None:
+    url, received = uvicorn_url
+    tensor = torch.randn(1, 8, 4, 4)
+    async with make_client(10.0) as client, _BlackholeHop(10.0) as hop:
+        sender = Sender(client, hop)
+        stuck = asyncio.create_task(sender.send("http://blackhole:9", _header("lost", tensor), tensor, peer="dead"))
+        await hop.connecting.wait()
+        for i in range(3):  # the link is free while the dead peer's connection is pending
+            await sender.send(url, _header(f"r{i}", tensor), tensor, peer="s1p0")
+        assert not stuck.done()
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+        await sender.send(url, _header("after", tensor), tensor, peer="s1p0")  # the link was not left locked
+    assert [rid for rid, _, _ in received] == ["r0", "r1", "r2", "after"]

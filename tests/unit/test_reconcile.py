@@ -11,7 +11,13 @@ from k8s_fakes import LATER, NOW, OWNER, nodes, profile, spec
 from kubernetes.utils.quantity import parse_quantity
 
 from edgepart.cli import data_plane_configs
-from edgepart.operator.names import ANNOTATION_HASH, HOSTNAME_LABEL, LABEL_PARTITION, LABEL_PLAN
+from edgepart.operator.names import (
+    ANNOTATION_HASH,
+    HOSTNAME_LABEL,
+    LABEL_PARTITION,
+    LABEL_PLAN,
+    pinned_node,
+)
 from edgepart.operator.planning import PlanRequest, compute_plan, graph_of
 from edgepart.operator.profiles import JobState
 from edgepart.operator.reconcile import DesiredState, GatewayState, Observed, PodState, reconcile
@@ -66,7 +72,7 @@ def test_one_pod_and_one_service_per_partition_pinned_to_the_planned_node() -> N
     assert services == {f"alex-{t.id}" for t in plan.tasks} | {"alex-gateway"}
     for part in plan.tasks:
         pod = by_partition[part.id]
-        assert pod["spec"]["nodeSelector"] == {HOSTNAME_LABEL: part.device}
+        assert pinned_node(pod["spec"]) == part.device and HOSTNAME_LABEL not in pod["spec"].get("nodeSelector", {})
         assert pod["metadata"]["labels"][LABEL_PLAN] == desired.status["plan"]["hash"]
         config = load_partition_config(desired.object("ConfigMap", "alex-plan")["data"][f"partition-{part.id}.json"])
         assert config.partition == part.id and config.device == part.device
@@ -182,7 +188,7 @@ def test_a_not_ready_node_is_left_out_of_the_plan() -> None:
     node_list[2] = replace(node_list[2], ready=False)
     desired = run(node_list=node_list)
     assert "edge-2" not in plan_of(desired).devices
-    assert all(p["spec"]["nodeSelector"][HOSTNAME_LABEL] != "edge-2" for p in desired.of_kind("Pod"))
+    assert all(pinned_node(p["spec"]) != "edge-2" for p in desired.of_kind("Pod"))
     assert desired.status["excludedNodes"] == [{"name": "edge-2", "reason": "NodeNotReady",
                                                 "message": "node edge-2 is NotReady"}]
     degraded = run(node_list=node_list, observed=Observed(pods=ready_pod_states(desired),
@@ -197,14 +203,14 @@ def test_an_unusable_master_moves_the_gateway_and_degrades() -> None:
     node_list[0] = replace(node_list[0], schedulable=False)
     desired = run(node_list=node_list)
     gateway = desired.object("Deployment", "alex-gateway")
-    assert gateway["spec"]["template"]["spec"]["nodeSelector"] == {HOSTNAME_LABEL: "edge-1"}
+    assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-1"
     degraded = next(c for c in desired.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and "master edge-0" in degraded["message"]
 
 
 def test_a_failed_partition_pod_excludes_its_node_until_the_spec_changes() -> None:
     desired = run()
-    victim = next(p for p in desired.of_kind("Pod") if p["spec"]["nodeSelector"][HOSTNAME_LABEL] == "edge-3")
+    victim = next(p for p in desired.of_kind("Pod") if pinned_node(p["spec"]) == "edge-3")
     crashed = PodState.from_object({**victim, "status": {"phase": "Running", "containerStatuses": [
         {"name": "partition", "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
     assert crashed.failure(3) == f"pod {victim['metadata']['name']}: CrashLoopBackOff"
@@ -227,7 +233,7 @@ def test_a_missing_profile_starts_one_profiling_job_per_class() -> None:
     assert desired.phase == "Profiling" and desired.objects == () and not desired.prune
     assert [j["metadata"]["name"] for j in desired.jobs] == ["edgepart-profile-jetson"]
     job = desired.jobs[0]
-    assert job["spec"]["template"]["spec"]["nodeSelector"] == {HOSTNAME_LABEL: "big-0"}
+    assert pinned_node(job["spec"]["template"]["spec"]) == "big-0"
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == SETTINGS.image
     assert "ownerReferences" not in job["metadata"]  # shared by every deployment that needs the class
     script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]

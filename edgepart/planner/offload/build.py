@@ -36,10 +36,10 @@ def single_path_result(problem: OffloadProblem, solver: str, model: ComputeModel
     cut_region = Region.full(graph.shape_at(bounds[cut]))
     output = Region.full(graph.output_shape)
     local = (0.0, local_s) if cut > 0 else None
-    if cut == units:  # wholly on the end device: nothing crosses the network
+    if cut == units:  # wholly on the end device: nothing crosses the network; a local message to the gateway
         path = PathPlan(0, cut, bounds[cut], output, output, full_input, local, (local_s, local_s), None, local_s)
         back = None
-        makespan = local_s
+        makespan = local_s + problem.end_return_s
     else:
         sent = local_s + uplink_s
         done = sent + server_s

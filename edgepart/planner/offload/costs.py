@@ -436,6 +436,7 @@ class OffloadProblem:
         self.uplink = cluster.link(self.end.name, self.server.name)
         self.return_s = cluster.tx(self.server.name, self.end.name, graph.bytes_at(len(graph)))
         self.fuse_message_s = cluster.local_s(self.server.name)
+        self.end_return_s = cluster.local_s(self.end.name)  # an output computed on the end device, to its gateway
         batch = graph.batch
         self.end_unit_s = tuple(sum(self.end.layer_time(graph.layers[i], None, batch)
                                     for i in range(self.bounds[u], self.bounds[u + 1])) for u in range(self.units))

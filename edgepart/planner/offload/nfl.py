@@ -1,7 +1,8 @@
 """NFL, no fused layers (the GLOBECOM'22 baseline): the whole model as one path with one cut.
 
 T(o) = Σ_{u<o} t_end(u) + tx(cut o) + Σ_{u>=o} t_server(u) + tx(output back), over every unit cut o
-(not only the fusable prefix); o = all units keeps everything on the end device and sends nothing.
+(not only the fusable prefix); o = all units keeps everything on the end device and sends nothing over the
+network (the output is a local message to the gateway there, `Cluster.local_s`).
 One path meets no contention, so both compute models give the same time.
 """
 
@@ -21,8 +22,8 @@ def nfl_times(problem: OffloadProblem) -> list[tuple[float, float, float, float]
     result = []
     for cut in range(problem.units + 1):
         local = float(sum(problem.end_unit_s[:cut]))
-        if cut == problem.units:
-            result.append((local, local, 0.0, 0.0))
+        if cut == problem.units:  # the output goes to the gateway, another process on the end device
+            result.append((local + problem.end_return_s, local, 0.0, 0.0))
             continue
         uplink = cluster.tx(problem.end.name, problem.server.name, problem.cut_bytes(cut))
         server = float(sum(problem.server_unit_s[cut:]))

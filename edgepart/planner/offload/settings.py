@@ -19,10 +19,11 @@ class OffloadSettings:
 
     end: str | None = None
     """The end device: it holds the input, runs each path's local part and receives the output.
-    None: the cluster's master."""
+    None: the device with role `end`, else the cluster's master."""
     server: str | None = None
     """The edge server: the rest of each path, the fusion and the layers after it.
-    None: the device (other than the end device) that runs the whole model fastest."""
+    None: of the devices with role `edge-server` (all others when none has it), the one other than the end
+    device that runs the whole model fastest."""
     compute_model: ComputeModel = "sequential"
     """`sequential`: the end device, the uplink and the server each serve one path at a time, in the
     order S (a 3-machine flow shop), which is what the runtime executes. `paper`: each path's local and
@@ -56,7 +57,8 @@ def whole_model_time(graph: LayerGraph, device: Device) -> float:
 
 def pick_devices(graph: LayerGraph, cluster: Cluster, settings: OffloadSettings) -> tuple[Device, Device]:
     """(end device, edge server) from the settings, with the defaults described there."""
-    end_name = settings.end if settings.end is not None else cluster.master
+    ends = [d.name for d in cluster.devices if d.role == "end"]
+    end_name = settings.end if settings.end is not None else (ends[0] if ends else cluster.master)
     try:
         end = cluster.device(end_name)
     except ClusterError:
@@ -71,6 +73,8 @@ def pick_devices(graph: LayerGraph, cluster: Cluster, settings: OffloadSettings)
             raise PlanningError(f"server: {server.name!r} is also the end device; pick another device")
         return end, server
     others = [d for d in cluster.devices if d.name != end.name]
+    servers = [d for d in others if d.role == "edge-server"]
+    others = servers or others
     if not others:
         raise PlanningError(f"partial offloading needs an edge server besides the end device {end.name!r}; "
                             f"the cluster has only {list(cluster.names)}")
