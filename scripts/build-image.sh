@@ -46,7 +46,8 @@ if [ "$engine" = podman ]; then
     kept=()
     for u in $extra; do
       d=${u#file://}
-      if [ "$d" != "$u" ]; then [ -d "$d" ] && args+=(-v "$d:$d:ro") && kept+=("$u")
+      # a local index links its files relative to it (../files/...): mount the folder it lies in
+      if [ "$d" != "$u" ]; then [ -d "$d" ] && top=$(dirname "${d%/}") && args+=(-v "$top:$top:ro") && kept+=("$u")
       else kept+=("$u"); fi
     done
     [ ${#kept[@]} -gt 0 ] && echo "extra-index-url = ${kept[*]}" >> "$conf"
