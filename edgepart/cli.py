@@ -165,8 +165,9 @@ def trace_command(
 # ------------------------------------------------------------------ plan / verify
 
 SolverOpt = Annotated[str, typer.Option("--solver", help="auto | single | layerwise | ftp-grid | fused-dp | "
-                                                          "pipeline-dp | brute-force (`edgepart solvers` "
-                                                          "describes each and its options)")]
+                                                          "pipeline-dp | brute-force; several models at once: "
+                                                          "mgp-memetic | mgp-pso | lo-pso | heft (`edgepart "
+                                                          "solvers` describes each and its options)")]
 ClusterOpt = Annotated[Path | None, typer.Option("--cluster", help="Cluster YAML: devices (profile or speed, "
                                                                    "memory), network, master. Default: --devices "
                                                                    "identical reference devices at --bandwidth.")]
@@ -568,6 +569,35 @@ def up_command(
                             echo=typer.echo, supervise=supervise))
 
 
+@app.command("load")
+@user_errors
+def load_command(
+    urls: Annotated[list[str] | None, typer.Argument(help="Source URLs (default: every source of the "
+                                                          "deployment with sources that is up).")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="Images per second per source, Poisson "
+                                                                        "arrivals (default: all at once).")] = None,
+    count: Annotated[int, typer.Option("--count", min=1, help="Images per source.")] = 100,
+    deployment: Annotated[str | None, typer.Option("--deployment", help="The local deployment (default: the "
+                                                                        "only one with sources).")] = None,
+    secret_file: Annotated[str | None, typer.Option("--secret-file", help="The deployment's secret (default: "
+                                                                          "its run directory's).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arrivals and the images.")] = 0,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds an image may take.")] = 300.0,
+) -> None:
+    """Drive a deployment's sources with Poisson arrivals; report per-source completion, per-image time,
+    rejected (503: queue full) and lost (exit 1 if any was lost)."""
+    import asyncio
+
+    from edgepart.runtime.load import LoadSettings
+    from edgepart.runtime.load import load_command as run_load
+
+    settings = LoadSettings(rate=rate, count=count, seed=seed, timeout_s=timeout)
+    code = asyncio.run(run_load(urls or [], settings, deployment=deployment, secret_file=secret_file,
+                                echo=typer.echo))
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("status")
 @user_errors
 def status_command(
@@ -679,6 +709,14 @@ def serve_partition_command() -> None:
     raise typer.Exit(serve_main("partition"))
 
 
+@app.command("serve-ring-worker")
+def serve_ring_worker_command() -> None:
+    """Role entry of a ring-worker process or pod (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
+    from edgepart.partition_service.ring import serve_main
+
+    raise typer.Exit(serve_main())
+
+
 @app.command("serve-gateway")
 def serve_gateway_command() -> None:
     """Role entry of the gateway process or pod (config in EDGEPART_CONFIG: a JSON path or the JSON)."""
@@ -722,8 +760,21 @@ def data_plane_configs(request: Any) -> Any:
 
     Wired here, at the composition root, because the operator package never imports the data plane.
     """
-    from edgepart.operator.configs import RenderedConfigs
+    from edgepart.operator.configs import RenderedConfigs, RingRequest
     from edgepart.partition_service.config import render_configs
+
+    if isinstance(request, RingRequest):  # a deployment with sources: one ring-worker config per node
+        from edgepart.partition_service.config import ModelSource
+        from edgepart.partition_service.ring_config import render_ring_configs
+
+        assert request.model.input_shape is not None
+        ring = render_ring_configs(
+            request.graph, request.whole_s, request.deployment, ModelSource.of(request.model, request.model.input_shape),
+            request.ring, request.sources, request.addresses, scheduler=request.scheduler,
+            secret_file=request.secret_file, queue_bound=request.queue_bound, heartbeat_s=request.heartbeat_s,
+            bind_host="0.0.0.0", ports=dict.fromkeys(request.ring, request.port), threads=dict(request.threads),
+            request_timeout_s=request.request_timeout_s)
+        return RenderedConfigs(gateway="", partitions={c.worker: c.model_dump_json(indent=2) for c in ring})
 
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
                              client_port=request.client_port, secret_file=request.secret_file,

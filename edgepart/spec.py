@@ -291,6 +291,14 @@ class VariantFamilySpec(_Model):
         raise SpecError(f"family {self.name!r} has no variant {name!r}; it has {[v.name for v in self.variants]}")
 
 
+class SourceSpec(_Model):
+    device: Name = Field(description="A device that produces images (it must be on the ring).")
+    rate: float | None = Field(default=None, gt=0, le=100000,
+                               description="Images per second, Poisson arrivals (what `edgepart load` and the "
+                                           "simulator drive the source with).")
+    count: int | None = Field(default=None, ge=1, le=10_000_000, description="Images the source produces in all.")
+
+
 class DeploymentSpec(_Model):
     model: ModelSpec | None = Field(default=None, description="The network to run (or `models` for several).")
     models: list[ModelSpec] = Field(default_factory=list, max_length=16,
@@ -308,6 +316,20 @@ class DeploymentSpec(_Model):
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Links between the devices.")
     master: Name | None = Field(default=None, description="Device holding the input (default: the first).")
     request_timeout: Duration = Field(default="30s", description="Per-request timeout in the data plane.")
+    sources: list[SourceSpec] = Field(
+        default_factory=list, max_length=64,
+        description="Several data sources (MS-MDI): devices that produce images. With sources the deployment "
+                    "runs one ring worker per device instead of a static plan; each source answers its own "
+                    "images (POST /v1/ring/images).")
+    scheduler: Literal["ms-mdi", "ar-mdi", "local"] = Field(
+        default="ms-mdi", description="With sources: ms-mdi (backpressure between local and distributed work), "
+                                      "ar-mdi (every image along the ring) or local (each source alone).")
+    ring: list[Name] = Field(default_factory=list, description="With sources: ring order of the workers "
+                                                               "(default: the devices in order).")
+    queue_bound: int = Field(default=16, ge=1, le=65536, description="With sources: images per queue; an "
+                                                                     "image beyond is refused with 503.")
+    heartbeat: Duration = Field(default="500ms", description="With sources: period of the workers' queue-length "
+                                                             "reports to each other.")
 
     @model_validator(mode="after")
     def _one_kind_of_model(self) -> DeploymentSpec:
@@ -318,6 +340,32 @@ class DeploymentSpec(_Model):
         if dupes:
             raise ValueError(f"models: duplicate model ids {dupes}; give each an `id`")
         return self
+
+    @model_validator(mode="after")
+    def _sources_on_the_ring(self) -> DeploymentSpec:
+        if not self.sources:
+            return self
+        if self.models:
+            raise ValueError("sources: a deployment with sources runs one `model`, not `models`")
+        names = [s.device for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sources: each device may be one source, got {dupes} twice")
+        if len(set(self.ring)) != len(self.ring):
+            raise ValueError(f"ring: workers must be distinct, got {self.ring}")
+        devices = [d.name for d in self.devices]
+        for i, name in enumerate(self.ring):
+            if devices and name not in devices:
+                raise ValueError(f"ring[{i}]: {name!r} is not one of the devices {devices}")
+        ring = self.ring or devices
+        for i, name in enumerate(names):
+            if ring and name not in ring:
+                raise ValueError(f"sources[{i}].device: {name!r} is not on the ring {ring}")
+        return self
+
+    def ring_order(self) -> list[str]:
+        """The ring of a deployment with sources: `ring`, or the devices in order."""
+        return list(self.ring) or [d.name for d in self.devices]
 
     def model_specs(self) -> list[tuple[str, ModelSpec]]:
         """(id, spec) of every model, ids filled in from the names where not given."""

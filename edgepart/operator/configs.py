@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from edgepart.graph.layer_graph import LayerGraph
+from edgepart.graph.loader import ModelRef
 from edgepart.plan import Plan
 
 
@@ -34,4 +36,24 @@ class RenderedConfigs:
     partitions: Mapping[str, str]  # partition id -> partition config JSON
 
 
-ConfigRenderer = Callable[[ConfigRequest], RenderedConfigs]
+@dataclass(frozen=True)
+class RingRequest:
+    """A deployment with sources: one ring-worker config per node (`RenderedConfigs.partitions`, by worker)."""
+
+    deployment: str
+    model: ModelRef  # input shape filled in
+    graph: LayerGraph
+    whole_s: Mapping[str, float]  # node -> predicted whole-model seconds (γ's prior)
+    ring: tuple[str, ...]
+    sources: tuple[str, ...]
+    scheduler: str
+    addresses: Mapping[str, str]  # node -> base URL of its ring worker's Service
+    port: int  # where every worker listens
+    secret_file: str
+    queue_bound: int
+    heartbeat_s: float
+    request_timeout_s: float
+    threads: Mapping[str, int] = field(default_factory=dict)
+
+
+ConfigRenderer = Callable[[ConfigRequest | RingRequest], RenderedConfigs]

@@ -352,6 +352,11 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     if needed:
         raise _Halt("Profiling", PROFILED, "ProfilingJobsRunning", profiling, jobs=profile_jobs)
     ctx.set(PROFILED, True, "ProfilesFound", "every device class has a profile")
+    if spec.sources:  # several data sources: ring workers instead of a plan (operator/ring.py)
+        from edgepart.operator.ring import reconcile_ring
+
+        return reconcile_ring(ctx, spec, usable, request, known, observed, excluded, degraded_reasons,  # type: ignore[no-any-return]
+                              configs)
 
     # ---- plan
     request = replace(request, graphs=known, graph_keys=tuple(keys))

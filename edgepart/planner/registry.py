@@ -34,6 +34,7 @@ from edgepart.plan import (
     check_stages,
     make_plan,
     merge_plans,
+    model_id_of,
     rename_model,
 )
 from edgepart.planner.brute_force import solve_brute_force
@@ -48,6 +49,8 @@ from edgepart.planner.cluster import Cluster
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.evaluate import check_memory, evaluate
 from edgepart.planner.fused_dp import solve_fused_dp
+from edgepart.planner.multimodel.joint import JointModel, JointSettings, plan_jointly
+from edgepart.planner.multimodel.methods import Method
 from edgepart.planner.offload.costs import OffloadProblem
 from edgepart.planner.offload.deploy import settings_from_options, solve_offload
 from edgepart.planner.pipeline_dp import solve_pipeline_dp
@@ -64,6 +67,7 @@ class SolverInfo:
     fn: SolverFn
     summary: str
     options: dict[str, tuple[Any, Any]]  # name -> (type, default)
+    joint: bool = False  # receives every model of a deployment at once: fn(models, cluster, objective, **options)
 
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v[1]!r}" for k, v in self.options.items())
@@ -82,12 +86,13 @@ def _options_of(fn: SolverFn) -> dict[str, tuple[Any, Any]]:
     return result
 
 
-def register(name: str, summary: str) -> Callable[[SolverFn], SolverFn]:
-    """Register `fn(problem, objective, *, options...) -> Plan` as solver `name`."""
+def register(name: str, summary: str, joint: bool = False) -> Callable[[SolverFn], SolverFn]:
+    """Register `fn(problem, objective, *, options...) -> Plan` as solver `name` (`joint`:
+    `fn(models, cluster, objective, *, options...) -> Plan`, every model of a deployment at once)."""
     def decorate(fn: SolverFn) -> SolverFn:
         if name in SOLVERS:
             raise ValueError(f"solver {name!r} is already registered")
-        SOLVERS[name] = SolverInfo(name, fn, summary, _options_of(fn))
+        SOLVERS[name] = SolverInfo(name, fn, summary, _options_of(fn), joint)
         return fn
     return decorate
 
@@ -175,6 +180,8 @@ def solve(graph: LayerGraph, model: ModelRef, cluster: Cluster, objective: Objec
     """Plan `graph` on `cluster` with a registered solver; the plan is checked and carries `predicted`."""
     info = _info(solver)
     options = _typed_options(info, objective, options)
+    if info.joint:
+        return solve_models([PlanningModel(model_id_of(model), model, graph)], cluster, objective, solver, **options)
     problem = Problem(graph, cluster, model)
     try:
         plan = info.fn(problem, objective, **options)
@@ -202,11 +209,15 @@ def solve_models(models: Sequence[PlanningModel], cluster: Cluster, objective: O
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         raise PlanningError(f"model ids must be unique, got {ids}")
-    plans = [rename_model(solve(m.graph, m.ref, cluster, objective, solver, **options), m.id) for m in models]
-    if len(plans) == 1:
-        return plans[0]
-    merged = merge_plans(plans, plans[0].solver, objective, cluster.master,
-                         {"medium": cluster.medium, "planned": "each model on its own, merged"})
+    info = _info(solver)
+    if info.joint:
+        merged = _solve_joint(info, models, cluster, objective, options)
+    else:
+        plans = [rename_model(solve(m.graph, m.ref, cluster, objective, solver, **options), m.id) for m in models]
+        if len(plans) == 1:
+            return plans[0]
+        merged = merge_plans(plans, plans[0].solver, objective, cluster.master,
+                             {"medium": cluster.medium, "planned": "each model on its own, merged"})
     graphs = {m.id: m.graph for m in models}
     try:
         check_plan(merged, graphs)
@@ -333,6 +344,62 @@ def _auto(problem: Problem, objective: Objective) -> StagedPlan:
 def _tag(plan: StagedPlan) -> StagedPlan:
     return make_plan(plan.model, plan.solver, plan.objective, plan.devices, plan.stages, plan.predicted,
                      {**plan.meta, "requested": "auto"})
+
+
+# ------------------------------------------------------------------ joint solvers: every model at once
+
+
+def _solve_joint(info: SolverInfo, models: Sequence[PlanningModel], cluster: Cluster, objective: Objective,
+                 options: dict[str, Any]) -> Plan:
+    options = _typed_options(info, objective, options)
+    if objective != "latency":
+        raise PlanningError(f"{info.name}: objective {objective!r} is not supported; it minimises the completion "
+                            "time of one request of every model (objective: latency)")
+    try:
+        plan = info.fn([JointModel(m.id, m.ref, m.graph) for m in models], cluster, objective, **options)
+    except PlanError as err:
+        raise PlanningError(f"{info.name} produced an invalid plan: {err}") from None
+    if not isinstance(plan, Plan):
+        raise PlanningError(f"{info.name} returned stages; a joint solver returns a task graph")
+    return plan
+
+
+def _joint_settings(method: Method, k: int, blocks_per_model: int, seed: int, iterations: int | None,
+                    links: str) -> JointSettings:
+    if links not in ("free", "fifo"):
+        raise PlanningError(f"option links must be free or fifo, got {links!r}")
+    return JointSettings(method, K=k, blocks_per_model=blocks_per_model, seed=seed, iterations=iterations,
+                         links="free" if links == "free" else "fifo")
+
+
+_JOINT = " (several models at once: the completion time of one request of every model)"
+
+
+@register("mgp-memetic", "K row pieces per unit, multilevel k-way blocks, memetic search over the blocks' devices "
+                         "(Jin et al. MO)" + _JOINT, joint=True)
+def _mgp_memetic(models: Sequence[JointModel], cluster: Cluster, objective: Objective, *, k: int = 3,
+                 blocks_per_model: int = 3, seed: int = 0, iterations: int | None = None,
+                 links: str = "fifo") -> Plan:
+    return plan_jointly(models, cluster, "mgp-memetic",
+                        _joint_settings("MO", k, blocks_per_model, seed, iterations, links))
+
+
+@register("mgp-pso", "the same blocks, PSO-GA without local search (Jin et al. PO)" + _JOINT, joint=True)
+def _mgp_pso(models: Sequence[JointModel], cluster: Cluster, objective: Objective, *, k: int = 3,
+             blocks_per_model: int = 3, seed: int = 0, iterations: int | None = None, links: str = "fifo") -> Plan:
+    return plan_jointly(models, cluster, "mgp-pso", _joint_settings("PO", k, blocks_per_model, seed, iterations, links))
+
+
+@register("lo-pso", "whole units, PSO-GA over a device and a priority per unit (Jin et al. LO)" + _JOINT, joint=True)
+def _lo_pso(models: Sequence[JointModel], cluster: Cluster, objective: Objective, *, seed: int = 0,
+            iterations: int | None = None, links: str = "fifo") -> Plan:
+    return plan_jointly(models, cluster, "lo-pso", _joint_settings("LO", 1, 1, seed, iterations, links))
+
+
+@register("heft", "K row pieces per unit, each placed by HEFT" + _JOINT, joint=True)
+def _heft(models: Sequence[JointModel], cluster: Cluster, objective: Objective, *, k: int = 3,
+          links: str = "fifo") -> Plan:
+    return plan_jointly(models, cluster, "heft", _joint_settings("HEFT", k, 1, 0, None, links))
 
 
 # ------------------------------------------------------------------ partial offloading (SOLVERS.md §5)

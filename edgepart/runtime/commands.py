@@ -48,6 +48,13 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
     runtime = LocalRuntime(root, echo=echo)
     state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan, ready_timeout_s=timeout_s,
                              base=Path.cwd())
+    if state.ring:  # several data sources: ring workers, no plan
+        echo(table(["worker", "url"], [[w, u] for w, u in state.ring.items()]))
+        echo(f"{state.name}: {len(state.ring)} ring workers ready ({state.how}"
+             f"{', emulated devices' if state.emulated else ''})")
+        echo(f"try:     edgepart load --deployment {state.name} --rate 5 --count 50")
+        echo(f"stop:    edgepart down {state.name}")
+        return state
     if supervise:
         runtime.start_supervisor(state)
     echo(plan_table(runtime.plan_of(state.name)))

@@ -75,8 +75,8 @@ def default_root() -> Path:
 class ProcessState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str  # partition id, or "gateway"
-    role: Literal["partition", "gateway"]
+    id: str  # partition id, "gateway", or a ring worker's device
+    role: Literal["partition", "gateway", "ring"]
     device: str
     pid: int
     url: str  # where the process serves (inside its namespace when emulated)
@@ -106,6 +106,7 @@ class RunState(BaseModel):
     how: str
     predicted_latency_s: float | None = None
     predicted_throughput_per_s: float | None = None
+    ring: dict[str, str] = {}  # a deployment with sources: each ring worker's URL from this host
     supervisor_pid: int | None = None  # the process restarting partitions that exit (`edgepart up`)
 
     def process(self, ident: str) -> ProcessState:
@@ -252,7 +253,7 @@ class LocalRuntime:
             return child.poll()
         return None if _is_ours(proc.pid, proc.config) else -1
 
-    def _spawn(self, state: RunState, ident: str, role: Literal["partition", "gateway"], device: str, url: str,
+    def _spawn(self, state: RunState, ident: str, role: Literal["partition", "gateway", "ring"], device: str, url: str,
                config: Path, *, threads: int = 1, sockets: tuple[socket.socket, ...] = (),
                netns: str | None = None, cgroup: str | None = None, cap_later: bool = False) -> ProcessState:
         """Start one process; with `cap_later` it joins its CPU cgroup only once ready (`_apply_caps`)."""
@@ -319,6 +320,8 @@ class LocalRuntime:
             deployment = with_cpu_speeds(deployment)
             spec = deployment.spec
         cluster = spec.cluster()
+        if spec.sources:  # several data sources: ring workers instead of a plan (runtime/ring.py)
+            return await self._up_ring(deployment, emulate, ready_timeout_s, base or Path.cwd(), connection)
         names = ", ".join(m.name for _, m in spec.model_specs())
         self._echo(f"planning {names} on {len(cluster.devices)} devices (solver {spec.solver})")
         planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)
@@ -345,6 +348,35 @@ class LocalRuntime:
                 await self._up_local(deployment, planned, state)
             self._echo(f"started {len(state.processes)} processes; waiting until every partition is ready")
             await self._wait_ready(state, ready_timeout_s)
+            self._apply_caps(state)
+        except BaseException:
+            await self.teardown(state)
+            raise
+        state.status = "ready"
+        self._save(state)
+        return state
+
+    async def _up_ring(self, deployment: DNNDeployment, emulate: bool, ready_timeout_s: float, base: Path,
+                       connection: ConnectionLimits | None) -> RunState:
+        from edgepart.partition_service.auth import write_secret
+        from edgepart.runtime.ring import up_ring, wait_ring_ready
+
+        spec = deployment.spec
+        name = deployment.metadata.name
+        directory = self.root / name
+        for sub in ("logs", "configs"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        write_secret(directory / SECRET_FILE)
+        state = RunState(name=name, directory=str(directory), cwd=str(base), started_at=time.time(), gateway_url="",
+                         port=0, emulated=emulate, model=spec.first_model.name, solver=f"ring {spec.scheduler}",
+                         how=f"{len(spec.sources)} sources on a ring of {len(spec.ring_order())} workers, "
+                             f"{spec.scheduler}")
+        self._echo(f"starting {len(spec.ring_order())} ring workers ({spec.scheduler}, sources "
+                   f"{', '.join(s.device for s in spec.sources)})")
+        try:
+            self._connection = connection
+            await up_ring(self, deployment, state, emulate=emulate, base=base)
+            await wait_ring_ready(self, state, ready_timeout_s)
             self._apply_caps(state)
         except BaseException:
             await self.teardown(state)
@@ -513,6 +545,14 @@ class LocalRuntime:
                 alive = {p.id: self.alive(p) for p in state.processes}
                 parts: list[dict[str, Any]] = []
                 detail = None
+                if state.ring:
+                    from edgepart.runtime.ring import ring_status
+
+                    parts = await ring_status(self, state, client)
+                    result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, emulated=state.emulated,
+                                            ready=all(p["ready"] for p in parts) and all(alive.values()),
+                                            alive=alive, partitions=parts))
+                    continue
                 try:
                     response = await client.get(state.gateway_url + "/v1/status")
                     response.raise_for_status()

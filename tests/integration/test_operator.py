@@ -406,6 +406,66 @@ async def test_a_traced_graph_from_the_jobs_log_is_planned_from(k8s: EdgepartEmu
     assert condition(k8s, "Traced")["status"] == "True"
 
 
+async def test_a_joint_solver_deploys_several_models_in_one_plan(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                                 create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(model=None, models=[{"id": "alexnet", "name": "alexnet"},
+                                                       {"id": "squeezenet", "name": "squeezenet1_1"}],
+                                   solver="mgp-memetic", solverOptions={"K": 3, "iterations": 10, "seed": 1}))
+    st, plan = await deployed(k8s)
+    assert st["plan"]["solver"] == "mgp-memetic" and plan.meta["method"] == "MO"
+    assert plan.model_ids == ("alexnet", "squeezenet")
+    assert {t.model for t in plan.tasks} == {"alexnet", "squeezenet"}
+    pods = {p["metadata"]["labels"][LABEL_PARTITION]: p for p in partition_pods(k8s)}
+    assert sorted(pods) == sorted(t.id for t in plan.tasks)
+    for task in plan.tasks:  # each block's tasks on the node the search chose
+        assert node_of(pods[task.id]) == task.device
+    gateway = load_gateway_config(get(k8s, "configmaps", f"{NAME}-plan")["data"]["gateway.json"])  # type: ignore[index]
+    for mid in plan.model_ids:  # the gateway sends each model's input to that model's first tasks
+        assert sorted(r.target for r in gateway.served(mid).routes) == \
+            sorted(t.id for t in plan.tasks_of(mid) if t.reads_input)
+    await make_ready(k8s, merge_patch, st["plan"]["hash"])
+    await phase_is(k8s, "Ready")
+
+
+async def test_sources_deploy_one_ring_worker_per_node(k8s: EdgepartEmulator, kopf_operator: Any,
+                                                       create_object: Create, merge_patch: Patch) -> None:
+    from edgepart.partition_service.ring_config import load_ring_config
+
+    await create_object(profile_config_map("edge-small"))
+    cr = await create_object(deployment(sources=[{"device": "edge-0", "rate": 5}, {"device": "edge-1", "rate": 10}],
+                                        scheduler="ms-mdi", queueBound=8))
+
+    def workers() -> list[dict[str, Any]]:
+        return [p for p in objects(k8s, "pods") if p["metadata"].get("labels", {}).get(LABEL_COMPONENT) == "ring-worker"]
+
+    pods = await eventually(lambda: workers() if len(workers()) == 4 else None, what="four ring-worker pods")
+    st = await phase_is(k8s, "Deploying")
+    assert st["ready"] == "0/4" and st["devices"] == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    assert condition(k8s, "Planned")["reason"] == "RingConfigured"
+    assert partition_pods(k8s) == [] and get(k8s, "deployments", f"{NAME}-gateway") is None
+    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+    assert config_map is not None
+    for pod in pods:
+        worker = pod["metadata"]["labels"][LABEL_PARTITION]
+        assert node_of(pod) == worker
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+        config = load_ring_config(config_map["data"][f"ring-{worker}.json"])
+        assert config.sources == ("edge-0", "edge-1") and config.queue_bound == 8
+        assert config.secret_file == "/var/run/secrets/edgepart/token"
+    services = {s["metadata"]["name"] for s in objects(k8s, "services")}
+    assert services == {f"{NAME}-ring-edge-{i}" for i in range(4)}
+    assert len(objects(k8s, "networkpolicies")) == 3  # the ring, and one per source for its clients
+
+    for pod in pods:  # play the kubelet
+        await merge_patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status",
+                          {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                                      "containerStatuses": [{"name": "ring-worker", "ready": True,
+                                                             "restartCount": 0}]}})
+    st = await phase_is(k8s, "Ready")
+    assert st["ready"] == "4/4" and st["message"].startswith("sources answer at http://")
+
+
 async def test_an_mw_deployment_offloads_from_the_end_device_to_the_edge_server(
         k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
     await create_object(profile_config_map("edge-small"))

@@ -59,7 +59,8 @@ def test_pipeline_plan_for_throughput(tmp_path: Path) -> None:
 def test_solvers_lists_every_solver() -> None:
     code, out = run("solvers")
     assert code == 0
-    for name in ("auto", "single", "layerwise", "ftp-grid", "fused-dp", "pipeline-dp", "brute-force"):
+    for name in ("auto", "single", "layerwise", "ftp-grid", "fused-dp", "pipeline-dp", "brute-force",
+                 "mgp-memetic", "mgp-pso", "lo-pso", "heft"):
         assert name in out
 
 

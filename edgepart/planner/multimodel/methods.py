@@ -85,6 +85,7 @@ class MethodResult:
     seconds: float  # the search (plus preparation when `include_preparation`)
     evaluations: int
     task_devices: tuple[int, ...]
+    priority: tuple[int, ...] | None = None  # LO: its priority per task (lower first); others: the cost graph's order
 
 
 def piece_seconds(dag: PieceDAG, platform: Platform) -> np.ndarray:
@@ -152,4 +153,4 @@ def run_method(method: Method, prepared: Prepared, seed: int = 0,
         raise PlanningError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     seconds = time.perf_counter() - started
     return MethodResult(method, evaluate_all(cost, task_devices, result.priority), result.history, seconds,
-                        result.evaluations, task_devices)
+                        result.evaluations, task_devices, result.priority)

@@ -1,0 +1,139 @@
+"""Several models at once on the emulated testbed: the joint memetic plan deployed, measured against predicted.
+
+AlexNet + SqueezeNet 1.1 + ResNet-50 on 4 emulated devices (network namespaces behind 100 Mbit/s tbf caps,
+2 ms latency added in userspace; cgroup v1 CPU quotas): a "server" at 0.8 CPU that holds every input and
+three devices at 0.2 CPU. Devices are calibrated as the testbed bench does (per-core speed of the whole
+ResNet-50 under a 0.2-CPU quota, the message cost through a chain of partitions), then two plans of the same
+deployment are deployed with `up --emulate` in turn:
+
+- mgp-memetic (the joint plan), and
+- fused-dp, each model planned alone on the whole cluster and merged (what several models got before);
+
+for each: after a warm-up round, R rounds of one request of every model issued together; the completion of a
+round is the last model's answer (client-side, from the moment the requests leave). Printed: the median
+completion against the plan's predicted completion (the evaluator's makespan; the issue's target: within
+15 %), every model's answer checked against its whole model (allclose, atol 1e-5), and memetic against
+fused-dp measured side by side. Needs root; run it under `flock /tmp/edgepart-emulate.lock`.
+Writes bench/results/multimodel_testbed.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from edgepart.executor import compare, use_exact_kernels
+from edgepart.graph.loader import ModelRef, load_model
+from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed
+from edgepart.runtime.client import infer
+from edgepart.runtime.demo import export_weights
+from edgepart.runtime.emulate import support_problems
+from edgepart.runtime.local import LocalRuntime
+from edgepart.runtime.planning import plan_deployment
+from edgepart.spec import DNNDeployment, deployment_from_dict
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = {"alexnet": "alexnet", "squeezenet": "squeezenet1_1", "resnet50": "resnet50"}
+DEVICES = (("server", 0.8), ("edge-0", 0.2), ("edge-1", 0.2), ("edge-2", 0.2))
+
+
+def _deployment(solver: str, weights: dict[str, Path]) -> DNNDeployment:
+    return deployment_from_dict({
+        "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
+        "metadata": {"name": f"bench-three-{solver}"},
+        "spec": {
+            "models": [{"id": mid, "name": name, "weights": str(weights[mid])} for mid, name in MODELS.items()],
+            "objective": "latency", "solver": solver, "master": "server",
+            "devices": [{"name": name, "cpus": cpus, "memory": "4Gi"} for name, cpus in DEVICES],
+            "network": {"bandwidth": "100Mbps", "latency": "2ms"}, "requestTimeout": "300s",
+        },
+    })
+
+
+async def _round(url: str, inputs: dict[str, torch.Tensor], client: httpx.AsyncClient) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    results = await asyncio.gather(*(infer(url, x, model_id=mid, client=client, timeout_s=600)
+                                     for mid, x in inputs.items()))
+    return time.perf_counter() - started, dict(zip(inputs, results, strict=True))
+
+
+async def _measure(deployment: DNNDeployment, rounds: int, root: Path,
+                   expected: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    planned = await asyncio.to_thread(plan_deployment, deployment.spec)
+    plan = planned.plan
+    assert plan.predicted is not None
+    runtime = LocalRuntime(root)
+    state = await runtime.up(deployment, port=0, emulate=True, plan=plan, ready_timeout_s=900)
+    try:
+        async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
+            _, answers = await _round(state.gateway_url, inputs, client)  # warm-up; its answers are checked
+            exact = {mid: compare(expected[mid], answers[mid].output).allclose for mid in MODELS}
+            times = [(await _round(state.gateway_url, inputs, client))[0] for _ in range(rounds)]
+    finally:
+        await runtime.down(state.name)
+    return {"solver": plan.solver, "tasks": len(plan.tasks), "devices": sorted({t.device for t in plan.tasks}),
+            "predicted_s": plan.predicted.latency_s, "predicted_models_s": plan.predicted.models,
+            "measured_s": statistics.median(times), "measured_min_s": min(times), "measured_max_s": max(times),
+            "exact": exact}
+
+
+async def _run(quick: bool) -> list[dict[str, Any]]:
+    rounds = 2 if quick else 5
+    scratch = Path(tempfile.mkdtemp(prefix="edgepart-mm-testbed-"))
+    try:
+        message_s = await message_cpu(0.2, root=scratch / "probe")
+        weights: dict[str, Path] = {}
+        inputs: dict[str, torch.Tensor] = {}
+        expected: dict[str, torch.Tensor] = {}
+        use_exact_kernels(True)
+        speed = 0.0
+        for k, (mid, name) in enumerate(MODELS.items()):
+            ref = ModelRef(name)
+            whole = await asyncio.to_thread(load_model, ref)
+            if mid == "resnet50":  # the heaviest model sets the per-core speed the planner uses
+                speed = await asyncio.to_thread(per_core_speed, ref, whole, 3, 0.2)
+            weights[mid] = await asyncio.to_thread(export_weights, whole, scratch / f"{mid}.safetensors")
+            inputs[mid] = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(k))
+            with torch.no_grad():
+                expected[mid] = whole(inputs[mid])
+            del whole
+        print(f"calibrated: per-core speed {speed:.3f}x the reference profile, a message "
+              f"{message_s * 1e3:.2f} ms of CPU at each end", flush=True)
+        rows = []
+        for solver in ("mgp-memetic", "fused-dp"):
+            deployment = calibrated(_deployment(solver, weights), speed, message_s)
+            row = await _measure(deployment, rounds, scratch / "run", expected, inputs)
+            rows.append(row)
+            print(f"  {solver}: {row['tasks']} tasks on {row['devices']}, measured {row['measured_s']:.2f} s "
+                  f"(min {row['measured_min_s']:.2f}, max {row['measured_max_s']:.2f}), predicted "
+                  f"{row['predicted_s']:.2f} s, every model exact: {all(row['exact'].values())}", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def main(quick: bool) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "multimodel_testbed.json"
+    problems = support_problems()
+    if problems:
+        print("skipped: the emulated testbed needs root, iproute2 (ip, tc) and the cgroup v1 cpu controller: "
+              + "; ".join(problems))
+        out.write_text(json.dumps({"skipped": problems}, indent=2))
+        return
+    rows = asyncio.run(_run(quick))
+    memetic, fused = rows
+    print(f"mgp-memetic: measured / predicted {memetic['measured_s'] / memetic['predicted_s']:.2f}; "
+          f"fused-dp alone: {fused['measured_s'] / fused['predicted_s']:.2f}; memetic / fused-dp measured "
+          f"{memetic['measured_s'] / fused['measured_s']:.2f}x, predicted {memetic['predicted_s'] / fused['predicted_s']:.2f}x")
+    out.write_text(json.dumps({"quick": quick, "rows": rows}, indent=2))
+    print(f"wrote {out}")
