@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench clean image
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q tests
 
 test: lint unit
+
+# The one image for every role (images/Dockerfile), with docker or podman: IMAGE=... ENGINE=...
+image:
+	bash scripts/build-image.sh
 
 bench: $(STAMP)
 	$(PY) -m bench

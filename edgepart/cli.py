@@ -558,14 +558,30 @@ def up_command(
                                                                   "planning.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait until every partition is "
                                                              "ready.")] = 300.0,
+    runtime: Annotated[str, typer.Option("--runtime", help="processes (local processes) or docker (containers "
+                                                           "of the image on the engine DOCKER_HOST names).")
+                       ] = "processes",
+    image: Annotated[str | None, typer.Option("--image", help="--runtime docker: the image (default "
+                                                              "$EDGEPART_IMAGE or localhost/edgepart:dev).")] = None,
     supervise: Annotated[bool, typer.Option("--supervise/--no-supervise",
                                             help="Restart processes that exit, with backoff, until `down`.")] = True,
 ) -> None:
-    """Start a deployment as local processes (a gateway and one process per partition); print the gateway URL."""
+    """Start a deployment as local processes or containers (a gateway and one per partition); print the gateway URL."""
     import asyncio
 
     from edgepart.runtime import commands
 
+    if runtime not in ("processes", "docker"):
+        raise fail(f"--runtime {runtime!r}: expected processes or docker")
+    if runtime == "docker":
+        if emulate:
+            raise fail("--emulate: emulated devices are local processes; with --runtime docker, a device's cpus "
+                       "become the containers' CPU limits")
+        from edgepart.runtime import container_commands
+
+        asyncio.run(container_commands.up(deployment, port=port, plan_path=plan_file, timeout_s=timeout,
+                                          echo=typer.echo, image=image))
+        return
     asyncio.run(commands.up(deployment, port=port, emulate=emulate, plan_path=plan_file, timeout_s=timeout,
                             echo=typer.echo, supervise=supervise))
 
@@ -607,9 +623,18 @@ def status_command(
     """Show local deployments: gateway URL and every partition's process and readiness (exit 1 if not ready)."""
     import asyncio
 
-    from edgepart.runtime import commands
+    from edgepart.runtime import commands, container_commands
+    from edgepart.runtime.containers import ContainerRuntimeError
+    from edgepart.runtime.local import LocalRuntime
 
-    if not asyncio.run(commands.status(name, echo=typer.echo)):
+    local = LocalRuntime().load(name) is not None if name else True
+    ok = asyncio.run(commands.status(name, echo=typer.echo)) if local else True
+    try:  # and the containers on the engine DOCKER_HOST names
+        ok = asyncio.run(container_commands.status(name, echo=typer.echo)) and ok
+    except ContainerRuntimeError as err:
+        if not local:
+            raise fail(str(err)) from None
+    if not ok:
         raise typer.Exit(1)
 
 
@@ -634,11 +659,19 @@ def restart_command(
 def down_command(
     name: Annotated[str | None, typer.Argument(help="Deployment name (default: the only one up).")] = None,
 ) -> None:
-    """Stop a local deployment: its processes, emulated devices and run directory."""
+    """Stop a deployment: its processes, emulated devices and run directory, or its containers."""
     import asyncio
 
-    from edgepart.runtime import commands
+    from edgepart.runtime import commands, container_commands
+    from edgepart.runtime.containers import ContainerRuntime, engine_configured
+    from edgepart.runtime.local import LocalRuntime
 
+    local = LocalRuntime()
+    in_containers = (engine_configured() and not (name and local.load(name)) and not (name is None and local.runs())
+                     and (name is None or name in ContainerRuntime().names()))
+    if in_containers:
+        asyncio.run(container_commands.down(name, echo=typer.echo))
+        return
     asyncio.run(commands.down(name, echo=typer.echo))
 
 

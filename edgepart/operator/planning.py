@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,12 +23,10 @@ from edgepart.plan import Objective, Plan, Task
 from edgepart.planner.cluster import Cluster, cluster_from_spec
 from edgepart.planner.costmodel import DeviceProfile
 from edgepart.planner.errors import PlanningError
-from edgepart.planner.evaluate import task_memory
 from edgepart.planner.registry import PlanningModel, solve_models
+from edgepart.planner.resources import Resources
+from edgepart.planner.resources import partition_resources as _partition_resources
 from edgepart.spec import ClusterSpec
-
-# Resident memory of a partition process before it holds any weights (Python, torch, uvicorn).
-PROCESS_OVERHEAD_BYTES = 320 * 2**20
 
 
 @dataclass(frozen=True)
@@ -114,35 +111,7 @@ def plan_digest(plan: Plan) -> str:
     return digest(json.loads(plan.to_json(indent=None)), 10)
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpu: float  # cores requested
-    memory_request: int  # bytes
-    memory_limit: int  # bytes
-
-
-def _share(region_size: int, full: int) -> float:
-    return region_size / full if full else 1.0
-
-
 def partition_resources(graph: LayerGraph, task: Task, node: NodeInfo, partitions_on_node: int,
                         cpu_share: float = 0.8) -> Resources:
-    """Requests from the plan: the task's weights and activations, and its share of the node's CPU.
-
-    Memory: process overhead + the task's weights + three live activation buffers of the
-    largest layer in its range, scaled to its share of the output, + its input buffers (at least
-    the planner's `task_memory`). The limit adds the whole model's weights, which the seeded
-    initialisation may hold for a moment.
-    """
-    full_output = math.prod(graph.shape_at(task.stop))
-    share = _share(task.output.size, full_output)
-    batch = graph.batch
-    layers = graph.layers[task.start: task.stop]
-    largest = max((layer.out_bytes for layer in layers), default=0) * batch
-    input_bytes = sum(i.region.size for i in task.inputs) * 4 * batch
-    weights = graph.weight_bytes(task.start, task.stop) if not task.relay else 0
-    working = max(weights + int(3 * largest * share) + input_bytes, task_memory(task, graph))
-    request = PROCESS_OVERHEAD_BYTES + working
-    limit = request + graph.weight_bytes()
-    cpu = max(0.1, node.cpu * cpu_share / max(1, partitions_on_node))
-    return Resources(cpu=cpu, memory_request=request, memory_limit=limit)
+    """Pod requests from the plan (`edgepart.planner.resources`, the formula the containers runtime uses too)."""
+    return _partition_resources(graph, task, node.cpu, partitions_on_node, cpu_share)

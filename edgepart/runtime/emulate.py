@@ -14,8 +14,9 @@ own namespaces get none. Each veth end carries a `tc ... tbf` qdisc at the
 network's bandwidth, so every device has a capped uplink and downlink (a
 switched network; a shared medium is emulated the same way). This kernel has no
 netem, so link latency is added in userspace: the sender sleeps before each
-send (`Route.delay_s`). A device with `cpus` gets a cgroup v1 CPU controller
-group with cpu.cfs_quota_us = cpus x cpu.cfs_period_us. Processes join both
+send (`Route.delay_s`). A device with `cpus` gets a CPU cgroup, on the layout the host
+has (`edgepart.runtime.cgroups`): cgroup v1, cpu.cfs_quota_us = cpus x cpu.cfs_period_us;
+cgroup v2, cpu.max (and memory.max for a device with `memory`). Processes join both
 at start (`enter(...)`, run between fork and exec).
 
 Everything is created with rollback on failure and destroyed idempotently.
@@ -36,7 +37,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from edgepart.errors import EdgepartError
-from edgepart.spec import DeviceSpec, NetworkSpec, parse_bandwidth
+from edgepart.runtime import cgroups
+from edgepart.spec import DeviceSpec, NetworkSpec, parse_bandwidth, parse_memory
 
 __all__ = ["EmulatedDevice", "EmulationError", "Testbed", "cpu_capped", "create_testbed", "destroy_testbed", "enter",
            "link_rate_bits", "support_problems"]
@@ -65,6 +67,7 @@ class EmulatedDevice(BaseModel):
     rate_bps: int
     cgroup: str | None = None
     cpus: float | None = None
+    memory_bytes: int | None = None  # capped on cgroup v2 (memory.max)
 
 
 class Testbed(BaseModel):
@@ -96,8 +99,7 @@ def support_problems() -> list[str]:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             problems.append(f"`{tool}` (iproute2) is not installed")
-    if not (CGROUP_CPU / "cpu.cfs_quota_us").exists() and not CGROUP_CPU.joinpath("cgroup.procs").exists():
-        problems.append(f"{CGROUP_CPU} is not a cgroup v1 cpu hierarchy (cpu.cfs_quota_us is needed for CPU caps)")
+    problems.extend(cgroups.layout_problems())
     return problems
 
 
@@ -130,11 +132,14 @@ def create_testbed(run: str, index: int, devices: Sequence[DeviceSpec], network:
         raise EmulationError(f"testbed index {index} / {len(devices)} devices out of range")
     rate = link_rate_bits(network)
     hub = f"edgepart-{run}-hub"
-    cgroup_root = CGROUP_CPU / "edgepart" / run if any(d.cpus for d in devices) else None
+    layout = cgroups.detect()
+    base = layout.root if layout is not None else CGROUP_CPU
+    cgroup_root = base / "edgepart" / run if any(d.cpus for d in devices) else None
     emulated = tuple(
         EmulatedDevice(name=d.name, netns=f"edgepart-{run}-{d.name}", address=f"10.123.{index}.{i + 2}",
                        host_if=f"ep{index}h{i}", device_if=f"ep{index}d{i}", rate_bps=rate,
-                       cgroup=str(cgroup_root / d.name) if cgroup_root and d.cpus else None, cpus=d.cpus)
+                       cgroup=str(cgroup_root / d.name) if cgroup_root and d.cpus else None, cpus=d.cpus,
+                       memory_bytes=parse_memory(d.memory))
         for i, d in enumerate(devices)
     )
     testbed = Testbed(run=run, index=index, hub=hub, bridge=f"ep{index}br", devices=emulated,
@@ -169,10 +174,11 @@ def _build(tb: Testbed) -> None:
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
                  f"{d.rate_bps}bit", "burst", burst, "latency", "100ms")
         if d.cgroup is not None and d.cpus is not None:
-            path = Path(d.cgroup)
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-            (path / "cpu.cfs_quota_us").write_text(str(max(1000, round(d.cpus * CFS_PERIOD_US))))
+            layout = cgroups.detect()
+            if layout is None:
+                raise EmulationError("; ".join(cgroups.layout_problems()))
+            cgroups.create_group(layout, Path(d.cgroup).relative_to(layout.root), d.cpus, CFS_PERIOD_US,
+                                 memory_bytes=d.memory_bytes)
 
 
 def destroy_testbed(tb: Testbed) -> list[str]:
@@ -192,7 +198,7 @@ def destroy_testbed(tb: Testbed) -> list[str]:
         root = Path(tb.cgroup_root)
         for path in (root, root.parent):
             try:
-                if path.exists() and path != CGROUP_CPU:
+                if path.exists() and path not in (CGROUP_CPU, cgroups.ROOT):
                     path.rmdir()
             except OSError:
                 break  # other runs still use the parent

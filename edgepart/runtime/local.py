@@ -468,7 +468,7 @@ class LocalRuntime:
             state.gateway_url = f"http://127.0.0.1:{state.port}"
             self._echo(f"emulating {len(devices)} devices: network namespaces on 10.123.{index}.0/24, "
                        f"{spec.network.bandwidth} tbf caps, {spec.network.latency} latency in userspace, "
-                       "cgroup v1 CPU quotas")
+                       "cgroup CPU quotas (v1 or v2, as the host has)")
             if spec.network.medium == "shared":
                 self._echo("note: a shared medium is emulated as a switched network (a capped link per device)")
             testbed = await asyncio.to_thread(create_testbed, state.name, index, devices, spec.network)

@@ -50,7 +50,8 @@ def test_cpu_torch_pinned_like_the_project() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     torch_pin = next(d for d in project["dependencies"] if d.startswith("torch"))
     assert f'"{torch_pin}"' in TEXT
-    assert "--index-url https://download.pytorch.org/whl/cpu" in TEXT
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in TEXT  # a build arg, for local mirrors
+    assert '--index-url "${TORCH_INDEX_URL}"' in TEXT
 
 
 def test_dependencies_are_installed_before_the_source_is_copied() -> None:
@@ -72,6 +73,19 @@ def test_ready_for_a_read_only_root_filesystem() -> None:
     for env in ("PYTHONDONTWRITEBYTECODE=1", "TMPDIR=/tmp", "HOME=/tmp", "XDG_CACHE_HOME=/tmp/.cache"):
         assert env in TEXT, env
     assert "compileall" in TEXT  # bytecode is written at build time, never at run time
+
+
+def test_compileall_only_over_edgepart() -> None:
+    """Over all of site-packages it fails the build: torch ships a Python-3.12-only test helper
+    (torch/testing/_internal/py312_intrinsics.py). pip compiles the dependencies as it installs them."""
+    runs = [line for line in INSTRUCTIONS if "compileall" in line]
+    assert runs and all(line.rstrip().endswith("/site-packages/edgepart") for line in runs), runs
+    assert "--no-compile" in next(line for line in INSTRUCTIONS if "--root /stage" in line)
+
+
+def test_what_is_not_needed_to_run_is_dropped() -> None:
+    for dropped in ("-name tests", "'*.h'", "torch/include", "torch/share/cmake"):
+        assert dropped in TEXT, dropped
 
 
 def test_one_image_runs_every_role() -> None:
