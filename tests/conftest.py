@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+import torch
 from torch import fx
 
 from edgepart.executor import Executor
@@ -25,3 +26,11 @@ def traced(name: str) -> tuple[fx.GraphModule, LayerGraph, Executor]:
 @pytest.fixture(scope="session")
 def zoo_traced() -> Callable[[str], tuple[fx.GraphModule, LayerGraph, Executor]]:
     return traced
+
+
+@pytest.fixture(autouse=True)
+def _keep_kernel_choice() -> Iterator[None]:
+    """A test that picks exact kernels (use_exact_kernels) leaves the next test the default."""
+    enabled = torch.backends.mkldnn.enabled
+    yield
+    torch.backends.mkldnn.set_flags(enabled)  # type: ignore[no-untyped-call]

@@ -72,7 +72,11 @@ def test_every_image_is_answered_once_and_equals_the_whole_model(model_file: Pat
             for counts in info["sources"].values():  # at the source: arrived = done + queued + rejected
                 assert counts["arrived"] == counts["done"] + counts["in_flight"] + counts["rejected"]
                 assert counts["in_flight"] == 0
-        assert (sum(states["d2"]["tasks"].values()) == 0) == (scheduler == "local")
+        # MS-MDI keeps a light load at home (backpressure): only AR-MDI must use d2 at 20 img/s
+        if scheduler == "local":
+            assert sum(states["d2"]["tasks"].values()) == 0
+        if scheduler == "ar-mdi":
+            assert sum(states["d2"]["tasks"].values()) > 0
         assert 'edgepart_ring_queue_length{deployment="ring-' in metrics and 'source="d0"' in metrics
 
         if scheduler == "ms-mdi":  # overload: 40 images at once per source, queues of 8
@@ -80,6 +84,9 @@ def test_every_image_is_answered_once_and_equals_the_whole_model(model_file: Pat
             for source in burst.sources:
                 assert source.lost == 0, source.failures
                 assert source.rejected > 0 and source.done + source.rejected == 40
+            with httpx.Client(trust_env=False, timeout=10, headers={"authorization": secret.header}) as client:
+                spread = client.get(state.ring["d2"] + "/v1/ring/state").json()
+            assert sum(spread["tasks"].values()) > 0, spread  # full queues at the sources push work to d2
     finally:
         asyncio.run(runtime.down(state.name))
         assert not any(runtime.alive(p) for p in state.processes)
