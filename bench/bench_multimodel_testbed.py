@@ -13,7 +13,7 @@ for each: after a warm-up round, R rounds of one request of every model issued t
 round is the last model's answer (client-side, from the moment the requests leave). Printed: the median
 completion against the plan's predicted completion (the evaluator's makespan; the issue's target: within
 15 %), every model's answer checked against its whole model (allclose, atol 1e-5), and memetic against
-fused-dp measured side by side. Needs root; run it under `flock /tmp/edgepart-emulate.lock`.
+fused-dp measured side by side. Needs root; holds /tmp/edgepart-emulate.lock while it emulates.
 Writes bench/results/multimodel_testbed.json.
 """
 
@@ -31,17 +31,16 @@ from typing import Any
 import httpx
 import torch
 
+from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.executor import compare, use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
-from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import plan_deployment
 from edgepart.spec import DNNDeployment, deployment_from_dict
 
-RESULTS = Path(__file__).parent / "results"
 MODELS = {"alexnet": "alexnet", "squeezenet": "squeezenet1_1", "resnet50": "resnet50"}
 DEVICES = (("server", 0.8), ("edge-0", 0.2), ("edge-1", 0.2), ("edge-2", 0.2))
 
@@ -122,15 +121,11 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
 
 
 def main(quick: bool) -> None:
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "multimodel_testbed.json"
-    problems = support_problems()
-    if problems:
-        print("skipped: the emulated testbed needs root, iproute2 (ip, tc) and the cgroup v1 cpu controller: "
-              + "; ".join(problems))
-        out.write_text(json.dumps({"skipped": problems}, indent=2))
+    if cannot_emulate(out):
         return
-    rows = asyncio.run(_run(quick))
+    with emulate_lock():
+        rows = asyncio.run(_run(quick))
     memetic, fused = rows
     print(f"mgp-memetic: measured / predicted {memetic['measured_s'] / memetic['predicted_s']:.2f}; "
           f"fused-dp alone: {fused['measured_s'] / fused['predicted_s']:.2f}; memetic / fused-dp measured "

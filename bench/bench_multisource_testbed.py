@@ -23,7 +23,6 @@ Needs root; holds /tmp/edgepart-emulate.lock while it emulates. `--quick`: 16 im
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import shutil
 import tempfile
@@ -31,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.partition_service.auth import load_secret
 from edgepart.planner.cluster import cluster_from_spec
 from edgepart.runtime.calibrate import message_cpu, per_core_speed
-from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.load import LoadReport, LoadSettings, drive
 from edgepart.runtime.local import LocalRuntime, RunState
 from edgepart.runtime.planning import with_cpu_speeds
@@ -47,8 +46,6 @@ from edgepart.sim.multisource import (
 )
 from edgepart.spec import DNNDeployment, deployment_from_dict
 
-RESULTS = Path(__file__).parent / "results"
-LOCK = Path("/tmp/edgepart-emulate.lock")
 MODEL = "mobilenet_v2"
 CPUS = {"d0": 0.4, "d1": 0.3, "d2": 0.2}
 RING = ["d0", "d1", "d2"]
@@ -185,16 +182,12 @@ def _table(rows: dict[str, Any], quick: bool) -> str:
 
 
 def main(quick: bool) -> None:
-    problems = support_problems()
-    if problems:
-        print("skipped: emulated devices need root: " + "; ".join(problems))
+    suffix = "-quick" if quick else ""
+    if cannot_emulate(RESULTS / f"multisource_testbed{suffix}.json"):
         return
-    with LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with emulate_lock():
         rows = asyncio.run(_run(quick))
-    RESULTS.mkdir(exist_ok=True)
     text = _table(rows, quick)
     print(text)
-    suffix = "-quick" if quick else ""
     (RESULTS / f"multisource_testbed{suffix}.md").write_text(text)
     (RESULTS / f"multisource_testbed{suffix}.json").write_text(json.dumps(rows, indent=2))

@@ -10,8 +10,8 @@ device's partitions take turns in the order S), and measured: the median of the 
 sequential requests after a warm-up, against the plan's predicted latency (target within 15 %), and
 MW / NFL measured next to MW / NFL predicted.
 
-Needs root (network namespaces, tc, cgroups); without it the benchmark prints why and skips. Hold
-`flock /tmp/edgepart-emulate.lock` around it when other emulation may run.
+Needs root (network namespaces, tc, cgroups); without it the benchmark prints why and skips. It holds
+/tmp/edgepart-emulate.lock while it emulates.
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ from typing import Any
 import httpx
 import torch
 
+from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.runtime.calibrate import message_cpu, per_core_speed
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
-from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import plan_deployment
 from edgepart.spec import DNNDeployment, deployment_from_dict
 
-RESULTS = Path(__file__).parent / "results"
 MODEL = "alexnet"
 END_CPUS, SERVER_CPUS = 0.2, 1.0
 RATES = ("10Mbps", "50Mbps")
@@ -127,15 +126,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(quick: bool) -> None:
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "offload_testbed.json"
-    problems = support_problems()
-    if problems:
-        print("skipped: the emulated testbed needs root, iproute2 (ip, tc) and the cgroup v1 cpu controller: "
-              + "; ".join(problems))
-        out.write_text(json.dumps({"skipped": problems}, indent=2))
+    if cannot_emulate(out):
         return
-    calibration, rows = asyncio.run(_run(quick))
+    with emulate_lock():
+        calibration, rows = asyncio.run(_run(quick))
     text = table(rows)
     print("\n" + text)
     (RESULTS / "offload_testbed.md").write_text(f"# Partial offloading on the emulated testbed ({MODEL}; end "

@@ -35,19 +35,18 @@ from typing import Any
 import httpx
 import torch
 
+from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.planner.cluster import cluster_from_spec
 from edgepart.planner.evaluate import task_compute
 from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed, process_cpu_seconds
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
-from edgepart.runtime.emulate import support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import plan_deployment
 from edgepart.sim.simulate import simulate
 from edgepart.spec import DNNDeployment, deployment_from_dict
 
-RESULTS = Path(__file__).parent / "results"
 MODELS = ("vgg16", "yolov2")
 DEVICE_COUNTS = (1, 2, 4, 8)
 CPUS = 0.2
@@ -183,15 +182,11 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 def main(quick: bool) -> None:
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "testbed.json"
-    problems = support_problems()
-    if problems:
-        print("skipped: the emulated testbed needs root, iproute2 (ip, tc) and the cgroup v1 cpu controller: "
-              + "; ".join(problems))
-        out.write_text(json.dumps({"skipped": problems}, indent=2))
+    if cannot_emulate(out):
         return
-    rows = asyncio.run(_run(quick))
+    with emulate_lock():
+        rows = asyncio.run(_run(quick))
     _print(rows)
     out.write_text(json.dumps({"quick": quick, "cpus_per_device": CPUS, "bandwidth": "100Mbps", "rows": rows},
                               indent=2))

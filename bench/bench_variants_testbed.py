@@ -25,50 +25,36 @@ why and skips.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
 
+from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.graph.loader import load_model
 from edgepart.policy.dse import pareto_front
 from edgepart.policy.select import select
 from edgepart.policy.throughput import ThroughputEstimates
 from edgepart.policy.variants_plan import DispatchCost, explore, stream_throughput
 from edgepart.runtime.calibrate import process_cpu_seconds
-from edgepart.runtime.emulate import cpu_capped, support_problems
+from edgepart.runtime.emulate import cpu_capped
 from edgepart.runtime.local import LocalRuntime, RunState
 from edgepart.runtime.variants_local import infer_parts, up_variants, worker_id
 from edgepart.spec import deployment_from_dict
 from edgepart.variants import model_ref, shipped_family
 from edgepart.variants.train import load_split
 
-RESULTS = Path(__file__).parent / "results"
-LOCK = "/tmp/edgepart-emulate.lock"
 CPUS = {"jetson": 0.6, "rpi4": 0.4, "odroid-a": 0.25, "odroid-b": 0.25}
 BATCH = 32
 IMAGES = 512
 IN_FLIGHT = 4
 TARGET_FACTOR = 1.3
-
-
-@contextmanager
-def emulate_lock() -> Iterator[None]:
-    with open(LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def measure_theta(seconds: float = 1.5) -> dict[str, dict[str, float]]:
@@ -292,13 +278,8 @@ def report(r: dict[str, Any]) -> list[str]:
 
 
 def main(quick: bool) -> None:
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "variants_testbed.json"
-    problems = support_problems()
-    if problems:
-        print("skipped: the emulated testbed needs root, iproute2 (ip, tc) and the cgroup v1 cpu controller: "
-              + "; ".join(problems))
-        out.write_text(json.dumps({"skipped": problems}, indent=2))
+    if cannot_emulate(out):
         return
     with emulate_lock():
         result = asyncio.run(run(quick))

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import httpx
 import pytest
 import torch
+from tiny_cnn import SOURCE
 
 from edgepart.geometry import Region
 from edgepart.graph.loader import load_model
@@ -27,27 +28,6 @@ from edgepart.partition_service.ring import (
 from edgepart.partition_service.ring_config import RingPeer, RingWorkerConfig, load_ring_config
 from edgepart.partition_service.wire import CONTENT_TYPE, decode_frame, frame_bytes, make_header
 
-TINY = '''
-import torch
-from torch import nn
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.p = nn.MaxPool2d(2)
-        self.c3 = nn.Conv2d(8, 16, 3, padding=1)
-        self.g = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.p(torch.relu(self.c2(torch.relu(self.c1(x)))))
-        return self.fc(torch.flatten(self.g(torch.relu(self.c3(x))), 1))
-
-def tiny():
-    return Tiny()
-'''
 SHAPE = (1, 3, 16, 16)
 SECRET = Secret("s" * 40)
 WORKERS = ("w0", "w1", "w2")
@@ -56,7 +36,7 @@ WORKERS = ("w0", "w1", "w2")
 @pytest.fixture(scope="module")
 def model_source(tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
     path = tmp_path_factory.mktemp("model") / "tiny_ring.py"
-    path.write_text(TINY)
+    path.write_text(SOURCE)
     return ModelSource(name=f"{path}:tiny", input_shape=SHAPE)
 
 
