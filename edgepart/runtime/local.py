@@ -40,6 +40,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from edgepart.errors import EdgepartError
+from edgepart.runtime.calibration_cache import Calibration
 from edgepart.runtime.emulate import (
     EmulationError,
     Testbed,
@@ -108,6 +109,7 @@ class RunState(BaseModel):
     predicted_throughput_per_s: float | None = None
     ring: dict[str, str] = {}  # a deployment with sources: each ring worker's URL from this host
     supervisor_pid: int | None = None  # the process restarting partitions that exit (`edgepart up`)
+    calibration: Calibration | None = None  # `up --emulate`: what the devices were costed with
 
     def process(self, ident: str) -> ProcessState:
         for proc in self.processes:
@@ -130,6 +132,7 @@ class RunStatus(BaseModel):
     restarts: dict[str, int] = {}
     supervised: bool = False
     capped: bool = True  # emulated: every live partition runs in its device's CPU cgroup
+    calibration: Calibration | None = None
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -299,10 +302,11 @@ class LocalRuntime:
 
     async def up(self, deployment: DNNDeployment, *, port: int = 8080, emulate: bool = False,
                  plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None,
-                 connection: ConnectionLimits | None = None) -> RunState:
+                 connection: ConnectionLimits | None = None, calibration: Calibration | None = None) -> RunState:
         """Plan (unless `plan` is given), start every process, wait until all are ready.
 
-        `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`)."""
+        `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`).
+        `calibration`: what `deployment`'s devices were calibrated with (`device_calibration`), kept for `status`."""
         name = deployment.metadata.name
         spec = deployment.spec
         if spec.variants is not None:  # accuracy-aware data partitioning: a dispatcher and variant workers
@@ -345,7 +349,7 @@ class LocalRuntime:
             gateway_url="", port=port, emulated=emulate, model=", ".join(m.name for m in planned.plan.models),
             solver=planned.plan.solver,
             how=planned.how, predicted_latency_s=predicted.latency_s if predicted else None,
-            predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
+            predicted_throughput_per_s=predicted.throughput_per_s if predicted else None, calibration=calibration,
         )
         try:
             self._connection = connection
@@ -587,7 +591,7 @@ class LocalRuntime:
                                         detail=detail, predicted_latency_s=state.predicted_latency_s,
                                         restarts={p.id: p.restarts for p in state.processes},
                                         supervised=_supervisor_alive(state.supervisor_pid),
-                                        capped=not uncapped, manager=manager))
+                                        capped=not uncapped, manager=manager, calibration=state.calibration))
         return result
 
     def start_supervisor(self, state: RunState) -> int:
