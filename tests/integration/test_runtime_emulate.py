@@ -242,3 +242,13 @@ async def test_up_emulate_plans_with_the_calibrated_devices_and_status_says_so(t
         assert any("devices calibrated" in line for line in shown)
     finally:
         await runtimes[0].down(name)
+
+
+@needs_root
+def test_plain_pytorch_is_timed_in_a_fresh_interpreter_under_the_quota(tmp_path: Path) -> None:
+    from edgepart.runtime.calibrate import plain_latency
+
+    model = tmp_path / "tiny_plain.py"
+    model.write_text(TINY)
+    plain = plain_latency(ModelRef(f"{model}:tiny", (1, 3, 32, 32)), 0.5, repeats=3)
+    assert 0 < plain.min_s <= plain.median_s <= plain.max_s < 5
