@@ -66,7 +66,7 @@ CPUS = 0.2
 def _deployment(model: str, weights: Path, devices: int) -> DNNDeployment:
     return deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
-        "metadata": {"name": f"bench-{model}-{devices}"},
+        "metadata": {"name": f"bench-{model.replace('_', '-')}-{devices}"},
         "spec": {
             "model": {"name": model, "weights": str(weights)}, "objective": "latency", "solver": "auto",
             "devices": [{"name": f"edge-{i}", "cpus": CPUS, "memory": "2Gi"} for i in range(devices)],
