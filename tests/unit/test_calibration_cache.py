@@ -165,3 +165,18 @@ async def test_planning_after_calibration_costs_the_devices_as_measured(tmp_path
     assert calibrated.latency_s == expected.latency_s
     # a quarter of the reference per core and 4 ms per message end: twice the time `cpus` x the reference gives
     assert calibrated.latency_s > 2 * uncalibrated.latency_s
+
+
+def test_the_speed_of_a_model_that_leaves_input_rows_unread_is_measured(tmp_path: Path) -> None:
+    from torch import nn
+
+    from edgepart.graph.loader import load_model
+    from edgepart.runtime.calibrate import per_core_speed
+
+    source = tmp_path / "odd.py"  # a 2x2 stride-2 convolution of 33 rows reads 32 (as squeezenet's 224 reads 223)
+    source.write_text("from torch import nn\n\ndef odd():\n    return nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), "
+                      "nn.ReLU())\n")
+    ref = ModelRef(f"{source}:odd", (1, 3, 33, 33))
+    model = load_model(ref)
+    assert isinstance(model, nn.Module)
+    assert per_core_speed(ref, model, repeats=1) > 0
