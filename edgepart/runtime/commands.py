@@ -69,6 +69,8 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
         echo(table(["worker", "url"], [[w, u] for w, u in state.ring.items()]))
         echo(f"{state.name}: {len(state.ring)} ring workers ready ({state.how}"
              f"{', emulated devices' if state.emulated else ''})")
+        if state.calibration is not None:
+            echo(state.calibration.summary())
         echo(f"try:     edgepart load --deployment {state.name} --rate 5 --count 50")
         echo(f"stop:    edgepart down {state.name}")
         return state

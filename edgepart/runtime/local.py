@@ -332,7 +332,8 @@ class LocalRuntime:
             spec = deployment.spec
         cluster = spec.cluster()
         if spec.sources:  # several data sources: ring workers instead of a plan (runtime/ring.py)
-            return await self._up_ring(deployment, emulate, ready_timeout_s, base or Path.cwd(), connection)
+            return await self._up_ring(deployment, emulate, ready_timeout_s, base or Path.cwd(), connection,
+                                       calibration)
         names = ", ".join(m.name for _, m in spec.model_specs())
         self._echo(f"planning {names} on {len(cluster.devices)} devices (solver {spec.solver})")
         planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)
@@ -368,7 +369,7 @@ class LocalRuntime:
         return state
 
     async def _up_ring(self, deployment: DNNDeployment, emulate: bool, ready_timeout_s: float, base: Path,
-                       connection: ConnectionLimits | None) -> RunState:
+                       connection: ConnectionLimits | None, calibration: Calibration | None = None) -> RunState:
         from edgepart.partition_service.auth import write_secret
         from edgepart.runtime.ring import up_ring, wait_ring_ready
 
@@ -381,7 +382,7 @@ class LocalRuntime:
         state = RunState(name=name, directory=str(directory), cwd=str(base), started_at=time.time(), gateway_url="",
                          port=0, emulated=emulate, model=spec.first_model.name, solver=f"ring {spec.scheduler}",
                          how=f"{len(spec.sources)} sources on a ring of {len(spec.ring_order())} workers, "
-                             f"{spec.scheduler}")
+                             f"{spec.scheduler}", calibration=calibration)
         self._echo(f"starting {len(spec.ring_order())} ring workers ({spec.scheduler}, sources "
                    f"{', '.join(s.device for s in spec.sources)})")
         try:
@@ -562,7 +563,7 @@ class LocalRuntime:
                     parts = await ring_status(self, state, client)
                     result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, emulated=state.emulated,
                                             ready=all(p["ready"] for p in parts) and all(alive.values()),
-                                            alive=alive, partitions=parts))
+                                            alive=alive, partitions=parts, calibration=state.calibration))
                     continue
                 manager = None
                 try:
