@@ -16,7 +16,11 @@ deploy it with `up --emulate`, and measure
   scheduler run time) against the CPU the cost model gives the device's partitions (predicted compute x
   cpus), for the busiest device: what the device spends beyond computing (messages, wake-ups) shows here;
 - pipelined throughput: M requests sent at once, M / makespan, against the discrete-event
-  simulator's prediction for the same M requests (`edgepart.sim.simulate`).
+  simulator's prediction for the same M requests (`edgepart.sim.simulate`);
+- the baseline a user compares with: plain PyTorch on one such device (the whole model, torch's default
+  kernels, one thread, in a fresh interpreter under the same 0.2-CPU quota; `calibrate.plain_latency`),
+  measured in the same run; "vs torch" is its latency over the deployment's, beside the speedup over
+  edgepart on one device.
 
 Needs root (network namespaces, tc, cgroups); without it the benchmark prints why and skips.
 """
@@ -39,7 +43,13 @@ from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.planner.cluster import cluster_from_spec
 from edgepart.planner.evaluate import task_compute
-from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed, process_cpu_seconds
+from edgepart.runtime.calibrate import (
+    calibrated,
+    message_cpu,
+    per_core_speed,
+    plain_latency,
+    process_cpu_seconds,
+)
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
 from edgepart.runtime.local import LocalRuntime
@@ -55,7 +65,7 @@ CPUS = 0.2
 def _deployment(model: str, weights: Path, devices: int) -> DNNDeployment:
     return deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
-        "metadata": {"name": f"bench-{model}-{devices}"},
+        "metadata": {"name": f"bench-{model.replace('_', '-')}-{devices}"},
         "spec": {
             "model": {"name": model, "weights": str(weights)}, "objective": "latency", "solver": "auto",
             "devices": [{"name": f"edge-{i}", "cpus": CPUS, "memory": "2Gi"} for i in range(devices)],
@@ -140,8 +150,13 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
             del whole
             print(f"{model}: a {CPUS}-CPU device here runs at {speed * CPUS:.3f}x the reference profile "
                   f"(calibrated under the quota)", flush=True)
+            plain = await asyncio.to_thread(plain_latency, ModelRef(model, weights=str(weights)), CPUS,
+                                            2 if quick else 5)
+            print(f"{model}: plain PyTorch on one {CPUS}-CPU device (default kernels, one thread) "
+                  f"{plain.median_s:.2f} s ({plain.min_s:.2f}-{plain.max_s:.2f})", flush=True)
             for devices in DEVICE_COUNTS:
                 row = await _measure(model, devices, weights, speed, message_s, requests, burst, scratch / "run", warmup)
+                row.update(plain_s=plain.median_s, plain_min_s=plain.min_s, plain_max_s=plain.max_s)
                 rows.append(row)
                 print(f"  {devices} devices: {row['partitions']} partitions, measured {row['measured_s']:.2f} s, "
                       f"predicted {row['predicted_s']:.2f} s", flush=True)
@@ -164,9 +179,20 @@ def _cpu_ratio(row: dict[str, Any]) -> str:
     return f"{row['device_cpu_s'] / row['device_cpu_predicted_s']:.2f}"
 
 
+def _plain(row: dict[str, Any]) -> str:
+    """Plain PyTorch's latency on one device (the whole model, default kernels, one thread, the same quota)."""
+    return f"{row['plain_s']:.2f}s" if row.get("plain_s") else "-"
+
+
+def _vs_plain(row: dict[str, Any]) -> str:
+    """The speedup a user sees: plain PyTorch on one device over this deployment."""
+    return f"{row['plain_s'] / row['measured_s']:.2f}x" if row.get("plain_s") else "-"
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     header = (f"{'model':7} {'dev':>3} {'parts':>5} {'measured':>9} {'min-max':>9} {'predicted':>9} {'meas/pred':>9} "
-              f"{'compute m/p':>11} {'dev cpu m/p':>11} {'speedup':>7} {'pred.spd':>8} {'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
+              f"{'compute m/p':>11} {'dev cpu m/p':>11} {'speedup':>7} {'pred.spd':>8} {'torch':>7} {'vs torch':>8} "
+              f"{'thr/s':>6} {'sim/s':>6} {'thr/sim':>7}")
     print(header)
     print("-" * len(header))
     base: dict[str, dict[str, Any]] = {r["model"]: r for r in rows if r["devices"] == 1}
@@ -177,7 +203,8 @@ def _print(rows: list[dict[str, Any]]) -> None:
               f"{r['predicted_s']:>8.2f}s "
               f"{r['measured_s'] / r['predicted_s']:>9.2f} {_compute_ratios(r):>11} {_cpu_ratio(r):>11} "
               f"{one['measured_s'] / r['measured_s']:>6.2f}x "
-              f"{one['predicted_s'] / r['predicted_s']:>7.2f}x {r['throughput_measured']:>6.2f} "
+              f"{one['predicted_s'] / r['predicted_s']:>7.2f}x {_plain(r):>7} {_vs_plain(r):>8} "
+              f"{r['throughput_measured']:>6.2f} "
               f"{r['throughput_simulated']:>6.2f} {r['throughput_measured'] / r['throughput_simulated']:>7.2f}")
 
 

@@ -565,11 +565,24 @@ def up_command(
                                                               "$EDGEPART_IMAGE or localhost/edgepart:dev).")] = None,
     supervise: Annotated[bool, typer.Option("--supervise/--no-supervise",
                                             help="Restart processes that exit, with backoff, until `down`.")] = True,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate",
+                                            help="--emulate: cost the devices with their speed and message cost "
+                                                 "measured under their CPU quota on this host (cached per host, "
+                                                 "quota and model); --no-calibrate: at cpus x the reference.")
+                         ] = True,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="--emulate: measure again, replacing the "
+                                                                    "cached calibration.")] = False,
 ) -> None:
     """Start a deployment as local processes or containers (a gateway and one per partition); print the gateway URL."""
     import asyncio
 
     from edgepart.runtime import commands
+    from edgepart.runtime.device_calibration import CalibrationSettings
+
+    if recalibrate and not emulate:
+        raise fail("--recalibrate: only emulated devices (--emulate) are calibrated")
+    if recalibrate and not calibrate:
+        raise fail("--recalibrate and --no-calibrate contradict each other: give one")
 
     if runtime not in ("processes", "docker"):
         raise fail(f"--runtime {runtime!r}: expected processes or docker")
@@ -582,8 +595,9 @@ def up_command(
         asyncio.run(container_commands.up(deployment, port=port, plan_path=plan_file, timeout_s=timeout,
                                           echo=typer.echo, image=image))
         return
+    settings = CalibrationSettings(mode="off" if not calibrate else "recalibrate" if recalibrate else "cached")
     asyncio.run(commands.up(deployment, port=port, emulate=emulate, plan_path=plan_file, timeout_s=timeout,
-                            echo=typer.echo, supervise=supervise))
+                            echo=typer.echo, supervise=supervise, calibration=settings))
 
 
 @app.command("load")

@@ -6,13 +6,15 @@ software time. For emulated devices both depend on this host and on the CPU quot
 
 - `per_core_speed`: the whole model through the executor, on one core or under a quota;
 - `message_cpu`: a chain of partitions that compute next to nothing, under a quota;
-- `calibrated`: a deployment whose emulated devices carry both.
+- `calibrated`: a deployment whose emulated devices carry both;
+- `plain_latency`: the baseline a user compares with, plain PyTorch on one such device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,7 +31,7 @@ import torch
 from edgepart.errors import EdgepartError
 from edgepart.executor import Executor, use_exact_kernels
 from edgepart.geometry import Region
-from edgepart.graph.loader import ModelRef, load_graph, trace_ref
+from edgepart.graph.loader import ModelRef, input_shape_of, load_graph, trace_ref
 from edgepart.plan import make_plan
 from edgepart.planner.builders import single_stage
 from edgepart.planner.cluster import reference_profile
@@ -39,7 +42,8 @@ from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import model_ref, with_cpu_speeds
 from edgepart.spec import DNNDeployment, deployment_from_dict
 
-__all__ = ["BUSY_LOOP", "calibrated", "message_cpu", "per_core_speed", "process_cpu_seconds"]
+__all__ = ["BUSY_LOOP", "PlainLatency", "calibrated", "message_cpu", "per_core_speed", "plain_latency",
+           "process_cpu_seconds"]
 
 
 def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None) -> float:
@@ -63,7 +67,8 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus
     try:
         gm, graph = trace_ref(ref, model)
         runner = Executor(gm, graph).runner(0, len(graph), Region.full(graph.shape_at(len(graph))))
-        x = torch.randn(graph.input_shape)
+        # the rows and columns the whole output reads (a model may leave the input's last row unread)
+        x = torch.randn(graph.input_shape[0], *runner.input_region.shape)
         with torch.no_grad(), cpu_capped(cpus) if cpus is not None else contextlib.nullcontext():
             runner(x)
             times = []
@@ -159,6 +164,59 @@ async def message_cpu(cpus: float, *, requests: int = 12, gap_s: float = 0.5, ro
             busy.wait()
         shutil.rmtree(scratch, ignore_errors=True)
     return used / requests / (2 * len(stages))
+
+
+# plain PyTorch in a fresh interpreter: torch's default kernels and allocator, nothing edgepart sets for partitions
+PLAIN_SCRIPT = """
+import json, statistics, sys, time
+import torch
+from edgepart.graph.loader import ModelRef, load_model
+from edgepart.runtime.emulate import cpu_capped
+
+args = json.loads(sys.argv[1])
+ref = ModelRef(args["name"], tuple(args["shape"]), args["weights"], args["seed"])
+model = load_model(ref).eval()
+torch.set_num_threads(1)
+x = torch.randn(ref.input_shape)
+times = []
+with torch.no_grad(), cpu_capped(args["cpus"]):
+    model(x)
+    for _ in range(args["repeats"]):
+        started = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - started)
+print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}))
+"""
+
+
+@dataclass(frozen=True)
+class PlainLatency:
+    """Plain PyTorch's latency on one emulated device: the whole model, default kernels, one thread."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+
+
+def plain_latency(ref: ModelRef, cpus: float, repeats: int = 3, timeout_s: float = 1800) -> PlainLatency:
+    """What a user compares a deployment with: `model(x)` in plain PyTorch on one device with `cpus`.
+
+    A fresh interpreter loads the model (the same weights), keeps torch's default kernels (oneDNN where it
+    applies; partitions may run others) and allocator, sets one thread, and times the whole model under the
+    CPU quota an emulated device gets (`emulate.cpu_capped`): the median of `repeats` after a warm-up.
+    Root only, like the emulated devices it is compared with.
+    """
+    problems = support_problems()
+    if problems:
+        raise EdgepartError("timing plain PyTorch under a CPU quota needs root: " + "; ".join(problems))
+    args = {"name": ref.name, "shape": list(input_shape_of(ref)), "weights": ref.weights, "seed": ref.seed,
+            "cpus": cpus, "repeats": repeats}
+    done = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout_s, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise EdgepartError(f"plain PyTorch run of {ref.name} failed: {done.stderr.strip()[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return PlainLatency(float(result["median_s"]), float(result["min_s"]), float(result["max_s"]))
 
 
 def calibrated(deployment: DNNDeployment, speed_per_core: float, message_cpu_s: float | None = None) -> DNNDeployment:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `s
 
     from edgepart.graph.loader import ModelRef
     from edgepart.plan import Plan
+    from edgepart.runtime.device_calibration import CalibrationSettings, Measure
 
 __all__ = ["down", "infer_command", "read_input", "reference_model", "restart", "status", "table", "trace_table",
            "up"]
@@ -40,14 +41,22 @@ def plan_table(plan: Plan) -> str:
 
 
 async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, timeout_s: float, echo: Echo,
-             root: Path | None = None, supervise: bool = True) -> RunState:
+             root: Path | None = None, supervise: bool = True, calibration: CalibrationSettings | None = None,
+             measure: Measure | None = None) -> RunState:
+    """`edgepart up`. With `emulate`, the devices are calibrated first (`device_calibration`, per `calibration`;
+    `measure`: what measures a quota, default this host under real quotas)."""
     from edgepart.plan import load_plan
+    from edgepart.runtime.device_calibration import CalibrationSettings, calibrate_devices
 
     deployment = load_deployment(path)
     plan = load_plan(plan_path) if plan_path is not None else None
     runtime = LocalRuntime(root, echo=echo)
+    calibrated = None
+    if emulate:
+        deployment, calibrated = await calibrate_devices(deployment, calibration or CalibrationSettings(), echo=echo,
+                                                         measure=measure, base=Path.cwd())
     state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan, ready_timeout_s=timeout_s,
-                             base=Path.cwd())
+                             base=Path.cwd(), calibration=calibrated)
     if deployment.spec.variants is not None:  # accuracy-aware data partitioning: no plan, a configuration
         echo(f"{state.name}: dispatcher and {len(state.processes) - 1} variant workers ready "
              f"({'emulated devices; ' if state.emulated else ''}predicted "
@@ -60,6 +69,8 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
         echo(table(["worker", "url"], [[w, u] for w, u in state.ring.items()]))
         echo(f"{state.name}: {len(state.ring)} ring workers ready ({state.how}"
              f"{', emulated devices' if state.emulated else ''})")
+        if state.calibration is not None:
+            echo(state.calibration.summary())
         echo(f"try:     edgepart load --deployment {state.name} --rate 5 --count 50")
         echo(f"stop:    edgepart down {state.name}")
         return state
@@ -70,6 +81,11 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
                  if state.predicted_latency_s is not None else "")
     echo(f"{state.name}: {len(state.processes) - 1} partitions ready ({state.how}"
          f"{', emulated devices' if state.emulated else ''}){predicted}")
+    if state.calibration is not None:
+        echo(state.calibration.summary())
+    elif state.emulated:
+        echo("devices costed at `cpus` x the reference profile (not calibrated: --no-calibrate, or every device "
+             "has its own speed and messageCost)")
     echo(f"gateway: {state.gateway_url}")
     echo(f"try:     edgepart infer {state.gateway_url} --random --check --deployment {path}")
     if supervise:
@@ -97,6 +113,8 @@ async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool
              f", {'supervised' if run.supervised else 'not supervised'}"
              + (f", {restarts} restarts (gateway {run.restarts.get('gateway', 0)})" if restarts else "")
              + (f"; {run.detail}" if run.detail else ""))
+        if run.calibration is not None:
+            echo(run.calibration.summary())
         rows = [[p["id"], p["device"], p["stage"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
                  "yes" if p["ready"] else "NO", run.restarts.get(p["id"], 0), p.get("computed") or 0,
                  _ms(p.get("compute_mean_s")), p["url"], p["detail"] or ""] for p in run.partitions]

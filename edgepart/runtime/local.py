@@ -40,6 +40,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from edgepart.errors import EdgepartError
+from edgepart.runtime.calibration_cache import Calibration
 from edgepart.runtime.emulate import (
     EmulationError,
     Testbed,
@@ -108,6 +109,7 @@ class RunState(BaseModel):
     predicted_throughput_per_s: float | None = None
     ring: dict[str, str] = {}  # a deployment with sources: each ring worker's URL from this host
     supervisor_pid: int | None = None  # the process restarting partitions that exit (`edgepart up`)
+    calibration: Calibration | None = None  # `up --emulate`: what the devices were costed with
 
     def process(self, ident: str) -> ProcessState:
         for proc in self.processes:
@@ -130,6 +132,7 @@ class RunStatus(BaseModel):
     restarts: dict[str, int] = {}
     supervised: bool = False
     capped: bool = True  # emulated: every live partition runs in its device's CPU cgroup
+    calibration: Calibration | None = None
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -299,10 +302,11 @@ class LocalRuntime:
 
     async def up(self, deployment: DNNDeployment, *, port: int = 8080, emulate: bool = False,
                  plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None,
-                 connection: ConnectionLimits | None = None) -> RunState:
+                 connection: ConnectionLimits | None = None, calibration: Calibration | None = None) -> RunState:
         """Plan (unless `plan` is given), start every process, wait until all are ready.
 
-        `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`)."""
+        `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`).
+        `calibration`: what `deployment`'s devices were calibrated with (`device_calibration`), kept for `status`."""
         name = deployment.metadata.name
         spec = deployment.spec
         if spec.variants is not None:  # accuracy-aware data partitioning: a dispatcher and variant workers
@@ -328,7 +332,8 @@ class LocalRuntime:
             spec = deployment.spec
         cluster = spec.cluster()
         if spec.sources:  # several data sources: ring workers instead of a plan (runtime/ring.py)
-            return await self._up_ring(deployment, emulate, ready_timeout_s, base or Path.cwd(), connection)
+            return await self._up_ring(deployment, emulate, ready_timeout_s, base or Path.cwd(), connection,
+                                       calibration)
         names = ", ".join(m.name for _, m in spec.model_specs())
         self._echo(f"planning {names} on {len(cluster.devices)} devices (solver {spec.solver})")
         planned = await asyncio.to_thread(plan_deployment, spec, plan=plan, base=base)
@@ -345,7 +350,7 @@ class LocalRuntime:
             gateway_url="", port=port, emulated=emulate, model=", ".join(m.name for m in planned.plan.models),
             solver=planned.plan.solver,
             how=planned.how, predicted_latency_s=predicted.latency_s if predicted else None,
-            predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
+            predicted_throughput_per_s=predicted.throughput_per_s if predicted else None, calibration=calibration,
         )
         try:
             self._connection = connection
@@ -364,7 +369,7 @@ class LocalRuntime:
         return state
 
     async def _up_ring(self, deployment: DNNDeployment, emulate: bool, ready_timeout_s: float, base: Path,
-                       connection: ConnectionLimits | None) -> RunState:
+                       connection: ConnectionLimits | None, calibration: Calibration | None = None) -> RunState:
         from edgepart.partition_service.auth import write_secret
         from edgepart.runtime.ring import up_ring, wait_ring_ready
 
@@ -377,7 +382,7 @@ class LocalRuntime:
         state = RunState(name=name, directory=str(directory), cwd=str(base), started_at=time.time(), gateway_url="",
                          port=0, emulated=emulate, model=spec.first_model.name, solver=f"ring {spec.scheduler}",
                          how=f"{len(spec.sources)} sources on a ring of {len(spec.ring_order())} workers, "
-                             f"{spec.scheduler}")
+                             f"{spec.scheduler}", calibration=calibration)
         self._echo(f"starting {len(spec.ring_order())} ring workers ({spec.scheduler}, sources "
                    f"{', '.join(s.device for s in spec.sources)})")
         try:
@@ -558,7 +563,7 @@ class LocalRuntime:
                     parts = await ring_status(self, state, client)
                     result.append(RunStatus(name=state.name, gateway_url=state.gateway_url, emulated=state.emulated,
                                             ready=all(p["ready"] for p in parts) and all(alive.values()),
-                                            alive=alive, partitions=parts))
+                                            alive=alive, partitions=parts, calibration=state.calibration))
                     continue
                 manager = None
                 try:
@@ -587,7 +592,7 @@ class LocalRuntime:
                                         detail=detail, predicted_latency_s=state.predicted_latency_s,
                                         restarts={p.id: p.restarts for p in state.processes},
                                         supervised=_supervisor_alive(state.supervisor_pid),
-                                        capped=not uncapped, manager=manager))
+                                        capped=not uncapped, manager=manager, calibration=state.calibration))
         return result
 
     def start_supervisor(self, state: RunState) -> int:

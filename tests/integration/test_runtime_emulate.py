@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ from edgepart.runtime.emulate import (
 )
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import with_cpu_speeds
-from edgepart.spec import DeviceSpec, NetworkSpec, deployment_from_dict
+from edgepart.spec import DeviceSpec, NetworkSpec, deployment_from_dict, load_deployment
 
 needs_root = pytest.mark.skipif(bool(support_problems()), reason="emulation needs root, iproute2 and cgroup v1 cpu: "
                                 + "; ".join(support_problems()))
@@ -183,3 +185,70 @@ async def test_the_message_probe_measures_a_chain_of_partitions_under_the_quota_
     assert 5e-5 < cpu < 0.05
     assert not any(Path("/run/netns").glob(f"edgepart-msgprobe-{os.getpid()}*"))
     assert not Path(emulate.CGROUP_CPU, "edgepart", f"msgprobe-{os.getpid()}").exists()
+
+
+class _FakeMeasure:
+    """A quarter of the reference per core and 3 ms of CPU per message end, whatever the quota."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def speed(self, ref: ModelRef, cpus: float) -> float:
+        self.calls += 1
+        return 0.25
+
+    async def message(self, cpus: float) -> float:
+        self.calls += 1
+        return 3e-3
+
+
+@needs_root
+async def test_up_emulate_plans_with_the_calibrated_devices_and_status_says_so(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgepart.runtime import commands
+    from edgepart.runtime.device_calibration import CalibrationSettings
+    from edgepart.runtime.planning import plan_deployment
+
+    model = tmp_path / "tiny_cal.py"
+    model.write_text(TINY)
+    name = f"cal{os.getpid()}"
+    manifest = tmp_path / "cal.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": name},
+        "spec": {"model": {"name": f"{model}:tiny", "inputShape": [1, 3, 32, 32]}, "solver": "single",
+                 "devices": [{"name": "a", "cpus": 0.5}, {"name": "b", "cpus": 0.5}],  # one partition: quick to start
+                 "network": {"bandwidth": "100Mbps", "latency": "1ms"}, "requestTimeout": "20s"}}))
+    runtimes: list[LocalRuntime] = []  # `up`'s own runtime stops what it started (and reaps its children)
+
+    def runtime(root: Path | None, echo: Callable[[str], None]) -> LocalRuntime:
+        runtimes.append(LocalRuntime(root, echo=echo))
+        return runtimes[-1]
+
+    monkeypatch.setattr(commands, "LocalRuntime", runtime)
+    lines: list[str] = []
+    measure = _FakeMeasure()
+    settings = CalibrationSettings(cache_path=tmp_path / "calibration.json")
+    state = await commands.up(manifest, port=0, emulate=True, plan_path=None, timeout_s=120, echo=lines.append,
+                              root=tmp_path / "run", supervise=False, calibration=settings, measure=measure)
+    try:
+        assert measure.calls == 2 and state.calibration is not None
+        assert [(d.speed, d.message_cost) for d in state.calibration.devices] == [(0.125, "6ms"), (0.125, "6ms")]
+        calibrated = with_cpu_speeds(load_deployment(manifest), 0.25, 3e-3)
+        expected = plan_deployment(calibrated.spec).plan.predicted
+        assert expected is not None and state.predicted_latency_s == expected.latency_s
+        assert any("devices calibrated" in line and "a (0.5 CPU): speed 0.125, 6ms/message" in line for line in lines)
+        shown: list[str] = []
+        await commands.status(name, shown.append, root=tmp_path / "run")
+        assert any("devices calibrated" in line for line in shown)
+    finally:
+        await runtimes[0].down(name)
+
+
+@needs_root
+def test_plain_pytorch_is_timed_in_a_fresh_interpreter_under_the_quota(tmp_path: Path) -> None:
+    from edgepart.runtime.calibrate import plain_latency
+
+    model = tmp_path / "tiny_plain.py"
+    model.write_text(TINY)
+    plain = plain_latency(ModelRef(f"{model}:tiny", (1, 3, 32, 32)), 0.5, repeats=3)
+    assert 0 < plain.min_s <= plain.median_s <= plain.max_s < 5

@@ -74,3 +74,10 @@ def test_bad_input_gets_one_clear_line(args: list[str], message: str) -> None:
     assert code == 2, out
     assert message in out
     assert "Traceback" not in out
+
+
+def test_recalibrate_is_for_emulated_devices(tmp_path: Path) -> None:
+    code, out = run("up", str(tmp_path / "missing.yaml"), "--recalibrate")
+    assert code != 0 and "--recalibrate" in out and "--emulate" in out
+    code, out = run("up", str(tmp_path / "missing.yaml"), "--emulate", "--recalibrate", "--no-calibrate")
+    assert code != 0 and "contradict" in out
