@@ -267,7 +267,6 @@ class GatewayService:
         served = self.served(model_id)
         self.check_input(tensor, served.id)
         client_id, rid = self.new_request_id(request_id)
-        self._refuse_if_dead(served, rid)
         self.timeline.mark(rid, "received", received)
         self._pipeline_ids[client_id] = rid
         while len(self._pipeline_ids) > self.timeline.capacity:
@@ -313,16 +312,6 @@ class GatewayService:
         latency = time.monotonic() - started
         self.metrics.request.observe(latency)
         return InferResult(client_id, output, latency)
-
-    def _refuse_if_dead(self, served: GatewayModel, rid: str) -> None:
-        """503 at once when a partition of the model is known dead (its process ended, nothing accepts yet)."""
-        if self.watch is None or not self.watch.down:
-            return
-        for peer, why in self.watch.down.items():
-            endpoint = self._endpoints.get(peer)
-            if endpoint is not None and endpoint.model in ("", served.id):
-                raise PeerUnreachableError(f"partition {peer} (device {endpoint.device}) is down: {why}; request "
-                                           f"{rid} cannot run", peer=peer, request_id=rid)
 
     async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel,
                        waiter: asyncio.Future[torch.Tensor]) -> None:
