@@ -397,48 +397,55 @@ class GatewayService:
 
     # ------------------------------------------------------------ partitions' health
 
-    async def ask_partitions(self, query: PendingQuery, timeout: float,
-                             skip: str | None = None) -> dict[str, PendingAnswer | ServiceError]:
-        """Every partition's (but `skip`'s) answer to `query`, or the error that took its place."""
-        async def one(e: Endpoint) -> PendingAnswer | ServiceError:
-            try:
-                response = await self.client.post(e.url + PENDING_PATH, json=query.model_dump(), timeout=timeout,
-                                                  headers=self._internal)
-            except httpx.HTTPError as err:
-                return peer_error(err, e.id, e.url, f"POST {PENDING_PATH}")
-            if response.status_code != 200:
-                return error_from_response(response.status_code, response.content, e.id)
-            try:
-                return PendingAnswer.model_validate_json(response.content)
-            except ValidationError as err:
-                return PeerError(f"{e.id} answered {PENDING_PATH} with {err.error_count()} errors", peer=e.id)
+    async def ask(self, endpoint: Endpoint, query: PendingQuery, timeout: float) -> PendingAnswer | ServiceError:
+        """Partition `endpoint`'s answer to `query` (POST /v1/pending), or the error that took its place."""
+        e = endpoint
+        try:
+            response = await self.client.post(e.url + PENDING_PATH, json=query.model_dump(), timeout=timeout,
+                                              headers=self._internal)
+        except httpx.HTTPError as err:
+            return peer_error(err, e.id, e.url, f"POST {PENDING_PATH}")
+        if response.status_code != 200:
+            return error_from_response(response.status_code, response.content, e.id)
+        try:
+            return PendingAnswer.model_validate_json(response.content)
+        except ValidationError as err:
+            return PeerError(f"{e.id} answered {PENDING_PATH} with {err.error_count()} errors", peer=e.id)
 
-        chosen = [e for e in self.config.partitions if e.id != skip]
-        answers = await asyncio.gather(*(one(e) for e in chosen))
+    async def ask_partitions(self, query: PendingQuery, timeout: float) -> dict[str, PendingAnswer | ServiceError]:
+        """Every partition's answer to `query`, or the error that took its place."""
+        chosen = self.config.partitions
+        answers = await asyncio.gather(*(self.ask(e, query, timeout) for e in chosen))
         return {e.id: a for e, a in zip(chosen, answers, strict=True)}
 
     async def partition_died(self, peer: str, why: str) -> None:
         """Partition `peer`'s process ended: fail every pending request that still waits on it (the gateway
         misses its piece, or a consumer of it has not seen the request or misses its piece), and have its
-        consumers give up theirs."""
+        consumers give up theirs. Each answer is used as it comes: a stopped partition delays no other."""
         endpoint = self._endpoints.get(peer)
         if endpoint is None:
             return
         pending = [rid for rid, model in self._request_model.items()
                    if endpoint.model in ("", model) and rid in self._waiters and not self._waiters[rid].done()]
-        query = PendingQuery(requests=pending, dead=peer, detail=why[:1000])
-        answers = await self.ask_partitions(query, PROBE_BUDGET_S, skip=peer)
-        failed = 0
-        for rid in pending:
-            model = self._request_model.get(rid)
+
+        def fail(rid: str) -> bool:
             waiter = self._waiters.get(rid)
-            if model is None or waiter is None or waiter.done():
-                continue
-            if peer in self._assemblers[model].missing(rid) or waits_on(peer, rid, answers):
-                waiter.set_exception(PeerUnreachableError(
-                    f"partition {peer} (device {endpoint.device}) died while request {rid} waited on it: {why}",
-                    peer=peer, request_id=rid))
-                failed += 1
+            if waiter is None or waiter.done():
+                return False
+            waiter.set_exception(PeerUnreachableError(
+                f"partition {peer} (device {endpoint.device}) died while request {rid} waited on it: {why}",
+                peer=peer, request_id=rid))
+            return True
+
+        failed = sum(fail(rid) for rid in pending
+                     if rid in self._request_model and peer in self._assemblers[self._request_model[rid]].missing(rid))
+        query = PendingQuery(requests=pending, dead=peer, detail=why[:1000])
+
+        async def consumer(e: Endpoint) -> int:
+            answer = await self.ask(e, query, PROBE_BUDGET_S)
+            return sum(fail(rid) for rid in pending if waits_on(peer, rid, {e.id: answer}))
+
+        failed += sum(await asyncio.gather(*(consumer(e) for e in self.config.partitions if e.id != peer)))
         log.warning("partition %s died (%s): %d of %d pending requests waited on it", peer, why, failed, len(pending))
 
     async def _probe(self, endpoint: Endpoint, path: str, timeout: float) -> str | None:
