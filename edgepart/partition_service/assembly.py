@@ -115,6 +115,10 @@ class Assembler:
         received = pending.received if pending else set()
         return tuple(sorted({sender for sender, region in set(self.expected) - received}))
 
+    def requests(self) -> list[str]:
+        """The ids of the requests open now."""
+        return list(self._pending)
+
     def started(self, request_id: str) -> float | None:
         pending = self._pending.get(request_id)
         return pending.started if pending else None

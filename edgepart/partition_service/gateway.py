@@ -6,9 +6,12 @@ for small inputs), cuts the first stage's input regions and streams them to
 their partitions, then waits for the last stage's pieces (`POST /v1/tensor`)
 and answers with the assembled output: a frame, or JSON when the client asks
 for it (``Accept: application/json``). Partitions report failures they see to
-`POST /v1/failures`; a request whose pieces stop coming is answered, before its
-timeout, with 503 naming an unreachable partition, or 504 naming the missing
-pieces when every partition is alive.
+`POST /v1/failures`. The gateway holds an idle connection to every partition
+(`watch.py`): when a partition's process ends, every request that still waits on
+it is answered at once with 503 `peer_unreachable` naming it, and the partitions
+that wait for its pieces give those requests up. A request that times out is
+answered with 504 naming the partition that holds its late piece, found by
+walking up the task graph from the pieces the gateway misses (`blame.py`).
 
 Two ports, two apps (`gateway_apps`): the client port serves /v1/infer and the read-only views (model,
 plan, status, trace, probes, metrics), none of which names an internal URL or file path; the internal port
@@ -41,6 +44,13 @@ from edgepart.geometry import Region
 from edgepart.partition_service.access import BodyDeadline, InternalOnly
 from edgepart.partition_service.assembly import Assembler
 from edgepart.partition_service.auth import Secret, load_secret
+from edgepart.partition_service.blame import (
+    PENDING_PATH,
+    PendingAnswer,
+    PendingQuery,
+    late_holders,
+    waits_on,
+)
 from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import (
     GATEWAY,
@@ -84,6 +94,7 @@ from edgepart.partition_service.transport import (
     peer_error,
     received_frame,
 )
+from edgepart.partition_service.watch import PeerWatch
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
     Frame,
@@ -149,15 +160,21 @@ class GatewayService:
         self._hop: HopClient | None = None
         self.timeline = Timeline()  # wall-clock events of recent requests, by pipeline id
         self._pipeline_ids: dict[str, str] = {}  # a client's id -> the pipeline id of its latest request
+        self._endpoints = {e.id: e for e in config.partitions}
+        self.watch: PeerWatch | None = None  # idle connections to the partitions: their deaths, at once
 
     async def start(self) -> None:
         if self._client is None:
             self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
             self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
+            self.watch = PeerWatch({e.id: e.url for e in self.config.partitions}, self.partition_died)
+            self.watch.start()
         self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
 
     async def aclose(self) -> None:
+        if self.watch is not None:
+            await self.watch.aclose()
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(NotReadyError("the gateway is shutting down"))
@@ -278,7 +295,7 @@ class GatewayService:
         self._request_model[rid] = served.id
         assembler.open(rid)
         try:
-            await self._scatter(rid, tensor, deadline, served)
+            await self._scatter(rid, tensor, deadline, served, waiter)
             self.timeline.mark(rid, "scattered")
             output = await self._wait(rid, waiter, deadline, assembler)
             self.timeline.mark(rid, "output")
@@ -296,22 +313,26 @@ class GatewayService:
         self.metrics.request.observe(latency)
         return InferResult(client_id, output, latency)
 
-    async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel) -> None:
+    async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel,
+                       waiter: asyncio.Future[torch.Tensor]) -> None:
         """Send the input regions to every task that reads the input, concurrently; the first failure aborts
-        the rest."""
+        the rest, and so does a failure of the request meanwhile (a partition died: `_wait` raises it)."""
         tasks = [asyncio.create_task(self._send(rid, route, tensor)) for route in served.routes]
+        watched: list[asyncio.Future[Any]] = [*tasks, waiter]
         try:
-            _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0),
-                                               return_when=asyncio.FIRST_EXCEPTION)
+            _, pending = await asyncio.wait(watched, timeout=max(deadline - time.monotonic(), 0.0),
+                                            return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for task in tasks:
                 task.cancel()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+            return
         failures = [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, asyncio.CancelledError)]
         if failures:
             first = failures[0]
             raise first if isinstance(first, ServiceError) else PeerError(f"sending request {rid}: {first}")
-        if pending:
+        if any(task in pending for task in tasks):
             raise RequestTimeoutError(f"sending request {rid} to the first stage took over "
                                       f"{self.config.request_timeout_s:g} s")
 
@@ -335,15 +356,20 @@ class GatewayService:
         except RequestTimeoutError as err:  # a partition gave up waiting: maybe because a peer died
             reported = err
         missing = assembler.missing(rid)
-        dead = await self.unreachable(min(PROBE_BUDGET_S, timeout / 4) * 0.9)
-        if dead:
-            endpoint, why = dead[0]
-            raise PeerUnreachableError(f"partition {endpoint.id} (device {endpoint.device}, {endpoint.url}) is "
-                                       f"unreachable: {why}; request {rid} cannot finish", peer=endpoint.id)
-        if reported is not None:
+        answers = await self.ask_partitions(PendingQuery(requests=[rid]), min(PROBE_BUDGET_S, timeout / 4) * 0.9)
+        holders = late_holders(rid, missing, answers)
+        for holder in holders:
+            if isinstance(holder.error, PeerUnreachableError):
+                endpoint = self._endpoints[holder.task]
+                raise PeerUnreachableError(f"partition {endpoint.id} (device {endpoint.device}, {endpoint.url}) is "
+                                           f"unreachable: {holder.why}; request {rid} cannot finish",
+                                           peer=endpoint.id)
+        if not holders and reported is not None:
             raise reported
+        late = "; ".join(f"{h.task} {h.why}" for h in holders) or "no partition answered"
         raise RequestTimeoutError(f"request {rid} timed out after {timeout:g} s waiting for pieces from "
-                                  f"{', '.join(missing)}", peer=missing[0] if len(missing) == 1 else None)
+                                  f"{', '.join(missing)}; the late piece is held by {late}",
+                                  peer=holders[0].task if holders else (missing[0] if len(missing) == 1 else None))
 
     async def ingest(self, frame: Frame) -> None:
         """A piece of some request's output, from a task that delivers it."""
@@ -370,6 +396,57 @@ class GatewayService:
         return True
 
     # ------------------------------------------------------------ partitions' health
+
+    async def ask(self, endpoint: Endpoint, query: PendingQuery, timeout: float) -> PendingAnswer | ServiceError:
+        """Partition `endpoint`'s answer to `query` (POST /v1/pending), or the error that took its place."""
+        e = endpoint
+        try:
+            response = await self.client.post(e.url + PENDING_PATH, json=query.model_dump(), timeout=timeout,
+                                              headers=self._internal)
+        except httpx.HTTPError as err:
+            return peer_error(err, e.id, e.url, f"POST {PENDING_PATH}")
+        if response.status_code != 200:
+            return error_from_response(response.status_code, response.content, e.id)
+        try:
+            return PendingAnswer.model_validate_json(response.content)
+        except ValidationError as err:
+            return PeerError(f"{e.id} answered {PENDING_PATH} with {err.error_count()} errors", peer=e.id)
+
+    async def ask_partitions(self, query: PendingQuery, timeout: float) -> dict[str, PendingAnswer | ServiceError]:
+        """Every partition's answer to `query`, or the error that took its place."""
+        chosen = self.config.partitions
+        answers = await asyncio.gather(*(self.ask(e, query, timeout) for e in chosen))
+        return {e.id: a for e, a in zip(chosen, answers, strict=True)}
+
+    async def partition_died(self, peer: str, why: str) -> None:
+        """Partition `peer`'s process ended: fail every pending request that still waits on it (the gateway
+        misses its piece, or a consumer of it has not seen the request or misses its piece), and have its
+        consumers give up theirs. Each answer is used as it comes: a stopped partition delays no other."""
+        endpoint = self._endpoints.get(peer)
+        if endpoint is None:
+            return
+        pending = [rid for rid, model in self._request_model.items()
+                   if endpoint.model in ("", model) and rid in self._waiters and not self._waiters[rid].done()]
+
+        def fail(rid: str) -> bool:
+            waiter = self._waiters.get(rid)
+            if waiter is None or waiter.done():
+                return False
+            waiter.set_exception(PeerUnreachableError(
+                f"partition {peer} (device {endpoint.device}) died while request {rid} waited on it: {why}",
+                peer=peer, request_id=rid))
+            return True
+
+        failed = sum(fail(rid) for rid in pending
+                     if rid in self._request_model and peer in self._assemblers[self._request_model[rid]].missing(rid))
+        query = PendingQuery(requests=pending, dead=peer, detail=why[:1000])
+
+        async def consumer(e: Endpoint) -> int:
+            answer = await self.ask(e, query, PROBE_BUDGET_S)
+            return sum(fail(rid) for rid in pending if waits_on(peer, rid, {e.id: answer}))
+
+        failed += sum(await asyncio.gather(*(consumer(e) for e in self.config.partitions if e.id != peer)))
+        log.warning("partition %s died (%s): %d of %d pending requests waited on it", peer, why, failed, len(pending))
 
     async def _probe(self, endpoint: Endpoint, path: str, timeout: float) -> str | None:
         """None when `endpoint` answers `path` with 200, else why not."""

@@ -9,7 +9,9 @@ Pipeline per request id::
 
 Failures that the gateway cannot see itself (a peer that refuses a piece, a
 request whose pieces never all arrived, a compute error) are reported to the
-gateway's /v1/failures so the client gets an answer naming the problem.
+gateway's /v1/failures so the client gets an answer naming the problem. The
+gateway asks `POST /v1/pending` what a partition holds of some requests (see
+blame.py): when another partition died, or when a request timed out.
 
 Everything a partition serves is internal to its deployment: a piece, a read of its info or of a
 timeline must carry the deployment's secret (401 otherwise), except the probes and /metrics. A piece is
@@ -38,6 +40,7 @@ from edgepart.geometry import Region
 from edgepart.partition_service.access import BodyDeadline, InternalOnly
 from edgepart.partition_service.assembly import Assembler
 from edgepart.partition_service.auth import Secret, load_secret
+from edgepart.partition_service.blame import PENDING_PATH, PendingAnswer, PendingQuery, RequestView
 from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
 from edgepart.partition_service.errors import (
@@ -45,6 +48,7 @@ from edgepart.partition_service.errors import (
     DuplicatePieceError,
     NotReadyError,
     OverloadedError,
+    PeerUnreachableError,
     RequestTimeoutError,
     ServiceError,
     UnexpectedPieceError,
@@ -112,8 +116,8 @@ class PartitionService:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._waits: dict[str, float] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()
-        self._completed: OrderedDict[str, None] = OrderedDict()
+        self._expired: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # -> the senders it still waited for
+        self._completed: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: TaskRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -216,7 +220,7 @@ class PartitionService:
         if timer is not None:
             timer.cancel()
         self.metrics.assemble.observe(now - first)
-        self._remember(self._completed, rid)
+        self._remember(self._completed, rid, ())
         self._queue.put_nowait(_Job(rid, tile, first, now, self._waits.pop(rid, 0.0)))
 
     async def _admit(self, rid: str) -> None:
@@ -242,21 +246,29 @@ class PartitionService:
         self.metrics.inflight.dec()
 
     @staticmethod
-    def _remember(memory: OrderedDict[str, None], rid: str) -> None:
-        memory[rid] = None
+    def _remember(memory: OrderedDict[str, tuple[str, ...]], rid: str, missing: tuple[str, ...]) -> None:
+        memory[rid] = missing
         while len(memory) > _MEMORY:
             memory.popitem(last=False)
 
-    def _expire(self, rid: str) -> None:
-        self._timers.pop(rid, None)
+    def _give_up(self, rid: str, reason: str) -> tuple[str, ...]:
+        """Stop waiting for the pieces of request `rid` (its late pieces are refused); the senders it missed."""
+        timer = self._timers.pop(rid, None)
+        if timer is not None:
+            timer.cancel()
         self._waits.pop(rid, None)
-        if rid not in self._assembler:
-            return
         missing = self._assembler.missing(rid)
         self._assembler.discard(rid)
-        self._remember(self._expired, rid)
+        self._remember(self._expired, rid, missing)
         self._finish(rid)
-        self.metrics.error("timeout")
+        self.metrics.error(reason)
+        return missing
+
+    def _expire(self, rid: str) -> None:
+        self._timers.pop(rid, None)
+        if rid not in self._assembler:
+            return
+        missing = self._give_up(rid, "timeout")
         err = RequestTimeoutError(f"partition {self.id} timed out after {self.config.request_timeout_s:g} s waiting "
                                   f"for pieces of request {rid} from {', '.join(missing)}",
                              peer=missing[0] if len(missing) == 1 else None, request_id=rid)
@@ -383,6 +395,34 @@ class PartitionService:
             log.warning("partition %s: cannot report a failure to the gateway: %s", self.id,
                         peer_error(report_err, "gateway", self.config.gateway_url, "failure report"))
 
+    # ------------------------------------------------------------ what it holds
+
+    def pending(self, query: PendingQuery) -> PendingAnswer:
+        """POST /v1/pending: the state of each request asked about; with `dead`, first give up the requests
+        that wait for that partition's pieces (its process ended: they will not come)."""
+        failed: list[str] = []
+        dead = query.dead
+        if dead is not None and dead != self.id and dead in self._assembler.senders:
+            for rid in self._assembler.requests():
+                if dead in self._assembler.missing(rid):
+                    self._give_up(rid, PeerUnreachableError.reason)
+                    failed.append(rid)
+            if failed:
+                log.warning("partition %s: gave up %d requests waiting for pieces from %s, which died: %s", self.id,
+                            len(failed), dead, query.detail)
+        return PendingAnswer(partition=self.id, inputs=tuple(sorted(self._assembler.senders)),
+                             requests={rid: self._view(rid) for rid in query.requests}, failed=failed)
+
+    def _view(self, rid: str) -> RequestView:
+        if rid in self._assembler:
+            return RequestView(state="waiting", missing=self._assembler.missing(rid))
+        if rid in self._expired:
+            return RequestView(state="expired", missing=self._expired[rid])
+        if rid in self._completed:
+            events = self.timeline.get(rid) or {}
+            return RequestView(state="sent" if "sent" in events else "holding")
+        return RequestView(state="unseen")
+
     # ------------------------------------------------------------ introspection
 
     def info(self) -> dict[str, Any]:
@@ -430,6 +470,11 @@ def partition_app(service: PartitionService) -> FastAPI:
     async def turn(notice: TurnNotice) -> Response:
         service.take_turn(notice)
         return Response(status_code=204)
+
+    @app.post(PENDING_PATH, summary="What this partition holds of some requests (the gateway asks when a partition "
+                                     "died or a request timed out); with `dead`, give up those that wait for it.")
+    async def pending(query: PendingQuery) -> dict[str, Any]:
+        return service.pending(query).model_dump()
 
     @app.get("/healthz", summary="Liveness: the process serves (500 once loading the slice failed).")
     async def healthz() -> JSONResponse:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -343,7 +344,41 @@ async def test_missing_pieces_time_out_naming_the_sender(model_file: Path) -> No
         response = await d.client.post("/v1/infer", json={"shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()})
         await lossy.aclose()
         assert response.status_code == 504, response.text
-        assert "s1p0" in response.json()["detail"] or "waiting for pieces" in response.json()["detail"]
+        body = response.json()  # s1p0 waits for s0p2, which sent its piece: the late piece is s0p2's
+        assert body["peer"] == "s0p2" and "held by s0p2" in body["detail"], body
+
+
+async def test_a_straggler_times_out_naming_the_partition_that_holds_the_late_piece(model_file: Path) -> None:
+    plan = plans(model_file)["fused-2x2"]
+    release = threading.Event()
+
+    class Stuck:  # s0p1 computes its warm-up, then its first request never ends (until released)
+        def __init__(self, runner: TaskRunner):
+            self.runner = runner
+            self.calls = 0
+
+        def __call__(self, tile: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls > 1:
+                release.wait(60)
+            return self.runner(tile)
+
+    def stuck_loader(config: PartitionConfig) -> Any:
+        runner = load_slice(config)
+        return Stuck(runner) if config.partition == "s0p1" else runner
+
+    try:
+        async with deploy(plan, timeout_s=1.5, loader=stuck_loader) as d:
+            response = await d.client.post("/v1/infer", json={"shape": list(SHAPE),
+                                                              "data": torch.randn(SHAPE).tolist()})
+            release.set()
+            # the gateway misses s1p0's piece; s1p0 is healthy and waits for s0p1, which computes: s0p1 is named
+            assert response.status_code == 504, response.text
+            body = response.json()
+            assert body["error"] == "timeout" and body["peer"] == "s0p1", body
+            assert "held by s0p1 has all its pieces" in body["detail"]
+    finally:
+        release.set()
 
 
 async def test_backpressure_queues_then_refuses(model_file: Path) -> None:
