@@ -335,6 +335,77 @@ class SourceSpec(_Model):
     count: int | None = Field(default=None, ge=1, le=10_000_000, description="Images the source produces in all.")
 
 
+# ---------------------------------------------------------------- pod scheduling (Kubernetes shapes)
+
+
+class LocalObjectReference(_Model):
+    name: Name = Field(description="Name of a Secret in the deployment's namespace.")
+
+
+class TolerationSpec(_Model):
+    """A Kubernetes toleration: lets the deployment's pods onto nodes with a matching taint."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty with Exists: every taint.")
+    operator: Literal["Equal", "Exists"] = Field(default="Equal")
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect matched; empty: every effect.")
+    toleration_seconds: int | None = Field(default=None, description="NoExecute only: how long the pod stays.")
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> TolerationSpec:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value: must be empty when operator is Exists")
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("key: required when operator is Equal")
+        return self
+
+
+class NodeSelectorRequirementSpec(_Model):
+    key: str = Field(min_length=1, max_length=316)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> NodeSelectorRequirementSpec:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"values: required with operator {self.operator}")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"values: must be empty with operator {self.operator}")
+        if self.operator in ("Gt", "Lt") and (len(self.values) != 1 or not self.values[0].lstrip("-").isdigit()):
+            raise ValueError(f"values: one integer with operator {self.operator}")
+        return self
+
+
+class NodeSelectorTermSpec(_Model):
+    match_expressions: list[NodeSelectorRequirementSpec] = Field(default_factory=list)
+    match_fields: list[NodeSelectorRequirementSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _only_the_name_field(self) -> NodeSelectorTermSpec:
+        for i, field in enumerate(self.match_fields):
+            if field.key != "metadata.name":
+                raise ValueError(f"matchFields[{i}].key: only metadata.name is supported, got {field.key!r}")
+        return self
+
+
+class NodeSelectorSpec(_Model):
+    node_selector_terms: list[NodeSelectorTermSpec] = Field(min_length=1)
+
+
+class PreferredTermSpec(_Model):
+    weight: int = Field(ge=1, le=100)
+    preference: NodeSelectorTermSpec
+
+
+class NodeAffinitySpec(_Model):
+    """A Kubernetes node affinity. Required terms also choose the devices: a node they rule out is left out of
+    the plan (status.excludedNodes, reason NodeAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelectorSpec | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredTermSpec] = Field(default_factory=list)
+
+
 class DeploymentSpec(_Model):
     model: ModelSpec | None = Field(default=None, description="The network to run (or `models` for several).")
     models: list[ModelSpec] = Field(default_factory=list, max_length=16,
@@ -369,6 +440,16 @@ class DeploymentSpec(_Model):
                                                                      "image beyond is refused with 503.")
     heartbeat: Duration = Field(default="500ms", description="With sources: period of the workers' queue-length "
                                                              "reports to each other.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16,
+        description="Kubernetes: Secrets to pull the image with, on every pod and Job of the deployment.")
+    tolerations: list[TolerationSpec] = Field(
+        default_factory=list, max_length=64,
+        description="Kubernetes: tolerations of every pod and Job of the deployment. A node with a NoSchedule or "
+                    "NoExecute taint they do not tolerate is left out of the plan (reason NodeTainted).")
+    node_affinity: NodeAffinitySpec | None = Field(
+        default=None, description="Kubernetes: node affinity of every pod, combined with the pin to its planned "
+                                  "node; required terms also narrow the devices.")
 
     @model_validator(mode="after")
     def _one_kind_of_model(self) -> DeploymentSpec:

@@ -33,6 +33,15 @@ def format_memory(num_bytes: int) -> str:
 
 
 @dataclass(frozen=True)
+class Taint:
+    """A node taint (spec.taints): pods without a matching toleration stay off the node (effect)."""
+
+    key: str
+    effect: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """What the planner needs to know about one Kubernetes node."""
 
@@ -44,6 +53,7 @@ class NodeInfo:
     ready: bool = True
     schedulable: bool = True
     device_class: str = ""
+    taints: tuple[Taint, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -70,6 +80,19 @@ def _condition_ready(status: Mapping[str, Any]) -> bool:
     return False
 
 
+def _taints(items: Any, where: str) -> tuple[Taint, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise NodeError(f"{where}: a list of taints")
+    taints = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping) or not item.get("key") or not item.get("effect"):
+            raise NodeError(f"{where}[{i}]: a taint needs a key and an effect")
+        taints.append(Taint(key=str(item["key"]), effect=str(item["effect"]), value=str(item.get("value") or "")))
+    return tuple(taints)
+
+
 def node_from_object(obj: Mapping[str, Any]) -> NodeInfo:
     """A Node as the API returns it (a dict with metadata, spec, status)."""
     metadata = obj.get("metadata") or {}
@@ -92,16 +115,17 @@ def node_from_object(obj: Mapping[str, Any]) -> NodeInfo:
     device_class = labels.get(LABEL_DEVICE_CLASS) or default_device_class(arch, cpu, memory)
     return NodeInfo(name=name, cpu=cpu, memory=memory, arch=arch, labels=labels,
                     ready=_condition_ready(status), schedulable=not spec.get("unschedulable", False),
-                    device_class=device_class)
+                    device_class=device_class, taints=_taints(spec.get("taints"), f"node {name}: spec.taints"))
 
 
 def node_from_short_form(item: Mapping[str, Any], index: int = 0) -> NodeInfo:
-    """`{name, cpu, memory, arch, labels, deviceClass, ready}`; everything but the name is optional."""
+    """`{name, cpu, memory, arch, labels, deviceClass, ready, schedulable, taints}`; all but the name optional."""
     where = f"nodes[{index}]"
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise NodeError(f"{where}.name: required")
-    unknown = set(item) - {"name", "cpu", "memory", "arch", "labels", "deviceClass", "ready", "schedulable"}
+    unknown = set(item) - {"name", "cpu", "memory", "arch", "labels", "deviceClass", "ready", "schedulable",
+                           "taints"}
     if unknown:
         raise NodeError(f"{where}: unknown fields {sorted(unknown)}")
     try:
@@ -121,7 +145,7 @@ def node_from_short_form(item: Mapping[str, Any], index: int = 0) -> NodeInfo:
     labels.setdefault(LABEL_DEVICE_CLASS, device_class)
     return NodeInfo(name=name, cpu=cpu, memory=memory, arch=arch, labels=labels,
                     ready=bool(item.get("ready", True)), schedulable=bool(item.get("schedulable", True)),
-                    device_class=device_class)
+                    device_class=device_class, taints=_taints(item.get("taints"), f"{where}.taints"))
 
 
 def nodes_from_documents(data: Any) -> tuple[NodeInfo, ...]:

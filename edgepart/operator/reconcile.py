@@ -30,7 +30,7 @@ from edgepart.errors import EdgepartError, explain_validation
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of, is_zoo_name
 from edgepart.graph.zoo import ZOO, UnknownModelError
-from edgepart.operator import names, render
+from edgepart.operator import exclusions, names, render
 from edgepart.operator.configs import ConfigRenderer, ConfigRequest
 from edgepart.operator.graphs import TraceJob, check_graph, graph_key
 from edgepart.operator.nodes import NodeInfo, format_cpu, format_memory, select_nodes
@@ -44,6 +44,7 @@ from edgepart.operator.planning import (
 )
 from edgepart.operator.profiles import JobState
 from edgepart.operator.render import Owner
+from edgepart.operator.scheduling import with_scheduling
 from edgepart.operator.settings import OperatorSettings
 from edgepart.operator.status import (
     DEGRADED,
@@ -54,6 +55,7 @@ from edgepart.operator.status import (
     SPEC_VALID,
     TRACED,
     Condition,
+    DeploymentFailure,
     DeploymentStatus,
     ExcludedNode,
     Gateway,
@@ -112,9 +114,9 @@ class PodState:
         )
 
     def failure(self, max_restarts: int) -> str:
-        """Why this pod counts as failed ('' if it does not)."""
-        if self.deleting:
-            return ""
+        """Why this pod counts as failed ('' if it does not); see `exclusions.pod_failure`."""
+        failure = exclusions.pod_failure(self, max_restarts)
+        return failure.message if failure is not None else ""
         if self.phase == "Failed":
             return f"pod {self.name} failed"
         if self.waiting_reason in ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff",
@@ -196,6 +198,8 @@ class _Context:
     now: str
     previous: Sequence[Mapping[str, Any]]
     conditions: dict[str, Condition] = field(default_factory=dict)
+    retried: list[ExcludedNode] = field(default_factory=list)  # carried into every status written
+    failure: DeploymentFailure | None = None
 
     def set(self, type_: str, status: bool, reason: str, message: str = "") -> None:
         self.conditions[type_] = make_condition(type_, status, reason, message, generation=self.owner.generation,
@@ -214,14 +218,32 @@ def reconcile(owner: Owner, spec: Mapping[str, Any], nodes: Sequence[NodeInfo],
     ctx = _Context(owner, settings, now, previous)
     excluded: list[ExcludedNode] = []
     try:
-        return _reconcile(ctx, spec, nodes, profiles, graphs or {}, observed, excluded, planner, configs)
+        desired = _reconcile(ctx, spec, nodes, profiles, graphs or {}, observed, excluded, planner, configs)
     except _Halt as stop:
         ctx.set(stop.condition, False, stop.reason, stop.message)
         status = DeploymentStatus(
             phase=stop.phase, message=stop.message, observed_generation=owner.generation,
             conditions=_ordered(ctx.conditions), excluded_nodes=excluded, **stop.extra.get("status", {}),
         )
-        return DesiredState(phase=stop.phase, status=status.to_dict(), jobs=tuple(stop.extra.get("jobs", ())))
+        desired = DesiredState(phase=stop.phase, status=status.to_dict(), jobs=tuple(stop.extra.get("jobs", ())))
+    return _finished(desired, ctx, spec)
+
+
+def _finished(desired: DesiredState, ctx: _Context, raw_spec: Mapping[str, Any]) -> DesiredState:
+    """Every status carries the retried nodes and the deployment's own failure; every pod and Job the
+    deployment's image pull secrets, tolerations and node affinity."""
+    status = dict(desired.status)
+    if ctx.retried:
+        status["retriedNodes"] = [e.model_dump(by_alias=True, mode="json", exclude_none=True) for e in ctx.retried]
+    if ctx.failure is not None:
+        status["failure"] = ctx.failure.model_dump(by_alias=True, mode="json", exclude_none=True)
+    try:
+        spec = DeploymentSpec.model_validate(dict(raw_spec))
+    except ValidationError:
+        return replace(desired, status=status)  # a Failed status: nothing is rendered
+    return replace(desired, status=status,
+                   objects=tuple(with_scheduling(o, spec) for o in desired.objects),
+                   jobs=tuple(with_scheduling(j, spec) for j in desired.jobs))
 
 
 _CONDITION_ORDER = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED)
@@ -263,23 +285,14 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         what = (f"no node matches spec.nodeSelector {dict(spec.node_selector)}" if spec.node_selector
                 else "none of the nodes named in spec.devices exists")
         raise _Halt("Pending", DEVICES_AVAILABLE, "NoMatchingNodes", what)
-    failed_before: dict[str, str] = {}
-    if int(observed.status.get("observedGeneration") or 0) == owner.generation:
-        failed_before = {e["name"]: e.get("message", "") for e in observed.status.get("excludedNodes") or ()
-                         if isinstance(e, Mapping) and e.get("reason") == "PartitionFailed"}
-    failed_now: dict[str, str] = {}
-    for pod in observed.pods:
-        why = pod.failure(settings.max_restarts)
-        if why and pod.node:
-            failed_now.setdefault(pod.node, why)
-    for node in selected:
-        if not node.usable:
-            reason = "NodeNotReady" if not node.ready else "NodeUnschedulable"
-            excluded.append(ExcludedNode(name=node.name, reason=reason, message=f"node {node.name} is "
-                                         f"{node.why_unusable}"))
-        elif node.name in failed_before or node.name in failed_now:
-            message = failed_before.get(node.name) or failed_now[node.name]
-            excluded.append(ExcludedNode(name=node.name, reason="PartitionFailed", message=message))
+    same_generation = int(observed.status.get("observedGeneration") or 0) == owner.generation
+    decided = exclusions.decide(selected, spec, observed.pods, observed.status, same_generation,
+                                exclusions.ExclusionSettings(settings.max_restarts, settings.exclusion_seconds,
+                                                             settings.max_exclusion_seconds), ctx.now)
+    excluded.extend(decided.excluded)
+    ctx.retried, ctx.failure = decided.retried, decided.failure
+    if decided.failure is not None:  # the pods fail wherever they go: report it, leave no more nodes out
+        raise _Halt("Failed", READY, "DeploymentFailure", decided.failure.message)
     left_out = {e.name for e in excluded}
     usable = [n for n in selected if n.name not in left_out]
     if not usable:

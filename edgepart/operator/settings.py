@@ -50,6 +50,10 @@ class OperatorSettings(BaseSettings):
                     "and trace in its own process; every other model outside the zoo is traced by a Job.")
     max_restarts: int = Field(default=3, ge=1, description="A partition container restarted this often has "
                                                           "failed: its node is left out and the model re-planned.")
+    exclusion_seconds: float = Field(default=300.0, gt=0, description="A node whose partition failed is left "
+                                     "out this long, doubling with each new failure.")
+    max_exclusion_seconds: float = Field(default=3600.0, gt=0, description="The longest a node is left out "
+                                         "for a failed partition.")
     resync_seconds: float = Field(default=30.0, gt=0, description="Reconcile at least this often.")
     namespaces: list[str] = Field(default_factory=list,
                                   description="Namespaces to watch; empty: the operator's own namespace.")

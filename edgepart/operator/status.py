@@ -84,7 +84,21 @@ class Gateway(_Model):
 
 class ExcludedNode(_Model):
     name: str
-    reason: str = Field(description="NodeNotReady, NodeUnschedulable or PartitionFailed.")
+    reason: str = Field(description="NodeNotReady, NodeUnschedulable, NodeTainted, NodeAffinity or "
+                                    "PartitionFailed (Retrying in retriedNodes).")
+    message: str = ""
+    failure: str | None = Field(default=None, description="PartitionFailed: the kind of failure (ImagePull, CrashLoop, "
+                                                 "PodFailed, CreateContainerConfigError, ...).")
+    count: int | None = Field(default=None, ge=1, description="PartitionFailed: times this node was left out for a "
+                                                    "failure in this generation (each doubles the time).")
+    until: str | None = Field(default=None, description="PartitionFailed: when the node is tried again (RFC 3339).")
+
+
+class DeploymentFailure(_Model):
+    """A failure that follows the pods from node to node: the deployment's own, not a node's."""
+
+    reason: str = Field(description="The kind of failure: ImagePull, CrashLoop, PodFailed, ...")
+    nodes: list[str] = Field(default_factory=list, description="Nodes it happened on.")
     message: str = ""
 
 
@@ -102,6 +116,11 @@ class DeploymentStatus(_Model):
     devices: list[str] = Field(default_factory=list, description="Usable nodes the plan was made for.")
     excluded_nodes: list[ExcludedNode] = Field(default_factory=list,
                                                description="Selected nodes left out of the plan, with why.")
+    retried_nodes: list[ExcludedNode] = Field(
+        default_factory=list, description="Nodes left out earlier for a failed partition whose time is up: in "
+                                          "the plan again; a new failure leaves them out twice as long.")
+    failure: DeploymentFailure | None = Field(
+        default=None, description="A failure of the deployment itself (the same failure on several nodes).")
     plan: PlanSummary | None = None
     predicted: Predicted | None = None
     gateway: Gateway | None = None

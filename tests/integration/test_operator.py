@@ -276,6 +276,18 @@ async def test_failed_partition_pod_replans_over_the_other_nodes(k8s: EdgepartEm
     assert status(k8s)["excludedNodes"] == excluded
 
 
+async def test_pods_carry_the_deployments_pull_secrets_and_tolerations(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
+    await create_object(profile_config_map("edge-small"))
+    await create_object(deployment(imagePullSecrets=[{"name": "regcred"}], tolerations=[{"operator": "Exists"}]))
+    await deployed(k8s)
+    pods = partition_pods(k8s)
+    assert all(p["spec"]["imagePullSecrets"] == [{"name": "regcred"}] for p in pods)
+    assert all(p["spec"]["tolerations"] == [{"operator": "Exists"}] for p in pods)
+    gateway = get(k8s, "deployments", f"{NAME}-gateway")
+    assert gateway is not None and gateway["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+
+
 @pytest.mark.parametrize(("spec", "field"), [
     ({"network": {"bandwidth": "fast"}}, "spec.network.bandwidth"),
     ({"model": {"name": "no-such-model"}}, "spec.model.name"),

@@ -213,12 +213,13 @@ def test_a_failed_partition_pod_excludes_its_node_until_the_spec_changes() -> No
     victim = next(p for p in desired.of_kind("Pod") if pinned_node(p["spec"]) == "edge-3")
     crashed = PodState.from_object({**victim, "status": {"phase": "Running", "containerStatuses": [
         {"name": "partition", "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
-    assert crashed.failure(3) == f"pod {victim['metadata']['name']}: CrashLoopBackOff"
+    assert crashed.failure(3) == f"pod {victim['metadata']['name']} restarted 5 times (CrashLoopBackOff)"
     replanned = run(observed=Observed(pods=(crashed,), status=desired.status))
     assert "edge-3" not in plan_of(replanned).devices
     excluded = replanned.status["excludedNodes"]
-    assert [(e["name"], e["reason"]) for e in excluded] == [("edge-3", "PartitionFailed")]
-    # the failed pod is gone: the exclusion stays, as long as the generation does
+    assert [(e["name"], e["reason"], e["failure"], e["count"]) for e in excluded] == [
+        ("edge-3", "PartitionFailed", "CrashLoop", 1)]
+    # the failed pod is gone: the exclusion stays, as long as the generation does (and its time lasts)
     remembered = run(observed=Observed(status=replanned.status))
     assert remembered.status["excludedNodes"] == excluded
     assert "edge-3" not in plan_of(remembered).devices
