@@ -2,9 +2,10 @@
 
 AlexNet; an end device at 0.2 CPU (role end: it holds the input and gets the answer) and an edge server at
 1.0 CPU (role edge-server), each in its own network namespace behind a tbf cap at the uplink rate (10 and
-50 Mbit/s), 2 ms link latency added in userspace. Each device's speed is calibrated under its own quota
-(the whole model through the executor, `per_core_speed`), and its message cost through a chain of
-partitions (`message_cpu`), as `bench testbed` does. For each rate, both plans are made by the registry's
+50 Mbit/s), 2 ms link latency added in userspace. Devices are costed with this host's own profile
+(`host_profile`: one speed ratio against the reference profile misjudged AlexNet's convolutions against its
+fully connected layers by 1.8x), each at its quota's share of a free core (`per_core_speed` under the quota
+over the free core's), and its message cost through a chain of partitions (`message_cpu`). For each rate, both plans are made by the registry's
 solvers (`sequential` compute model, the one the runtime executes), deployed with `up --emulate` (the end
 device's partitions take turns in the order S), and measured: the median of the gateway's own latency over
 sequential requests after a warm-up, against the plan's predicted latency (target within 15 %), and
@@ -29,7 +30,7 @@ import torch
 
 from bench._testbed import RESULTS, cannot_emulate, emulate_lock
 from edgepart.graph.loader import ModelRef, load_graph, load_model
-from edgepart.runtime.calibrate import message_cpu, per_core_speed
+from edgepart.runtime.calibrate import host_profile, message_cpu, per_core_speed
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
 from edgepart.runtime.local import LocalRuntime
@@ -43,11 +44,11 @@ SOLVERS = ("mw", "nfl")
 TARGET = 0.15
 
 
-def _deployment(solver: str, rate: str, weights: Path, speeds: dict[float, float],
+def _deployment(solver: str, rate: str, weights: Path, profile: Path, speeds: dict[float, float],
                 messages: dict[float, float]) -> DNNDeployment:
     def device(name: str, cpus: float, role: str) -> dict[str, Any]:
-        return {"name": name, "cpus": cpus, "role": role, "memory": "2Gi", "speed": round(speeds[cpus] * cpus, 4),
-                "messageCost": f"{messages[cpus] / cpus * 1e3:.4g}ms"}
+        return {"name": name, "cpus": cpus, "role": role, "memory": "2Gi", "profile": str(profile),
+                "speed": round(speeds[cpus] * cpus, 4), "messageCost": f"{messages[cpus] / cpus * 1e3:.4g}ms"}
 
     return deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
@@ -87,17 +88,21 @@ async def _run(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         ref = ModelRef(MODEL)
         whole = await asyncio.to_thread(load_model, ref)
-        speeds = {c: await asyncio.to_thread(per_core_speed, ref, whole, 3 if quick else 5, c)
+        # the host's own cost model, each device at its quota's share of a free core (see host_profile)
+        profile = await asyncio.to_thread(host_profile, (MODEL,), scratch / "host.json")
+        free = await asyncio.to_thread(per_core_speed, ref, whole, 3 if quick else 5)
+        speeds = {c: await asyncio.to_thread(per_core_speed, ref, whole, 3 if quick else 5, c) / free
                   for c in (END_CPUS, SERVER_CPUS)}
         weights = await asyncio.to_thread(export_weights, whole, scratch / f"{MODEL}.safetensors")
         del whole
         messages = {c: await message_cpu(c, root=scratch / f"probe-{c}") for c in (END_CPUS, SERVER_CPUS)}
-        calibration = {"speed_per_core": {str(c): s for c, s in speeds.items()},
+        calibration = {"quota_factor": {str(c): s for c, s in speeds.items()},
                        "message_cpu_s": {str(c): m for c, m in messages.items()}}
-        print(f"calibrated: speed per core {speeds}, message CPU {messages}", flush=True)
+        print(f"calibrated: the host's profile; per-core speed under quota / free core {speeds}, message CPU "
+              f"{messages}", flush=True)
         for rate in RATES:
             for solver in SOLVERS:
-                row = await _measure(_deployment(solver, rate, weights, speeds, messages), requests, warmup,
+                row = await _measure(_deployment(solver, rate, weights, profile, speeds, messages), requests, warmup,
                                      scratch / "run")
                 row["rate"] = rate
                 rows.append(row)

@@ -6,6 +6,10 @@ software time. For emulated devices both depend on this host and on the CPU quot
 
 - `per_core_speed`: the whole model through the executor, on one core or under a quota;
 - `message_cpu`: a chain of partitions that compute next to nothing, under a quota;
+- `host_profile`: this host's own per-op cost model (the profiler's regressions, one thread), for
+  deployments whose layers the reference profile's single speed ratio misjudges (AlexNet's convolutions run
+  1.45x the reference here, its fully connected layers 0.8x: one ratio for the whole model put 32% too much
+  time on the device holding the convolutions);
 - `calibrated`: a deployment whose emulated devices carry both;
 - `plain_latency`: the baseline a user compares with, plain PyTorch on one such device.
 """
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +41,15 @@ from edgepart.plan import make_plan
 from edgepart.planner.builders import single_stage
 from edgepart.planner.cluster import reference_profile
 from edgepart.profiler.microbench import partition_allocator
+from edgepart.profiler.run import ProfileConfig, profile_device
 from edgepart.runtime.client import infer
 from edgepart.runtime.emulate import cpu_capped, support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import model_ref, with_cpu_speeds
 from edgepart.spec import DNNDeployment, deployment_from_dict
 
-__all__ = ["BUSY_LOOP", "PlainLatency", "calibrated", "message_cpu", "per_core_speed", "plain_latency",
-           "process_cpu_seconds"]
+__all__ = ["BUSY_LOOP", "PlainLatency", "calibrated", "host_profile", "message_cpu", "per_core_speed",
+           "plain_latency", "process_cpu_seconds"]
 
 
 def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None) -> float:
@@ -81,6 +87,20 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus
     profile = reference_profile()
     predicted = sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
     return predicted / statistics.median(times) / (cpus or 1.0)
+
+
+def host_profile(models: Sequence[str], path: Path) -> Path:
+    """Profile this host (quick: the layers of `models`, one thread, the kernels partitions run) into `path`.
+
+    A device under a CPU quota is then this profile at speed cpus x (its per-core speed under the quota /
+    the free core's, both from `per_core_speed`)."""
+    threads = torch.get_num_threads()
+    try:
+        profile = profile_device(ProfileConfig(name="host", models=tuple(models), quick=True, threads=1))
+    finally:
+        torch.set_num_threads(threads)
+    path.write_text(profile.to_json())
+    return path
 
 
 # a chain of partitions that compute next to nothing: what they cost their device is their messages

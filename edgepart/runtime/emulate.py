@@ -114,8 +114,10 @@ def _quiet(*args: str) -> None:
 
 
 def _burst_bytes(rate_bps: int) -> int:
-    # at least one 64 KiB GSO segment, and 2 ms of traffic at the rate
-    return max(65536, rate_bps // 8 // 500)
+    # 2 ms of traffic at the rate, at least two full frames. Not a 64 KiB GSO segment: tbf splits GSO
+    # packets larger than its bucket itself, and a 64 KiB bucket let every message under 64 KiB through
+    # at the veth's speed (an AlexNet cut of 36 KiB crossed a 10 Mbit/s link in ~0 ms instead of 30 ms)
+    return max(2 * 1514, rate_bps // 8 // 500)
 
 
 def link_rate_bits(network: NetworkSpec) -> int:
