@@ -5,9 +5,9 @@ AlexNet; an end device at 0.2 CPU (role end: it holds the input and gets the ans
 50 Mbit/s), 2 ms link latency added in userspace. Devices are costed with this host's own profile
 (`host_profile`: one speed ratio against the reference profile misjudged AlexNet's convolutions against its
 fully connected layers by 1.8x), each at its quota's share of a free core (`per_core_speed` under the quota
-over the free core's), and its message cost through a chain of partitions (`message_cpu`). For each rate, both plans are made by the registry's
-solvers (`sequential` compute model, the one the runtime executes), deployed with `up --emulate` (the end
-device's partitions take turns in the order S), and measured: the median of the gateway's own latency over
+over the free core's), and its message cost through a chain of partitions (`message_cpu`). For each rate,
+both plans are made by the registry's solvers (`sequential` compute model, the one the runtime executes),
+deployed with `up --emulate` (the end device's partitions take turns in the order S), and measured: the median of the gateway's own latency over
 sequential requests after a warm-up, against the plan's predicted latency (target within 15 %), and
 MW / NFL measured next to MW / NFL predicted.
 
@@ -102,8 +102,8 @@ async def _run(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
               f"{messages}", flush=True)
         for rate in RATES:
             for solver in SOLVERS:
-                row = await _measure(_deployment(solver, rate, weights, profile, speeds, messages), requests, warmup,
-                                     scratch / "run")
+                deployment = _deployment(solver, rate, weights, profile, speeds, messages)
+                row = await _measure(deployment, requests, warmup, scratch / "run")
                 row["rate"] = rate
                 rows.append(row)
                 print(f"  {rate} {solver}: measured {row['measured_s'] * 1e3:.0f} ms, predicted "

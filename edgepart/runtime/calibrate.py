@@ -94,11 +94,7 @@ def host_profile(models: Sequence[str], path: Path) -> Path:
 
     A device under a CPU quota is then this profile at speed cpus x (its per-core speed under the quota /
     the free core's, both from `per_core_speed`)."""
-    threads = torch.get_num_threads()
-    try:
-        profile = profile_device(ProfileConfig(name="host", models=tuple(models), quick=True, threads=1))
-    finally:
-        torch.set_num_threads(threads)
+    profile = profile_device(ProfileConfig(name="host", models=tuple(models), quick=True, threads=1))
     path.write_text(profile.to_json())
     return path
 
