@@ -8,8 +8,8 @@ fully connected layers by 1.8x), each at its quota's share of a free core (`per_
 over the free core's), and its message cost through a chain of partitions (`message_cpu`). For each rate,
 both plans are made by the registry's solvers (`sequential` compute model, the one the runtime executes),
 deployed with `up --emulate` (the end device's partitions take turns in the order S), and measured: the
-median of the gateway's own latency over sequential requests after a warm-up, against the plan's predicted latency (target within 15 %), and
-MW / NFL measured next to MW / NFL predicted.
+median of the gateway's own latency over sequential requests after a warm-up, against the plan's predicted
+latency (target within 15 %), and MW / NFL measured next to MW / NFL predicted.
 
 Needs root (network namespaces, tc, cgroups); without it the benchmark prints why and skips. It holds
 /tmp/edgepart-emulate.lock while it emulates.
