@@ -10,6 +10,7 @@ runs on devices.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ from edgepart.graph.ops import OpKind, Spatial, Window
 from edgepart.plan import INPUT, Plan, topological_tasks
 
 
+EXACT_MKL_CBWR = "AVX2,STRICT"
+
+
 def use_exact_kernels(exact: bool = True) -> None:
     """Choose bit-exact tiles (native kernels) or oneDNN's faster convolutions for this process.
 
@@ -41,7 +45,16 @@ def use_exact_kernels(exact: bool = True) -> None:
     kernels compute every output element the same way whatever the tile size,
     so a split model gives bit-for-bit the whole model's answer (measured: 1.5-2x
     slower convolutions on x86).
+
+    [R] The native kernels' GEMMs are MKL's, and MKL on AVX-512 picks its kernel by matrix size: a 1x1
+    convolution of 1024 channels rounded outputs differently at 1, 2-31, 32-128, 129-256 and 257+ positions,
+    so a 10x10 tile of YOLOv2's last layer differed from the 19x19 map by 6e-5. Conditional numerical
+    reproducibility (MKL_CBWR=AVX2,STRICT) gives one code path for every size; MKL reads it at its first
+    call, so exact kernels are chosen before the process's first GEMM (partitions do it at start). A user's
+    own MKL_CBWR is kept.
     """
+    if exact:
+        os.environ.setdefault("MKL_CBWR", EXACT_MKL_CBWR)
     torch.backends.mkldnn.set_flags(not exact)  # type: ignore[no-untyped-call]
 
 

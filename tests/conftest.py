@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from torch import fx
 
-from edgepart.executor import Executor
+from edgepart.executor import EXACT_MKL_CBWR, Executor
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_model, trace_ref
+
+# MKL reads this at its first call: every test that picks exact kernels later gets them bit-exact
+os.environ.setdefault("MKL_CBWR", EXACT_MKL_CBWR)
 
 _CACHE: dict[str, tuple[fx.GraphModule, LayerGraph, Executor]] = {}
 
