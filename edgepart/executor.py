@@ -32,7 +32,6 @@ from edgepart.graph.layer_graph import Layer, LayerGraph
 from edgepart.graph.ops import OpKind, Spatial, Window
 from edgepart.plan import INPUT, Plan, topological_tasks
 
-
 EXACT_MKL_CBWR = "AVX2,STRICT"
 
 
