@@ -47,7 +47,7 @@ __all__ = ["BUSY_LOOP", "PlainLatency", "calibrated", "message_cpu", "per_core_s
 
 
 def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None, *,
-                   exact_kernels: bool = True) -> float:
+                   exact_kernels: bool = False) -> float:
     """This host's speed on one core, relative to the planner's reference profile.
 
     The whole model runs as one partition through the executor, as partitions compute (the deployment's
