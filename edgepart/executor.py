@@ -53,9 +53,11 @@ def kernels_in_use() -> str:
 # [R] bytes of unfolded input one native convolution call may build: larger convolutions run in row chunks
 CONV_SCRATCH_BYTES = 8 << 20
 MIN_CHUNK_OUTPUTS = 1024
-# [R] with the fast kernels, convolutions with fewer output positions than this run natively: oneDNN reorders
-# the weights into its blocked layout on every eager call, which on a small feature map costs more than its
-# faster GEMM saves (YOLOv2's 7x7 layers with 1024 channels: 2.5x slower with oneDNN at one thread)
+# [R] with the fast kernels, dense convolutions with fewer output positions than this run natively: oneDNN
+# reorders the weights into its blocked layout on every eager call, which on a small feature map costs more
+# than its faster GEMM saves (YOLOv2's 7x7 layers with 1024 channels: 2.5x slower with oneDNN at one thread).
+# Grouped and depthwise convolutions always take oneDNN: the native grouped kernel is far slower (MobileNetV2
+# as a partition: 57 ms with them native, 31 ms with oneDNN).
 ONEDNN_MIN_OUTPUTS = 400
 
 
@@ -73,15 +75,15 @@ def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[in
     16, chunks of at least MIN_CHUNK_OUTPUTS positions) the result is bit-identical to one call, as the split
     tiles are (tests/unit/test_conv_rows.py; `edgepart verify` still gives 0 for VGG-16 and YOLOv2 tiles);
     with other shapes the BLAS may round the last bit differently, well inside `compare`'s tolerance. With
-    oneDNN on (fast kernels), a convolution of at least ONEDNN_MIN_OUTPUTS output positions gets one oneDNN
-    call; a smaller one runs natively, which is faster there.
+    oneDNN on (fast kernels), a grouped convolution or one of at least ONEDNN_MIN_OUTPUTS output positions
+    gets one oneDNN call; a smaller dense one runs natively, which is faster there.
     """
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     rows_out = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     cols_out = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if not torch.backends.mkldnn.enabled:
         return _native_conv2d_rows(x, weight, bias, stride, dilation, groups, scratch_bytes, rows_out, cols_out)
-    if rows_out * cols_out >= ONEDNN_MIN_OUTPUTS:
+    if groups != 1 or rows_out * cols_out >= ONEDNN_MIN_OUTPUTS:
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
     torch._C._set_mkldnn_enabled(False)
     try:

@@ -85,7 +85,8 @@ def test_fast_kernels_use_onednn_on_large_maps_and_native_kernels_on_small_ones(
     conv2d_rows(large, weight, None, (1, 1), (1, 1))
     small = torch.randn(1, 8, 1 + ONEDNN_MIN_OUTPUTS, 3)  # one output position fewer
     out = conv2d_rows(small, weight, None, (1, 1), (1, 1))
-    assert onednn == [True, False] and torch.backends.mkldnn.enabled  # the choice is back after the call
+    conv2d_rows(small, torch.randn(8, 1, 3, 3), None, (1, 1), (1, 1), groups=8)  # depthwise: oneDNN's is faster
+    assert onednn == [True, False, True] and torch.backends.mkldnn.enabled  # the choice is back after the call
     use_exact_kernels(True)
     assert torch.equal(out, real(small, weight, None, (1, 1), 0, (1, 1)))  # the native kernels' answer
     conv2d_rows(large, weight, None, (1, 1), (1, 1))
