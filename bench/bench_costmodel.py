@@ -130,7 +130,7 @@ def measure(cases: list[Case], rounds: int, repeats: int) -> None:
 
 
 def _profile_to(path: str) -> None:
-    profile_device(ProfileConfig(name=platform.node() or "this-machine", threads=1)).save(path)
+    profile_device(ProfileConfig(name=platform.node() or "this-machine", threads=1, exact_kernels=True)).save(path)
 
 
 def fresh_profile(path: Path) -> DeviceProfile:

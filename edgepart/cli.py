@@ -415,8 +415,11 @@ def profile_command(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads while timing "
                                                                          "(default: torch's setting).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Device name in the profile (default: host).")] = None,
-    fast_kernels: Annotated[bool, typer.Option("--fast-kernels", help="Time oneDNN convolutions (what "
-                                                                      "--fast-kernels partitions run).")] = False,
+    exact_kernels: Annotated[bool, typer.Option("--exact-kernels", help="Time the native kernels (what the "
+                                                                        "partitions of an exactKernels: true "
+                                                                        "deployment run; default: oneDNN's, "
+                                                                        "as partitions run by default).")
+                             ] = False,
     net_probe: Annotated[str | None, typer.Option("--net-probe", help="Instead: measure the link to URL (a peer "
                                                                       "running --net-serve); print alpha and "
                                                                       "bandwidth.")] = None,
@@ -455,7 +458,7 @@ def profile_command(
 
     chosen = tuple(m for m in models.split(",") if m) if models else (QUICK_MODELS if quick else DEFAULT_MODELS)
     config = ProfileConfig(name=name or platform.node() or "device", models=chosen, quick=quick, threads=threads,
-                           exact_kernels=not fast_kernels)
+                           exact_kernels=exact_kernels)
     with typer.progressbar(length=1, label="timing tiles") as bar:
         state = {"total": 0, "done": 0}
 
@@ -696,8 +699,13 @@ def infer_command(
     random: Annotated[bool, typer.Option("--random", help="Send a random input (seeded by --seed).")] = False,
     input_file: Annotated[Path | None, typer.Option("--input", help="Send this .npy array (N,C,H,W).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Also run the whole model named by --model or "
-                                                        "--deployment here; exit 0 iff the outputs are allclose "
-                                                        "(atol 1e-5, rtol 1e-4).")] = False,
+                                                        "--deployment here with the deployment's kernels; exit 0 "
+                                                        "iff the outputs agree: bit for bit with exact kernels, "
+                                                        "else max|diff| <= 1e-4 * max|reference|.")] = False,
+    exact_kernels: Annotated[bool, typer.Option("--exact-kernels", help="--check --model: the deployment runs "
+                                                                        "exact kernels (exactKernels: true); "
+                                                                        "--deployment FILE says so itself.")
+                             ] = False,
     model: Annotated[str | None, typer.Option("--model", help="--check: the model to compare with (zoo name, "
                                                               "package.module:factory or file.py:factory).")] = None,
     input_shape: InputShapeOpt = None,
@@ -740,9 +748,11 @@ def infer_command(
             raise typer.Exit(code)
         return
     reference = commands.reference_model(model, input_shape, weights, model_seed, deployment, model_id)
+    exact = commands.deployed_kernels(deployment, exact_kernels)
     code = asyncio.run(commands.infer_command(url, random=random, input_path=input_file, check_output=check,
                                               seed=seed, requests=requests, output_path=output, echo=typer.echo,
-                                              show_trace=trace, reference=reference, model_id=model_id))
+                                              show_trace=trace, reference=reference, model_id=model_id,
+                                              exact_kernels=exact))
     if code:
         raise typer.Exit(code)
 
@@ -840,13 +850,13 @@ def data_plane_configs(request: Any) -> Any:
             request.ring, request.sources, request.addresses, scheduler=request.scheduler,
             secret_file=request.secret_file, queue_bound=request.queue_bound, heartbeat_s=request.heartbeat_s,
             bind_host="0.0.0.0", ports=dict.fromkeys(request.ring, request.port), threads=dict(request.threads),
-            request_timeout_s=request.request_timeout_s)
+            request_timeout_s=request.request_timeout_s, exact_kernels=request.exact_kernels)
         return RenderedConfigs(gateway="", partitions={c.worker: c.model_dump_json(indent=2) for c in ring})
 
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
                              client_port=request.client_port, secret_file=request.secret_file,
                              gateway_device=request.gateway_device, request_timeout_s=request.request_timeout_s,
-                             threads=dict(request.threads))
+                             threads=dict(request.threads), exact_kernels=request.exact_kernels)
     return RenderedConfigs(gateway=configs.gateway.model_dump_json(indent=2),
                            partitions={c.partition: c.model_dump_json(indent=2) for c in configs.partitions})
 

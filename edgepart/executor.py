@@ -57,9 +57,20 @@ def use_exact_kernels(exact: bool = True) -> None:
     torch.backends.mkldnn.set_flags(not exact)  # type: ignore[no-untyped-call]
 
 
+def kernels_in_use() -> str:
+    """'exact' or 'fast': the kernels this process computes with now (what use_exact_kernels chose)."""
+    return "fast" if torch.backends.mkldnn.enabled else "exact"
+
+
 # [R] bytes of unfolded input one native convolution call may build: larger convolutions run in row chunks
 CONV_SCRATCH_BYTES = 8 << 20
 MIN_CHUNK_OUTPUTS = 1024
+# [R] with the fast kernels, dense convolutions with fewer output positions than this run natively: oneDNN
+# reorders the weights into its blocked layout on every eager call, which on a small feature map costs more
+# than its faster GEMM saves (YOLOv2's 7x7 layers with 1024 channels: 2.5x slower with oneDNN at one thread).
+# Grouped and depthwise convolutions always take oneDNN: the native grouped kernel is far slower (MobileNetV2
+# as a partition: 57 ms with them native, 31 ms with oneDNN).
+ONEDNN_MIN_OUTPUTS = 400
 
 
 def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
@@ -76,15 +87,30 @@ def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[in
     16, chunks of at least MIN_CHUNK_OUTPUTS positions) the result is bit-identical to one call, as the split
     tiles are (tests/unit/test_conv_rows.py; `edgepart verify` still gives 0 for VGG-16 and YOLOv2 tiles);
     with other shapes the BLAS may round the last bit differently, well inside `compare`'s tolerance. With
-    oneDNN on, it decides itself and gets one call.
+    oneDNN on (fast kernels), a grouped convolution or one of at least ONEDNN_MIN_OUTPUTS output positions
+    gets one oneDNN call; a smaller dense one runs natively, which is faster there.
     """
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     rows_out = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     cols_out = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if not torch.backends.mkldnn.enabled:
+        return _native_conv2d_rows(x, weight, bias, stride, dilation, groups, scratch_bytes, rows_out, cols_out)
+    if groups != 1 or rows_out * cols_out >= ONEDNN_MIN_OUTPUTS:
+        return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        return _native_conv2d_rows(x, weight, bias, stride, dilation, groups, scratch_bytes, rows_out, cols_out)
+    finally:
+        torch._C._set_mkldnn_enabled(True)
+
+
+def _native_conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                        dilation: tuple[int, int], groups: int, scratch_bytes: int, rows_out: int, cols_out: int
+                        ) -> Tensor:
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
     per_row = x.shape[0] * x.shape[1] // groups * kh * kw * max(cols_out, 0) * x.element_size()
     pointwise = kh == kw == 1 and stride == (1, 1)  # no unfold: the input is the GEMM operand
-    if torch.backends.mkldnn.enabled or groups != 1 or pointwise or rows_out <= 1 \
-            or per_row * rows_out <= scratch_bytes:
+    if groups != 1 or pointwise or rows_out <= 1 or per_row * rows_out <= scratch_bytes:
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
     # at least MIN_CHUNK_OUTPUTS output positions a call: the BLAS rounds very short GEMMs differently
     chunk = max(scratch_bytes // max(per_row, 1), -(-MIN_CHUNK_OUTPUTS // max(cols_out, 1)), 1)
@@ -369,3 +395,61 @@ def compare(expected: Tensor, actual: Tensor, atol: float = 1e-5, rtol: float = 
     return Comparison(float(diff.max()), float(rel.max()), bool(torch.allclose(actual, expected, atol=atol, rtol=rtol)),
                       tuple(actual.shape))
 
+
+
+# The tolerance of a deployment that runs the fastest kernels: oneDNN picks its algorithm by tensor size, so a
+# tile may round differently from the whole feature map; measured on the zoo well below this.
+DEPLOYED_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class DeployedCheck:
+    """A deployment's answer against the whole model run with the same kernels.
+
+    Exact kernels must give the whole model's answer bit for bit; the fastest kernels pass when
+    max|diff| <= rtol * max|reference| (a relative error of the whole output, not element by element: an
+    element near zero may round to a large relative difference that means nothing).
+    """
+
+    exact_kernels: bool
+    max_abs_diff: float
+    max_abs_reference: float
+    rtol: float  # 0 with exact kernels
+    output_shape: tuple[int, ...]
+    same_shape: bool
+
+    @property
+    def relative_error(self) -> float:
+        """max|diff| / max|reference|."""
+        if self.max_abs_reference == 0:
+            return 0.0 if self.max_abs_diff == 0 else math.inf
+        return self.max_abs_diff / self.max_abs_reference
+
+    @property
+    def passed(self) -> bool:
+        if not self.same_shape or math.isnan(self.max_abs_diff):
+            return False
+        if self.exact_kernels:
+            return self.max_abs_diff == 0
+        return self.max_abs_diff <= self.rtol * self.max_abs_reference
+
+    def describe(self) -> str:
+        if not self.same_shape:
+            return f"output shape {list(self.output_shape)} differs from the whole model's"
+        rule = ("exact kernels: must be 0" if self.exact_kernels
+                else f"fast kernels: passes when max|diff| <= rtol {self.rtol:g} * max|reference|")
+        return (f"max abs diff {self.max_abs_diff:.3g}, relative error {self.relative_error:.3g} "
+                f"(max|diff| / max|reference|; {rule})")
+
+
+def check_deployed(expected: Tensor, actual: Tensor, *, exact_kernels: bool, rtol: float = DEPLOYED_RTOL
+                   ) -> DeployedCheck:
+    """Compare a deployment's `actual` answer with `expected`, the whole model run with the same kernels."""
+    if not rtol >= 0:
+        raise ValueError(f"rtol: must be >= 0, got {rtol}")
+    reference = float(expected.abs().max()) if expected.numel() else 0.0
+    if expected.shape != actual.shape:
+        return DeployedCheck(exact_kernels, math.inf, reference, 0.0 if exact_kernels else rtol,
+                             tuple(actual.shape), False)
+    diff = float((expected - actual).abs().max()) if expected.numel() else 0.0
+    return DeployedCheck(exact_kernels, diff, reference, 0.0 if exact_kernels else rtol, tuple(actual.shape), True)

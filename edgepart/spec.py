@@ -423,6 +423,10 @@ class DeploymentSpec(_Model):
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Links between the devices.")
     master: Name | None = Field(default=None, description="Device holding the input (default: the first).")
     request_timeout: Duration = Field(default="30s", description="Per-request timeout in the data plane.")
+    exact_kernels: bool = Field(
+        default=False, description="Partitions run PyTorch's native kernels with oneDNN off: every tile is "
+                                   "bit-identical to the whole model, but convolutions are slower. Default: the "
+                                   "fastest kernels (oneDNN), within a relative tolerance of the whole model.")
     variants: VariantsSpec | None = Field(
         default=None, description="Accuracy-aware data partitioning: a family of variants of one model instead of "
                                   "`model`; each device runs one variant (or none) on a share of the images.")

@@ -29,6 +29,7 @@ class ConfigRequest:
     client_port: int  # the gateway's port for its clients (gateway_url is its internal one)
     secret_file: str  # where pods find the deployment's secret (a mounted Secret)
     threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
+    exact_kernels: bool = False  # spec.exactKernels: native kernels instead of the fastest
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class RingRequest:
     heartbeat_s: float
     request_timeout_s: float
     threads: Mapping[str, int] = field(default_factory=dict)
+    exact_kernels: bool = False  # spec.exactKernels
 
 
 ConfigRenderer = Callable[[ConfigRequest | RingRequest | VariantConfigRequest], RenderedConfigs]

@@ -69,7 +69,8 @@ def ring_request(owner: Owner, spec: DeploymentSpec, usable: Sequence[NodeInfo],
         addresses={w: f"http://{ring_service_name(owner.name, w)}.{owner.namespace}.svc:{port}" for w in ring},
         port=port, secret_file=render.SECRET_FILE, queue_bound=spec.queue_bound,
         heartbeat_s=parse_duration(spec.heartbeat), request_timeout_s=parse_duration(spec.request_timeout),
-        threads={w: max(1, int(by_name[w].cpu * settings.cpu_share)) for w in ring})
+        threads={w: max(1, int(by_name[w].cpu * settings.cpu_share)) for w in ring},
+        exact_kernels=spec.exact_kernels)
 
 
 def ring_worker_pod(owner: Owner, worker: str, node: NodeInfo, config_hash: str,

@@ -158,8 +158,9 @@ class PartitionConfig(_Base):
                                                        "internal request carries.")
     connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads.")
-    exact_kernels: bool = Field(default=True, description="Native kernels: every tile is bit-identical to the "
-                                                          "whole model (oneDNN is faster but rounds by tile size).")
+    exact_kernels: bool = Field(default=False, description="Native kernels: every tile is bit-identical to the "
+                                                           "whole model (the default, oneDNN, is faster but rounds "
+                                                           "by tile size).")
     request_timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
     max_inflight: int = Field(default=32, ge=1, description="Requests admitted at once (backpressure beyond).")
     max_header_bytes: int = Field(default=Limits.max_header_bytes, ge=256)
@@ -388,6 +389,7 @@ def render_configs(
     link_delay: Callable[[str, str], float] | None = None,
     input_shape: tuple[int, ...] | None = None,
     output_shape: tuple[int, ...] | None = None,
+    exact_kernels: bool = False,
 ) -> DeploymentConfigs:
     """One config per task plus the gateway's, for `plan` with tasks at `addresses`.
 
@@ -399,7 +401,8 @@ def render_configs(
     link_delay(from_device, to_device) -> seconds of emulated latency (0 when omitted); the
     gateway sits on `gateway_device` (default: the plan's master). input_shape / output_shape
     (batch first) of a one-model plan default to the model's shape (the zoo's default for zoo
-    models) and the hull of its output tasks' regions.
+    models) and the hull of its output tasks' regions. exact_kernels: the partitions run native kernels
+    (bit-exact tiles) instead of the fastest ones.
     """
     limits = limits or Limits()
     missing = [t.id for t in plan.tasks if t.id not in addresses]
@@ -468,7 +471,7 @@ def render_configs(
                 threads=threads_of(task.device), request_timeout_s=request_timeout_s,
                 max_inflight=2 * max_inflight, max_header_bytes=limits.max_header_bytes,
                 max_tensor_bytes=limits.max_tensor_bytes, secret_file=secret_file,
-                connection=connection or ConnectionLimits(), turn=turns.get(task.id),
+                connection=connection or ConnectionLimits(), turn=turns.get(task.id), exact_kernels=exact_kernels,
             ))
         except ValidationError as err:
             raise ConfigError(f"partition {task.id}: {explain_validation(err)}") from None

@@ -35,7 +35,7 @@ import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from edgepart.executor import use_exact_kernels
+from edgepart.executor import kernels_in_use, use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.partition_service.access import BodyDeadline, InternalOnly
 from edgepart.partition_service.assembly import Assembler
@@ -432,7 +432,7 @@ class PartitionService:
             "model": c.model.name, "layers": [c.start, c.stop], "first_layer": c.first_layer,
             "last_layer": c.last_layer, "input_region": str(c.input_region), "output_region": str(c.output_region),
             "inputs": [p.sender for p in c.inputs], "outputs": [r.target for r in c.outputs],
-            "state": self.state, "failure": self.failure, "threads": c.threads,
+            "state": self.state, "failure": self.failure, "threads": c.threads, "kernels": kernels_in_use(),
             "assembling": len(self._assembler), "queued": self._queue.qsize(),
             "computed": self.computed,
             "turn": None if self.turns is None else {"after": self.turns.config.after, "next": self.turns.config.next,

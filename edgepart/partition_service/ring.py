@@ -47,7 +47,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepart.executor import SliceRunner, use_exact_kernels
+from edgepart.executor import SliceRunner, kernels_in_use, use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import load_model, trace_ref
@@ -712,6 +712,7 @@ class RingService:
         ages = sorted(self.report_ages)
         return {
             "worker": self.name, "state": self.state, "failure": self.failure, "scheduler": self.config.scheduler,
+            "kernels": kernels_in_use(),
             "source": self.config.is_source, "layers": self.describe(),
             "queues": {**({LOCAL: self.in_system(LOCAL)} if self.config.is_source else {}), **self.lengths()},
             "held": self.held(),

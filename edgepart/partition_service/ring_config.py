@@ -77,7 +77,8 @@ class RingWorkerConfig(_Base):
     secret_file: str = Field(min_length=1, description="File holding the deployment's secret.")
     connection: ConnectionLimits = Field(default_factory=ConnectionLimits)
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads.")
-    exact_kernels: bool = Field(default=True, description="Native kernels (bit-identical to the whole model).")
+    exact_kernels: bool = Field(default=False, description="Native kernels (bit-identical to the whole model) "
+                                                           "instead of the fastest (oneDNN).")
     request_timeout_s: float = Field(default=120.0, gt=0, description="How long a source holds a client's "
                                                                       "image before answering 504.")
     max_header_bytes: int = Field(default=Limits.max_header_bytes, ge=256)
@@ -142,7 +143,8 @@ def render_ring_configs(graph: LayerGraph, whole_s: Mapping[str, float], deploym
                         threads: Mapping[str, int] | None = None, strict: bool = False,
                         client_ports: Mapping[str, int] | None = None,
                         connection: ConnectionLimits | None = None,
-                        request_timeout_s: float = 120.0) -> tuple[RingWorkerConfig, ...]:
+                        request_timeout_s: float = 120.0, exact_kernels: bool = False
+                        ) -> tuple[RingWorkerConfig, ...]:
     """One config per ring worker (pure): `addresses[w]` is how the others reach w, `ports[w]` (default: the
     address's port) where it listens, `delays[w]` the emulated latency of a hop to w."""
     if scheduler not in SCHEDULERS:
@@ -160,7 +162,7 @@ def render_ring_configs(graph: LayerGraph, whole_s: Mapping[str, float], deploym
                 host=(hosts or {}).get(w, bind_host), port=port, secret_file=secret_file,
                 client_port=(client_ports or {}).get(w),
                 connection=connection or ConnectionLimits(), threads=(threads or {}).get(w, 1),
-                request_timeout_s=request_timeout_s))
+                request_timeout_s=request_timeout_s, exact_kernels=exact_kernels))
         except ValidationError as err:
             raise ConfigError(f"ring worker {w}: {explain_validation(err)}") from None
     return tuple(configs)

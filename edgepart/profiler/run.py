@@ -66,7 +66,7 @@ class ProfileConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     quick: bool = False
     threads: int | None = None  # None: leave torch's setting
-    exact_kernels: bool = True  # time the kernels partitions run (see executor.use_exact_kernels)
+    exact_kernels: bool = False  # time the kernels partitions run: oneDNN's unless a deployment sets exactKernels
     warmup: int = 3
     repeats: int = 5  # timed runs per tile and pass
     passes: int = 3  # passes over all tiles; a tile's time is the median over passes

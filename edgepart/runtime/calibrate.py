@@ -52,11 +52,13 @@ __all__ = ["BUSY_LOOP", "PlainLatency", "calibrated", "host_profile", "message_c
            "plain_latency", "process_cpu_seconds"]
 
 
-def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None) -> float:
+def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None, *,
+                   exact_kernels: bool = False) -> float:
     """This host's speed on one core, relative to the planner's reference profile.
 
-    The whole model runs as one partition through the executor, as partitions compute (exact kernels,
-    row-chunked convolutions, the services' warm heap, one thread), the median of `repeats` after a warm-up
+    The whole model runs as one partition through the executor, as partitions compute (the deployment's
+    kernels: `exact_kernels` or oneDNN's, row-chunked native convolutions, the services' warm heap, one
+    thread), the median of `repeats` after a warm-up
     (a throttled device computes for seconds, so its sustained speed matters, not the host's best moment).
     Timing the plain module instead measured a different code path (one huge convolution scratch buffer,
     page-faulted on each call) and mis-calibrated every emulated device by 10-15%.
@@ -67,7 +69,7 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus
     devices will do.
     """
     partition_allocator()
-    use_exact_kernels(True)
+    use_exact_kernels(exact_kernels)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -11,7 +11,8 @@ this host and on the quota, and take tens of seconds to measure, so they are kep
     {"version": 1, "entries": {"<key>": {"key": {...}, "value": 0.62, "measured_at": 1733400000.0}}}
 
 A key is the host's identity (hostname, CPU model, core count, torch version, threads the measurement used),
-the CPU quota, what was measured (`speed` or `message`) and, for a speed, the model (name and input shape).
+the CPU quota, what was measured (`speed` or `message`) and, for a speed, the model (name and input shape) and
+the kernels the partitions run (`exact` or `fast`: oneDNN's are faster, so a device's speed depends on them).
 Writes go to a temporary file in the same folder and replace the cache atomically, so a crash or a concurrent
 `up` never leaves half a file. A file that cannot be read or parsed is reported and measured over, never fatal.
 This module holds no torch or process code; `device_calibration` measures and applies.
@@ -78,6 +79,7 @@ class CacheKey:
     cpus: float
     what: Literal["speed", "message"]
     model: str | None = None  # a speed's model: name and input shape
+    kernels: Literal["exact", "fast"] | None = None  # a speed's kernels (the deployment's exactKernels)
 
     def text(self) -> str:
         """The entry's name in the file: the key as canonical JSON."""

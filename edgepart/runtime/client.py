@@ -13,7 +13,7 @@ import httpx
 import torch
 
 from edgepart.errors import EdgepartError
-from edgepart.executor import Comparison, compare, use_exact_kernels
+from edgepart.executor import DEPLOYED_RTOL, DeployedCheck, check_deployed, use_exact_kernels
 from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.partition_service.config import GATEWAY
@@ -101,8 +101,8 @@ async def _maybe_client(client: httpx.AsyncClient | None, timeout_s: float = 30.
         yield own
 
 
-def _whole(ref: ModelRef, x: torch.Tensor) -> torch.Tensor:
-    use_exact_kernels(True)
+def _whole(ref: ModelRef, x: torch.Tensor, exact_kernels: bool) -> torch.Tensor:
+    use_exact_kernels(exact_kernels)
     model = load_model(ref)
     with torch.no_grad():
         out = model(x)
@@ -110,13 +110,14 @@ def _whole(ref: ModelRef, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-async def reference_output(ref: ModelRef, x: torch.Tensor) -> torch.Tensor:
-    """The whole model's output for `x`, computed here from the model the *user* names.
+async def reference_output(ref: ModelRef, x: torch.Tensor, *, exact_kernels: bool = True) -> torch.Tensor:
+    """The whole model's output for `x`, computed here from the model the *user* names, with native kernels
+    (`exact_kernels`) or the fastest (oneDNN).
 
     Never from what a gateway reports: building a model runs its code, and a gateway is only a peer on the
     network (a fake one could name any file to execute).
     """
-    return await asyncio.to_thread(_whole, ref, x)
+    return await asyncio.to_thread(_whole, ref, x, exact_kernels)
 
 
 def served_model(info: dict[str, Any], model_id: str | None) -> dict[str, Any]:
@@ -134,8 +135,9 @@ def served_model(info: dict[str, Any], model_id: str | None) -> dict[str, Any]:
     raise EdgepartError(f"--model-id: the deployment serves {', '.join(ids)}, not {model_id!r}")
 
 
-async def check(ref: ModelRef, x: torch.Tensor, output: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4
-                ) -> Comparison:
-    """Compare a deployment's `output` for `x` with the whole model `ref` run here."""
-    expected = await reference_output(ref, x)
-    return compare(expected, output, atol, rtol)
+async def check(ref: ModelRef, x: torch.Tensor, output: torch.Tensor, *, exact_kernels: bool,
+                rtol: float = DEPLOYED_RTOL) -> DeployedCheck:
+    """Compare a deployment's `output` for `x` with the whole model `ref` run here with the deployment's
+    kernels: bit for bit with exact kernels, within `rtol` of max|reference| with the fastest."""
+    expected = await reference_output(ref, x, exact_kernels=exact_kernels)
+    return check_deployed(expected, output, exact_kernels=exact_kernels, rtol=rtol)

@@ -207,11 +207,24 @@ def reference_model(model: str | None, input_shape: str | None, weights: Path | 
     return ModelRef(model, input_shape_of(ref), ref.weights, model_seed)
 
 
+def deployed_kernels(deployment: Path | None, exact_kernels: bool) -> bool:
+    """Whether the deployment `--check` compares with runs exact kernels: its file's exactKernels, else what
+    the user says (--exact-kernels)."""
+    if deployment is None:
+        return exact_kernels
+    if exact_kernels:
+        raise EdgepartError("--exact-kernels: the deployment file says which kernels it runs (exactKernels); "
+                            "give one of --exact-kernels and --deployment")
+    return load_deployment(deployment).spec.exact_kernels
+
+
 async def infer_command(url: str, *, random: bool, input_path: Path | None, check_output: bool, seed: int,
                         requests: int, output_path: Path | None, echo: Echo, show_trace: bool = False,
-                        reference: ModelRef | None = None, model_id: str | None = None) -> int:
+                        reference: ModelRef | None = None, model_id: str | None = None,
+                        exact_kernels: bool = False) -> int:
     """Send inputs to a gateway (to model `model_id` of several); with `check_output`, compare the last
-    output with `reference` run here.
+    output with `reference` run here with the deployment's kernels (`exact_kernels`: bit for bit; else
+    within executor.DEPLOYED_RTOL of max|reference|).
 
     The reference is the model the user names, never the one the gateway describes (`GET /v1/model` is
     only read for the input shape and to print what the gateway says it serves).
@@ -257,11 +270,14 @@ async def infer_command(url: str, *, random: bool, input_path: Path | None, chec
         echo(f"wrote {output_path}")
     if not check_output or reference is None:
         return 0
-    comparison = await check(reference, x, last.output)
-    echo(f"whole model {reference.name} here vs deployment: max abs diff {comparison.max_abs_diff:.3g}, "
-         f"max rel diff {comparison.max_rel_diff:.3g} (atol 1e-05, rtol 1e-04)")
-    if not comparison.allclose:
+    comparison = await check(reference, x, last.output, exact_kernels=exact_kernels)
+    kernels = "exact" if exact_kernels else "fast"
+    echo(f"whole model {reference.name} here ({kernels} kernels, as the deployment) vs deployment: "
+         f"{comparison.describe()}")
+    if not comparison.passed:
         echo("MISMATCH: the deployment's output differs from the whole model's")
         return 1
-    echo("OK: the deployment's output equals the whole model's")
+    echo("OK: the deployment's output equals the whole model's" + (
+        " bit for bit" if exact_kernels else f" within the tolerance (relative error "
+                                             f"{comparison.relative_error:.3g} <= {comparison.rtol:g})"))
     return 0

@@ -7,7 +7,8 @@
    when emulating, under the devices' CPU quota, and measure what a message costs such a device;
 2. plan the deployment with its solver and start it (`--emulate` semantics when root: network
    namespaces, tbf caps, CPU quotas; plain local processes otherwise);
-3. send requests, check every output against the whole model run here (allclose, atol 1e-5);
+3. send requests, check every output against the whole model run here with the deployment's kernels
+   (exactKernels: bit for bit; else max|diff| <= 1e-4 * max|reference|);
 4. do the same with the whole model on the master device alone;
 5. print measured against predicted latency and the speedup over one device; stop everything.
 """
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import statistics
 import tempfile
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from edgepart.executor import compare
+from edgepart.executor import check_deployed, use_exact_kernels
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, load_graph, load_model
 from edgepart.plan import Plan
@@ -109,10 +111,11 @@ async def _run(runtime: LocalRuntime, deployment: DNNDeployment, plan: Plan, lab
         for i in range(requests + 1):  # the first request warms connections and is not measured
             x = torch.randn(graph.input_shape, generator=torch.Generator().manual_seed(i))
             result = await infer(state.gateway_url, x, request_id=f"demo-{i}", timeout_s=300)
-            expected = await asyncio.to_thread(_whole, reference, x)
-            comparison = compare(expected, result.output)
+            exact = deployment.spec.exact_kernels
+            expected = await asyncio.to_thread(_whole, reference, x, exact)
+            comparison = check_deployed(expected, result.output, exact_kernels=exact)
             worst = max(worst, comparison.max_abs_diff)
-            close = close and comparison.allclose
+            close = close and comparison.passed
             if i > 0:
                 gateway.append(result.server_latency_s or result.latency_s)
                 client.append(result.latency_s)
@@ -129,7 +132,8 @@ def _calibration_cpus(deployment: DNNDeployment) -> float | None:
     return statistics.mode(quotas) if quotas else None
 
 
-def _whole(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _whole(model: torch.nn.Module, x: torch.Tensor, exact_kernels: bool) -> torch.Tensor:
+    use_exact_kernels(exact_kernels)  # the deployment's kernels
     with torch.no_grad():
         out = model(x)
     assert isinstance(out, torch.Tensor)
@@ -153,13 +157,16 @@ async def demo(deployment: str | Path = DEFAULT_DEPLOYMENT, *, requests: int = 5
     echo("  loading the whole model here (the reference every output is checked against)")
     reference = await asyncio.to_thread(load_model, ref)
     capped = _calibration_cpus(original) if emulate else None
+    exact = original.spec.exact_kernels
+    kernels = "exact" if exact else "fast"
     if capped is None:
-        speed = await asyncio.to_thread(per_core_speed, ref, reference)
-        echo(f"  calibrated: one core here runs at {speed:.2f}x the planner's reference profile (exact kernels); "
-             f"device speed = cpus x {speed:.2f}")
+        speed = await asyncio.to_thread(functools.partial(per_core_speed, ref, reference, exact_kernels=exact))
+        echo(f"  calibrated: one core here runs at {speed:.2f}x the planner's reference profile ({kernels} "
+             f"kernels); device speed = cpus x {speed:.2f}")
         message_s = None
     else:
-        speed = await asyncio.to_thread(per_core_speed, ref, reference, 3, capped)
+        speed = await asyncio.to_thread(functools.partial(per_core_speed, ref, reference, 3, capped,
+                                                          exact_kernels=exact))
         echo(f"  calibrated under a {capped:g}-CPU quota (as the emulated devices run): {speed * capped:.3f}x the "
              f"planner's reference profile, i.e. device speed = cpus x {speed:.2f}")
         message_s = await message_cpu(capped, requests=8)

@@ -73,8 +73,9 @@ class Measure(Protocol):
 class HostMeasure:
     """Measures on this host, under real CPU quotas (root, like `up --emulate` itself)."""
 
-    def __init__(self, settings: CalibrationSettings) -> None:
+    def __init__(self, settings: CalibrationSettings, *, exact_kernels: bool = False) -> None:
         self._settings = settings
+        self._exact_kernels = exact_kernels  # time the kernels the deployment's partitions run
         self._models: dict[str, torch.nn.Module] = {}
 
     @staticmethod
@@ -92,7 +93,8 @@ class HostMeasure:
         self._check()
         if ref.name not in self._models:
             self._models[ref.name] = load_model(ref)
-        return per_core_speed(ref, self._models[ref.name], self._settings.speed_repeats, cpus)
+        return per_core_speed(ref, self._models[ref.name], self._settings.speed_repeats, cpus,
+                              exact_kernels=self._exact_kernels)
 
     async def message(self, cpus: float) -> float:
         from edgepart.runtime.calibrate import message_cpu
@@ -131,7 +133,8 @@ async def calibrate_devices(deployment: DNNDeployment, settings: CalibrationSett
     devices = deployment.spec.devices
     ref = model_ref(deployment.spec.first_model, base)
     host = host or host_identity()
-    measure = measure or HostMeasure(settings)
+    exact = deployment.spec.exact_kernels
+    measure = measure or HostMeasure(settings, exact_kernels=exact)
     cache = CalibrationCache(settings.cache_path, echo)
     speed_quotas = sorted({d.cpus for d in devices if d.cpus is not None and _wants_speed(d)})
     message_quotas = sorted({d.cpus for d in devices if d.cpus is not None and _wants_message(d)})
@@ -141,11 +144,11 @@ async def calibrate_devices(deployment: DNNDeployment, settings: CalibrationSett
     for cpus in sorted({*speed_quotas, *message_quotas}):
         cached, when = True, time.time()
         if cpus in speed_quotas:
-            key = CacheKey(host, cpus, "speed", _model_key(ref))
+            key = CacheKey(host, cpus, "speed", _model_key(ref), "exact" if exact else "fast")
             entry = cache.get(key) if settings.mode == "cached" else None
             if entry is None:
-                echo(f"calibrating: {ref.name} under a {cpus:g}-CPU quota (the emulated devices' speed; "
-                     "once per host, quota and model)")
+                echo(f"calibrating: {ref.name} under a {cpus:g}-CPU quota with {key.kernels} kernels (the "
+                     "emulated devices' speed; once per host, quota, model and kernels)")
                 entry = cache.put(key, await asyncio.to_thread(measure.speed, ref, cpus))
                 cached = False
             speeds[cpus], when = entry.value, min(when, entry.measured_at)

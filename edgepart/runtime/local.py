@@ -419,6 +419,7 @@ class LocalRuntime:
             gateway_host=gateway_host, gateway_internal_host=gateway_internal_host, threads=threads,
             connection=self._connection, request_timeout_s=parse_duration(spec.request_timeout),
             gateway_device=cluster.master_name, link_delay=delay if emulate else None,
+            exact_kernels=spec.exact_kernels,
         )
 
     def _write_configs(self, state: RunState, configs: DeploymentConfigs) -> dict[str, Path]:

@@ -57,7 +57,7 @@ async def up_ring(runtime: LocalRuntime, deployment: DNNDeployment, state: RunSt
             scheduler=spec.scheduler, secret_file=str(Path(state.directory) / SECRET_FILE),
             queue_bound=spec.queue_bound, heartbeat_s=parse_duration(spec.heartbeat), threads=threads,
             request_timeout_s=max(parse_duration(spec.request_timeout), 1.0),
-            connection=runtime._connection)
+            connection=runtime._connection, exact_kernels=spec.exact_kernels)
         if not emulate:
             configs = render_ring_configs(graph, whole_s, state.name, model, ring, sources, state.ring, **common)
             netns: dict[str, str | None] = dict.fromkeys(ring)

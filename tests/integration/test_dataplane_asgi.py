@@ -134,7 +134,7 @@ async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16,
     secret = write_secret(secret_dir / "secret")
     configs = render_configs(plan, "asgi", addresses, "http://gateway-internal:8081", client_port=8080,
                              secret_file=str(secret_dir / "secret"), request_timeout_s=timeout_s,
-                             max_inflight=max_inflight, max_queue=max_queue)
+                             max_inflight=max_inflight, max_queue=max_queue, exact_kernels=True)
     partitions: dict[str, PartitionService] = {}
     apps: dict[str, Any] = {}
     router = Router(apps, overrides)

@@ -80,7 +80,8 @@ async def test_zoo_plan_over_processes_equals_the_whole_model(case: str, tmp_pat
     assert 2 <= len(plan.compute_tasks) <= 4
     manifest = deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": case},
-        "spec": {"model": {"name": model}, "devices": [{"name": "d0"}, {"name": "d1"}], "requestTimeout": "120s"},
+        "spec": {"model": {"name": model}, "devices": [{"name": "d0"}, {"name": "d1"}], "requestTimeout": "120s",
+                 "exactKernels": True},  # the native kernels: tiles compute what the whole model computes
     })
     runtime = LocalRuntime(tmp_path / "run")
     state = await runtime.up(manifest, port=0, plan=plan, ready_timeout_s=300)

@@ -28,8 +28,8 @@ def small(deployment: DNNDeployment) -> DNNDeployment:
     models = [m.model_copy(update={"input_shape": SHAPES[m.id or ""]}) for m in spec.models]
     # two row pieces per unit, one block per piece index: every model is two tiled stripes and its head
     options = {**spec.solver_options, "K": 2, "blocksPerModel": 2}
-    return deployment.model_copy(update={"spec": spec.model_copy(update={"models": models,
-                                                                         "solver_options": options})})
+    return deployment.model_copy(update={"spec": spec.model_copy(update={"models": models, "solver_options": options,
+                                                                         "exact_kernels": True})})
 
 
 def whole(mid: str, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ DEPLOYMENT = {
     "spec": {"model": {"name": "alexnet"}, "solver": "mw",
              "devices": [{"name": "server", "speed": 4.0, "role": "edge-server"},
                          {"name": "camera", "speed": 0.2, "role": "end"}],
-             "network": {"bandwidth": "100Mbps", "latency": "2ms"}},
+             "network": {"bandwidth": "100Mbps", "latency": "2ms"}, "exactKernels": True},
 }
 
 

@@ -119,7 +119,8 @@ async def test_up_emulate_runs_and_down_removes_everything(tmp_path: Path) -> No
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": name},
         "spec": {"model": {"name": f"{model}:tiny", "inputShape": [1, 3, 32, 32]}, "solver": "ftp-grid",
                  "solverOptions": {"grid": "2x1"}, "devices": [{"name": "a", "cpus": 0.5}, {"name": "b", "cpus": 0.5}],
-                 "network": {"bandwidth": "100Mbps", "latency": "20ms"}, "requestTimeout": "20s"},
+                 "network": {"bandwidth": "100Mbps", "latency": "20ms"}, "requestTimeout": "20s",
+                 "exactKernels": True},
     })
     runtime = LocalRuntime(tmp_path / "run")
     state = await runtime.up(manifest, port=0, emulate=True, ready_timeout_s=180)

@@ -56,7 +56,8 @@ def deployed(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "spec": {"model": {"name": f"{model_file}:tiny", "inputShape": list(SHAPE)},
                      "solver": "ftp-grid", "solverOptions": {"grid": "2x1"},
                      "devices": [{"name": "d0", "cpus": 1}, {"name": "d1", "cpus": 1}],
-                     "network": {"bandwidth": "100Mbps", "latency": "2ms"}, "requestTimeout": "20s"}}
+                     "network": {"bandwidth": "100Mbps", "latency": "2ms"}, "requestTimeout": "20s",
+                     "exactKernels": True}}
     state = asyncio.run(runtime.up(deployment_from_dict(spec), port=0, ready_timeout_s=120, connection=LIMITS))
     try:
         yield state

@@ -26,7 +26,8 @@ def _deployment(directory: Path, name: str) -> DNNDeployment:
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": name},
         "spec": {"model": {"name": f"{model}:tiny", "inputShape": list(SHAPE)}, "solver": "ftp-grid",
                  "solverOptions": {"grid": "2x1"}, "devices": [{"name": "d0"}, {"name": "d1"}],
-                 "network": {"bandwidth": "100Mbps", "latency": "1ms"}, "requestTimeout": "10s"}})
+                 "network": {"bandwidth": "100Mbps", "latency": "1ms"}, "requestTimeout": "10s",
+                 "exactKernels": True}})
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str, logs: Path, limit_s: float = 180.0) -> None:

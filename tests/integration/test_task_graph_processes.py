@@ -1,6 +1,7 @@
-"""Plan v2 through real processes and real HTTP: two models deployed together answer both exactly and
-concurrently; a hand-written VGG-16 plan whose tiles are cut at different layers on two devices (the
-partial-offloading shape) deploys with `edgepart up --plan` and passes `edgepart infer --check`."""
+"""Plan v2 through real processes and real HTTP: two models deployed together both answer, concurrently, what
+their whole models compute with the same (fast) kernels, within the tolerance; a hand-written VGG-16 plan whose
+tiles are cut at different layers on two devices (the partial-offloading shape) deploys with `edgepart up --plan`
+and passes `edgepart infer --check`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from edgepart.cli import app
-from edgepart.executor import use_exact_kernels
+from edgepart.executor import check_deployed, use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.plan import load_plan
 from edgepart.runtime.client import infer
@@ -39,14 +40,14 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Local
 
 
 def whole(name: str, x: torch.Tensor) -> torch.Tensor:
-    use_exact_kernels(True)
+    use_exact_kernels(False)  # the deployment's kernels: two-models.yaml runs the fastest
     with torch.no_grad():
         out = load_model(ModelRef(name))(x)
     assert isinstance(out, torch.Tensor)
     return out
 
 
-async def test_two_models_answer_exactly_and_concurrently(two_models: tuple[LocalRuntime, RunState]) -> None:
+async def test_two_models_answer_within_tolerance_and_concurrently(two_models: tuple[LocalRuntime, RunState]) -> None:
     runtime, state = two_models
     plan = runtime.plan_of(state.name)
     assert plan.model_ids == ("alexnet", "squeezenet")
@@ -62,7 +63,7 @@ async def test_two_models_answer_exactly_and_concurrently(two_models: tuple[Loca
     flat = [(mid, x) for mid, xs in inputs.items() for x in xs]
     for (mid, x), result in zip(flat, results, strict=True):
         assert result.request_id.startswith(mid)
-        torch.testing.assert_close(result.output, whole(names[mid], x), atol=1e-5, rtol=1e-4)
+        assert check_deployed(whole(names[mid], x), result.output, exact_kernels=False).passed, mid
 
 
 def test_one_model_of_several_must_be_named(two_models: tuple[LocalRuntime, RunState]) -> None:

@@ -180,3 +180,42 @@ def test_the_speed_of_a_model_that_leaves_input_rows_unread_is_measured(tmp_path
     model = load_model(ref)
     assert isinstance(model, nn.Module)
     assert per_core_speed(ref, model, repeats=1) > 0
+
+
+def test_the_speed_is_timed_with_the_kernels_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from edgepart.executor import SliceRunner
+    from edgepart.graph.loader import load_model
+    from edgepart.runtime.calibrate import per_core_speed
+
+    seen: list[bool] = []
+    real = SliceRunner.__call__
+
+    def recording(self: SliceRunner, tile: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.backends.mkldnn.enabled)
+        return real(self, tile)
+
+    monkeypatch.setattr(SliceRunner, "__call__", recording)
+    ref = ModelRef(TINY, (1, 3, 32, 32))
+    model = load_model(ref)
+    per_core_speed(ref, model, repeats=1, exact_kernels=False)
+    assert seen and all(seen)  # oneDNN on: the fast kernels
+    seen.clear()
+    per_core_speed(ref, model, repeats=1, exact_kernels=True)
+    assert seen and not any(seen)
+
+
+async def test_a_speed_is_cached_per_kernel_choice(tmp_path: Path) -> None:
+    fast = _deployment([{"name": "a", "cpus": 0.5}])
+    exact = fast.model_copy(update={"spec": fast.spec.model_copy(update={"exact_kernels": True})})
+    measure = FakeMeasure({0.5: 0.6}, {0.5: 1e-3})
+    settings = CalibrationSettings(cache_path=tmp_path / "cal.json")
+    await calibrate_devices(fast, settings, echo=Notes(), measure=measure, host=HOST)
+    measure.calls.clear()
+    notes = Notes()
+    await calibrate_devices(exact, settings, echo=notes, measure=measure, host=HOST)
+    assert measure.calls == [("speed", 0.5)]  # the fast kernels' speed is not the exact ones'
+    assert "with exact kernels" in notes.lines[0]
+    keys = [entry["key"] for entry in json.loads((tmp_path / "cal.json").read_text())["entries"].values()]
+    assert sorted(str(k.get("kernels")) for k in keys if k["what"] == "speed") == ["exact", "fast"]

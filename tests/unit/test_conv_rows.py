@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgepart.executor import conv2d_rows, use_exact_kernels
+from edgepart.executor import ONEDNN_MIN_OUTPUTS, conv2d_rows, use_exact_kernels
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +67,27 @@ def test_small_grouped_and_onednn_convolutions_are_one_call(monkeypatch: pytest.
     use_exact_kernels(False)
     conv2d_rows(x, weight, None, (1, 1), (1, 1), scratch_bytes=1)
     assert len(calls) == 4
+
+
+def test_fast_kernels_use_onednn_on_large_maps_and_native_kernels_on_small_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    onednn: list[bool] = []
+    real = F.conv2d
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        onednn.append(torch.backends.mkldnn.enabled)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(F, "conv2d", recording)
+    use_exact_kernels(False)
+    weight = torch.randn(16, 8, 3, 3)
+    large = torch.randn(1, 8, 2 + ONEDNN_MIN_OUTPUTS, 3)  # ONEDNN_MIN_OUTPUTS rows of 1 column
+    conv2d_rows(large, weight, None, (1, 1), (1, 1))
+    small = torch.randn(1, 8, 1 + ONEDNN_MIN_OUTPUTS, 3)  # one output position fewer
+    out = conv2d_rows(small, weight, None, (1, 1), (1, 1))
+    conv2d_rows(small, torch.randn(8, 1, 3, 3), None, (1, 1), (1, 1), groups=8)  # depthwise: oneDNN's is faster
+    assert onednn == [True, False, True] and torch.backends.mkldnn.enabled  # the choice is back after the call
+    use_exact_kernels(True)
+    assert torch.equal(out, real(small, weight, None, (1, 1), 0, (1, 1)))  # the native kernels' answer
+    conv2d_rows(large, weight, None, (1, 1), (1, 1))
+    assert onednn[-1] is False  # exact kernels: never oneDNN

@@ -294,3 +294,12 @@ def test_a_bad_second_model_names_its_index() -> None:
     desired = run(body)
     assert desired.phase == "Failed"
     assert "spec.models[1].name: unknown model 'not-a-model'" in desired.status["message"]
+
+
+@pytest.mark.parametrize(("fields", "exact"), [({}, False), ({"exactKernels": True}, True)])
+def test_partitions_run_the_fastest_kernels_unless_the_deployment_asks_for_exact_ones(
+        fields: dict[str, Any], exact: bool) -> None:
+    desired = run(spec(**fields))
+    data = desired.object("ConfigMap", "alex-plan")["data"]
+    configs = [load_partition_config(text) for key, text in data.items() if key.startswith("partition-")]
+    assert configs and {c.exact_kernels for c in configs} == {exact}

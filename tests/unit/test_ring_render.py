@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from k8s_fakes import NOW, OWNER, nodes, profile, spec, validate_strict
 
 from edgepart.cli import data_plane_configs
@@ -76,3 +77,9 @@ def test_a_ring_naming_an_unusable_node_fails_naming_the_field() -> None:
 def test_sources_off_the_ring_fail_naming_the_field() -> None:
     state = desired(ring=["edge-0", "edge-1"])
     assert state.phase == "Failed" and "sources[1].device: 'edge-2' is not on the ring" in state.status["message"]
+
+
+@pytest.mark.parametrize(("fields", "exact"), [({}, False), ({"exactKernels": True}, True)])
+def test_ring_workers_run_the_deployments_kernels(fields: dict[str, Any], exact: bool) -> None:
+    data = desired(**fields).of_kind("ConfigMap")[0]["data"]
+    assert {load_ring_config(data[ring_config_key(f"edge-{i}")]).exact_kernels for i in range(4)} == {exact}
