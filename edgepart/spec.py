@@ -427,6 +427,10 @@ class DeploymentSpec(_Model):
         default=False, description="Partitions run PyTorch's native kernels with oneDNN off: every tile is "
                                    "bit-identical to the whole model, but convolutions are slower. Default: the "
                                    "fastest kernels (oneDNN), within a relative tolerance of the whole model.")
+    admission: Literal["auto", "off"] = Field(
+        default="auto", description="Gateway admission: auto admits only the requests the deployment can answer "
+                                    "within requestTimeout (a bound measured from its service time) and answers "
+                                    "503 with Retry-After beyond; off queues up to the fixed limits only.")
     variants: VariantsSpec | None = Field(
         default=None, description="Accuracy-aware data partitioning: a family of variants of one model instead of "
                                   "`model`; each device runs one variant (or none) on a share of the images.")

@@ -13,8 +13,18 @@ if podman image exists "$name"; then
 fi
 [ "$(id -u)" = 0 ] || { echo "error: debootstrap needs root" >&2; exit 1; }
 command -v debootstrap >/dev/null || { echo "error: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
-mirror=${MIRROR:-$(grep -h -o -E '(URIs:|^deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
-  | grep -v security | head -1 | awk '{print $2}')}
+# the first non-security mirror this host's apt uses; bookworm has only sources.list.d/*.sources, and a
+# missing file must not end the script (grep exits 2 under pipefail)
+host_mirror() {
+  local files=() f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && files+=("$f")
+  done
+  [ ${#files[@]} -gt 0 ] || return 0
+  { grep -h -o -E '(URIs:|^deb) +https?://[^ ]+' "${files[@]}" || true; } | { grep -v security || true; } \
+    | head -1 | awk '{print $2}'
+}
+mirror=${MIRROR:-$(host_mirror)}
 mirror=${mirror:-http://deb.debian.org/debian}
 rootfs=$(mktemp -d "${TMPDIR:-/tmp}/edgepart-rootfs.XXXXXX")
 trap 'rm -rf "$rootfs"' EXIT

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef
@@ -30,6 +30,7 @@ class ConfigRequest:
     secret_file: str  # where pods find the deployment's secret (a mounted Secret)
     threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
     exact_kernels: bool = False  # spec.exactKernels: native kernels instead of the fastest
+    admission: Literal["auto", "off"] = "auto"  # the gateway's admission (spec.admission)
 
 
 @dataclass(frozen=True)

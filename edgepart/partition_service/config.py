@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from edgepart.errors import EdgepartError, explain_validation
 from edgepart.geometry import Region, disjoint_cover, hull_all
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of
+from edgepart.partition_service.admission import AdmissionMode
 from edgepart.partition_service.turnstile import TurnConfig, turn_configs
 from edgepart.partition_service.wire import Limits
 from edgepart.plan import INPUT, InputRegionField, Plan, RegionField, Task, topological_tasks
@@ -236,6 +237,9 @@ class GatewayConfig(_Base):
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_inflight: int = Field(default=16, ge=1, description="Requests in the pipeline at once; more wait.")
     max_queue: int = Field(default=256, ge=0, description="Requests waiting for room; beyond, 503 at once.")
+    admission: AdmissionMode = Field(default="auto", description="auto: admit only what the deployment can answer "
+                                     "within the request timeout (measured), 503 with Retry-After beyond; off: "
+                                     "max_inflight + max_queue only.")
     max_header_bytes: int = Field(default=Limits.max_header_bytes, ge=256)
     max_tensor_bytes: int = Field(default=Limits.max_tensor_bytes, ge=1)
     max_json_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest JSON request body.")
@@ -384,6 +388,7 @@ def render_configs(
     request_timeout_s: float = 30.0,
     max_inflight: int = 16,
     max_queue: int = 256,
+    admission: AdmissionMode = "auto",
     limits: Limits | None = None,
     gateway_device: str | None = None,
     link_delay: Callable[[str, str], float] | None = None,
@@ -497,8 +502,8 @@ def render_configs(
             host=gateway_host, port=client_port, internal_host=gateway_internal_host,
             internal_port=_port(gateway_url, "gateway_url"), secret_file=secret_file,
             connection=connection or ConnectionLimits(), request_timeout_s=request_timeout_s,
-            max_inflight=max_inflight, max_queue=max_queue, max_header_bytes=limits.max_header_bytes,
-            max_tensor_bytes=limits.max_tensor_bytes,
+            max_inflight=max_inflight, max_queue=max_queue, admission=admission,
+            max_header_bytes=limits.max_header_bytes, max_tensor_bytes=limits.max_tensor_bytes,
             predicted_latency_s=predicted.latency_s if predicted else None,
             predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
             plan=plan.to_dict(),

@@ -16,9 +16,11 @@ Exception tree (status code in brackets)::
     │   └── DuplicatePieceError [409]        the same piece of one request arrived twice
     ├── NotReadyError [503]                  slice not loaded / warmed yet
     ├── OverloadedError [503]                no capacity within the request timeout (backpressure)
+    │   ├── AdmissionError [503]             the gateway cannot finish more requests within their deadline
     │   ├── TooManyConnectionsError [503]    the process's connection cap is reached
     │   └── MemoryBudgetError [503]          payload memory in flight would exceed its cap
     ├── RequestTimeoutError [504]            pieces or results did not arrive in time
+    │   └── ExpiredError [504]               the request's deadline passed before this work (dropped)
     ├── PeerError [502]                      a peer answered with an error
     │   └── PeerUnreachableError [503]       a peer cannot be reached (names the peer)
     └── ComputeFailedError [500]             the slice raised while computing
@@ -41,7 +43,7 @@ from fastapi.responses import JSONResponse
 from edgepart.errors import EdgepartError
 
 __all__ = [
-    "BadRequestError", "ComputeFailedError", "DuplicatePieceError", "FrameError", "FrameTooLargeError",
+    "AdmissionError", "BadRequestError", "ComputeFailedError", "DuplicatePieceError", "ExpiredError", "FrameError", "FrameTooLargeError",
     "HeadTooLargeError", "MemoryBudgetError", "NotReadyError", "OverloadedError", "PeerError", "PeerUnreachableError",
     "RequestTimeoutError", "ServiceError", "SlowRequestError", "TooManyConnectionsError", "TruncatedFrameError",
     "UnauthorizedError", "UnexpectedPieceError", "UnknownModelError", "UnsupportedMediaTypeError", "error_body", "error_from_response",
@@ -128,6 +130,17 @@ class OverloadedError(ServiceError):
     reason = "overloaded"
 
 
+class AdmissionError(OverloadedError):
+    """Refused at the gateway's admission: more requests than the deployment can answer within the timeout."""
+
+    reason = "admission_limit"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, peer: str | None = None,
+                 request_id: str | None = None):
+        super().__init__(detail, peer=peer, request_id=request_id)
+        self.retry_after_s = retry_after_s
+
+
 class TooManyConnectionsError(OverloadedError):
     reason = "too_many_connections"
 
@@ -139,6 +152,12 @@ class MemoryBudgetError(OverloadedError):
 class RequestTimeoutError(ServiceError):
     status = 504
     reason = "timeout"
+
+
+class ExpiredError(RequestTimeoutError):
+    """The request's deadline (carried in its frames) passed: its work is dropped, not done."""
+
+    reason = "expired"
 
 
 class PeerError(ServiceError):
@@ -221,7 +240,8 @@ def install_error_handlers(app: FastAPI, on_error: Callable[[ServiceError], None
         assert isinstance(exc, ServiceError)
         if on_error is not None:
             on_error(exc)
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        retry_after = exc.retry_after_s if isinstance(exc, AdmissionError) else 1
+        headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
         if exc.status in (401, 408, 431):
             headers = {"Connection": "close"}
         return JSONResponse(error_body(exc, redacted=redacted), status_code=exc.status, headers=headers)

@@ -17,6 +17,11 @@ Two ports, two apps (`gateway_apps`): the client port serves /v1/infer and the r
 plan, status, trace, probes, metrics), none of which names an internal URL or file path; the internal port
 serves the partitions only (`/v1/tensor`, `/v1/failures`), each request carrying the deployment's secret.
 A client input is checked against the model's input shape before its payload is allocated.
+
+Overload: the gateway admits only as many requests as the deployment can answer within the request timeout
+(`admission.py`: a bound from the measured service time, Little's law); beyond it a request is answered
+503 `admission_limit` at once, with Retry-After, before its body is read. Every frame it sends carries the
+request's remaining budget, so partitions drop the work of requests whose client has had its 504.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgepart.geometry import Region
 from edgepart.partition_service.access import BodyDeadline, InternalOnly
+from edgepart.partition_service.admission import AdmissionController, AdmissionSettings
 from edgepart.partition_service.assembly import Assembler
 from edgepart.partition_service.auth import Secret, load_secret
 from edgepart.partition_service.blame import (
@@ -61,6 +67,7 @@ from edgepart.partition_service.config import (
     Route,
 )
 from edgepart.partition_service.errors import (
+    AdmissionError,
     BadRequestError,
     DuplicatePieceError,
     FrameTooLargeError,
@@ -109,6 +116,7 @@ __all__ = ["GatewayService", "InferResult", "gateway_app", "gateway_internal_app
 log = logging.getLogger("edgepart.gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_INFER_PATH = re.compile(r"^/v1/(models/[^/]+/)?infer$")
 PROBE_BUDGET_S = 1.0  # part of the request timeout kept for naming a dead partition
 
 
@@ -155,6 +163,10 @@ class GatewayService:
         self._waiters: dict[str, asyncio.Future[torch.Tensor]] = {}
         self._slots = asyncio.Semaphore(config.max_inflight)
         self._queued = 0
+        # the measured bound; max_inflight + max_queue stays the hard cap (answered 503 `overloaded`)
+        self.admission = AdmissionController(AdmissionSettings(timeout_s=config.request_timeout_s,
+                                                               mode=config.admission))
+        self.metrics.admission_bound.set(self.admission_bound)
         self._ready_cache: tuple[float, list[str]] | None = None
         self._sender: Sender | None = None
         self._hop: HopClient | None = None
@@ -259,9 +271,44 @@ class GatewayService:
             raise BadRequestError(f"request id {proposed[:140]!r} must match [A-Za-z0-9._:-]{{1,100}}")
         return proposed, f"{proposed}.{uuid.uuid4().hex[:12]}"
 
+    def refuse_if_full(self) -> None:
+        """Raise AdmissionError when a request arriving now would be refused (checked before reading its body)."""
+        refusal = self.admission.refusal()
+        if refusal is not None:
+            self.admission.rejected += 1
+            self.metrics.admission("rejected")
+            raise AdmissionError(refusal.detail(self.config.request_timeout_s), retry_after_s=refusal.retry_after_s)
+
+    @property
+    def admission_bound(self) -> int:
+        """Requests admitted at once now: the measured bound, or the hard cap (slots + queue) below it."""
+        return min(self.admission.bound, self.config.max_inflight + self.config.max_queue)
+
+    def _admission_changed(self) -> None:
+        self.metrics.admission_inflight.set(self.admission.inflight)
+        self.metrics.admission_bound.set(self.admission_bound)
+
     async def infer(self, tensor: torch.Tensor, request_id: str | None = None,
                     model_id: str | None = None) -> InferResult:
-        """Run one request of model `model_id` (default: the only one) through its tasks; the assembled output."""
+        """Run one request of model `model_id` (default: the only one) through its tasks; the assembled output.
+
+        Refused at once (AdmissionError, 503) when the deployment cannot answer it within the timeout."""
+        refusal = self.admission.try_admit()
+        if refusal is not None:
+            self.metrics.admission("rejected")
+            raise AdmissionError(refusal.detail(self.config.request_timeout_s), retry_after_s=refusal.retry_after_s)
+        self.metrics.admission("admitted")
+        self._admission_changed()
+        answered = False
+        try:
+            result = await self._infer(tensor, request_id, model_id)
+            answered = True
+            return result
+        finally:
+            self.admission.done(answered)
+            self._admission_changed()
+
+    async def _infer(self, tensor: torch.Tensor, request_id: str | None, model_id: str | None) -> InferResult:
         started = time.monotonic()
         received = time.time()
         served = self.served(model_id)
@@ -295,7 +342,9 @@ class GatewayService:
         self._request_model[rid] = served.id
         assembler.open(rid)
         try:
-            await self._scatter(rid, tensor, deadline, served, waiter)
+            # the pieces' budget ends when the gateway stops waiting (it keeps a little to name a late partition)
+            answer_by = deadline - min(PROBE_BUDGET_S, timeout / 4)
+            await self._scatter(rid, tensor, deadline, served, waiter, answer_by)
             self.timeline.mark(rid, "scattered")
             output = await self._wait(rid, waiter, deadline, assembler)
             self.timeline.mark(rid, "output")
@@ -314,10 +363,10 @@ class GatewayService:
         return InferResult(client_id, output, latency)
 
     async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel,
-                       waiter: asyncio.Future[torch.Tensor]) -> None:
+                       waiter: asyncio.Future[torch.Tensor], answer_by: float) -> None:
         """Send the input regions to every task that reads the input, concurrently; the first failure aborts
         the rest, and so does a failure of the request meanwhile (a partition died: `_wait` raises it)."""
-        tasks = [asyncio.create_task(self._send(rid, route, tensor)) for route in served.routes]
+        tasks = [asyncio.create_task(self._send(rid, route, tensor, answer_by)) for route in served.routes]
         watched: list[asyncio.Future[Any]] = [*tasks, waiter]
         try:
             _, pending = await asyncio.wait(watched, timeout=max(deadline - time.monotonic(), 0.0),
@@ -336,11 +385,12 @@ class GatewayService:
             raise RequestTimeoutError(f"sending request {rid} to the first stage took over "
                                       f"{self.config.request_timeout_s:g} s")
 
-    async def _send(self, rid: str, route: Route, tensor: torch.Tensor) -> None:
+    async def _send(self, rid: str, route: Route, tensor: torch.Tensor, answer_by: float) -> None:
         started = time.perf_counter()
         piece = tensor[route.region.slices()].contiguous()
         header = make_header(rid, piece, route.region, -1, GATEWAY)
-        size = await self.sender.send(route.url, header, piece, peer=route.target, delay_s=route.delay_s)
+        size = await self.sender.send(route.url, header, piece, peer=route.target, delay_s=route.delay_s,
+                                      deadline=answer_by)
         self.metrics.send.observe(time.perf_counter() - started)
         self.metrics.bytes_out.inc(size)
 
@@ -587,6 +637,12 @@ async def _read_json(request: Request, limit: int) -> tuple[JsonInput, int]:
                          ) from None
 
 
+async def _discard_body(request: Request) -> None:
+    """Read and drop a request's body (no allocation beyond one chunk)."""
+    async for _ in request.stream():
+        pass
+
+
 def _tensor_from_json(body: JsonInput) -> torch.Tensor:
     if any(d <= 0 for d in body.shape):
         raise BadRequestError(f"JSON input: shape {body.shape} must be positive integers")
@@ -649,10 +705,26 @@ def gateway_app(service: GatewayService) -> FastAPI:
     install_error_handlers(app, on_error=count, redacted=True)
     connection = service.config.connection
     app.add_middleware(BodyDeadline, limits=connection)
-    app.state.guard = Guard(connection, None, on_error=count)
+
+    def refuse_from_head(method: str, path: str) -> ServiceError | None:
+        """Admission answered from the request head (below ASGI): the refusal does not wait for the body."""
+        if method != "POST" or not _INFER_PATH.match(path):
+            return None
+        try:
+            service.refuse_if_full()
+        except AdmissionError as err:
+            return err
+        return None
+
+    app.state.guard = Guard(connection, None, on_error=count, refuse=refuse_from_head)
 
     async def run(request: Request, model_id: str | None) -> Response:
         admit_input = service.input_admitter(model_id)  # an unknown model is refused before the body is read
+        try:
+            service.refuse_if_full()  # and so is a request beyond admission: its refusal must be fast
+        except AdmissionError:
+            await _discard_body(request)  # a client still sending its body would see a reset, not the 503
+            raise
         kind = media_type(request)
         proposed = request.headers.get("x-request-id")
         if kind == "application/json":

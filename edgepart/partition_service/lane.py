@@ -48,6 +48,7 @@ from edgepart.partition_service.auth import Secret
 from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import ConnectionLimits
 from edgepart.partition_service.errors import (
+    AdmissionError,
     BadRequestError,
     FrameTooLargeError,
     HeadTooLargeError,
@@ -100,6 +101,8 @@ class Guard:
     on_error: Callable[[ServiceError], None] | None = None
     secret: Secret | None = None  # the services set it on internal ports; None: a public port (or a bench sink)
     open_paths: frozenset[str] = OPEN_PATHS
+    # (method, path) -> an error to answer from the head, before the body is read (the gateway's admission)
+    refuse: Callable[[str, str], ServiceError | None] | None = None
 
 
 class _State(enum.Enum):
@@ -336,6 +339,10 @@ class GuardedProtocol(asyncio.BufferedProtocol):
             self._refuse(UnauthorizedError(f"{path[:100]} is internal to the deployment: the request does not "
                                            "carry its secret"))
             return False
+        refusal = self.guard.refuse(head.method, path) if self.guard.refuse is not None else None
+        if refusal is not None:  # answered from the head; the body is dropped while the connection lingers
+            self._refuse(refusal)
+            return False
         length = self._lane_request(head)
         if length is None:
             self._hand_off(head)
@@ -427,7 +434,7 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         lines = [f"HTTP/1.1 {err.status} {http.HTTPStatus(err.status).phrase}", "content-type: application/json",
                  f"content-length: {len(body)}"]
         if err.status == 503:
-            lines.append("retry-after: 1")
+            lines.append(f"retry-after: {err.retry_after_s if isinstance(err, AdmissionError) else 1}")
         if not self.keep_alive or self.closing:
             lines.append("connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

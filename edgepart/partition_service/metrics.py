@@ -40,6 +40,16 @@ class ServiceMetrics:
         r = self.registry
         self._labels = {"deployment": deployment, "stage": stage, "partition": partition}
         self._errors = Counter("edgepart_errors", "Errors by reason.", [*_LABELS, "reason"], registry=r)
+        self._dropped = Counter("edgepart_dropped", "Requests dropped because their deadline passed, by where "
+                                "they waited (admission, assembly, compute_queue, send).", [*_LABELS, "reason"],
+                                registry=r)
+        self._admission = Counter("edgepart_admission", "Gateway admission decisions (admitted, rejected).",
+                                  [*_LABELS, "decision"], registry=r)
+        self.admission_bound = Gauge("edgepart_admission_bound", "Requests the gateway admits at once now "
+                                     "(measured from the service time and the timeout).", _LABELS,
+                                     registry=r).labels(**self._labels)
+        self.admission_inflight = Gauge("edgepart_admission_inflight", "Requests admitted at the gateway and "
+                                        "not answered.", _LABELS, registry=r).labels(**self._labels)
         self.m = _Bound(
             queue=Histogram("edgepart_queue_seconds", "Time a request waits for admission or for the compute "
                             "worker.", _LABELS, buckets=_BUCKETS, registry=r),
@@ -72,6 +82,12 @@ class ServiceMetrics:
 
     def error(self, reason: str) -> None:
         self._errors.labels(**self._labels, reason=reason).inc()
+
+    def dropped(self, reason: str) -> None:
+        self._dropped.labels(**self._labels, reason=reason).inc()
+
+    def admission(self, decision: str) -> None:
+        self._admission.labels(**self._labels, decision=decision).inc()
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

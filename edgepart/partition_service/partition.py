@@ -2,10 +2,16 @@
 
 Pipeline per request id::
 
-    POST /v1/tensor -> admit (bounded, waits up to the timeout: backpressure)
+    POST /v1/tensor -> admit (bounded, waits up to the deadline: backpressure)
                     -> assemble (per-request deadline) -> compute queue
     compute worker  -> one thread runs the slice (torch threads from the config)
                     -> send tasks: each downstream piece to its peer, concurrently
+
+Every frame carries what is left of its request's deadline (`budget_s`, set by the gateway); the first
+piece of a request fixes the deadline on this host's clock. Work whose deadline passed is dropped wherever
+it waits, never computed or sent: a piece that arrives expired, a request waiting for room or for its
+other pieces, a tile in the compute queue, a piece waiting for the link. `edgepart_dropped_total` counts
+each by where it waited; the gateway has answered its client 504 already.
 
 Failures that the gateway cannot see itself (a peer that refuses a piece, a
 request whose pieces never all arrived, a compute error) are reported to the
@@ -46,6 +52,7 @@ from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
 from edgepart.partition_service.errors import (
     ComputeFailedError,
     DuplicatePieceError,
+    ExpiredError,
     NotReadyError,
     OverloadedError,
     PeerUnreachableError,
@@ -90,6 +97,7 @@ class _Job:
     first_piece_at: float
     ready_at: float
     admission_wait: float
+    deadline: float | None = None  # time.monotonic() after which its output is worthless
 
 
 class PartitionService:
@@ -116,6 +124,8 @@ class PartitionService:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._waits: dict[str, float] = {}
+        self._deadlines: dict[str, float] = {}  # request id -> its deadline on this host's monotonic clock
+        self.dropped = 0  # requests dropped because their deadline passed
         self._expired: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # -> the senders it still waited for
         self._completed: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -197,6 +207,10 @@ class PartitionService:
         self._assembler.check(header)
         if rid in self._expired:
             raise RequestTimeoutError(f"partition {self.id}: request {rid} already timed out", request_id=rid)
+        if header.budget_s is not None and header.budget_s <= 0:
+            self._drop("admission")
+            raise ExpiredError(f"partition {self.id}: request {rid} arrived {-header.budget_s:.3f} s after its "
+                               "deadline", request_id=rid)
         if rid in self._completed or self._assembler.received(rid, header.sender, header.region):
             raise DuplicatePieceError(f"partition {self.id}: request {rid} already has its piece from "
                                       f"{header.sender}", request_id=rid)
@@ -208,7 +222,7 @@ class PartitionService:
         self.admit(header)
         self.metrics.bytes_in.inc(frame.nbytes)
         if rid not in self._assembler:
-            await self._admit(rid)
+            await self._admit(rid, header.budget_s)
         first = self._assembler.started(rid) or time.monotonic()
         self.timeline.mark(rid, "first_piece")
         tile = self._assembler.add(header, frame.tensor)
@@ -221,15 +235,27 @@ class PartitionService:
             timer.cancel()
         self.metrics.assemble.observe(now - first)
         self._remember(self._completed, rid, ())
-        self._queue.put_nowait(_Job(rid, tile, first, now, self._waits.pop(rid, 0.0)))
+        self._queue.put_nowait(_Job(rid, tile, first, now, self._waits.pop(rid, 0.0), self._deadlines.pop(rid, None)))
 
-    async def _admit(self, rid: str) -> None:
+    def _drop(self, where: str) -> None:
+        self.dropped += 1
+        self.metrics.dropped(where)
+
+    async def _admit(self, rid: str, budget_s: float | None) -> None:
         waited = time.monotonic()
         timeout = self.config.request_timeout_s
+        deadline = waited + budget_s if budget_s is not None else None
+        wait = min(timeout, budget_s) if budget_s is not None else timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 await self._slots.acquire()
         except TimeoutError:
+            if rid in self._assembler:  # another piece of the request found room: this one joins it
+                return
+            if deadline is not None and wait < timeout:
+                self._drop("admission")
+                raise ExpiredError(f"partition {self.id}: request {rid} reached its deadline waiting for room "
+                                   f"({self.config.max_inflight} requests in flight)", request_id=rid) from None
             raise OverloadedError(f"partition {self.id}: {self.config.max_inflight} requests in flight, no room for "
                                   f"request {rid} within {timeout:g} s", request_id=rid) from None
         if rid in self._assembler:  # another piece of the same request was admitted meanwhile
@@ -239,7 +265,11 @@ class PartitionService:
         self._waits[rid] = time.monotonic() - waited
         self.metrics.inflight.inc()
         loop = asyncio.get_running_loop()
-        self._timers[rid] = loop.call_later(timeout, self._expire, rid)
+        expires_in = timeout
+        if deadline is not None:
+            self._deadlines[rid] = deadline
+            expires_in = min(timeout, deadline - time.monotonic())
+        self._timers[rid] = loop.call_later(max(expires_in, 0.0), self._expire, rid)
 
     def _finish(self, rid: str) -> None:
         self._slots.release()
@@ -257,6 +287,7 @@ class PartitionService:
         if timer is not None:
             timer.cancel()
         self._waits.pop(rid, None)
+        self._deadlines.pop(rid, None)
         missing = self._assembler.missing(rid)
         self._assembler.discard(rid)
         self._remember(self._expired, rid, missing)
@@ -267,6 +298,12 @@ class PartitionService:
     def _expire(self, rid: str) -> None:
         self._timers.pop(rid, None)
         if rid not in self._assembler:
+            return
+        deadline = self._deadlines.get(rid)
+        if deadline is not None and deadline <= time.monotonic():
+            # the gateway has answered its client already: no report, only the count
+            self._drop("assembly")
+            self._give_up(rid, ExpiredError.reason)
             return
         missing = self._give_up(rid, "timeout")
         err = RequestTimeoutError(f"partition {self.id} timed out after {self.config.request_timeout_s:g} s waiting "
@@ -283,6 +320,12 @@ class PartitionService:
             job = await self._queue.get()
             if self.turns is not None:
                 await self.turns.wait(job.request_id)
+            if job.deadline is not None and job.deadline <= time.monotonic():
+                self._pass_turn(job.request_id)
+                self._drop("compute_queue")
+                self._remember(self._expired, job.request_id, ())
+                self._finish(job.request_id)
+                continue
             self.metrics.queue.observe(job.admission_wait + time.monotonic() - job.ready_at)
             try:
                 pieces, began, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
@@ -324,13 +367,16 @@ class PartitionService:
 
     async def _send_all(self, job: _Job, pieces: list[tuple[Route, torch.Tensor]]) -> None:
         try:
-            results = await asyncio.gather(*(self._send(job.request_id, route, tensor) for route, tensor in pieces),
-                                           return_exceptions=True)
+            results = await asyncio.gather(*(self._send(job.request_id, route, tensor, job.deadline)
+                                             for route, tensor in pieces), return_exceptions=True)
             failures = [(route, r) for (route, _), r in zip(pieces, results, strict=True)
                         if isinstance(r, BaseException)]
             for route, failure in failures:
                 if isinstance(failure, asyncio.CancelledError):
                     raise failure
+                if isinstance(failure, ExpiredError):  # its deadline passed while it waited for the link
+                    self._drop("send")
+                    continue
                 err = failure if isinstance(failure, ServiceError) else ComputeFailedError(
                     f"partition {self.id}: {type(failure).__name__}: {failure}", peer=self.id)
                 err.request_id = job.request_id
@@ -344,11 +390,12 @@ class PartitionService:
         finally:
             self._finish(job.request_id)
 
-    async def _send(self, rid: str, route: Route, tensor: torch.Tensor) -> None:
+    async def _send(self, rid: str, route: Route, tensor: torch.Tensor, deadline: float | None) -> None:
         assert self._sender is not None
         started = time.perf_counter()
         header = make_header(rid, tensor, route.region, self.config.stage, self.id)
-        size = await self._sender.send(route.url, header, tensor, peer=route.target, delay_s=route.delay_s)
+        size = await self._sender.send(route.url, header, tensor, peer=route.target, delay_s=route.delay_s,
+                                       deadline=deadline)
         self.metrics.send.observe(time.perf_counter() - started)
         self.metrics.bytes_out.inc(size)
 
@@ -434,7 +481,7 @@ class PartitionService:
             "inputs": [p.sender for p in c.inputs], "outputs": [r.target for r in c.outputs],
             "state": self.state, "failure": self.failure, "threads": c.threads, "kernels": kernels_in_use(),
             "assembling": len(self._assembler), "queued": self._queue.qsize(),
-            "computed": self.computed,
+            "computed": self.computed, "dropped": self.dropped,
             "turn": None if self.turns is None else {"after": self.turns.config.after, "next": self.turns.config.next,
                                                      "waited_out": self.turns.waited_out},
             "compute_mean_s": self.compute_total_s / self.computed if self.computed else None,

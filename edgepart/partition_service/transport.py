@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httpx
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from edgepart.partition_service.auth import Secret
 from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.errors import (
+    ExpiredError,
     FrameError,
     PeerError,
     PeerUnreachableError,
@@ -148,7 +150,9 @@ class Sender:
         self._peer_order: dict[str, asyncio.Lock] = {}
 
     async def send(self, url: str, header: FrameHeader, tensor: torch.Tensor, *, peer: str,
-                   delay_s: float = 0.0) -> int:
+                   delay_s: float = 0.0, deadline: float | None = None) -> int:
+        """Send one frame in its turn. With `deadline` (time.monotonic()), a frame whose deadline passed while
+        it waited for the link is dropped (ExpiredError) and the one sent carries the budget left then."""
         client: httpx.AsyncClient | HopClient = self.client
         lease: Lease | None = None
         if self.hop is not None and self.hop.supports(url):
@@ -176,6 +180,12 @@ class Sender:
         try:
             if delay_s:
                 await asyncio.sleep(delay_s)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ExpiredError(f"request {header.request_id}: its deadline passed {-left:.3f} s before "
+                                       f"its frame to {peer} could leave", request_id=header.request_id)
+                header = header.model_copy(update={"budget_s": left})
             return await send_frame(client, url, header, tensor, peer=peer, sent=release, headers=self.headers,
                                     lease=lease)
         finally:

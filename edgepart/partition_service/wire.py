@@ -84,6 +84,12 @@ class FrameHeader(BaseModel):
     stage: Annotated[int, Field(ge=-1, le=4096, description="Stage that produced the tensor; -1: client input.")]
     sender: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$",
                                  description="Partition id of the sender, or 'gateway'.")]
+    budget_s: float | None = Field(default=None, ge=-1e9, le=1e9,
+                                   description="Seconds left of the request's deadline when the sender put the "
+                                               "frame on the wire (None: no deadline). A remaining budget, not "
+                                               "a time: hosts' clocks need not agree; each receiver turns it into "
+                                               "a deadline on its own monotonic clock and each sender stamps what "
+                                               "is left.")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -105,12 +111,13 @@ class Frame:
     nbytes: int  # bytes on the wire, prefix and header included
 
 
-def make_header(request_id: str, tensor: torch.Tensor, region: Region, stage: int, sender: str) -> FrameHeader:
+def make_header(request_id: str, tensor: torch.Tensor, region: Region, stage: int, sender: str,
+                budget_s: float | None = None) -> FrameHeader:
     dtype = _NAMES.get(tensor.dtype)
     if dtype is None:
         raise FrameError(f"dtype {tensor.dtype} cannot be sent; supported: {', '.join(DTYPES)}")
     return FrameHeader(request_id=request_id, dtype=dtype, shape=tuple(tensor.shape), region=region,
-                       stage=stage, sender=sender)
+                       stage=stage, sender=sender, budget_s=budget_s)
 
 
 def _le_bytes(tensor: torch.Tensor, little: bool) -> memoryview:
@@ -137,7 +144,7 @@ def encode_frame(header: FrameHeader, tensor: torch.Tensor, *,
     if tuple(tensor.shape) != header.shape or DTYPES[header.dtype] != tensor.dtype:
         raise FrameError(f"tensor {tuple(tensor.shape)} {tensor.dtype} does not match its header "
                          f"{header.shape} {header.dtype}")
-    head = header.model_dump_json().encode()
+    head = header.model_dump_json(exclude_none=True).encode()  # no budget_s: no deadline
     payload = _le_bytes(tensor, little)
     return [_PREFIX.pack(len(head)) + head, payload]
 

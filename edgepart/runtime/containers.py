@@ -233,7 +233,8 @@ class ContainerRuntime:
             plan, name, addresses, f"http://{gateway}:{GATEWAY_INTERNAL_PORT}", client_port=GATEWAY_CLIENT_PORT,
             secret_file=SECRET_PATH, bind_host="0.0.0.0", gateway_host="0.0.0.0", gateway_internal_host="0.0.0.0",
             threads={d: max(1, int(c)) for d, c in cores.items()},
-            request_timeout_s=parse_duration(spec.request_timeout), gateway_device=cluster.master_name,
+            request_timeout_s=parse_duration(spec.request_timeout),
+            admission=spec.admission, gateway_device=cluster.master_name,
             exact_kernels=spec.exact_kernels)
         files = {f"configs/{c.partition}.json": (c.model_dump_json(indent=2).encode(), 0o444)
                  for c in configs.partitions}

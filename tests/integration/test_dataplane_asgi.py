@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -126,7 +126,7 @@ class Deployment:
 
 @contextlib.asynccontextmanager
 async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16, max_queue: int = 256,
-                 loader: Callable[[PartitionConfig], Any] = load_slice,
+                 admission: Literal["auto", "off"] = "auto", loader: Callable[[PartitionConfig], Any] = load_slice,
                  overrides: dict[str, httpx.AsyncBaseTransport] | None = None,
                  start: set[str] | None = None) -> AsyncIterator[Deployment]:
     addresses = {t.id: f"http://{t.id}:8000" for t in plan.tasks}
@@ -134,7 +134,8 @@ async def deploy(plan: Plan, *, timeout_s: float = 10.0, max_inflight: int = 16,
     secret = write_secret(secret_dir / "secret")
     configs = render_configs(plan, "asgi", addresses, "http://gateway-internal:8081", client_port=8080,
                              secret_file=str(secret_dir / "secret"), request_timeout_s=timeout_s,
-                             max_inflight=max_inflight, max_queue=max_queue, exact_kernels=True)
+                             max_inflight=max_inflight, max_queue=max_queue, admission=admission,
+                             exact_kernels=True)
     partitions: dict[str, PartitionService] = {}
     apps: dict[str, Any] = {}
     router = Router(apps, overrides)
@@ -472,3 +473,138 @@ def test_a_slice_holds_only_its_own_weights(model_file: Path, tmp_path: Path, fr
         assert resident_bytes(runner.gm) == sum(state[k].numel() * state[k].element_size() for k in names)
         for key in names:
             assert torch.equal(kept[key], state[key]), key
+
+
+async def _metrics_of(d: Deployment, host: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = "/metrics" if host == "gateway" else f"http://{host}:8000/metrics"
+    return _samples((await d.client.get(url)).text)
+
+
+class Gated:
+    """A slice whose computes after the warm-up wait for `gate` (and count themselves)."""
+
+    def __init__(self, runner: TaskRunner, gate: threading.Event):
+        self.runner = runner
+        self.gate = gate
+        self.calls = 0
+
+    def __call__(self, tile: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 1:
+            self.gate.wait(60)
+        return self.runner(tile)
+
+
+async def test_expired_work_is_dropped_not_computed(model_file: Path) -> None:
+    """Three requests queue behind a stuck compute; once their clients have had their 504, the partition drops
+    them (the one computing is not sent on, the queued ones are not computed) and the next stage sees none."""
+    plan = plans(model_file)["layerwise-3"]
+    gate = threading.Event()
+    gated: dict[str, Gated] = {}
+
+    def loader(config: PartitionConfig) -> Any:
+        runner = load_slice(config)
+        if config.partition != "s0p0":
+            return runner
+        gated[config.partition] = Gated(runner, gate)
+        return gated[config.partition]
+
+    try:
+        async with deploy(plan, timeout_s=1.0, loader=loader) as d:
+            outcomes = await asyncio.gather(*(d.client.post("/v1/infer", json={
+                "shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()}) for _ in range(3)))
+            assert [r.status_code for r in outcomes] == [504] * 3, [r.text for r in outcomes]
+            gate.set()
+            first = d.partitions["s0p0"]
+            deadline = time.monotonic() + 30
+            while first.dropped < 3:
+                assert time.monotonic() < deadline, first.info()
+                await asyncio.sleep(0.01)
+            samples = await _metrics_of(d, "s0p0")
+            assert _value(samples, "edgepart_dropped_total", reason="send") == 1
+            assert _value(samples, "edgepart_dropped_total", reason="compute_queue") == 2
+            assert gated["s0p0"].calls == 2  # the warm-up and the stuck request: the queued two never ran
+            assert first.computed == 1
+            second = d.partitions["s1p0"]
+            assert second.computed == 0 and _value(await _metrics_of(d, "s1p0"), "edgepart_compute_seconds_count") == 0
+    finally:
+        gate.set()
+
+
+async def test_pieces_waiting_for_siblings_are_dropped_at_the_deadline(model_file: Path) -> None:
+    plan = plans(model_file)["fused-2x2"]
+
+    def swallow(request: httpx.Request) -> httpx.Response:  # s0p2's piece is lost on the way to s1p0
+        return httpx.Response(204)
+
+    async with deploy(plan, timeout_s=1.5) as d:
+        original = d.partitions["s0p2"]._sender
+        assert original is not None
+        lossy = httpx.AsyncClient(transport=Router({}, {"s1p0": httpx.MockTransport(swallow)}))
+        original.client = lossy
+        response = await d.client.post("/v1/infer", json={"shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()})
+        await lossy.aclose()
+        assert response.status_code == 504, response.text
+        # the pieces' deadline (the gateway's, less the time it keeps to name the late partition) came first
+        samples = await _metrics_of(d, "s1p0")
+        assert _value(samples, "edgepart_dropped_total", reason="assembly") == 1
+        assert d.partitions["s1p0"].computed == 0 and len(d.partitions["s1p0"]._assembler) == 0
+
+
+async def test_a_piece_that_arrives_expired_is_refused_before_its_payload(model_file: Path) -> None:
+    plan = plans(model_file)["fused-2x2"]
+    async with deploy(plan) as d:
+        config = d.configs.partition("s1p0")
+        piece = config.inputs[0]
+        tensor = torch.zeros((1, *piece.region.shape))
+        header = make_header("late1", tensor, piece.region, 0, piece.sender, budget_s=-0.5)
+        response = await d.client.post("http://s1p0:8000/v1/tensor", content=frame_bytes(header, tensor),
+                                       headers={"content-type": CONTENT_TYPE, **d.internal})
+        assert response.status_code == 504 and response.json()["error"] == "expired", response.text
+        assert _value(await _metrics_of(d, "s1p0"), "edgepart_dropped_total", reason="admission") == 1
+        assert "late1" not in d.partitions["s1p0"]._assembler
+
+
+async def test_a_burst_beyond_the_measured_bound_is_refused_with_retry_after(model_file: Path) -> None:
+    plan = plans(model_file)["fused-2x2"]
+
+    class Slow:
+        def __init__(self, runner: TaskRunner):
+            self.runner = runner
+
+        def __call__(self, tile: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.2)
+            return self.runner(tile)
+
+    def slow_loader(config: PartitionConfig) -> Any:
+        runner = load_slice(config)
+        return Slow(runner) if config.partition == "s1p0" else runner
+
+    def body() -> dict[str, Any]:
+        return {"shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()}
+
+    async with deploy(plan, timeout_s=4.0, max_inflight=64, loader=slow_loader) as d:
+        warm = await asyncio.gather(*(d.client.post("/v1/infer", json=body()) for _ in range(4)))
+        assert [r.status_code for r in warm] == [200] * 4  # unmeasured: only the hard cap applies
+        admission = d.gateway.admission
+        assert admission.service_s is not None  # three answers left while others were in flight
+        bound = admission.bound
+        assert bound < 30
+        burst = await asyncio.gather(*(d.client.post("/v1/infer", json=body()) for _ in range(30)))
+        refused = [r for r in burst if r.status_code == 503]
+        assert len(refused) >= 30 - bound
+        for r in refused:
+            assert r.json()["error"] == "admission_limit", r.text
+            assert "within the 4 s timeout" in r.json()["detail"]
+            assert int(r.headers["retry-after"]) >= 1
+        assert {r.status_code for r in burst} <= {200, 503, 504}
+        samples = await _metrics_of(d, "gateway")
+        assert _value(samples, "edgepart_admission_total", decision="rejected") == len(refused)
+        assert _value(samples, "edgepart_admission_total", decision="admitted") == 4 + 30 - len(refused)
+        assert _value(samples, "edgepart_admission_inflight") == 0
+        assert _value(samples, "edgepart_admission_bound") == admission.bound
+    async with deploy(plan, timeout_s=4.0, max_inflight=64, admission="off", loader=slow_loader) as d:
+        await asyncio.gather(*(d.client.post("/v1/infer", json=body()) for _ in range(4)))
+        burst = await asyncio.gather(*(d.client.post("/v1/infer", json=body()) for _ in range(30)))
+        assert all(r.status_code != 503 for r in burst)  # the old behaviour: everything queues
+        assert d.gateway.admission.rejected == 0

@@ -110,7 +110,13 @@ def test_metrics_parse_and_histograms_count_the_requests(running: tuple[LocalRun
     assert gateway[("edgepart_send_seconds_count", "gateway")] - gateway_before.get(
         ("edgepart_send_seconds_count", "gateway"), 0) == 2 * n
     assert gateway[("edgepart_inflight_requests", "gateway")] == 0
+    # admission (spec.admission defaults to auto) took every one of them; none was dropped for its deadline
+    assert gateway[("edgepart_admission_total", "gateway")] - gateway_before.get(
+        ("edgepart_admission_total", "gateway"), 0) == n
+    assert gateway[("edgepart_admission_inflight", "gateway")] == 0
+    assert gateway[("edgepart_admission_bound", "gateway")] >= 1
     for proc in partitions:
+        assert metrics(proc.url).get(("edgepart_dropped_total", proc.id), 0) == 0
         after = metrics(proc.url)
         for name in ("edgepart_compute_seconds_count", "edgepart_request_seconds_count",
                      "edgepart_assemble_seconds_count", "edgepart_queue_seconds_count"):

@@ -20,6 +20,7 @@ from edgepart.geometry import Region
 from edgepart.partition_service.auth import Secret
 from edgepart.partition_service.config import ConnectionLimits
 from edgepart.partition_service.errors import (
+    AdmissionError,
     ServiceError,
     UnexpectedPieceError,
     install_error_handlers,
@@ -472,3 +473,51 @@ def test_the_connection_cap_stays_within_the_descriptors_the_process_has() -> No
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert open_files_limit() >= soft  # raised towards the hard limit, never lowered
+
+
+async def test_a_refusal_from_the_head_answers_before_the_body_and_survives_it() -> None:
+    """The gateway's admission: a request it refuses is answered 503 from its head, with the refusal's
+    Retry-After; the body it never reads is dropped while the connection lingers. Others reach the app."""
+    app = FastAPI()
+    install_error_handlers(app)
+    served: list[int] = []
+    full = [True]
+
+    @app.post("/v1/infer")
+    async def infer(request: Request) -> dict[str, int]:
+        served.append(len(await request.body()))
+        return {"ok": 1}
+
+    errors: list[str] = []
+
+    def refuse(method: str, path: str) -> ServiceError | None:
+        if method == "POST" and path == "/v1/infer" and full[0]:
+            return AdmissionError("overloaded: 9 requests in flight", retry_after_s=3)
+        return None
+
+    app.state.guard = Guard(ConnectionLimits(), None, on_error=lambda err: errors.append(err.reason), refuse=refuse)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", http=http_protocol(app)))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    body = b"x" * (4 << 20)
+    head = f"POST /v1/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: {len(body)}"
+    try:
+        conn = await Conn.open(sock.getsockname()[1])
+        await conn.send((head + "\r\n\r\n").encode() + body)
+        code, headers, answer = await conn.answer()
+        assert code == 503 and headers["retry-after"] == "3" and json.loads(answer)["error"] == "admission_limit"
+        assert await conn.closed()
+        await conn.close()
+        full[0] = False
+        conn = await Conn.open(sock.getsockname()[1])
+        await conn.send((head + "\r\n\r\n").encode() + body)
+        code, _, _ = await conn.answer()
+        assert code == 200 and served == [len(body)]
+        await conn.close()
+        assert errors == ["admission_limit"]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
