@@ -23,7 +23,13 @@ from torch import fx, nn
 
 from edgepart.errors import EdgepartError
 from edgepart.graph.layer_graph import LayerGraph, trace
-from edgepart.graph.zoo import ZOO, UnknownModelError, build_zoo_model, covered_by_init_weights, init_weights
+from edgepart.graph.zoo import (
+    ZOO,
+    UnknownModelError,
+    build_zoo_model,
+    covered_by_init_weights,
+    init_weights,
+)
 
 
 class ModelLoadError(EdgepartError, ValueError):

@@ -70,7 +70,14 @@ from edgepart.operator.status import (
 )
 from edgepart.plan import Plan, StageView
 from edgepart.planner.costmodel import DeviceProfile
-from edgepart.spec import WEIGHTS_DIR, ClusterSpec, DeploymentSpec, DeviceSpec, ModelSpec, parse_duration
+from edgepart.spec import (
+    WEIGHTS_DIR,
+    ClusterSpec,
+    DeploymentSpec,
+    DeviceSpec,
+    ModelSpec,
+    parse_duration,
+)
 
 # A ConfigMap holds at most 1 MiB; leave room for metadata.
 CONFIG_MAP_LIMIT = 1_000_000
