@@ -228,6 +228,49 @@ class ClusterSpec(_Model):
 # ---------------------------------------------------------------- deployment
 
 
+WEIGHTS_DIR = "/weights"  # where a model's volume is mounted, read-only, in its pods
+
+
+class ClaimSource(_Model):
+    claim_name: Name = Field(description="A PersistentVolumeClaim in the deployment's namespace.")
+
+
+class HostPathSource(_Model):
+    path: str = Field(pattern=r"^/", description="A directory on every node that may run a partition.")
+
+
+class ImageSource(_Model):
+    reference: str = Field(min_length=1, description="An OCI image whose files are mounted (Kubernetes image "
+                                                     "volumes, 1.31+ with the ImageVolume feature gate).")
+
+
+class ModelVolume(_Model):
+    """Where a model's files (weights, path/to/file.py) come from on Kubernetes: exactly one source, mounted
+    read-only at /weights in the partition pods and the tracing Job; relative paths resolve under it."""
+
+    persistent_volume_claim: ClaimSource | None = None
+    host_path: HostPathSource | None = None
+    image: ImageSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelVolume:
+        sources = (("persistentVolumeClaim", self.persistent_volume_claim), ("hostPath", self.host_path),
+                   ("image", self.image))
+        given = [name for name, value in sources if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of persistentVolumeClaim, hostPath, image (got {given or 'none'})")
+        return self
+
+    def source(self) -> dict[str, Any]:
+        """The Kubernetes volume source, read-only."""
+        if self.persistent_volume_claim is not None:
+            return {"persistentVolumeClaim": {"claimName": self.persistent_volume_claim.claim_name, "readOnly": True}}
+        if self.host_path is not None:
+            return {"hostPath": {"path": self.host_path.path, "type": "Directory"}}
+        assert self.image is not None
+        return {"image": {"reference": self.image.reference, "pullPolicy": "IfNotPresent"}}
+
+
 class ModelSpec(_Model):
     id: Name | None = Field(default=None, description="The model's id in the plan and at the gateway "
                                                       "(POST /v1/models/{id}/infer); default: from the name.")
@@ -237,6 +280,9 @@ class ModelSpec(_Model):
         default=None, min_length=4, max_length=4, description="N,C,H,W; required outside the zoo.")
     weights: str | None = Field(default=None, description="Path to a safetensors file (default: seeded weights).")
     seed: int = Field(default=0, ge=0, description="Seed of the deterministic weights when no file is given.")
+    volume: ModelVolume | None = Field(
+        default=None, description="Kubernetes only: the volume holding `weights` and a path/to/file.py model, "
+                                  "mounted read-only at /weights (relative paths resolve under it).")
 
 
 class AccuracySpec(_Model):

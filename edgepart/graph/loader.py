@@ -3,6 +3,9 @@
 Weights come from a safetensors file when one is given (only the tensors a
 partition needs are read), otherwise from a deterministic seeded init, so
 every process that builds the same reference gets the same numbers.
+`load_part` materialises only some tensors (a partition's slice): the rest
+stay on `meta`, and the seeded init skips their draws, so the kept tensors
+get exactly the values of the whole model.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from torch import fx, nn
 
 from edgepart.errors import EdgepartError
 from edgepart.graph.layer_graph import LayerGraph, trace
-from edgepart.graph.zoo import ZOO, UnknownModelError, build_zoo_model, init_weights
+from edgepart.graph.zoo import (
+    ZOO,
+    UnknownModelError,
+    build_zoo_model,
+    covered_by_init_weights,
+    init_weights,
+)
 
 
 class ModelLoadError(EdgepartError, ValueError):
@@ -119,6 +128,44 @@ def load_model(ref: ModelRef, only: Iterable[str] | None = None) -> nn.Module:
     if ref.weights is not None:
         load_weights(model, ref.weights, only)
     return model
+
+
+def load_part(ref: ModelRef, names_of: Callable[[LayerGraph], Iterable[str]]
+              ) -> tuple[fx.GraphModule, LayerGraph]:
+    """The traced model with only the tensors `names_of(graph)` materialised; every other one stays on `meta`
+    (no storage). The whole model never exists in memory, except for a factory whose modules the seeded
+    init does not cover (their values come from the factory): that one is built whole, then released."""
+    model = _architecture(ref, "meta")
+    gm, graph = trace(model, input_shape_of(ref), ref.name)
+    names = list(names_of(graph))
+    if ref.weights is not None:
+        tensors = read_weights(ref.weights, gm.state_dict(keep_vars=True), names)
+    elif covered_by_init_weights(model):
+        tensors = _seeded_part(model, ref.seed, names)
+    else:
+        gm, graph = trace_ref(ref, load_model(ref))
+        tensors = {k: v for k, v in gm.state_dict().items() if k in set(names)}
+    _keep_only(gm, tensors)
+    return gm, graph
+
+
+def _seeded_part(model: nn.Module, seed: int, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The seeded values of tensors `names`, materialising nothing else of `model` (on `meta`)."""
+    like = model.state_dict(keep_vars=True)
+    empty = {k: torch.empty_like(like[k], device="cpu") for k in names}
+    model.load_state_dict(empty, strict=False, assign=True)
+    init_weights(model, seed)  # skips the draws of every tensor still on meta
+    state = model.state_dict()
+    return {k: state[k] for k in empty}
+
+
+def _keep_only(gm: fx.GraphModule, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Give `gm` exactly `tensors`; every other parameter and buffer goes to `meta` (its storage is freed)."""
+    state = gm.state_dict(keep_vars=True)
+    update = {k: torch.empty_like(v, device="meta") for k, v in state.items() if k not in tensors}
+    update.update(tensors)
+    with torch.no_grad():
+        gm.load_state_dict(update, strict=False, assign=True)
 
 
 def read_weights(path: str, like: Mapping[str, torch.Tensor], names: Iterable[str] | None = None

@@ -35,7 +35,10 @@ __all__ = [
     "YOLOv2",
     "ZooEntry",
     "build_zoo_model",
+    "covered_by_init_weights",
     "init_weights",
+    "skip_normal",
+    "skip_uniform",
     "zoo_names",
 ]
 
@@ -514,14 +517,59 @@ RESIDUAL_BN_SCALE = 0.2
 """Factor applied to the gamma of the last BatchNorm in each ResNet bottleneck branch."""
 
 
+SKIP_CHUNK = 1 << 20  # elements drawn at a time for a tensor left on `meta` (a multiple of 16)
+
+
 def _fill_normal(t: Tensor, std: float, gen: torch.Generator) -> None:
+    if t.is_meta:
+        skip_normal(t.numel(), gen)
+        return
+    if _drawable_in_place(t):
+        t.normal_(0.0, std, generator=gen)
+        return
     values = torch.empty(t.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
     t.copy_(values)
 
 
 def _fill_uniform(t: Tensor, low: float, high: float, gen: torch.Generator) -> None:
+    if t.is_meta:
+        skip_uniform(t.numel(), gen)
+        return
+    if _drawable_in_place(t):
+        t.uniform_(low, high, generator=gen)
+        return
     values = torch.empty(t.shape, dtype=torch.float32).uniform_(low, high, generator=gen)
     t.copy_(values)
+
+
+def _drawable_in_place(t: Tensor) -> bool:
+    """Drawing into `t` gives the values of a fresh CPU float32 draw, without a temporary copy of its size."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+
+
+def skip_uniform(count: int, gen: torch.Generator) -> None:
+    """Advance `gen` as `uniform_` on `count` float32 elements would, holding at most SKIP_CHUNK of them.
+
+    uniform_ draws one number per element, so chunks consume the stream exactly as one draw does."""
+    for start in range(0, count, SKIP_CHUNK):
+        torch.empty(min(SKIP_CHUNK, count - start), dtype=torch.float32).uniform_(generator=gen)
+
+
+def skip_normal(count: int, gen: torch.Generator) -> None:
+    """Advance `gen` as `normal_` on `count` float32 elements would, holding at most SKIP_CHUNK + 32.
+
+    CPU normal_ on m >= 16 elements draws m uniforms (Box-Muller in blocks of 16) and, when m % 16 != 0,
+    16 more to redo the last block. So the body goes in chunks that are multiples of 16, and the tail
+    (16 + m % 16 elements) in one draw that redoes its own last block: the same count overall."""
+    if count <= SKIP_CHUNK:
+        torch.empty(count, dtype=torch.float32).normal_(generator=gen)
+        return
+    tail = 16 + count % 16 if count % 16 else 0
+    body = count - tail
+    for start in range(0, body, SKIP_CHUNK):
+        torch.empty(min(SKIP_CHUNK, body - start), dtype=torch.float32).normal_(generator=gen)
+    if tail:
+        torch.empty(tail, dtype=torch.float32).normal_(generator=gen)
 
 
 def init_weights(model: nn.Module, seed: int) -> None:
@@ -537,7 +585,9 @@ def init_weights(model: nn.Module, seed: int) -> None:
       the residual additions compound and ResNet-50's output std reaches ~1e4.
 
     The global RNG is never touched. Values are drawn on the CPU and copied, so the result is
-    the same whatever device the model lives on.
+    the same whatever device the model lives on. A tensor left on ``meta`` gets no values but
+    its draws are skipped, so a model with only some tensors materialised (a partition's slice)
+    gets exactly the values the whole model would.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     modules = list(model.modules())
@@ -685,6 +735,15 @@ def build_zoo_model(name: str, seed: int = 0, device: str | torch.device = "cpu"
 
 
 _INITIALISED_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+def covered_by_init_weights(model: nn.Module) -> bool:
+    """Whether init_weights writes every parameter and buffer of `model` (so it may start on `meta`)."""
+    try:
+        _check_fully_initialised_by_init_weights(model)
+    except TypeError:
+        return False
+    return True
 
 
 def _check_fully_initialised_by_init_weights(model: nn.Module) -> None:

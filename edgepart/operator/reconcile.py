@@ -20,6 +20,7 @@ The phase follows from the first thing missing:
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -69,7 +70,14 @@ from edgepart.operator.status import (
 )
 from edgepart.plan import Plan, StageView
 from edgepart.planner.costmodel import DeviceProfile
-from edgepart.spec import ClusterSpec, DeploymentSpec, DeviceSpec, parse_duration
+from edgepart.spec import (
+    WEIGHTS_DIR,
+    ClusterSpec,
+    DeploymentSpec,
+    DeviceSpec,
+    ModelSpec,
+    parse_duration,
+)
 
 # A ConfigMap holds at most 1 MiB; leave room for metadata.
 CONFIG_MAP_LIMIT = 1_000_000
@@ -348,8 +356,10 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     known: dict[str, LayerGraph] = {}
     keys: list[str] = []
     trace_jobs: list[dict[str, Any]] = []
+    volumes = {model_id: given.volume.source() for model_id, given in spec.model_specs() if given.volume}
     for model_id, model in request.models:
-        graph, key, trace_job = model_graph(model, graphs, observed, settings, owner.namespace)
+        graph, key, trace_job = model_graph(model, graphs, observed, settings, owner.namespace,
+                                            volumes.get(model_id))
         keys.append(key)
         if trace_job is not None:
             trace_jobs.append(trace_job)
@@ -427,7 +437,8 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         pod_object = render.partition_pod(owner, render.PartitionPod(
             partition_id=task.id, node=task.device, cpu=format_cpu(resources.cpu),
             memory_request=format_memory(resources.memory_request),
-            memory_limit=format_memory(resources.memory_limit)), plan_hash, settings)
+            memory_limit=format_memory(resources.memory_limit), weights_volume=volumes.get(task.model)),
+            plan_hash, settings)
         pod_names[task.id] = pod_object["metadata"]["name"]
         objects.append(pod_object)
         objects.append(render.partition_service(owner, task.id, plan_hash, settings))
@@ -546,8 +557,8 @@ def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Map
     models = []
     for k, (model_id, given) in enumerate(spec.model_specs()):
         field = f"spec.models[{k}]" if several else "spec.model"
-        model = ModelRef(given.name, tuple(given.input_shape) if given.input_shape else None, given.weights,
-                         given.seed)
+        name, weights = _in_pods(given, field)
+        model = ModelRef(name, tuple(given.input_shape) if given.input_shape else None, weights, given.seed)
         if not is_zoo_name(model.name) and ":" not in model.name:
             raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
                         f"{field}.name: unknown model {model.name!r}: not in the zoo ({', '.join(sorted(ZOO))}) and "
@@ -563,8 +574,32 @@ def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Map
                        profiles=node_profiles, options=dict(spec.solver_options))
 
 
+def _in_pods(given: ModelSpec, field: str) -> tuple[str, str | None]:
+    """The model name and weights path as pods see them (relative paths resolve under the model's volume)."""
+    weights = None if given.weights is None else _pod_path(given, f"{field}.weights", given.weights)
+    location, _, factory = given.name.rpartition(":")
+    if location.endswith(".py") or "/" in location:
+        return f"{_pod_path(given, f'{field}.name', location)}:{factory}", weights
+    return given.name, weights
+
+
+def _pod_path(given: ModelSpec, where: str, path: str) -> str:
+    """Pods mount only their config: a relative path needs the model's volume (at WEIGHTS_DIR); an absolute one
+    is taken as a file in the image (or under WEIGHTS_DIR)."""
+    if posixpath.isabs(path):
+        return path
+    if given.volume is None:
+        field = where.rpartition(".")[0]
+        raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
+                    f"{field}.volume: {where} {path!r} is a relative path, but pods mount only their config; give "
+                    f"the model a volume (persistentVolumeClaim, hostPath or image), mounted at {WEIGHTS_DIR}, or an "
+                    "absolute path inside the image")
+    return posixpath.join(WEIGHTS_DIR, posixpath.normpath(path))
+
+
 def model_graph(model: ModelRef, graphs: Mapping[str, LayerGraph], observed: Observed, settings: OperatorSettings,
-                namespace: str) -> tuple[LayerGraph | None, str, dict[str, Any] | None]:
+                namespace: str, volume: Mapping[str, Any] | None = None
+                ) -> tuple[LayerGraph | None, str, dict[str, Any] | None]:
     """(the graph, its key ('' when traced here), a tracing Job to create when it is not known yet: no graph).
 
     Zoo models and the admin's trusted references are traced here; any other reference is never imported
@@ -590,7 +625,7 @@ def model_graph(model: ModelRef, graphs: Mapping[str, LayerGraph], observed: Obs
                     f"spec.model.name: tracing {model.name[:200]!r} failed in job {job.name}"
                     + (f": {job.message}" if job.message else "") + " (see its pod's log)")
     assert model.input_shape is not None  # plan_request requires it outside the zoo
-    return None, key, render.trace_job(key, model.name, model.input_shape, namespace, settings)
+    return None, key, render.trace_job(key, model.name, model.input_shape, namespace, settings, volume)
 
 
 def plan_summary(plan: Plan, plan_hash: str, config_map: str) -> PlanSummary:

@@ -21,6 +21,7 @@ import yaml
 
 from edgepart.operator import names
 from edgepart.operator.settings import OperatorSettings
+from edgepart.spec import WEIGHTS_DIR
 
 CONFIG_DIR = "/etc/edgepart"
 SECRET_DIR = "/var/run/secrets/edgepart"  # the deployment's Secret, mounted read-only into its pods
@@ -137,6 +138,7 @@ class PartitionPod:
     cpu: str
     memory_request: str
     memory_limit: str
+    weights_volume: Mapping[str, Any] | None = None  # the model's volume source, mounted read-only at WEIGHTS_DIR
 
 
 def partition_labels(owner: Owner, partition_id: str, plan_hash: str) -> dict[str, str]:
@@ -163,6 +165,8 @@ def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: Ope
         cpu=pod.cpu,
         memory_request=pod.memory_request,
         memory_limit=pod.memory_limit,
+        weights_volume=pod.weights_volume,
+        weights_dir=WEIGHTS_DIR,
         settings=settings,
         args=list(args),
     )
@@ -283,7 +287,7 @@ def graph_labels(key: str) -> dict[str, str]:
 
 
 def trace_job(key: str, model: str, input_shape: Sequence[int], namespace: str,
-              settings: OperatorSettings) -> dict[str, Any]:
+              settings: OperatorSettings, weights_volume: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A Job that traces a model outside the zoo in the image (the user's code runs there, not in the
     operator) and prints its layer graph between marker lines; the operator copies it into a ConfigMap.
 
@@ -296,6 +300,8 @@ def trace_job(key: str, model: str, input_shape: Sequence[int], namespace: str,
         metadata=metadata(names.trace_job_name(key), None, namespace, labels, {names.ANNOTATION_MODEL: model}),
         pod_labels=labels,
         args=["trace", "--input-shape", shape, "--markers", "--", model],
+        weights_volume=weights_volume,
+        weights_dir=WEIGHTS_DIR,
         settings=settings,
     ))
 

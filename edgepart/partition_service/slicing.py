@@ -1,10 +1,9 @@
 """Load exactly one partition's slice of the model.
 
-With a safetensors file the model is traced on the meta device and only the
-tensors of layers [start, stop) are read from the file and materialised;
-every other parameter stays on `meta` (no storage). With seeded weights the
-whole model has to be initialised (the seed's draws run through every layer
-in order), then every tensor outside the slice is released.
+The model is traced on the meta device and only the tensors of layers
+[start, stop) are materialised (read from the safetensors file, or drawn by
+the seeded init, which skips the draws of every other tensor); every other
+parameter stays on `meta` (no storage). See `load_part`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from torch import fx
 from edgepart.executor import SliceRunner, crop
 from edgepart.geometry import Region
 from edgepart.graph.layer_graph import LayerGraph
-from edgepart.graph.loader import load_model, read_weights, trace_ref
+from edgepart.graph.loader import load_part
 from edgepart.partition_service.config import PartitionConfig
 
 __all__ = ["SliceError", "TaskRunner", "load_slice", "resident_bytes"]
@@ -26,20 +25,7 @@ class SliceError(RuntimeError):
 
 
 def _build(config: PartitionConfig) -> tuple[fx.GraphModule, LayerGraph]:
-    ref = config.model.ref()
-    if ref.weights is not None:
-        gm, graph = trace_ref(ref)  # meta device: no storage, no init
-        names = graph.param_names(config.start, config.stop)
-        state = gm.state_dict(keep_vars=True)
-        gm.load_state_dict(read_weights(ref.weights, state, names), strict=False, assign=True)
-        return gm, graph
-    model = load_model(ref)
-    gm, graph = trace_ref(ref, model)
-    keep = set(graph.param_names(config.start, config.stop))
-    release = {k: torch.empty_like(v, device="meta") for k, v in gm.state_dict(keep_vars=True).items()
-               if k not in keep}
-    gm.load_state_dict(release, strict=False, assign=True)
-    return gm, graph
+    return load_part(config.model.ref(), lambda graph: graph.param_names(config.start, config.stop))
 
 
 class TaskRunner:

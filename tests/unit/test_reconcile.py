@@ -157,6 +157,10 @@ def test_condition_times_move_only_when_their_status_changes() -> None:
     (spec(solver="no-such-solver"), "spec.solver"),
     (spec(solverOptions={"gird": [2, 2]}), "spec.solverOptions"),
     (spec(unknownField=1), "spec.unknownField"),
+    (spec(model={"name": "alexnet", "weights": "alexnet.safetensors"}), "spec.model.volume"),
+    (spec(model={"name": "models/tiny.py:tiny", "inputShape": [1, 3, 32, 32]}), "spec.model.volume"),
+    (spec(model={"name": "alexnet", "volume": {"hostPath": {"path": "/w"}, "image": {"reference": "w:1"}}}),
+     "spec.model.volume"),
 ])
 def test_an_invalid_spec_fails_naming_the_field(body: dict[str, Any], field: str) -> None:
     desired = run(body)
@@ -303,3 +307,32 @@ def test_partitions_run_the_fastest_kernels_unless_the_deployment_asks_for_exact
     data = desired.object("ConfigMap", "alex-plan")["data"]
     configs = [load_partition_config(text) for key, text in data.items() if key.startswith("partition-")]
     assert configs and {c.exact_kernels for c in configs} == {exact}
+
+
+def test_weights_on_a_volume_are_mounted_read_only_and_resolved_under_it() -> None:
+    desired = run(spec(model={"name": "alexnet", "weights": "nets/alexnet.safetensors",
+                              "volume": {"persistentVolumeClaim": {"claimName": "models"}}}))
+    config_map = desired.object("ConfigMap", "alex-plan")["data"]
+    for task_id, pod in pods(desired).items():
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["weights"] == {"name": "weights", "mountPath": "/weights", "readOnly": True}
+        config = load_partition_config(config_map[f"partition-{task_id}.json"])
+        assert config.model.weights == "/weights/nets/alexnet.safetensors"
+
+
+def test_a_file_model_on_an_image_volume_is_traced_with_the_volume_mounted() -> None:
+    desired = run(spec(model={"name": "models/tiny.py:tiny", "inputShape": [1, 3, 32, 32],
+                              "volume": {"image": {"reference": "registry.example/models:1"}}}))
+    (job,) = [j for j in desired.jobs if "--" in j["spec"]["template"]["spec"]["containers"][0].get("args", [])]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][-1] == "/weights/models/tiny.py:tiny"
+    assert {"name": "weights", "image": {"reference": "registry.example/models:1", "pullPolicy": "IfNotPresent"}} \
+        in pod["volumes"]
+    assert {"name": "weights", "mountPath": "/weights", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+
+def test_pods_without_a_volume_mount_none() -> None:
+    for pod in pods(run()).values():
+        assert "weights" not in {v["name"] for v in pod["spec"]["volumes"]}
