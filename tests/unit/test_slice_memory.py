@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_cnn import SHAPE, write_tiny_cnn
 
 from edgepart.graph import zoo
 from edgepart.graph.layer_graph import LayerGraph
@@ -19,7 +20,6 @@ from edgepart.partition_service.config import render_configs
 from edgepart.plan import make_plan
 from edgepart.planner.builders import single_stage
 from edgepart.planner.resources import PROCESS_OVERHEAD_BYTES, partition_resources
-from tests.tiny_cnn import SHAPE, write_tiny_cnn
 
 
 @pytest.mark.parametrize("count", [1, 15, 16, 17, 33, 64, 65, 200, 64 * 3 + 16, 1027])
