@@ -682,11 +682,18 @@ class LocalRuntime:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(child.wait, 10)
 
+    def _reap_exited(self) -> None:
+        """Forget the children that exited: processes a re-plan by the supervisor stopped are ours to reap."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+
     async def teardown(self, state: RunState) -> list[str]:
         """Stop the supervisor and every process of `state`, remove its emulated devices and its run directory."""
         await self._stop_supervisor(state)
         state = self.load(state.name) or state  # the supervisor may have restarted a process since
         await self._stop_processes(list(state.processes))
+        self._reap_exited()
         problems = destroy_testbed(state.testbed) if state.testbed is not None else []
         shutil.rmtree(state.directory, ignore_errors=True)
         return problems

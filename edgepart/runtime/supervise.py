@@ -76,7 +76,7 @@ class Supervisor:
                 continue
             try:
                 await self.runtime.respawn(state, proc.id)
-            except (EdgepartError, OSError, subprocess.SubprocessError) as err:  # e.g. its namespace is gone
+            except (EdgepartError, OSError, ValueError, subprocess.SubprocessError) as err:  # its netns gone, config broken
                 print(f"{time.strftime('%H:%M:%S')} cannot restart {proc.id}: {err}", flush=True)
             backoff.not_before = now + backoff.delay_s
             backoff.delay_s = min(backoff.delay_s * 2, self.settings.backoff_max_s)
