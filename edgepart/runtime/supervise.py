@@ -87,7 +87,7 @@ class Supervisor:
 
     async def _watch_devices(self, state: RunState, now: float) -> None:
         """Re-plan without the devices down past the run's timeout (never twice for the same ones)."""
-        if not self.runtime.can_replan(state) or state.device_timeout_s is None:
+        if state.device_timeout_s is None or not self.runtime.can_replan(state):
             return
         settings = LossSettings(timeout_s=state.device_timeout_s, recovery_s=self.settings.recovery_s)
         excluded = {e.name for e in state.excluded}
