@@ -568,6 +568,10 @@ def up_command(
                                                               "$EDGEPART_IMAGE or localhost/edgepart:dev).")] = None,
     supervise: Annotated[bool, typer.Option("--supervise/--no-supervise",
                                             help="Restart processes that exit, with backoff, until `down`.")] = True,
+    device_timeout: Annotated[float, typer.Option("--device-timeout", help="Seconds a device's partitions may stay "
+                                                                           "down (every restart failing) before the "
+                                                                           "deployment is re-planned without it; 0: "
+                                                                           "never.")] = 30.0,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate",
                                             help="--emulate: cost the devices with their speed and message cost "
                                                  "measured under their CPU quota on this host (cached per host, "
@@ -600,7 +604,8 @@ def up_command(
         return
     settings = CalibrationSettings(mode="off" if not calibrate else "recalibrate" if recalibrate else "cached")
     asyncio.run(commands.up(deployment, port=port, emulate=emulate, plan_path=plan_file, timeout_s=timeout,
-                            echo=typer.echo, supervise=supervise, calibration=settings))
+                            echo=typer.echo, supervise=supervise, calibration=settings,
+                            device_timeout_s=device_timeout if device_timeout > 0 else None))
 
 
 @app.command("load")

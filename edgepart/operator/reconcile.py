@@ -70,6 +70,7 @@ from edgepart.operator.status import (
 )
 from edgepart.plan import Plan, StageView
 from edgepart.planner.costmodel import DeviceProfile
+from edgepart.planner.device_loss import choose_master, links_among
 from edgepart.spec import (
     WEIGHTS_DIR,
     ClusterSpec,
@@ -319,7 +320,7 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
                     f"spec.master: node {spec.master!r} is not one of the selected nodes "
                     f"{[n.name for n in selected]}")
     wanted = spec.master or next((d.name for d in spec.devices if d.role == "end"), None)  # role end holds the input
-    master = wanted if wanted in {n.name for n in usable} else usable[0].name
+    master = choose_master(wanted, [n.name for n in usable])
     if wanted is not None and wanted != master:
         degraded_reasons.append(f"master {wanted} is unusable; the gateway moved to {master}")
 
@@ -548,8 +549,7 @@ def plan_request(spec: DeploymentSpec, usable: Sequence[NodeInfo], profiles: Map
             role=override.role if override is not None and (override.role != "end" or node.name == master) else None,
             labels={names.LABEL_DEVICE_CLASS: node.device_class},
         ))
-    network = spec.network.model_copy(update={"links": [
-        link for link in spec.network.links if {link.source, link.target} <= {n.name for n in usable}]})
+    network = links_among(spec.network, [n.name for n in usable])
     cluster = ClusterSpec(devices=devices, network=network, master=master)
     node_profiles = {node.name: profiles[node.device_class] for node in usable
                      if node.device_class in profiles}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepart.errors import EdgepartError
-from edgepart.runtime.local import LocalRuntime, RunState
+from edgepart.runtime.local import LocalRuntime, RunState, RunStatus
 from edgepart.spec import load_deployment
 
 if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `status` starts fast
@@ -18,8 +19,8 @@ if TYPE_CHECKING:  # torch-heavy: imported by the commands that need them, so `s
     from edgepart.plan import Plan
     from edgepart.runtime.device_calibration import CalibrationSettings, Measure
 
-__all__ = ["down", "infer_command", "read_input", "reference_model", "restart", "status", "table", "trace_table",
-           "up"]
+__all__ = ["down", "infer_command", "read_input", "reference_model", "replan_lines", "restart", "status", "table",
+           "trace_table", "up"]
 
 Echo = Callable[[str], None]
 
@@ -42,9 +43,10 @@ def plan_table(plan: Plan) -> str:
 
 async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, timeout_s: float, echo: Echo,
              root: Path | None = None, supervise: bool = True, calibration: CalibrationSettings | None = None,
-             measure: Measure | None = None) -> RunState:
+             measure: Measure | None = None, device_timeout_s: float | None = 30.0) -> RunState:
     """`edgepart up`. With `emulate`, the devices are calibrated first (`device_calibration`, per `calibration`;
-    `measure`: what measures a quota, default this host under real quotas)."""
+    `measure`: what measures a quota, default this host under real quotas). The supervisor re-plans without a
+    device down `device_timeout_s` (None: never)."""
     from edgepart.plan import load_plan
     from edgepart.runtime.device_calibration import CalibrationSettings, calibrate_devices
 
@@ -56,7 +58,7 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
         deployment, calibrated = await calibrate_devices(deployment, calibration or CalibrationSettings(), echo=echo,
                                                          measure=measure, base=Path.cwd())
     state = await runtime.up(deployment, port=port, emulate=emulate, plan=plan, ready_timeout_s=timeout_s,
-                             base=Path.cwd(), calibration=calibrated)
+                             base=Path.cwd(), calibration=calibrated, device_timeout_s=device_timeout_s)
     if deployment.spec.variants is not None:  # accuracy-aware data partitioning: no plan, a configuration
         echo(f"{state.name}: dispatcher and {len(state.processes) - 1} variant workers ready "
              f"({'emulated devices; ' if state.emulated else ''}predicted "
@@ -90,6 +92,9 @@ async def up(path: Path, *, port: int, emulate: bool, plan_path: Path | None, ti
     echo(f"try:     edgepart infer {state.gateway_url} --random --check --deployment {path}")
     if supervise:
         echo("processes that exit are restarted (with backoff) until `edgepart down`; `edgepart status` counts it")
+        if device_timeout_s is not None:
+            echo(f"a device whose partitions stay down {device_timeout_s:g} s is left out and the deployment "
+                 "re-planned over the others")
     echo(f"stop:    edgepart down {state.name}")
     return state
 
@@ -115,6 +120,8 @@ async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool
              + (f"; {run.detail}" if run.detail else ""))
         if run.calibration is not None:
             echo(run.calibration.summary())
+        for line in replan_lines(run):
+            echo(line)
         rows = [[p["id"], p["device"], p["stage"], p["pid"], "yes" if run.alive.get(p["id"]) else "NO",
                  "yes" if p["ready"] else "NO", run.restarts.get(p["id"], 0), p.get("computed") or 0,
                  _ms(p.get("compute_mean_s")), p["url"], p["detail"] or ""] for p in run.partitions]
@@ -131,6 +138,21 @@ async def status(name: str | None, echo: Echo, root: Path | None = None) -> bool
             echo(table(["partition", "device", "stage", "pid", "alive", "ready", "restarts", "requests", "compute",
                         "url", "detail"], rows))
     return all(r.ready for r in runs)
+
+
+def replan_lines(run: RunStatus) -> list[str]:
+    """What `status` says of re-plans: the plan's generation, the devices left out and why, a failed re-plan."""
+    lines = []
+    record = run.replan
+    if record is not None and not record.feasible:
+        lines.append(f"RE-PLAN FAILED: {record.reason}; the plan of generation {run.generation} still runs")
+    elif record is not None:
+        lines.append(f"re-planned: generation {run.generation}, plan {run.plan_hash} on {', '.join(record.devices)}"
+                     f" (master {record.master}): {record.reason}")
+    for excluded in run.excluded:
+        lines.append(f"excluded device {excluded.name} ({excluded.reason}) since "
+                     f"{time.strftime('%H:%M:%S', time.localtime(excluded.since))}: {excluded.message}")
+    return lines
 
 
 async def restart(name: str, ident: str, echo: Echo, root: Path | None = None, timeout_s: float = 300.0) -> None:

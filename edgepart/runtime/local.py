@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict
 from edgepart.errors import EdgepartError
 from edgepart.runtime.calibration_cache import Calibration
 from edgepart.runtime.emulate import (
+    NETNS_DIR,
     EmulationError,
     Testbed,
     create_testbed,
@@ -57,10 +59,12 @@ if TYPE_CHECKING:  # torch-heavy; `status` and `down` start fast without them
     from edgepart.plan import Plan
     from edgepart.runtime.planning import Planned
 
-__all__ = ["LocalRuntime", "LocalRuntimeError", "ProcessState", "RunState", "RunStatus", "default_root"]
+__all__ = ["ExcludedDevice", "LocalRuntime", "LocalRuntimeError", "ProcessState", "Replan", "RunState", "RunStatus",
+           "default_root"]
 
 GATEWAY_INTERNAL_PORT = 9000  # inside an emulated master device
 SECRET_FILE = "secret"
+DEPLOYMENT_FILE = "deployment.json"  # the deployment as planned (devices costed): what a re-plan starts from
 PARTITION_BASE_PORT = 9100  # inside an emulated device: 9100, 9101, ...
 _MARK = "edgepart.partition_service"
 
@@ -89,6 +93,32 @@ class ProcessState(BaseModel):
     last_exit: int | None = None  # the exit code (negative: the signal) before the last restart, when known
 
 
+class ExcludedDevice(BaseModel):
+    """A device the deployment was re-planned without (as the operator's status.excludedNodes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    reason: str  # DeviceUnreachable
+    message: str
+    since: float  # wall-clock time it was left out
+
+
+class Replan(BaseModel):
+    """The last re-plan over the remaining devices, or the attempt that found no feasible plan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generation: int  # of the plan running after it (the first plan is generation 1)
+    at: float
+    lost: list[str]  # the devices lost this time (`RunState.excluded` holds every one)
+    feasible: bool
+    reason: str
+    devices: list[str] = []  # the new plan's devices
+    master: str | None = None
+    plan_hash: str | None = None
+
+
 class RunState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -110,6 +140,11 @@ class RunState(BaseModel):
     ring: dict[str, str] = {}  # a deployment with sources: each ring worker's URL from this host
     supervisor_pid: int | None = None  # the process restarting partitions that exit (`edgepart up`)
     calibration: Calibration | None = None  # `up --emulate`: what the devices were costed with
+    device_timeout_s: float | None = None  # a device down this long is left out and the deployment re-planned
+    generation: int = 1  # of the plan running: one more on every re-plan
+    plan_hash: str | None = None
+    excluded: list[ExcludedDevice] = []
+    replan: Replan | None = None
 
     def process(self, ident: str) -> ProcessState:
         for proc in self.processes:
@@ -133,6 +168,11 @@ class RunStatus(BaseModel):
     supervised: bool = False
     capped: bool = True  # emulated: every live partition runs in its device's CPU cgroup
     calibration: Calibration | None = None
+    generation: int = 1
+    plan_hash: str | None = None
+    device_timeout_s: float | None = None
+    excluded: list[ExcludedDevice] = []
+    replan: Replan | None = None
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -173,6 +213,11 @@ def _in_cgroup(pid: int, cgroup: str) -> bool:
         if (not controllers or "cpu" in controllers.split(",")) and (path == tail or cgroup.endswith(path)):
             return path not in ("", "/")
     return False
+
+
+def plan_hash(plan: Plan) -> str:
+    """A short digest of the plan, so `status` shows when a re-plan changed it."""
+    return hashlib.sha256(plan.to_json(indent=None).encode()).hexdigest()[:10]
 
 
 def _supervisor_alive(pid: int | None) -> bool:
@@ -302,11 +347,13 @@ class LocalRuntime:
 
     async def up(self, deployment: DNNDeployment, *, port: int = 8080, emulate: bool = False,
                  plan: Plan | None = None, ready_timeout_s: float = 300.0, base: Path | None = None,
-                 connection: ConnectionLimits | None = None, calibration: Calibration | None = None) -> RunState:
+                 connection: ConnectionLimits | None = None, calibration: Calibration | None = None,
+                 device_timeout_s: float | None = 30.0) -> RunState:
         """Plan (unless `plan` is given), start every process, wait until all are ready.
 
         `connection`: the limits every process enforces on its connections (default: `ConnectionLimits()`).
-        `calibration`: what `deployment`'s devices were calibrated with (`device_calibration`), kept for `status`."""
+        `calibration`: what `deployment`'s devices were calibrated with (`device_calibration`), kept for `status`.
+        `device_timeout_s`: the supervisor re-plans without a device down this long (None: never)."""
         name = deployment.metadata.name
         spec = deployment.spec
         if spec.variants is not None:  # accuracy-aware data partitioning: a dispatcher and variant workers
@@ -344,6 +391,7 @@ class LocalRuntime:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         write_secret(directory / SECRET_FILE)
         save_plan(planned.plan, directory / "plan.json")
+        (directory / DEPLOYMENT_FILE).write_text(deployment.model_dump_json(by_alias=True, exclude_none=True))
         predicted = planned.plan.predicted
         state = RunState(
             name=name, directory=str(directory), cwd=str(base or Path.cwd()), started_at=time.time(),
@@ -351,6 +399,7 @@ class LocalRuntime:
             solver=planned.plan.solver,
             how=planned.how, predicted_latency_s=predicted.latency_s if predicted else None,
             predicted_throughput_per_s=predicted.throughput_per_s if predicted else None, calibration=calibration,
+            device_timeout_s=device_timeout_s, plan_hash=plan_hash(planned.plan),
         )
         try:
             self._connection = connection
@@ -594,7 +643,10 @@ class LocalRuntime:
                                         detail=detail, predicted_latency_s=state.predicted_latency_s,
                                         restarts={p.id: p.restarts for p in state.processes},
                                         supervised=_supervisor_alive(state.supervisor_pid),
-                                        capped=not uncapped, manager=manager, calibration=state.calibration))
+                                        capped=not uncapped, manager=manager, calibration=state.calibration,
+                                        generation=state.generation, plan_hash=state.plan_hash,
+                                        device_timeout_s=state.device_timeout_s, excluded=state.excluded,
+                                        replan=state.replan))
         return result
 
     def start_supervisor(self, state: RunState) -> int:
@@ -630,11 +682,18 @@ class LocalRuntime:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(child.wait, 10)
 
+    def _reap_exited(self) -> None:
+        """Forget the children that exited: processes a re-plan by the supervisor stopped are ours to reap."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+
     async def teardown(self, state: RunState) -> list[str]:
         """Stop the supervisor and every process of `state`, remove its emulated devices and its run directory."""
         await self._stop_supervisor(state)
         state = self.load(state.name) or state  # the supervisor may have restarted a process since
         await self._stop_processes(list(state.processes))
+        self._reap_exited()
         problems = destroy_testbed(state.testbed) if state.testbed is not None else []
         shutil.rmtree(state.directory, ignore_errors=True)
         return problems
@@ -695,6 +754,67 @@ class LocalRuntime:
         state.processes = [new if p.id == ident else p for p in state.processes]
         self._save(state)
         return new
+
+    # ------------------------------------------------------------ lost devices: re-plan without them
+
+    def devices_down(self, state: RunState) -> set[str]:
+        """Devices with a partition not running, or (emulated) whose network namespace is gone."""
+        return {p.device for p in state.processes if p.role == "partition"
+                and (not self.alive(p) or (p.netns is not None and not (NETNS_DIR / p.netns).exists()))}
+
+    def can_replan(self, state: RunState) -> bool:
+        """A planned deployment started by this version (a re-plan starts from its saved deployment)."""
+        return (state.device_timeout_s is not None and not state.ring
+                and (Path(state.directory) / DEPLOYMENT_FILE).is_file())
+
+    async def replan(self, state: RunState, lost: dict[str, str], ready_timeout_s: float = 300.0) -> RunState:
+        """Plan the deployment again without the `lost` devices (name -> why) and those left out before, with the
+        spec and solver it was started with; stop the old processes, start the new plan's and wait until ready.
+        Without a feasible plan the old processes keep running and `state.replan` says why; saves the state."""
+        from edgepart.plan import save_plan
+        from edgepart.planner.device_loss import NoDevicesLeftError, remaining_spec
+        from edgepart.runtime.planning import plan_deployment
+
+        now = time.time()
+        excluded = [*state.excluded, *(ExcludedDevice(name=name, reason="DeviceUnreachable", message=why, since=now)
+                                       for name, why in sorted(lost.items()))]
+        state.excluded = excluded
+        directory = Path(state.directory)
+        deployment = DNNDeployment.model_validate_json((directory / DEPLOYMENT_FILE).read_text())
+        try:
+            remaining = remaining_spec(deployment.spec, {e.name for e in excluded})
+            planned = await asyncio.to_thread(plan_deployment, remaining.spec, base=Path(state.cwd))
+        except (NoDevicesLeftError, EdgepartError, ValueError) as err:
+            state.replan = Replan(generation=state.generation, at=now, lost=sorted(lost), feasible=False,
+                                  reason=f"no feasible plan without {', '.join(e.name for e in excluded)}: {err}")
+            self._save(state)
+            return state
+        await self._stop_processes(list(state.processes))
+        if state.testbed is not None:  # emulated: new devices for the remaining ones (the lost one may be gone)
+            for problem in await asyncio.to_thread(destroy_testbed, state.testbed):
+                self._echo(f"warning: {problem}")
+            state.testbed = None
+        save_plan(planned.plan, directory / "plan.json")
+        moved = f"; the input moved from {remaining.moved_from} to {remaining.master}" if remaining.moved_from else ""
+        state.processes, state.status, state.generation = [], "starting", state.generation + 1
+        state.plan_hash, state.solver, state.how = plan_hash(planned.plan), planned.plan.solver, planned.how
+        predicted = planned.plan.predicted
+        state.predicted_latency_s = predicted.latency_s if predicted else None
+        state.predicted_throughput_per_s = predicted.throughput_per_s if predicted else None
+        state.replan = Replan(generation=state.generation, at=now, lost=sorted(lost), feasible=True,
+                              reason="; ".join(lost[n] for n in sorted(lost)) + moved,
+                              devices=list(planned.plan.devices), master=remaining.master, plan_hash=state.plan_hash)
+        self._save(state)
+        reduced = deployment.model_copy(update={"spec": remaining.spec})
+        if state.emulated:
+            await self._up_emulated(reduced, planned, state)
+        else:
+            await self._up_local(reduced, planned, state)
+        await self._wait_ready(state, ready_timeout_s)
+        self._apply_caps(state)
+        state.status = "ready"
+        self._save(state)
+        return state
 
     def plan_of(self, name: str) -> Plan:
         from edgepart.plan import plan_from_json
