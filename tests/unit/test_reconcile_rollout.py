@@ -23,10 +23,10 @@ PROFILES = {"rpi4": profile("rpi4"), "fast": profile("fast", 8.0)}
 LATE = "2026-01-01T00:10:01Z"  # 601 s after NOW: past the default progressDeadlineSeconds
 
 
-def run(body: Mapping[str, Any], observed: Observed = Observed(), node_list: Sequence[NodeInfo] | None = None,
+def run(body: Mapping[str, Any], observed: Observed | None = None, node_list: Sequence[NodeInfo] | None = None,
         now: str = NOW, owner: Owner = OWNER) -> DesiredState:
-    return reconcile(owner, body, nodes() if node_list is None else node_list, PROFILES, observed=observed,
-                     settings=SETTINGS, planner=compute_plan, configs=data_plane_configs, now=now)
+    return reconcile(owner, body, nodes() if node_list is None else node_list, PROFILES,
+                     observed=observed or Observed(), settings=SETTINGS, planner=compute_plan, configs=data_plane_configs, now=now)
 
 
 def ready_pods(*states: DesiredState) -> tuple[PodState, ...]:
