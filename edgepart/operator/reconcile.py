@@ -16,6 +16,9 @@ The phase follows from the first thing missing:
     pods or gateway of the current plan not ready    -> Deploying
     all ready, every selected node in the plan       -> Ready
     all ready, some selected node left out           -> Degraded
+
+A new plan rolls out make before break (`operator/rollout.py`): the serving plan's objects are kept
+(`DesiredState.keep`) and the gateway routes to it until every partition of the new plan is ready.
 """
 
 from __future__ import annotations
