@@ -504,6 +504,15 @@ class DeploymentSpec(_Model):
     node_affinity: NodeAffinitySpec | None = Field(
         default=None, description="Kubernetes: node affinity of every pod, combined with the pin to its planned "
                                   "node; required terms also narrow the devices.")
+    progress_deadline_seconds: int = Field(
+        default=600, ge=1, le=86400,
+        description="Kubernetes: seconds a new plan may take to get every partition ready; past them the rollout "
+                    "is reported (Progressing False, ProgressDeadlineExceeded) and the old plan keeps serving.")
+    replan_gain: float = Field(
+        default=0.10, ge=0, le=10,
+        description="Kubernetes: when a node becomes usable again, re-plan only if the new plan's predicted "
+                    "latency (throughput with objective throughput) beats the serving plan's by more than this "
+                    "fraction; else the serving plan stays.")
 
     @model_validator(mode="after")
     def _one_kind_of_model(self) -> DeploymentSpec:

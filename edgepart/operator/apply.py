@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,8 +167,10 @@ class SyncResult:
     deleted: tuple[str, ...]
 
 
-def sync(api: Api, owner: Owner, desired: Iterable[Mapping[str, Any]], prune: bool) -> SyncResult:
-    """Apply what is missing or changed; with `prune`, delete owned objects that are not desired."""
+def sync(api: Api, owner: Owner, desired: Iterable[Mapping[str, Any]], prune: bool,
+         keep: Collection[str] = ()) -> SyncResult:
+    """Apply what is missing or changed; with `prune`, delete owned objects that are not desired, except
+    those of the plans in `keep` (by their edgepart.io/plan label: the plan that serves during a rollout)."""
     existing = {(o["kind"], o["metadata"]["name"]): o for o in owned_objects(api, owner)}
     applied, deleted = [], []
     wanted = set()
@@ -182,7 +184,9 @@ def sync(api: Api, owner: Owner, desired: Iterable[Mapping[str, Any]], prune: bo
         applied.append(f"{key[0]}/{key[1]}")
     if prune:
         for (kind, name), obj in sorted(existing.items()):
-            if (kind, name) not in wanted and not (obj.get("metadata") or {}).get("deletionTimestamp"):
+            meta = obj.get("metadata") or {}
+            kept = (meta.get("labels") or {}).get(names.LABEL_PLAN) in keep
+            if (kind, name) not in wanted and not kept and not meta.get("deletionTimestamp"):
                 api.delete(kind, owner.namespace, name)
                 deleted.append(f"{kind}/{name}")
     return SyncResult(tuple(applied), tuple(deleted))

@@ -239,7 +239,7 @@ def reconcile_once(runtime: Runtime, body: Mapping[str, Any], logger: Logger) ->
     for secret in desired.secrets:  # before the pods that mount it
         if apply.create_secret(api, secret):
             logger.info("created secret %s", secret["metadata"]["name"])
-    result = apply.sync(api, owner, desired.objects, desired.prune)
+    result = apply.sync(api, owner, desired.objects, desired.prune, desired.keep)
     if result.applied or result.deleted:
         logger.info("applied %s; deleted %s", list(result.applied), list(result.deleted))
     if not same_status(status, desired.status):

@@ -113,6 +113,21 @@ def config_map_name(deployment: str) -> str:
     return dns_label(deployment, "plan")
 
 
+def plan_config_map_name(deployment: str, plan_hash: str) -> str:
+    """One ConfigMap per plan, so the serving plan's stays while the next one rolls out."""
+    return dns_label(deployment, "plan", plan_hash[:8])
+
+
+def plan_service_name(deployment: str, partition_id: str, plan_hash: str) -> str:
+    """A partition's Service in one plan: two plans with the same partition ids coexist."""
+    return dns_label(deployment, partition_id, plan_hash[:8])
+
+
+def gateway_plan_service_name(deployment: str, plan_hash: str) -> str:
+    """Where one plan's partitions send their output: only the gateway pods that route to that plan."""
+    return dns_label(deployment, "gateway", plan_hash[:8])
+
+
 def service_account_name(deployment: str) -> str:
     return dns_label(deployment, "partition")
 

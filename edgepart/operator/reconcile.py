@@ -16,6 +16,9 @@ The phase follows from the first thing missing:
     pods or gateway of the current plan not ready    -> Deploying
     all ready, every selected node in the plan       -> Ready
     all ready, some selected node left out           -> Degraded
+
+A new plan rolls out make before break (`operator/rollout.py`): the serving plan's objects are kept
+(`DesiredState.keep`) and the gateway routes to it until every partition of the new plan is ready.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from edgepart.errors import EdgepartError, explain_validation
 from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of, is_zoo_name
 from edgepart.graph.zoo import ZOO, UnknownModelError
-from edgepart.operator import exclusions, names, render
+from edgepart.operator import exclusions, names, render, rollout
 from edgepart.operator.configs import ConfigRenderer, ConfigRequest
 from edgepart.operator.graphs import TraceJob, check_graph, graph_key
 from edgepart.operator.nodes import NodeInfo, format_cpu, format_memory, select_nodes
@@ -52,6 +55,7 @@ from edgepart.operator.status import (
     DEVICES_AVAILABLE,
     PLANNED,
     PROFILED,
+    PROGRESSING,
     READY,
     SPEC_VALID,
     TRACED,
@@ -173,6 +177,7 @@ class DesiredState:
     status: Mapping[str, Any]
     objects: tuple[Mapping[str, Any], ...] = ()  # owned children; with prune, owned objects not here go
     prune: bool = False
+    keep: frozenset[str] = frozenset()  # plans (edgepart.io/plan) whose objects survive pruning: the serving one
     secrets: tuple[Mapping[str, Any], ...] = ()  # created once when missing (their value is filled in then)
     jobs: tuple[Mapping[str, Any], ...] = ()  # profiling Jobs to create when missing
     plan: Plan | None = None
@@ -255,7 +260,7 @@ def _finished(desired: DesiredState, ctx: _Context, raw_spec: Mapping[str, Any])
                    jobs=tuple(with_scheduling(j, spec) for j in desired.jobs))
 
 
-_CONDITION_ORDER = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED)
+_CONDITION_ORDER = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED, PROGRESSING)
 
 
 def _ordered(conditions: Mapping[str, Condition]) -> list[Condition]:
@@ -319,8 +324,8 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         raise _Halt("Failed", SPEC_VALID, "InvalidSpec",
                     f"spec.master: node {spec.master!r} is not one of the selected nodes "
                     f"{[n.name for n in selected]}")
-    wanted = spec.master or next((d.name for d in spec.devices if d.role == "end"), None)  # role end holds the input
-    master = choose_master(wanted, [n.name for n in usable])
+    wanted = _wanted_master(spec)
+    master = _master_of(spec, usable)
     if wanted is not None and wanted != master:
         degraded_reasons.append(f"master {wanted} is unusable; the gateway moved to {master}")
 
@@ -386,13 +391,15 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         return reconcile_ring(ctx, spec, usable, request, known, observed, excluded, degraded_reasons,  # type: ignore[no-any-return]
                               configs)
 
-    # ---- plan
+    # ---- plan (a node usable again is planned in only for a gain: a re-plan costs a rollout)
     request = replace(request, graphs=known, graph_keys=tuple(keys))
-    try:
-        plan = planner(request)
-        model_graphs = graphs_of(request)
-    except EdgepartError as err:
-        raise _Halt("Failed", PLANNED, "PlanningFailed", _name_field(err)) from None
+    plan, model_graphs = _planned(planner, request)
+    rollout_settings = rollout.RolloutSettings(spec.progress_deadline_seconds, spec.replan_gain)
+    held = _hold_serving_nodes(spec, usable, observed.status, same_generation, plan, rollout_settings)
+    if held is not None:
+        usable, master = held.nodes, _master_of(spec, held.nodes)
+        request = replace(plan_request(spec, usable, profiles, master), graphs=known, graph_keys=tuple(keys))
+        plan, model_graphs = _planned(planner, request)
     plan_hash = plan_digest(plan)
     ctx.set(PLANNED, True, "PlanComputed", f"{plan.solver}: {len(plan.models)} model(s), "
                                            f"{len(plan.tasks)} partitions on {len(plan.devices)} nodes")
@@ -400,11 +407,13 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
     # ---- objects
     by_name = {n.name: n for n in usable}
     internal = settings.internal_port  # every hop inside the deployment; only the client port is public
-    addresses = {t.id: f"http://{names.partition_service_name(owner.name, t.id)}.{owner.namespace}.svc:{internal}"
-                 for t in plan.tasks}
+    # every plan has its own ConfigMap and Services, so the serving plan runs on while this one starts
+    addresses = {t.id: f"http://{names.plan_service_name(owner.name, t.id, plan_hash)}.{owner.namespace}.svc:"
+                       f"{internal}" for t in plan.tasks}
     gateway_service = names.gateway_name(owner.name)
     gateway_url = f"http://{gateway_service}.{owner.namespace}.svc:{settings.port}"
-    gateway_internal_url = f"http://{gateway_service}.{owner.namespace}.svc:{internal}"
+    gateway_internal_url = (f"http://{names.gateway_plan_service_name(owner.name, plan_hash)}.{owner.namespace}"
+                            f".svc:{internal}")
     on_node: dict[str, int] = {}
     for task in plan.tasks:
         on_node[task.device] = on_node.get(task.device, 0) + 1
@@ -426,9 +435,11 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         raise _Halt("Failed", PLANNED, "PlanTooLarge",
                     f"the plan and its configs take {size} bytes; a ConfigMap holds at most 1 MiB")
 
+    config_map = names.plan_config_map_name(owner.name, plan_hash)
     objects: list[dict[str, Any]] = [
         render.service_account(owner),
-        render.plan_config_map(owner, data, plan_hash),
+        render.plan_config_map(owner, data, plan_hash, name=config_map),
+        render.gateway_plan_service(owner, plan_hash, settings),
         *render.network_policies(owner, settings),
     ]
     pod_names: dict[str, str] = {}
@@ -439,19 +450,28 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
             partition_id=task.id, node=task.device, cpu=format_cpu(resources.cpu),
             memory_request=format_memory(resources.memory_request),
             memory_limit=format_memory(resources.memory_limit), weights_volume=volumes.get(task.model)),
-            plan_hash, settings)
+            plan_hash, settings, config_map=config_map)
         pod_names[task.id] = pod_object["metadata"]["name"]
         objects.append(pod_object)
-        objects.append(render.partition_service(owner, task.id, plan_hash, settings))
-    gateway = render.gateway_deployment(owner, master, plan_hash, settings)
-    objects.append(gateway)
-    objects.append(render.gateway_service(owner, settings))
+        objects.append(render.partition_service(owner, task.id, plan_hash, settings,
+                                                name=names.plan_service_name(owner.name, task.id, plan_hash)))
 
-    # ---- status
+    # ---- make before break: the gateway moves to this plan once its partitions are ready
     ready_pods = {p.name for p in observed.pods if p.ready and not p.deleting}
     ready_count = sum(1 for name in pod_names.values() if name in ready_pods)
-    gateway_ready = (observed.gateway.ready
-                     and observed.gateway.spec_hash == gateway["metadata"]["annotations"][names.ANNOTATION_HASH])
+    new_gateway = _plan_gateway(owner, master, plan_hash, settings)
+    state = replace(rollout.RolloutState.from_status(observed.status, plan_hash),
+                    new_ready=ready_count == len(pod_names),
+                    gateway_on_new=observed.gateway.spec_hash == _scheduled_hash(new_gateway, spec),
+                    gateway_ready=observed.gateway.ready)
+    step = rollout.decide(state, rollout_settings, ctx.now)
+    gateway = new_gateway if step.route == plan_hash else _plan_gateway(owner, master, step.route, settings)
+    objects.append(gateway)
+    objects.append(render.gateway_service(owner, settings))
+    _set_progressing(ctx, step, held)
+
+    # ---- status
+    gateway_ready = observed.gateway.ready and observed.gateway.spec_hash == _scheduled_hash(gateway, spec)
     all_ready = ready_count == len(pod_names) and gateway_ready
     waiting = sorted(pid for pid, name in pod_names.items() if name not in ready_pods)
     if all_ready:
@@ -470,7 +490,8 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         "Degraded": f"serving at {gateway_url} without {sorted(left_out)}"
                     + ("" if not left_out else "; re-planned over the remaining nodes"),
         "Deploying": f"waiting for {len(pod_names) - ready_count} of {len(pod_names)} partitions"
-                     + ("" if gateway_ready else " and the gateway"),
+                     + ("" if gateway_ready else " and the gateway")
+                     + (f"; plan {step.serving} keeps serving" if step.pending else ""),
     }[phase]
     if phase == "Degraded" and not left_out:
         message = f"serving at {gateway_url}; " + "; ".join(degraded_reasons)
@@ -478,13 +499,75 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         phase=phase, message=message, observed_generation=owner.generation, conditions=_ordered(ctx.conditions),
         partitions=len(pod_names), ready_partitions=ready_count, ready=f"{ready_count}/{len(pod_names)}",
         devices=[n.name for n in usable], excluded_nodes=excluded,
-        plan=plan_summary(plan, plan_hash, names.config_map_name(owner.name)),
+        plan=plan_summary(plan, plan_hash, config_map),
         predicted=predicted_summary(plan),
         gateway=Gateway(service=gateway_service, endpoint=gateway_url),
         plan_inputs=request.key,
+        serving_plan=step.serving, pending_plan=step.pending or None, pending_since=step.pending_since or None,
     )
     return DesiredState(phase=phase, status=status.to_dict(), objects=tuple(render.sorted_objects(objects)),
-                        prune=True, secrets=(render.deployment_secret(owner),), plan=plan, plan_inputs=request.key)
+                        prune=True, keep=step.keep, secrets=(render.deployment_secret(owner),), plan=plan,
+                        plan_inputs=request.key)
+
+
+def _wanted_master(spec: DeploymentSpec) -> str | None:
+    """spec.master, else the device of role end (it holds the input)."""
+    return spec.master or next((d.name for d in spec.devices if d.role == "end"), None)
+
+
+def _master_of(spec: DeploymentSpec, usable: Sequence[NodeInfo]) -> str:
+    return choose_master(_wanted_master(spec), [n.name for n in usable])
+
+
+def _planned(planner: PlanFn, request: PlanRequest) -> tuple[Plan, dict[str, LayerGraph]]:
+    try:
+        return planner(request), graphs_of(request)
+    except EdgepartError as err:
+        raise _Halt("Failed", PLANNED, "PlanningFailed", _name_field(err)) from None
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The serving plan's nodes, kept although more are usable: planning them in gains too little."""
+
+    nodes: list[NodeInfo]
+    message: str
+
+
+def _hold_serving_nodes(spec: DeploymentSpec, usable: Sequence[NodeInfo], status: Mapping[str, Any],
+                        same_generation: bool, candidate: Plan,
+                        settings: rollout.RolloutSettings) -> _Held | None:
+    returning = rollout.returning_nodes(status, [n.name for n in usable], same_generation)
+    if not returning:
+        return None
+    serving = rollout.Prediction.from_status(status)
+    predicted = candidate.predicted
+    offered = None if predicted is None else rollout.Prediction(predicted.latency_s, predicted.throughput_per_s)
+    if serving is None or offered is None or rollout.worth_replanning(spec.objective, serving, offered, settings):
+        return None
+    gained = rollout.gain(spec.objective, serving, offered)
+    return _Held([n for n in usable if n.name not in returning],
+                 f"nodes {list(returning)} are usable again; a plan with them predicts a {spec.objective} gain of "
+                 f"{gained:.1%}, not above spec.replanGain {settings.replan_gain:.1%}: plan "
+                 f"{status.get('servingPlan')} keeps serving")
+
+
+def _plan_gateway(owner: Owner, master: str, plan_hash: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The gateway that routes to one plan: its config comes from that plan's ConfigMap."""
+    return render.gateway_deployment(owner, master, plan_hash, settings,
+                                     config_map=names.plan_config_map_name(owner.name, plan_hash))
+
+
+def _scheduled_hash(obj: Mapping[str, Any], spec: DeploymentSpec) -> str:
+    """The content digest the object has in the cluster (pull secrets, tolerations and affinity added)."""
+    return str(with_scheduling(obj, spec)["metadata"]["annotations"][names.ANNOTATION_HASH])
+
+
+def _set_progressing(ctx: _Context, step: rollout.Rollout, held: _Held | None) -> None:
+    if held is not None and not step.pending:
+        ctx.set(PROGRESSING, True, rollout.REPLAN_SKIPPED, held.message)
+    else:
+        ctx.set(PROGRESSING, step.progressing, step.reason, step.message)
 
 
 def _reconcile_variants(ctx: _Context, spec: DeploymentSpec, usable: Sequence[NodeInfo],

@@ -114,11 +114,12 @@ def deployment_secret(owner: Owner) -> dict[str, Any]:
     ))
 
 
-def plan_config_map(owner: Owner, data: Mapping[str, str], plan_hash: str) -> dict[str, Any]:
+def plan_config_map(owner: Owner, data: Mapping[str, str], plan_hash: str, name: str | None = None) -> dict[str, Any]:
+    """`name`: a plan-scoped name (`names.plan_config_map_name`); default the deployment's one ConfigMap."""
     labels = names.base_labels(owner.name, "config") | {names.LABEL_PLAN: plan_hash}
     return with_hash(render_template(
         "plan-configmap.yaml.j2",
-        metadata=metadata(names.config_map_name(owner.name), owner, owner.namespace, labels),
+        metadata=metadata(name or names.config_map_name(owner.name), owner, owner.namespace, labels),
         data=dict(sorted(data.items())),
     ))
 
@@ -147,7 +148,7 @@ def partition_labels(owner: Owner, partition_id: str, plan_hash: str) -> dict[st
 
 
 def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: OperatorSettings,
-                  args: tuple[str, ...] = ("serve-partition",)) -> dict[str, Any]:
+                  args: tuple[str, ...] = ("serve-partition",), config_map: str | None = None) -> dict[str, Any]:
     """A partition pod (`args`: a variant worker's are serve-worker). Pods are immutable, so the name carries a
     digest of the content: a change (new plan, new image) is a new pod, and the old one is pruned."""
     annotations = scrape_annotations(settings.internal_port) | {names.ANNOTATION_PLAN_HASH: plan_hash}
@@ -159,7 +160,7 @@ def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: Ope
         node=pod.node,
         partition_id=pod.partition_id,
         config_path=f"{CONFIG_DIR}/{partition_key(pod.partition_id)}",
-        config_map=names.config_map_name(owner.name),
+        config_map=config_map or names.config_map_name(owner.name),
         secret=names.secret_name(owner.name),
         secret_dir=SECRET_DIR,
         cpu=pod.cpu,
@@ -175,13 +176,18 @@ def partition_pod(owner: Owner, pod: PartitionPod, plan_hash: str, settings: Ope
 
 
 def partition_service(owner: Owner, partition_id: str, plan_hash: str,
-                      settings: OperatorSettings) -> dict[str, Any]:
+                      settings: OperatorSettings, name: str | None = None) -> dict[str, Any]:
+    """`name`: a plan-scoped name (`names.plan_service_name`), labelled with its plan so that a rollout
+    keeps it until the next plan serves."""
     selector = {names.LABEL_DEPLOYMENT: names.sanitize_label_value(owner.name),
                 names.LABEL_PARTITION: partition_id, names.LABEL_PLAN: plan_hash}
+    labels = names.base_labels(owner.name, "partition") | {names.LABEL_PARTITION: partition_id}
+    if name is not None:
+        labels[names.LABEL_PLAN] = plan_hash
     return with_hash(render_template(
         "partition-service.yaml.j2",
-        metadata=metadata(names.partition_service_name(owner.name, partition_id), owner, owner.namespace,
-                          names.base_labels(owner.name, "partition") | {names.LABEL_PARTITION: partition_id}),
+        metadata=metadata(name or names.partition_service_name(owner.name, partition_id), owner, owner.namespace,
+                          labels),
         selector=selector,
         settings=settings,
     ))
@@ -193,7 +199,7 @@ def gateway_selector(owner: Owner) -> dict[str, str]:
 
 
 def gateway_deployment(owner: Owner, node: str, plan_hash: str, settings: OperatorSettings,
-                       args: tuple[str, ...] = ("serve-gateway",)) -> dict[str, Any]:
+                       args: tuple[str, ...] = ("serve-gateway",), config_map: str | None = None) -> dict[str, Any]:
     """The gateway (`args`: a variants deployment's dispatcher is serve-dispatcher)."""
     labels = names.base_labels(owner.name, "gateway")
     return with_hash(render_template(
@@ -205,7 +211,7 @@ def gateway_deployment(owner: Owner, node: str, plan_hash: str, settings: Operat
         service_account=names.service_account_name(owner.name),
         node=node,
         config_path=f"{CONFIG_DIR}/{GATEWAY_KEY}",
-        config_map=names.config_map_name(owner.name),
+        config_map=config_map or names.config_map_name(owner.name),
         secret=names.secret_name(owner.name),
         secret_dir=SECRET_DIR,
         settings=settings,
@@ -219,6 +225,19 @@ def gateway_service(owner: Owner, settings: OperatorSettings) -> dict[str, Any]:
         metadata=metadata(names.gateway_name(owner.name), owner, owner.namespace,
                           names.base_labels(owner.name, "gateway")),
         selector=gateway_selector(owner),
+        settings=settings,
+    ))
+
+
+def gateway_plan_service(owner: Owner, plan_hash: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The internal address one plan's partitions answer to: while the gateway rolls over to a new plan,
+    each plan's outputs reach only the gateway pod that routes to it."""
+    selector = gateway_selector(owner) | {names.LABEL_PLAN: plan_hash}
+    return with_hash(render_template(
+        "partition-service.yaml.j2",
+        metadata=metadata(names.gateway_plan_service_name(owner.name, plan_hash), owner, owner.namespace,
+                          names.base_labels(owner.name, "gateway") | {names.LABEL_PLAN: plan_hash}),
+        selector=selector,
         settings=settings,
     ))
 

@@ -33,7 +33,8 @@ PROFILED = "Profiled"  # does every device class have a cost model?
 PLANNED = "Planned"  # is there a plan for the current spec and devices?
 READY = "Ready"  # does every partition pod and the gateway answer /readyz?
 DEGRADED = "Degraded"  # is the plan running on fewer devices than selected?
-CONDITION_TYPES = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED)
+PROGRESSING = "Progressing"  # is a new plan rolling out (or did it miss its deadline)? see operator/rollout.py
+CONDITION_TYPES = (SPEC_VALID, DEVICES_AVAILABLE, TRACED, PROFILED, PLANNED, READY, DEGRADED, PROGRESSING)
 
 
 class _Model(BaseModel):
@@ -125,6 +126,12 @@ class DeploymentStatus(_Model):
     predicted: Predicted | None = None
     gateway: Gateway | None = None
     plan_inputs: str = Field(default="", description="Digest of everything the plan was made from.")
+    serving_plan: str | None = Field(
+        default=None, description="Hash of the plan the gateway routes to; its pods stay until a new plan is "
+                                  "ready and the gateway has switched to it.")
+    pending_plan: str | None = Field(default=None, description="Hash of the plan being rolled out, if any.")
+    pending_since: str | None = Field(default=None, description="When the pending plan's rollout began (RFC "
+                                                                "3339); progressDeadlineSeconds counts from it.")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)

@@ -77,10 +77,20 @@ def partition_pods(k8s: EdgepartEmulator) -> list[dict[str, Any]]:
             and p["metadata"]["labels"].get(LABEL_DEPLOYMENT) == NAME]
 
 
-def current_plan(k8s: EdgepartEmulator) -> Plan:
-    config_map = get(k8s, "configmaps", f"{NAME}-plan")
+def plan_config_map(k8s: EdgepartEmulator) -> dict[str, Any]:
+    """The ConfigMap of the newest plan (one per plan, named in status.plan.configMap)."""
+    config_map = get(k8s, "configmaps", status(k8s)["plan"]["configMap"])
     assert config_map is not None
-    return plan_from_json(config_map["data"]["plan.json"])
+    return config_map
+
+
+def current_plan(k8s: EdgepartEmulator) -> Plan:
+    return plan_from_json(plan_config_map(k8s)["data"]["plan.json"])
+
+
+def scoped(name: str, plan_hash: str) -> str:
+    """The name of a plan's own Service: two plans coexist while the gateway switches between them."""
+    return f"{NAME}-{name}-{plan_hash[:8]}"
 
 
 def pods_of_plan(k8s: EdgepartEmulator, plan_hash: str) -> list[dict[str, Any]]:
@@ -107,19 +117,35 @@ async def deployed(k8s: EdgepartEmulator) -> tuple[dict[str, Any], Plan]:
         plan = current_plan(k8s)
         if len(pods_of_plan(k8s, st["plan"]["hash"])) != len(plan.tasks):
             return None
-        if len(partition_pods(k8s)) != len(plan.tasks):
-            return None  # the pods of an earlier plan are still being pruned
-        return st, plan
+        return st, plan  # an earlier plan's pods may still serve: they go once this plan's are ready
     result: tuple[dict[str, Any], Plan] = await eventually(settled, what="a deployed plan")
     return result
 
 
-async def make_ready(k8s: EdgepartEmulator, merge_patch: Patch, plan_hash: str) -> None:
-    """Play the kubelet and the deployment controller: every pod of the plan and the gateway are ready."""
+def gateway_plan(k8s: EdgepartEmulator) -> str:
+    """The plan the gateway routes to (its pods' plan label; its config is that plan's ConfigMap)."""
+    gateway = get(k8s, "deployments", f"{NAME}-gateway") or {}
+    template = (gateway.get("spec") or {}).get("template") or {}
+    return str(((template.get("metadata") or {}).get("labels") or {}).get(LABEL_PLAN, ""))
+
+
+async def make_pods_ready(k8s: EdgepartEmulator, merge_patch: Patch, plan_hash: str) -> None:
+    """Play the kubelet: every partition pod of the plan is ready."""
     for pod in pods_of_plan(k8s, plan_hash):
         await merge_patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status",
                     {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                                 "containerStatuses": [{"name": "partition", "ready": True, "restartCount": 0}]}})
+
+
+async def make_ready(k8s: EdgepartEmulator, merge_patch: Patch, plan_hash: str) -> None:
+    """Play the kubelet and the deployment controller: every pod of the plan is ready, and the gateway once
+    the operator has switched it to the plan (make before break: after the plan's pods are ready)."""
+    await make_pods_ready(k8s, merge_patch, plan_hash)
+    await eventually(lambda: gateway_plan(k8s) == plan_hash, what=f"the gateway on plan {plan_hash}")
+    await make_gateway_ready(k8s, merge_patch)
+
+
+async def make_gateway_ready(k8s: EdgepartEmulator, merge_patch: Patch) -> None:
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
     await merge_patch(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}-gateway/status",
@@ -143,19 +169,21 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     assert st["plan"]["hash"] and st["plan"]["solver"] == "ftp-grid"
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
         "SpecValid": "True", "DevicesAvailable": "True", "Traced": "True", "Profiled": "True", "Planned": "True",
-        "Ready": "False", "Degraded": "False"}
+        "Ready": "False", "Degraded": "False", "Progressing": "True"}
+    plan_hash = st["plan"]["hash"]
+    assert st["servingPlan"] == plan_hash and "pendingPlan" not in st
 
     # exactly one pod and one service per partition, each pod pinned to its planned node
     pods = {p["metadata"]["labels"][LABEL_PARTITION]: p for p in partition_pods(k8s)}
     assert sorted(pods) == sorted(p.id for p in plan.tasks)
     services = {s["metadata"]["name"]: s for s in objects(k8s, "services")}
-    assert set(services) == {f"{NAME}-{p.id}" for p in plan.tasks} | {f"{NAME}-gateway"}
-    config_map = get(k8s, "configmaps", f"{NAME}-plan")
-    assert config_map is not None
+    assert set(services) == {scoped(p.id, plan_hash) for p in plan.tasks} | {f"{NAME}-gateway",
+                                                                             scoped("gateway", plan_hash)}
+    config_map = plan_config_map(k8s)
     for part in plan.tasks:
         pod = pods[part.id]
         assert node_of(pod) == part.device
-        assert services[f"{NAME}-{part.id}"]["spec"]["selector"] == {
+        assert services[scoped(part.id, plan_hash)]["spec"]["selector"] == {
             LABEL_DEPLOYMENT: NAME, LABEL_PARTITION: part.id, LABEL_PLAN: st["plan"]["hash"]}
         container = pod["spec"]["containers"][0]
         assert container["image"] == "registry.example/edgepart:test"
@@ -168,8 +196,8 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
         assert config.output_region == part.output
         assert config.input_region == hull_all([i.region for i in part.inputs])
         for route in config.outputs:
-            assert route.url in (f"http://{NAME}-{route.target}.{NAMESPACE}.svc:8081",
-                                 f"http://{NAME}-gateway.{NAMESPACE}.svc:8081")
+            assert route.url in (f"http://{scoped(route.target, plan_hash)}.{NAMESPACE}.svc:8081",
+                                 f"http://{scoped('gateway', plan_hash)}.{NAMESPACE}.svc:8081")
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
     gateway_config = load_gateway_config(config_map["data"]["gateway.json"])
@@ -186,7 +214,7 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     # everything the operator made is owned by the DNNDeployment
     owned = [*partition_pods(k8s), *objects(k8s, "services"), *objects(k8s, "deployments"),
              *objects(k8s, "networkpolicies"), *objects(k8s, "serviceaccounts"), config_map]
-    assert len(owned) == 2 * len(plan.tasks) + 6  # + gateway Deployment and Service, 2 policies, SA, CM
+    assert len(owned) == 2 * len(plan.tasks) + 7  # + gateway Deployment, its 2 Services, 2 policies, SA, CM
     for obj in owned:
         refs = obj["metadata"]["ownerReferences"]
         assert refs == [{"apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "name": NAME,
@@ -202,27 +230,51 @@ async def test_deploys_one_pod_and_service_per_partition(k8s: EdgepartEmulator, 
     assert st["message"] == f"serving at http://{NAME}-gateway.{NAMESPACE}.svc:8080"
 
 
-async def test_spec_update_replans_and_replaces_pods(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create,
-                                                     merge_patch: Patch) -> None:
+async def test_spec_update_rolls_out_the_new_plan_before_the_old_one_goes(
+        k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create, merge_patch: Patch) -> None:
     await create_object(profile_config_map("edge-small"))
     await create_object(deployment())
-    first, _ = await deployed(k8s)
+    first, old_plan = await deployed(k8s)
+    old_hash = first["plan"]["hash"]
     old_pods = {p["metadata"]["name"] for p in partition_pods(k8s)}
-    await make_ready(k8s, merge_patch, first["plan"]["hash"])
+    old_objects = {s["metadata"]["name"] for s in objects(k8s, "services")} | {first["plan"]["configMap"]}
+    await make_ready(k8s, merge_patch, old_hash)
     await phase_is(k8s, "Ready")
 
     await merge_patch(CR, {"spec": {"solverOptions": {"grid": [1, 2]}, "objective": "throughput"}})
     await eventually(lambda: status(k8s).get("observedGeneration") == 2, what="generation 2 observed")
     second, new_plan = await deployed(k8s)
-    assert second["plan"]["hash"] != first["plan"]["hash"]
+    new_hash = second["plan"]["hash"]
+    assert new_hash != old_hash
     assert new_plan.objective == "throughput"
     assert len(new_plan.tasks) == 3  # a 1x2 grid, then the head
     assert second["phase"] == "Deploying"  # the new pods are not ready yet
-    names = {p["metadata"]["name"] for p in partition_pods(k8s)}
-    assert not names & old_pods, "the pods of the old plan are replaced, not patched"
-    assert {s["metadata"]["name"] for s in objects(k8s, "services")} == {
-        f"{NAME}-{p.id}" for p in new_plan.tasks} | {f"{NAME}-gateway"}
+    assert (second["servingPlan"], second["pendingPlan"]) == (old_hash, new_hash)
+    assert condition(k8s, "Progressing")["reason"] == "RollingOut"
     assert all(c["observedGeneration"] == 2 for c in second["conditions"])
+    # make before break: the old plan's pods, Services and ConfigMap stay, the gateway routes to it
+    names = {p["metadata"]["name"] for p in partition_pods(k8s)}
+    assert old_pods <= names and len(names) == len(old_plan.tasks) + len(new_plan.tasks)
+    current = {s["metadata"]["name"] for s in objects(k8s, "services")} | {
+        c["metadata"]["name"] for c in objects(k8s, "configmaps")}
+    assert old_objects <= current
+    assert gateway_plan(k8s) == old_hash
+
+    # the new partitions are ready: the gateway rolls over to the new plan; the old plan waits for it
+    await make_pods_ready(k8s, merge_patch, new_hash)
+    await eventually(lambda: gateway_plan(k8s) == new_hash, what="the gateway switched to the new plan")
+    await eventually(lambda: condition(k8s, "Progressing").get("reason") == "Switching", what="Switching reported")
+    assert old_pods <= {p["metadata"]["name"] for p in partition_pods(k8s)}
+
+    # the new gateway is ready: the old plan is pruned
+    await make_gateway_ready(k8s, merge_patch)
+    st = await phase_is(k8s, "Ready")
+    assert st["servingPlan"] == new_hash and "pendingPlan" not in st
+    assert condition(k8s, "Progressing")["reason"] == "Switched"
+    await eventually(lambda: not pods_of_plan(k8s, old_hash), what="the old plan's pods pruned")
+    assert {s["metadata"]["name"] for s in objects(k8s, "services")} == {
+        scoped(p.id, new_hash) for p in new_plan.tasks} | {f"{NAME}-gateway", scoped("gateway", new_hash)}
+    assert get(k8s, "configmaps", first["plan"]["configMap"]) is None
 
 
 async def test_node_not_ready_replans_without_it(k8s: EdgepartEmulator, kopf_operator: Any, create_object: Create,
@@ -237,7 +289,7 @@ async def test_node_not_ready_replans_without_it(k8s: EdgepartEmulator, kopf_ope
     await eventually(lambda: "edge-2" not in status(k8s).get("devices", ["edge-2"]), what="edge-2 left out")
     second, new_plan = await deployed(k8s)
     assert "edge-2" not in new_plan.devices
-    assert all(node_of(p) != "edge-2" for p in partition_pods(k8s))
+    assert all(node_of(p) != "edge-2" for p in pods_of_plan(k8s, second["plan"]["hash"]))
     assert second["excludedNodes"] == [{"name": "edge-2", "reason": "NodeNotReady",
                                         "message": "node edge-2 is NotReady"}]
     assert condition(k8s, "Degraded")["status"] == "True"
@@ -246,11 +298,14 @@ async def test_node_not_ready_replans_without_it(k8s: EdgepartEmulator, kopf_ope
     st = await phase_is(k8s, "Degraded")
     assert "edge-2" in st["message"]
 
-    # the node comes back: the plan uses it again
+    # the node comes back: a 2x2 grid over four nodes predicts no gain over three, so no re-plan
     await merge_patch("/api/v1/nodes/edge-2/status", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-    await eventually(lambda: "edge-2" in status(k8s).get("devices", []), what="edge-2 back")
-    third, _ = await deployed(k8s)
-    assert third["excludedNodes"] == []
+    await eventually(lambda: condition(k8s, "Progressing").get("reason") == "ReplanBelowGain",
+                     what="the re-plan for edge-2 skipped")
+    third = status(k8s)
+    assert third["excludedNodes"] == [] and "edge-2" not in third["devices"]
+    assert third["plan"]["hash"] == third["servingPlan"] == second["plan"]["hash"] and "pendingPlan" not in third
+    assert "edge-2" in condition(k8s, "Progressing")["message"]
 
 
 async def test_failed_partition_pod_replans_over_the_other_nodes(k8s: EdgepartEmulator, kopf_operator: Any,
@@ -266,13 +321,14 @@ async def test_failed_partition_pod_replans_over_the_other_nodes(k8s: EdgepartEm
     await eventually(lambda: "edge-3" not in status(k8s).get("devices", ["edge-3"]), what="edge-3 left out")
     second, plan = await deployed(k8s)
     assert "edge-3" not in plan.devices
-    assert victim["metadata"]["name"] not in {p["metadata"]["name"] for p in partition_pods(k8s)}
     excluded = second["excludedNodes"]
     assert [(e["name"], e["reason"]) for e in excluded] == [("edge-3", "PartitionFailed")]
     assert victim["metadata"]["name"] in excluded[0]["message"]
-    # the exclusion is remembered after the failed pod is gone (until the spec changes)
+    # the exclusion is remembered after the failed pod is gone with its plan (until the spec changes)
     await make_ready(k8s, merge_patch, second["plan"]["hash"])
     await phase_is(k8s, "Degraded")
+    await eventually(lambda: victim["metadata"]["name"] not in {p["metadata"]["name"] for p in partition_pods(k8s)},
+                     what="the failed pod pruned with its plan")
     assert status(k8s)["excludedNodes"] == excluded
 
 
@@ -518,7 +574,7 @@ async def test_a_joint_solver_deploys_several_models_in_one_plan(k8s: EdgepartEm
     assert sorted(pods) == sorted(t.id for t in plan.tasks)
     for task in plan.tasks:  # each block's tasks on the node the search chose
         assert node_of(pods[task.id]) == task.device
-    gateway = load_gateway_config(get(k8s, "configmaps", f"{NAME}-plan")["data"]["gateway.json"])  # type: ignore[index]
+    gateway = load_gateway_config(plan_config_map(k8s)["data"]["gateway.json"])
     for mid in plan.model_ids:  # the gateway sends each model's input to that model's first tasks
         assert sorted(r.target for r in gateway.served(mid).routes) == \
             sorted(t.id for t in plan.tasks_of(mid) if t.reads_input)
@@ -575,15 +631,14 @@ async def test_an_mw_deployment_offloads_from_the_end_device_to_the_edge_server(
     gateway = get(k8s, "deployments", f"{NAME}-gateway")
     assert gateway is not None
     assert pinned_node(gateway["spec"]["template"]["spec"]) == "edge-2"
-    config_map = get(k8s, "configmaps", f"{NAME}-plan")
-    assert config_map is not None
+    config_map = plan_config_map(k8s)
     configs = {t.id: load_partition_config(config_map["data"][f"partition-{t.id}.json"]) for t in plan.tasks}
     for device in ("edge-2", "edge-1"):  # each device's partitions take turns in the order S
         chain = sorted((t for t in plan.compute_tasks if t.device == device), key=lambda t: t.priority)
         for before, after in itertools.pairwise(chain):
             turn = configs[before.id].turn
             assert turn is not None and turn.next == after.id
-            assert turn.next_url == f"http://{NAME}-{after.id}.{NAMESPACE}.svc:8081"
+            assert turn.next_url == f"http://{scoped(after.id, st['plan']['hash'])}.{NAMESPACE}.svc:8081"
             assert configs[after.id].turn is not None and configs[after.id].turn.after == before.id  # type: ignore[union-attr]
     await make_ready(k8s, merge_patch, st["plan"]["hash"])
     await phase_is(k8s, "Ready")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -36,8 +37,13 @@ def run(body: dict[str, Any] | None = None, node_list: Any = None, profiles: Any
                      planner=kwargs.pop("planner", compute_plan), configs=data_plane_configs, now=now, **kwargs)
 
 
+def plan_map(desired: DesiredState) -> Mapping[str, Any]:
+    """The plan's own ConfigMap (one per plan, so two plans coexist during a rollout)."""
+    return desired.object("ConfigMap", desired.status["plan"]["configMap"])
+
+
 def plan_of(desired: DesiredState) -> Plan:
-    return plan_from_json(desired.object("ConfigMap", "alex-plan")["data"]["plan.json"])
+    return plan_from_json(plan_map(desired)["data"]["plan.json"])
 
 
 def pods(desired: DesiredState) -> dict[str, dict[str, Any]]:
@@ -69,12 +75,14 @@ def test_one_pod_and_one_service_per_partition_pinned_to_the_planned_node() -> N
     by_partition = pods(desired)
     assert sorted(by_partition) == sorted(t.id for t in plan.tasks)
     services = {s["metadata"]["name"] for s in desired.of_kind("Service")}
-    assert services == {f"alex-{t.id}" for t in plan.tasks} | {"alex-gateway"}
+    plan_hash = desired.status["plan"]["hash"]
+    assert services == {f"alex-{t.id}-{plan_hash[:8]}" for t in plan.tasks} | {"alex-gateway",
+                                                                             f"alex-gateway-{plan_hash[:8]}"}
     for part in plan.tasks:
         pod = by_partition[part.id]
         assert pinned_node(pod["spec"]) == part.device and HOSTNAME_LABEL not in pod["spec"].get("nodeSelector", {})
         assert pod["metadata"]["labels"][LABEL_PLAN] == desired.status["plan"]["hash"]
-        config = load_partition_config(desired.object("ConfigMap", "alex-plan")["data"][f"partition-{part.id}.json"])
+        config = load_partition_config(plan_map(desired)["data"][f"partition-{part.id}.json"])
         assert config.partition == part.id and config.device == part.device
         assert config.request_timeout_s == 30.0
     assert [d["metadata"]["name"] for d in desired.of_kind("Deployment")] == ["alex-gateway"]
@@ -116,7 +124,7 @@ def test_the_status_summarises_the_plan() -> None:
     assert status["predicted"]["latency"].endswith(("ms", "s"))
     assert status["gateway"] == {"service": "alex-gateway", "endpoint": "http://alex-gateway.edge.svc:8080"}
     assert [c["type"] for c in status["conditions"]] == [
-        "SpecValid", "DevicesAvailable", "Traced", "Profiled", "Planned", "Ready", "Degraded"]
+        "SpecValid", "DevicesAvailable", "Traced", "Profiled", "Planned", "Ready", "Degraded", "Progressing"]
     assert status["planInputs"] == desired.plan_inputs and len(desired.plan_inputs) == 16
 
 
@@ -286,7 +294,7 @@ def test_two_models_deploy_as_one_task_graph() -> None:
     assert plan.model_ids == ("alex", "squeeze")
     assert sorted(pods(desired)) == sorted(t.id for t in plan.tasks)
     assert {t.model for t in plan.tasks} == {"alex", "squeeze"}
-    gateway = load_gateway_config(desired.object("ConfigMap", "alex-plan")["data"]["gateway.json"])
+    gateway = load_gateway_config(plan_map(desired)["data"]["gateway.json"])
     assert [m.id for m in gateway.models] == ["alex", "squeeze"]
     assert {s["model"] for s in desired.status["plan"]["stages"]} == {"alex", "squeeze"}
     assert plan.predicted is not None and set(plan.predicted.models) == {"alex", "squeeze"}
@@ -304,7 +312,7 @@ def test_a_bad_second_model_names_its_index() -> None:
 def test_partitions_run_the_fastest_kernels_unless_the_deployment_asks_for_exact_ones(
         fields: dict[str, Any], exact: bool) -> None:
     desired = run(spec(**fields))
-    data = desired.object("ConfigMap", "alex-plan")["data"]
+    data = plan_map(desired)["data"]
     configs = [load_partition_config(text) for key, text in data.items() if key.startswith("partition-")]
     assert configs and {c.exact_kernels for c in configs} == {exact}
 
@@ -312,7 +320,7 @@ def test_partitions_run_the_fastest_kernels_unless_the_deployment_asks_for_exact
 def test_weights_on_a_volume_are_mounted_read_only_and_resolved_under_it() -> None:
     desired = run(spec(model={"name": "alexnet", "weights": "nets/alexnet.safetensors",
                               "volume": {"persistentVolumeClaim": {"claimName": "models"}}}))
-    config_map = desired.object("ConfigMap", "alex-plan")["data"]
+    config_map = plan_map(desired)["data"]
     for task_id, pod in pods(desired).items():
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}

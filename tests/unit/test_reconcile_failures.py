@@ -9,6 +9,7 @@ the affinity combined with its pin.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -34,8 +35,13 @@ def run(body: dict[str, Any] | None = None, node_list: Any = None, observed: Obs
                      settings=SETTINGS, planner=compute_plan, configs=data_plane_configs, now=now)
 
 
+def plan_map(desired: DesiredState) -> Mapping[str, Any]:
+    """The plan's own ConfigMap (one per plan, so two plans coexist during a rollout)."""
+    return desired.object("ConfigMap", desired.status["plan"]["configMap"])
+
+
 def plan_of(desired: DesiredState) -> Plan:
-    return plan_from_json(desired.object("ConfigMap", "alex-plan")["data"]["plan.json"])
+    return plan_from_json(plan_map(desired)["data"]["plan.json"])
 
 
 def pod_on(desired: DesiredState, node: str, reason: str, restarts: int = 0) -> PodState:
