@@ -52,6 +52,9 @@ INPUT = "input"  # the `from` of a task input that reads the model input
 StageKind = Literal["single", "layerwise", "fused"]
 SplitKind = Literal["none", "rows", "channels", "grid"]
 Objective = Literal["latency", "throughput"]
+# how a transfer's bytes travel: a lossless codec (none | lz4 | zstd) and, lossy, float32 sent as float16
+WireCodec = Literal["none", "lz4", "zstd"]
+WireDtype = Literal["float32", "float16"]
 
 _AXES = ("c", "h", "w")
 
@@ -132,6 +135,11 @@ class TaskInput:
     source: Annotated[str, Field(alias="from", min_length=1, description="Producer task id, or 'input'.")]
     region: Annotated[InputRegionField, Field(description="Global coordinates; empty: only a trigger (a tile "
                                                           "that lies wholly in padding).")]
+    codec: Annotated[WireCodec, Field(description="Lossless compression of the region on the wire (the planner "
+                                                  "chooses it per link).")] = "none"
+    wire_dtype: Annotated[WireDtype, Field(alias="wireDtype", description="float16: a float32 region travels as "
+                                                                          "float16 (lossy, half the bytes).")
+                          ] = "float32"
 
 
 @dataclass(frozen=True, config=_CONFIG)

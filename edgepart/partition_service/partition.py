@@ -393,7 +393,7 @@ class PartitionService:
     async def _send(self, rid: str, route: Route, tensor: torch.Tensor, deadline: float | None) -> None:
         assert self._sender is not None
         started = time.perf_counter()
-        header = make_header(rid, tensor, route.region, self.config.stage, self.id)
+        header = make_header(rid, tensor, route.region, self.config.stage, self.id, wire=route.wire)
         size = await self._sender.send(route.url, header, tensor, peer=route.target, delay_s=route.delay_s,
                                        deadline=deadline)
         self.metrics.send.observe(time.perf_counter() - started)
