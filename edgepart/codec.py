@@ -12,6 +12,7 @@ cannot expand into a large allocation (a decompression bomb).
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import lz4.block
@@ -21,7 +22,7 @@ import zstandard
 from edgepart.errors import EdgepartError
 from edgepart.plan import WireCodec, WireDtype
 
-__all__ = ["CodecError", "WireFormat", "compress", "decompress", "on_wire", "from_wire"]
+__all__ = ["RAW", "CodecError", "WireFormat", "compress", "decompress", "from_wire", "on_wire"]
 
 ZSTD_LEVEL = 1  # the fastest level: activations are compressed on every request, on small CPUs
 _ZSTD_COMPRESSOR = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
@@ -44,6 +45,9 @@ class WireFormat:
         return self.codec == "none" and self.dtype == "float32"
 
 
+RAW = WireFormat()
+
+
 def on_wire(tensor: torch.Tensor, dtype: WireDtype) -> torch.Tensor:
     """The tensor as it travels: float32 cast to float16 when asked (other dtypes travel as they are)."""
     if dtype == "float16" and tensor.dtype == torch.float32:
@@ -64,7 +68,10 @@ def compress(codec: WireCodec, data: bytes | bytearray | memoryview) -> bytes:
     return bytes(data)
 
 
-def decompress(codec: WireCodec, data: bytes | bytearray | memoryview, expected: int) -> bytearray:
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
+def decompress(codec: WireCodec, data: Buffer, expected: int) -> bytearray:
     """`data` decoded; exactly `expected` bytes or a `CodecError` (never allocates more than `expected`)."""
     if codec == "none":
         out = bytearray(data)
@@ -78,7 +85,7 @@ def decompress(codec: WireCodec, data: bytes | bytearray | memoryview, expected:
     return out
 
 
-def _lz4_decompress(data: bytes | bytearray | memoryview, expected: int) -> bytearray:
+def _lz4_decompress(data: Buffer, expected: int) -> bytearray:
     if expected == 0:
         return bytearray()
     try:  # uncompressed_size caps the output buffer: more is an error, not an allocation
@@ -88,7 +95,8 @@ def _lz4_decompress(data: bytes | bytearray | memoryview, expected: int) -> byte
                          f"its header declares (truncated, oversized or corrupt): {err}") from None
 
 
-def _zstd_decompress(data: bytes | bytearray | memoryview, expected: int) -> bytearray:
+def _zstd_decompress(buffer: Buffer, expected: int) -> bytearray:
+    data = memoryview(buffer)
     try:
         size = zstandard.frame_content_size(data)
     except zstandard.ZstdError as err:

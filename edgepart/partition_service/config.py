@@ -35,7 +35,16 @@ from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of
 from edgepart.partition_service.admission import AdmissionMode
 from edgepart.partition_service.turnstile import TurnConfig, turn_configs
 from edgepart.partition_service.wire import Limits
-from edgepart.plan import INPUT, InputRegionField, Plan, RegionField, Task, WireCodec, WireDtype, topological_tasks
+from edgepart.plan import (
+    INPUT,
+    InputRegionField,
+    Plan,
+    RegionField,
+    Task,
+    WireCodec,
+    WireDtype,
+    topological_tasks,
+)
 
 __all__ = [
     "GATEWAY", "ConfigError", "ConnectionLimits", "DeploymentConfigs", "Endpoint", "GatewayConfig", "GatewayModel",

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgepart.codec import CodecError, WireFormat, compress, decompress, from_wire, on_wire
+from edgepart.codec import RAW, CodecError, WireFormat, compress, decompress, from_wire, on_wire
 from edgepart.geometry import Region
 from edgepart.partition_service.budget import PayloadBudget, Reservation, payload_buffer
 from edgepart.partition_service.errors import FrameError, FrameTooLargeError, TruncatedFrameError
@@ -136,7 +136,7 @@ class Frame:
 
 
 def make_header(request_id: str, tensor: torch.Tensor, region: Region, stage: int, sender: str,
-                budget_s: float | None = None, wire: WireFormat = WireFormat()) -> FrameHeader:
+                budget_s: float | None = None, wire: WireFormat = RAW) -> FrameHeader:
     """The header of `tensor`'s frame; `wire` asks for a codec and float16 (`encode_frame` applies them)."""
     dtype = _NAMES.get(tensor.dtype)
     if dtype is None:
@@ -175,11 +175,11 @@ def encode_frame(header: FrameHeader, tensor: torch.Tensor, *,
     if tuple(tensor.shape) != header.shape or DTYPES[header.dtype] != tensor.dtype:
         raise FrameError(f"tensor {tuple(tensor.shape)} {tensor.dtype} does not match its header "
                          f"{header.shape} {header.dtype}")
-    payload: bytes | memoryview = _le_bytes(on_wire(tensor, header.wire_dtype or "float32"), little)
-    if header.codec not in (None, "none"):
-        assert header.codec is not None
-        packed = compress(header.codec, payload)
-        if len(packed) < payload.nbytes:
+    raw = _le_bytes(on_wire(tensor, header.wire_dtype or "float32"), little)
+    payload: bytes | memoryview = raw
+    if header.codec is not None and header.codec != "none":
+        packed = compress(header.codec, raw)
+        if len(packed) < raw.nbytes:
             header, payload = header.model_copy(update={"wire_bytes": len(packed)}), packed
         else:
             header = header.model_copy(update={"codec": None, "wire_bytes": None})

@@ -84,7 +84,7 @@ def test_truncated_compressed_payload_is_named(codec: str) -> None:
 
 
 def test_wire_bytes_over_the_raw_size_is_refused_before_allocation() -> None:
-    header, payload = _split(_encoded(_relu(), WireFormat("lz4")))
+    header, _ = _split(_encoded(_relu(), WireFormat("lz4")))
     raw = 16 * 24 * 24 * 4
     header["wire_bytes"] = raw + 1
     with pytest.raises(FrameTooLargeError, match=rf"wire_bytes: a {raw + 1}-byte lz4 payload is larger than the "
