@@ -32,12 +32,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepart.plan import Plan
+from edgepart.plan import TURNS_PRIORITY, Plan, device_turns
 
 __all__ = ["TURNS_PRIORITY", "TURN_PATH", "TurnConfig", "TurnNotice", "Turnstile", "device_turns", "turn_wait_s"]
 
 TURN_PATH = "/v1/turn"
-TURNS_PRIORITY = "priority"  # the value of a plan's meta.turns that asks for turns
 MAX_WAIT_S = 2.0
 
 PartId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -69,25 +68,6 @@ class TurnNotice(BaseModel):
 
 def turn_wait_s(request_timeout_s: float) -> float:
     return min(MAX_WAIT_S, request_timeout_s / 4)
-
-
-def device_turns(plan: Plan) -> dict[str, tuple[str | None, str | None]]:
-    """task id -> (the task before it, the task after it) on its device, for every compute task of a plan that
-    asks for turns (`meta.turns == "priority"`); {} for any other plan. Order: priority, then plan order."""
-    if plan.meta.get("turns") != TURNS_PRIORITY:
-        return {}
-    chains: dict[str, list[tuple[int, int, str]]] = {}
-    for index, task in enumerate(plan.tasks):
-        if not task.relay:
-            chains.setdefault(task.device, []).append((task.priority, index, task.id))
-    result: dict[str, tuple[str | None, str | None]] = {}
-    for chain in chains.values():
-        ids = [tid for _, _, tid in sorted(chain)]
-        if len(ids) < 2:
-            continue
-        for k, tid in enumerate(ids):
-            result[tid] = (ids[k - 1] if k > 0 else None, ids[k + 1] if k + 1 < len(ids) else None)
-    return result
 
 
 def turn_configs(plan: Plan, urls: Mapping[str, str], request_timeout_s: float) -> dict[str, TurnConfig]:
