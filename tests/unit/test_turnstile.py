@@ -4,6 +4,7 @@ configs, the wait (with its limit) and POST /v1/turn behind the deployment's sec
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from edgepart.partition_service.turnstile import (
 )
 from edgepart.plan import Plan
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
+from edgepart.planner.evaluate import evaluate
 from edgepart.planner.offload import OffloadProblem
 from edgepart.planner.offload.build import fl_result
 from edgepart.planner.offload.deploy import offload_plan, raw_paths_first
@@ -198,3 +200,20 @@ def test_the_plan_is_exact_whatever_the_order(order: list[int]) -> None:
     executor = Executor(gm, graph)
     x = torch.randn(1, 3, 16, 16)
     assert compare(executor.run_whole(x), executor.run_plan(plan, x)).allclose
+
+
+def test_the_evaluator_charges_each_turn_as_a_local_message() -> None:
+    plan, graph = offload_four_paths()
+    base = reference_profile()
+    cluster = Cluster((Device("end", base, 0.2), Device("server", base, 2.0)), "end", "switched", Link(1e-3, 1e6))
+    timing = {t.id: t for t in evaluate(plan, graph, cluster).tasks}
+    turns = device_turns(plan)
+    for tid, (before, _) in turns.items():
+        if before is not None:
+            waited = timing[tid].ready_s - timing[before].end_s
+            assert waited >= cluster.local_s(plan.task(tid).device) * (1 - 1e-9)
+    chain = ("p0-local", "p3-local", "p1-local")  # the end device's chain: back to back, a turn apart
+    for before, tid in itertools.pairwise(chain):
+        assert timing[tid].start_s == pytest.approx(timing[before].end_s + cluster.local_s("end"), rel=1e-9)
+    untimed = {t.id: t for t in evaluate(plan.replace(meta={}), graph, cluster).tasks}  # no turns: no gap
+    assert untimed["p3-local"].start_s == pytest.approx(untimed["p0-local"].end_s, rel=1e-9)
