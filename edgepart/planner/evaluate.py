@@ -20,10 +20,14 @@ and the task graph is list-scheduled:
   both ends' software time (`Cluster.local_s`); what a relay or the input
   holder hands to a task on its own device costs nothing more (the holder's
   buffer, as the stage costs charge it), and an empty region (a trigger for a
-  tile that lies wholly in padding) arrives at once.
+  tile that lies wholly in padding) arrives at once;
 - a transfer the plan encodes (a codec, float16 on the wire) carries the
   encoded bytes and holds its link for the codec's CPU time too
-  (`codec_cost.wire_cost`: compress on the sender, decompress on the receiver).
+  (`codec_cost.wire_cost`: compress on the sender, decompress on the receiver);
+- in a plan that asks for turns (`meta.turns`, the partial-offloading
+  plans), each compute task of a device waits for the one before it in its
+  device's chain (`plan.device_turns`) to have completed and told it so: a
+  *turn*, a local message (`Cluster.local_s`) with no data.
 
 Latency of a model = the last arrival of its output at its source; the plan's
 latency is the makespan over models. Throughput is the bottleneck law over the
@@ -44,7 +48,16 @@ from dataclasses import dataclass
 
 from edgepart.geometry import backprop
 from edgepart.graph.layer_graph import LayerGraph
-from edgepart.plan import INPUT, Plan, Predicted, StageCost, Task, TaskInput, TaskTiming
+from edgepart.plan import (
+    INPUT,
+    Plan,
+    Predicted,
+    StageCost,
+    Task,
+    TaskInput,
+    TaskTiming,
+    device_turns,
+)
 from edgepart.planner.cluster import Cluster
 from edgepart.planner.codec_cost import wire_cost
 from edgepart.planner.errors import PlanningError
@@ -70,6 +83,7 @@ class CostEdge:
     nbytes: float  # on the wire: after the plan's codec and wire dtype
     model: str = ""
     cpu_s: float = 0.0  # compress on the sender plus decompress on the receiver (a link crossed only)
+    turn: bool = False  # a turn between two tasks of one device: a local message that carries no data
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,8 @@ def transfer_cost(graph: CostGraph, edge: CostEdge, cluster: Cluster) -> tuple[s
     """(sender device, receiver device, seconds, crosses a wire) of one edge."""
     src_dev = graph.sources[edge.model] if edge.src == SOURCE else graph.tasks[edge.src].device
     dst_dev = graph.sources[edge.model] if edge.dst == SOURCE else graph.tasks[edge.dst].device
+    if edge.turn:
+        return src_dev, dst_dev, cluster.local_s(src_dev), False
     if edge.nbytes <= 0:
         return src_dev, dst_dev, 0.0, False
     if src_dev == dst_dev:
@@ -272,6 +288,9 @@ def cost_graph(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluste
         width = graph.batch * dtype_at(graph, len(graph))
         for tid in ids:
             edges.append(CostEdge(index[tid], SOURCE, float(plan.task(tid).output.size * width), mid))
+    for tid, (before, _) in device_turns(plan).items():
+        if before is not None:
+            edges.append(CostEdge(index[before], index[tid], 0.0, plan.task(tid).model, turn=True))
     for mid, device in sources.items():
         if device not in known:
             raise PlanningError(f"model {mid}: its source {device!r} is not in the cluster {list(cluster.names)}")
