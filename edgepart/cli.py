@@ -174,6 +174,11 @@ ClusterOpt = Annotated[Path | None, typer.Option("--cluster", help="Cluster YAML
 ObjectiveOpt = Annotated[str, typer.Option("--objective", help="latency | throughput")]
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-O", help="Solver option KEY=VALUE "
                                                                             "(repeatable), e.g. -O max_fused=6.")]
+CompressionOpt = Annotated[str, typer.Option("--compression", help="off | auto | lz4 | zstd: lossless "
+                                                                  "compression of activations, chosen per link "
+                                                                  "where it pays (auto: the cheaper codec).")]
+WireDtypeOpt = Annotated[str, typer.Option("--wire-dtype", help="float32 | float16: float16 halves the bytes on "
+                                                               "the wire (lossy; verify reports the error).")]
 BandwidthOpt = Annotated[str, typer.Option("--bandwidth", help="Link bandwidth of the default cluster "
                                                                "(without --cluster), e.g. 100Mbps.")]
 DevicesOpt = Annotated[int, typer.Option("--devices", min=1, help="Number of devices (dev-0, dev-1, ...).")]
@@ -197,9 +202,16 @@ def load_cluster_option(cluster: Path | None, devices: int, bandwidth: str = "10
 
 def build_plan(graph: Any, ref: Any, devices: int, solver: str, grid: str, fused_layers: int | None,
                split: str, *, cluster: Any = None, objective: str = "latency",
-               options: Sequence[str] | None = None) -> Any:
+               options: Sequence[str] | None = None, compression: str = "off", wire_dtype: str = "float32") -> Any:
     """Plan with a registered solver; --grid/--fused-layers/--split feed ftp-grid and layerwise."""
+    from edgepart.planner.codec_cost import WireSettings
     from edgepart.planner.registry import parse_options, solve
+
+    if compression not in ("off", "auto", "lz4", "zstd"):
+        raise fail(f"--compression {compression!r}: expected off, auto, lz4 or zstd")
+    if wire_dtype not in ("float32", "float16"):
+        raise fail(f"--wire-dtype {wire_dtype!r}: expected float32 or float16")
+    wire = WireSettings(compression=compression, wire_dtype=wire_dtype)  # type: ignore[arg-type]
 
     opts = parse_options(solver, list(options or []))  # unknown solvers and options fail here, by name
     if solver == "ftp-grid":
@@ -209,7 +221,7 @@ def build_plan(graph: Any, ref: Any, devices: int, solver: str, grid: str, fused
     if solver == "layerwise":
         opts.setdefault("split", split)
     target = cluster if cluster is not None else load_cluster_option(None, devices)
-    return solve(graph, ref, target, objective, solver, **opts)  # type: ignore[arg-type]
+    return solve(graph, ref, target, objective, solver, wire=wire, **opts)  # type: ignore[arg-type]
 
 
 def print_plan(plan: Any) -> None:
@@ -274,6 +286,8 @@ def plan_command(
     objective: ObjectiveOpt = "latency",
     option: OptionOpt = None,
     bandwidth: BandwidthOpt = "100Mbps",
+    compression: CompressionOpt = "off",
+    wire_dtype: WireDtypeOpt = "float32",
     svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the plan: a device x time Gantt chart "
                                                            "and the tile split of every stage.")] = None,
 ) -> None:
@@ -299,7 +313,7 @@ def plan_command(
         graph = load_graph(ref)
         target = load_cluster_option(cluster, devices, bandwidth)
         plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split, cluster=target,
-                          objective=objective, options=option)
+                          objective=objective, options=option, compression=compression, wire_dtype=wire_dtype)
         graphs = {plan.models[0].id: graph}
     save_plan(plan, output)
     print_plan(plan)
@@ -331,6 +345,8 @@ def verify_command(
     option: OptionOpt = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-5,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
+    compression: CompressionOpt = "off",
+    wire_dtype: WireDtypeOpt = "float32",
     fast_kernels: Annotated[bool, typer.Option("--fast-kernels", help="Use oneDNN convolutions (faster, "
                                                                     "not bit-exact across tile sizes).")] = False,
 ) -> None:
@@ -364,7 +380,8 @@ def verify_command(
         module = load_model(ref)
         gm, graph = trace_ref(ref, module)
         plan = build_plan(graph, ref, devices, solver, grid, fused_layers, split,
-                          cluster=load_cluster_option(cluster, devices), objective=objective, options=option)
+                          cluster=load_cluster_option(cluster, devices), objective=objective, options=option,
+                          compression=compression, wire_dtype=wire_dtype)
         traced[plan.models[0].id] = (gm, graph)
     else:
         for mid, mref in refs.items():
@@ -383,6 +400,9 @@ def verify_command(
                    f"{result.max_abs_diff:.3g}, max rel diff {result.max_rel_diff:.3g} (atol {atol:g}, rtol {rtol:g})")
         if not result.allclose:
             failed.append(mid)
+    lossy = sum(1 for t in plan.tasks for i in t.inputs if i.wire_dtype == "float16")
+    if lossy:
+        typer.echo(f"float16 on the wire for {lossy} transfers: lossy, the diff above is its error")
     if failed:
         raise fail(f"the split output of {', '.join(failed)} differs from the whole model's", code=1)
     typer.echo("OK: the split output equals the whole model's" if len(traced) == 1 else

@@ -83,3 +83,31 @@ def test_recalibrate_is_for_emulated_devices(tmp_path: Path) -> None:
     assert code != 0 and "--recalibrate" in out and "--emulate" in out
     code, out = run("up", str(tmp_path / "missing.yaml"), "--emulate", "--recalibrate", "--no-calibrate")
     assert code != 0 and "contradict" in out
+
+
+def test_a_compressed_plan_verifies_bit_exact(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    code, out = run("plan", "alexnet", "--solver", "ftp-grid", "--grid", "2x2", "--compression", "auto",
+                    "--bandwidth", "10Mbps", "-o", str(plan))
+    assert code == 0, out
+    codecs = {i["codec"] for t in json.loads(plan.read_text())["tasks"] for i in t["inputs"]}
+    assert codecs & {"lz4", "zstd"}, codecs  # at 10 Mbit/s compressing post-ReLU activations pays
+    code, out = run("verify", "--plan", str(plan), "--atol", "0", "--rtol", "0")
+    assert code == 0, out
+
+
+def test_float16_on_the_wire_reports_its_error() -> None:
+    code, out = run("verify", "alexnet", "--solver", "ftp-grid", "--grid", "2x2", "--wire-dtype", "float16",
+                    "--atol", "0", "--rtol", "0")
+    assert code == 1, out
+    assert "float16 on the wire" in out and "max abs diff 0 " not in out
+    code, out = run("verify", "alexnet", "--solver", "ftp-grid", "--grid", "2x2", "--wire-dtype", "float16",
+                    "--atol", "1e-2", "--rtol", "1")
+    assert code == 0, out
+
+
+def test_bad_wire_options_are_named() -> None:
+    code, out = run("plan", "alexnet", "--compression", "gzip", "-o", "/tmp/never.json")
+    assert code == 2 and "--compression 'gzip'" in out
+    code, out = run("verify", "alexnet", "--wire-dtype", "int8")
+    assert code == 2 and "--wire-dtype 'int8'" in out
