@@ -1,14 +1,18 @@
 """What the emulated-testbed benchmarks share: where results go, the skip on a host that cannot emulate
-devices, and the host-wide lock that keeps two emulations off the same cores at once."""
+devices, the host-wide lock that keeps two emulations off the same cores at once, and how their devices are
+calibrated (`calibrate`)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from edgepart.graph.loader import ModelRef
+from edgepart.runtime.calibrate import HostCalibration, calibrate_host
 from edgepart.runtime.emulate import support_problems
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,3 +40,23 @@ def emulate_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def calibrate(models: Sequence[str], quotas: Iterable[float], scratch: Path, quick: bool) -> HostCalibration:
+    """Calibrate the devices of a testbed benchmark: this host's profile for `models` (the first one times the
+    quotas), each quota's share of a free core and its message cost (`calibrate_host`); prints them, and a
+    warning when the host is loaded (it is in the results JSON too: `HostCalibration.summary`)."""
+    calibration = await calibrate_host([ModelRef(m) for m in models], quotas, scratch / "calibration",
+                                       repeats=3 if quick else 5, message_requests=6 if quick else 12)
+    print(calibration_note(calibration.summary()), flush=True)
+    return calibration
+
+
+def calibration_note(summary: dict[str, Any]) -> str:
+    """One line on a calibration (`HostCalibration.summary`, as the results JSON keeps it), with its warning."""
+    factors = ", ".join(f"{c} CPU {f:.3f}" for c, f in summary["quota_factor"].items())
+    messages = ", ".join(f"{c} CPU {m * 1e3:.2f} ms" for c, m in summary["message_cpu_s"].items())
+    note = (f"Calibrated: this host's profile; per-core speed under the quota / a free core's: {factors}; a "
+            f"message's CPU at each end: {messages}; load average {summary['load_average']:.1f} on "
+            f"{summary['cores']} cores.")
+    return note if summary["warning"] is None else f"{note}\nWARNING: {summary['warning']}."

@@ -2,8 +2,10 @@
 
 AlexNet + SqueezeNet 1.1 + ResNet-50 on 4 emulated devices (network namespaces behind 100 Mbit/s tbf caps,
 2 ms latency added in userspace; cgroup v1 CPU quotas): a "server" at 0.8 CPU that holds every input and
-three devices at 0.2 CPU. Devices are calibrated as the testbed bench does (per-core speed of the whole
-ResNet-50 under a 0.2-CPU quota, the message cost through a chain of partitions), then two plans of the same
+three devices at 0.2 CPU. Devices are calibrated as every testbed benchmark does (`bench._testbed.calibrate`):
+this host's own profile of the three models (with the reference profile at one speed ratio, measured
+missed predicted by 1.3-3.8x), each device at its quota's share of a free core (`per_core_speed` of the whole ResNet-50 under
+0.8 and 0.2 CPU over a free core's) and its quota's message cost (`message_cpu`). Then two plans of the same
 deployment are deployed with `up --emulate` in turn:
 
 - mgp-memetic (the joint plan), and
@@ -31,10 +33,10 @@ from typing import Any
 import httpx
 import torch
 
-from bench._testbed import RESULTS, cannot_emulate, emulate_lock
+from bench._testbed import RESULTS, calibrate, cannot_emulate, emulate_lock
 from edgepart.executor import check_deployed, use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
-from edgepart.runtime.calibrate import calibrated, message_cpu, per_core_speed
+from edgepart.runtime.calibrate import with_host_calibration
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
 from edgepart.runtime.local import LocalRuntime
@@ -86,31 +88,27 @@ async def _measure(deployment: DNNDeployment, rounds: int, root: Path,
             "exact": exact}
 
 
-async def _run(quick: bool) -> list[dict[str, Any]]:
+async def _run(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rounds = 2 if quick else 5
     scratch = Path(tempfile.mkdtemp(prefix="edgepart-mm-testbed-"))
     try:
-        message_s = await message_cpu(0.2, root=scratch / "probe")
+        # the heaviest model (first) times the quotas
+        calibration = await calibrate(("resnet50", "alexnet", "squeezenet1_1"), {c for _, c in DEVICES}, scratch,
+                                      quick)
         weights: dict[str, Path] = {}
         inputs: dict[str, torch.Tensor] = {}
         expected: dict[str, torch.Tensor] = {}
-        speed = 0.0
         for k, (mid, name) in enumerate(MODELS.items()):
-            ref = ModelRef(name)
-            whole = await asyncio.to_thread(load_model, ref)
-            if mid == "resnet50":  # the heaviest model sets the per-core speed the planner uses
-                speed = await asyncio.to_thread(per_core_speed, ref, whole, 3, 0.2)
+            whole = await asyncio.to_thread(load_model, ModelRef(name))
             weights[mid] = await asyncio.to_thread(export_weights, whole, scratch / f"{mid}.safetensors")
             inputs[mid] = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(k))
-            use_exact_kernels(False)  # the deployments' kernels (per_core_speed set them too)
+            use_exact_kernels(False)  # the deployments' kernels
             with torch.no_grad():
                 expected[mid] = whole(inputs[mid])
             del whole
-        print(f"calibrated: per-core speed {speed:.3f}x the reference profile, a message "
-              f"{message_s * 1e3:.2f} ms of CPU at each end", flush=True)
         rows = []
         for solver in ("mgp-memetic", "fused-dp"):
-            deployment = calibrated(_deployment(solver, weights), speed, message_s)
+            deployment = with_host_calibration(_deployment(solver, weights), calibration)
             row = await _measure(deployment, rounds, scratch / "run", expected, inputs)
             rows.append(row)
             print(f"  {solver}: {row['tasks']} tasks on {row['devices']}, measured {row['measured_s']:.2f} s "
@@ -118,7 +116,7 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
                   f"{row['predicted_s']:.2f} s, every model within tolerance: {all(row['exact'].values())}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return rows
+    return calibration.summary(), rows
 
 
 def main(quick: bool) -> None:
@@ -126,10 +124,10 @@ def main(quick: bool) -> None:
     if cannot_emulate(out):
         return
     with emulate_lock():
-        rows = asyncio.run(_run(quick))
+        calibration, rows = asyncio.run(_run(quick))
     memetic, fused = rows
     print(f"mgp-memetic: measured / predicted {memetic['measured_s'] / memetic['predicted_s']:.2f}; "
           f"fused-dp alone: {fused['measured_s'] / fused['predicted_s']:.2f}; memetic / fused-dp measured "
           f"{memetic['measured_s'] / fused['measured_s']:.2f}x, predicted {memetic['predicted_s'] / fused['predicted_s']:.2f}x")
-    out.write_text(json.dumps({"quick": quick, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"quick": quick, "calibration": calibration, "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -2,9 +2,10 @@
 
 Devices: three emulated devices at 0.4, 0.3 and 0.2 CPU (cgroup v1 quotas), each in its own network
 namespace behind a 100 Mbit/s tbf cap, 2 ms latency added in userspace; the ring d0 -> d1 -> d2, sources
-d0 and d1. Model: MobileNetV2 (224 x 224). The devices are calibrated as the testbed benchmark does: this
-host's speed under a 0.3-CPU quota (`per_core_speed`) and a message's CPU cost at each end
-(`message_cpu`), so the simulator costs the same devices.
+d0 and d1. Model: MobileNetV2 (224 x 224). The devices are calibrated as every testbed benchmark does
+(`bench._testbed.calibrate`): this host's own profile of MobileNetV2, each device at its quota's share of a
+free core (`per_core_speed` under 0.4, 0.3 and 0.2 CPU over a free core's) and its quota's message cost at
+each end (`message_cpu`), so the simulator costs the same devices.
 
 For each scheduler: `up --emulate` with sources, then `edgepart load`'s generator sends N images per
 source with Poisson arrivals at a rate near capacity (the sources' arrival times are the simulator's:
@@ -30,14 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._testbed import RESULTS, cannot_emulate, emulate_lock
-from edgepart.graph.loader import ModelRef, load_graph, load_model
+from bench._testbed import RESULTS, calibrate, calibration_note, cannot_emulate, emulate_lock
+from edgepart.graph.loader import ModelRef, load_graph
 from edgepart.partition_service.auth import load_secret
 from edgepart.planner.cluster import cluster_from_spec
-from edgepart.runtime.calibrate import message_cpu, per_core_speed
+from edgepart.runtime.calibrate import with_host_calibration
 from edgepart.runtime.load import LoadReport, LoadSettings, drive
 from edgepart.runtime.local import LocalRuntime, RunState
-from edgepart.runtime.planning import with_cpu_speeds
 from edgepart.sim.multisource import (
     MultiSourceResult,
     MultiSourceSettings,
@@ -110,27 +110,22 @@ async def _run(quick: bool) -> dict[str, Any]:
     count = 16 if quick else 200
     scratch = Path(tempfile.mkdtemp(prefix="edgepart-msrc-"))
     try:
-        message_s = await message_cpu(0.3, requests=6 if quick else 12, root=scratch / "probe")
-        ref = ModelRef(MODEL)
-        whole = await asyncio.to_thread(load_model, ref)
-        speed = await asyncio.to_thread(per_core_speed, ref, whole, 3 if quick else 5, 0.3)
-        del whole
-        calibrated = with_cpu_speeds(_deployment("msrc", "ms-mdi", BOUND), speed, message_s)
+        calibration = await calibrate((MODEL,), CPUS.values(), scratch, quick)
+        calibrated = with_host_calibration(_deployment("msrc", "ms-mdi", BOUND), calibration)
         cluster = cluster_from_spec(calibrated.spec.cluster())
-        graph = load_graph(ref)
+        graph = load_graph(ModelRef(MODEL))
         whole_s = {d: sum(cluster.device(d).layer_time(layer) for layer in graph) for d in RING}
         capacity = sum(1 / s for s in whole_s.values())
         rate = LOAD * capacity / len(SOURCES)
-        print(f"calibrated: {speed:.3f}x the reference per core under a 0.3-CPU quota; a message costs "
-              f"{message_s * 1e3:.2f} ms CPU at 0.3 CPU; whole model "
+        print("whole model "
               + ", ".join(f"{d} {s:.2f} s" for d, s in whole_s.items())
               + f"; ring capacity {capacity:.2f} images/s; {rate:.2f} images/s per source", flush=True)
         rows: dict[str, Any] = {"count": count, "rate": rate, "capacity": capacity, "whole_s": whole_s,
-                                "speed": speed, "message_s": message_s, "schedulers": {}}
+                                "calibration": calibration.summary(), "schedulers": {}}
         for scheduler in SCHEDULERS:
             settings = LoadSettings(rate=rate, count=count, seed=7, timeout_s=600)
-            deployment = with_cpu_speeds(_deployment(f"msrc-{scheduler.replace('-', '')}", scheduler, BOUND),
-                                         speed, message_s)
+            deployment = with_host_calibration(_deployment(f"msrc-{scheduler.replace('-', '')}", scheduler, BOUND),
+                                               calibration)
             report, _, _ = await _measure(deployment, scratch / "run", settings)
             sim = _simulate(calibrated, scheduler, settings, BOUND)
             row = {
@@ -147,7 +142,7 @@ async def _run(quick: bool) -> dict[str, Any]:
                   f"{row['sent']}, lost {row['lost']}, local {row['done_locally']} (sim "
                   f"{row['simulated_done_locally']})", flush=True)
         over = LoadSettings(rate=2 * capacity / len(SOURCES), count=2 * count, seed=8, timeout_s=600)
-        deployment = with_cpu_speeds(_deployment("msrc-over", "ms-mdi", OVERLOAD_BOUND), speed, message_s)
+        deployment = with_host_calibration(_deployment("msrc-over", "ms-mdi", OVERLOAD_BOUND), calibration)
         started = time.monotonic()
         report, before, after = await _measure(deployment, scratch / "run", over)
         rows["overload"] = {
@@ -166,6 +161,7 @@ def _table(rows: dict[str, Any], quick: bool) -> str:
              f"MobileNetV2 224x224; devices d0 0.4, d1 0.3, d2 0.2 CPU, 100 Mbit/s, 2 ms; sources d0, d1; "
              f"{rows['count']} images per source, Poisson {rows['rate']:.2f} images/s each (80% of the ring's "
              f"capacity {rows['capacity']:.2f}/s){' (--quick)' if quick else ''}.", "",
+             calibration_note(rows["calibration"]), "",
              "| scheduler | total measured | total simulated | measured/sim | per image measured | per image sim "
              "| done/sent | lost | run locally (sim) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows["schedulers"].items():

@@ -5,7 +5,8 @@ AlexNet; an end device at 0.2 CPU (role end: it holds the input and gets the ans
 50 Mbit/s), 2 ms link latency added in userspace. Devices are costed with this host's own profile
 (`host_profile`: one speed ratio against the reference profile misjudged AlexNet's convolutions against its
 fully connected layers by 1.8x), each at its quota's share of a free core (`per_core_speed` under the quota
-over the free core's), and its message cost through a chain of partitions (`message_cpu`). For each rate,
+over the free core's), and its message cost through a chain of partitions (`message_cpu`): the calibration
+all testbed benchmarks share (`bench._testbed.calibrate`). For each rate,
 both plans are made by the registry's solvers (`sequential` compute model, the one the runtime executes),
 deployed with `up --emulate` (the end device's partitions take turns in the order S), and measured: the
 median of the gateway's own latency over sequential requests after a warm-up, against the plan's predicted
@@ -28,9 +29,9 @@ from typing import Any
 import httpx
 import torch
 
-from bench._testbed import RESULTS, cannot_emulate, emulate_lock
+from bench._testbed import RESULTS, calibrate, calibration_note, cannot_emulate, emulate_lock
 from edgepart.graph.loader import ModelRef, load_graph, load_model
-from edgepart.runtime.calibrate import host_profile, message_cpu, per_core_speed
+from edgepart.runtime.calibrate import HostCalibration, with_host_calibration
 from edgepart.runtime.client import infer
 from edgepart.runtime.demo import export_weights
 from edgepart.runtime.local import LocalRuntime
@@ -44,19 +45,17 @@ SOLVERS = ("mw", "nfl")
 TARGET = 0.15
 
 
-def _deployment(solver: str, rate: str, weights: Path, profile: Path, speeds: dict[float, float],
-                messages: dict[float, float]) -> DNNDeployment:
+def _deployment(solver: str, rate: str, weights: Path, calibration: HostCalibration) -> DNNDeployment:
     def device(name: str, cpus: float, role: str) -> dict[str, Any]:
-        return {"name": name, "cpus": cpus, "role": role, "memory": "2Gi", "profile": str(profile),
-                "speed": round(speeds[cpus] * cpus, 4), "messageCost": f"{messages[cpus] / cpus * 1e3:.4g}ms"}
+        return {"name": name, "cpus": cpus, "role": role, "memory": "2Gi"}
 
-    return deployment_from_dict({
+    return with_host_calibration(deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment",
         "metadata": {"name": f"offload-{solver}-{rate.lower().replace('/', '')}"},
         "spec": {"model": {"name": MODEL, "weights": str(weights)}, "solver": solver,
                  "devices": [device("end", END_CPUS, "end"), device("server", SERVER_CPUS, "edge-server")],
                  "network": {"bandwidth": rate, "latency": "2ms"}, "requestTimeout": "300s"},
-    })
+    }), calibration)
 
 
 async def _measure(deployment: DNNDeployment, requests: int, warmup: int, root: Path) -> dict[str, Any]:
@@ -86,23 +85,13 @@ async def _run(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     scratch = Path(tempfile.mkdtemp(prefix="edgepart-offload-testbed-"))
     rows = []
     try:
-        ref = ModelRef(MODEL)
-        whole = await asyncio.to_thread(load_model, ref)
-        # the host's own cost model, each device at its quota's share of a free core (see host_profile)
-        profile = await asyncio.to_thread(host_profile, (MODEL,), scratch / "host.json")
-        free = await asyncio.to_thread(per_core_speed, ref, whole, 3 if quick else 5)
-        speeds = {c: await asyncio.to_thread(per_core_speed, ref, whole, 3 if quick else 5, c) / free
-                  for c in (END_CPUS, SERVER_CPUS)}
+        calibration = await calibrate((MODEL,), (END_CPUS, SERVER_CPUS), scratch, quick)
+        whole = await asyncio.to_thread(load_model, ModelRef(MODEL))
         weights = await asyncio.to_thread(export_weights, whole, scratch / f"{MODEL}.safetensors")
         del whole
-        messages = {c: await message_cpu(c, root=scratch / f"probe-{c}") for c in (END_CPUS, SERVER_CPUS)}
-        calibration = {"quota_factor": {str(c): s for c, s in speeds.items()},
-                       "message_cpu_s": {str(c): m for c, m in messages.items()}}
-        print(f"calibrated: the host's profile; per-core speed under quota / free core {speeds}, message CPU "
-              f"{messages}", flush=True)
         for rate in RATES:
             for solver in SOLVERS:
-                deployment = _deployment(solver, rate, weights, profile, speeds, messages)
+                deployment = _deployment(solver, rate, weights, calibration)
                 row = await _measure(deployment, requests, warmup, scratch / "run")
                 row["rate"] = rate
                 rows.append(row)
@@ -110,7 +99,7 @@ async def _run(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                       f"{row['predicted_s'] * 1e3:.0f} ms ({row['summary']})", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return calibration, rows
+    return calibration.summary(), rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -139,6 +128,7 @@ def main(quick: bool) -> None:
     text = table(rows)
     print("\n" + text)
     (RESULTS / "offload_testbed.md").write_text(f"# Partial offloading on the emulated testbed ({MODEL}; end "
-                                                 f"{END_CPUS} CPU, server {SERVER_CPUS} CPU)\n\n" + text)
+                                                 f"{END_CPUS} CPU, server {SERVER_CPUS} CPU)\n\n"
+                                                 + calibration_note(calibration) + "\n\n" + text)
     out.write_text(json.dumps({"quick": quick, "calibration": calibration, "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -10,7 +10,9 @@ software time. For emulated devices both depend on this host and on the CPU quot
   deployments whose layers the reference profile's single speed ratio misjudges (AlexNet's convolutions run
   1.45x the reference here, its fully connected layers 0.8x: one ratio for the whole model put 32% too much
   time on the device holding the convolutions);
-- `calibrated`: a deployment whose emulated devices carry both;
+- `calibrate_host`: all three for the CPU quotas of a deployment's devices (`HostCalibration`), which
+  `with_host_calibration` puts on its emulated devices: what the testbed benchmarks cost devices with;
+- `calibrated`: a deployment whose emulated devices carry the first two (the reference profile at one speed);
 - `plain_latency`: the baseline a user compares with, plain PyTorch on one such device.
 """
 
@@ -26,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -36,7 +39,7 @@ import torch
 from edgepart.errors import EdgepartError
 from edgepart.executor import Executor, use_exact_kernels
 from edgepart.geometry import Region
-from edgepart.graph.loader import ModelRef, input_shape_of, load_graph, trace_ref
+from edgepart.graph.loader import ModelRef, input_shape_of, load_graph, load_model, trace_ref
 from edgepart.plan import make_plan
 from edgepart.planner.builders import single_stage
 from edgepart.planner.cluster import reference_profile
@@ -46,14 +49,14 @@ from edgepart.runtime.client import infer
 from edgepart.runtime.emulate import cpu_capped, support_problems
 from edgepart.runtime.local import LocalRuntime
 from edgepart.runtime.planning import model_ref, with_cpu_speeds
-from edgepart.spec import DNNDeployment, deployment_from_dict
+from edgepart.spec import DeviceSpec, DNNDeployment, deployment_from_dict
 
-__all__ = ["BUSY_LOOP", "PlainLatency", "calibrated", "host_profile", "message_cpu", "per_core_speed",
-           "plain_latency", "process_cpu_seconds"]
+__all__ = ["BUSY_LOOP", "HostCalibration", "PlainLatency", "calibrate_host", "calibrated", "host_profile",
+           "message_cpu", "per_core_speed", "plain_latency", "process_cpu_seconds", "with_host_calibration"]
 
 
 def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus: float | None = None, *,
-                   exact_kernels: bool = False) -> float:
+                   exact_kernels: bool = False, fastest: bool = False) -> float:
     """This host's speed on one core, relative to the planner's reference profile.
 
     The whole model runs as one partition through the executor, as partitions compute (the deployment's
@@ -67,6 +70,9 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus
     (`emulate.cpu_capped`) and the result is its speed divided by `cpus`: a throttled process runs slower
     than its share of a free core (it restarts cold after every throttled slice), and that is what the
     devices will do.
+
+    `fastest` takes the fastest of the `repeats` instead of the median: for a free core, whose speed other
+    processes on the host can only lower (a loaded host's median made the free core look 3x slower than it is).
     """
     partition_allocator()
     use_exact_kernels(exact_kernels)
@@ -88,7 +94,8 @@ def per_core_speed(ref: ModelRef, model: torch.nn.Module, repeats: int = 5, cpus
         torch.set_num_threads(threads)
     profile = reference_profile()
     predicted = sum(profile.layer_time(layer, None, graph.batch) for layer in graph.layers)
-    return predicted / statistics.median(times) / (cpus or 1.0)
+    taken = min(times) if fastest else statistics.median(times)
+    return predicted / taken / (cpus or 1.0)
 
 
 def host_profile(models: Sequence[str], path: Path) -> Path:
@@ -244,3 +251,80 @@ def calibrated(deployment: DNNDeployment, speed_per_core: float, message_cpu_s: 
                else d.model_copy(update={"cpus": 1.0}) for d in deployment.spec.devices]
     whole = deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
     return with_cpu_speeds(whole, speed_per_core, message_cpu_s)
+
+
+@dataclass(frozen=True)
+class HostCalibration:
+    """What emulated devices on this host are costed with: this host's profile, and per CPU quota its share of
+    a free core and what a message costs (`calibrate_host`; `with_host_calibration` applies it)."""
+
+    profile: Path
+    """This host's per-op profile (`host_profile`: one free core, one thread)."""
+    quota_factor: dict[float, float]
+    """Per CPU quota: the per-core speed under it over a free core's (`per_core_speed`), at most 1."""
+    message_cpu_s: dict[float, float]
+    """Per CPU quota: CPU seconds one message costs a device at each end (`message_cpu`)."""
+    load_average: float
+    """The host's 1-minute load average while calibrating (the highest seen)."""
+    cores: int
+
+    @property
+    def warning(self) -> str | None:
+        """Why the figures may be off: more runnable processes than cores while measuring."""
+        if self.load_average <= self.cores:
+            return None
+        return (f"host load average {self.load_average:.1f} exceeds its {self.cores} cores: calibration and "
+                f"measurements share the cores with other work, so measured against predicted is distorted")
+
+    def summary(self) -> dict[str, Any]:
+        """For the results JSON."""
+        return {"profile": "this host's (quick, one thread)",
+                "quota_factor": {str(c): f for c, f in sorted(self.quota_factor.items())},
+                "message_cpu_s": {str(c): m for c, m in sorted(self.message_cpu_s.items())},
+                "load_average": self.load_average, "cores": self.cores, "warning": self.warning}
+
+
+async def calibrate_host(models: Sequence[ModelRef], quotas: Iterable[float], scratch: Path, *, repeats: int = 5,
+                         message_requests: int = 12) -> HostCalibration:
+    """Profile this host for `models` into `scratch` and measure every quota in `quotas` (root).
+
+    The quota factors are timed with the first model: a free core's speed is the fastest of `repeats` (other
+    work on the host only slows it), a quota's the median (a throttled device's sustained speed), and the
+    factor is clamped at 1 (a quota cannot make a core faster; a free core timed under load can look slower).
+    """
+    loads = [os.getloadavg()[0]]
+    scratch.mkdir(parents=True, exist_ok=True)
+    profile = await asyncio.to_thread(host_profile, [m.name for m in models], scratch / "host-profile.json")
+    ref = models[0]
+    whole = await asyncio.to_thread(load_model, ref)
+    free = await asyncio.to_thread(per_core_speed, ref, whole, repeats, fastest=True)
+    factors = {}
+    for cpus in sorted(set(quotas)):
+        under = await asyncio.to_thread(per_core_speed, ref, whole, repeats, cpus)
+        factors[cpus] = min(1.0, under / free)
+    del whole
+    messages = {cpus: await message_cpu(cpus, requests=message_requests, root=scratch / f"probe-{cpus}")
+                for cpus in factors}
+    loads.append(os.getloadavg()[0])
+    return HostCalibration(profile, factors, messages, max(loads), os.cpu_count() or 1)
+
+
+def with_host_calibration(deployment: DNNDeployment, calibration: HostCalibration) -> DNNDeployment:
+    """Devices with `cpus` and neither `speed` nor `profile` get this host's profile at speed cpus x their quota's
+    factor; those without `messageCost` get their quota's message CPU / cpus (the time it takes under the quota)."""
+    def device(d: DeviceSpec) -> DeviceSpec:
+        cpus = d.cpus
+        if cpus is None:
+            return d
+        if cpus not in calibration.quota_factor:
+            raise EdgepartError(f"device {d.name!r}: its quota {cpus} CPU was not calibrated "
+                                f"(calibrated: {sorted(calibration.quota_factor)})")
+        if d.speed is None and d.profile is None:
+            d = d.model_copy(update={"profile": str(calibration.profile),
+                                     "speed": round(cpus * calibration.quota_factor[cpus], 4)})
+        if d.message_cost is None:
+            d = d.model_copy(update={"message_cost": f"{calibration.message_cpu_s[cpus] / cpus * 1e3:.4g}ms"})
+        return d
+
+    devices = [device(d) for d in deployment.spec.devices]
+    return deployment.model_copy(update={"spec": deployment.spec.model_copy(update={"devices": devices})})
