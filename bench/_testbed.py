@@ -54,7 +54,10 @@ async def calibrate(models: Sequence[str], quotas: Iterable[float], scratch: Pat
 
 def calibration_note(summary: dict[str, Any]) -> str:
     """One line on a calibration (`HostCalibration.summary`, as the results JSON keeps it), with its warning."""
-    factors = ", ".join(f"{c} CPU {f:.3f}" for c, f in summary["quota_factor"].items())
+    # the factor before the clamp, where the clamp changed it
+    factors = ", ".join(f"{c} CPU {f:.3f}" + (f" (measured {summary['measured_factor'][c]:.2f})"
+                                              if summary["measured_factor"].get(c, f) != f else "")
+                        for c, f in summary["quota_factor"].items())
     messages = ", ".join(f"{c} CPU {m * 1e3:.2f} ms" for c, m in summary["message_cpu_s"].items())
     note = (f"Calibrated: this host's profile; per-core speed under the quota / a free core's: {factors}; a "
             f"message's CPU at each end: {messages}; load average {summary['load_average']:.1f} on "

@@ -267,6 +267,8 @@ class HostCalibration:
     load_average: float
     """The host's 1-minute load average while calibrating (the highest seen)."""
     cores: int
+    measured_factor: dict[float, float] | None = None
+    """`quota_factor` before the clamp at 1 (above 1: the free core was timed while other work slowed it)."""
 
     @property
     def warning(self) -> str | None:
@@ -280,6 +282,7 @@ class HostCalibration:
         """For the results JSON."""
         return {"profile": "this host's (quick, one thread)",
                 "quota_factor": {str(c): f for c, f in sorted(self.quota_factor.items())},
+                "measured_factor": {str(c): f for c, f in sorted((self.measured_factor or {}).items())},
                 "message_cpu_s": {str(c): m for c, m in sorted(self.message_cpu_s.items())},
                 "load_average": self.load_average, "cores": self.cores, "warning": self.warning}
 
@@ -298,15 +301,15 @@ async def calibrate_host(models: Sequence[ModelRef], quotas: Iterable[float], sc
     ref = models[0]
     whole = await asyncio.to_thread(load_model, ref)
     free = await asyncio.to_thread(per_core_speed, ref, whole, repeats, fastest=True)
-    factors = {}
+    measured = {}
     for cpus in sorted(set(quotas)):
-        under = await asyncio.to_thread(per_core_speed, ref, whole, repeats, cpus)
-        factors[cpus] = min(1.0, under / free)
+        measured[cpus] = await asyncio.to_thread(per_core_speed, ref, whole, repeats, cpus) / free
+    factors = {cpus: min(1.0, f) for cpus, f in measured.items()}
     del whole
     messages = {cpus: await message_cpu(cpus, requests=message_requests, root=scratch / f"probe-{cpus}")
                 for cpus in factors}
     loads.append(os.getloadavg()[0])
-    return HostCalibration(profile, factors, messages, max(loads), os.cpu_count() or 1)
+    return HostCalibration(profile, factors, messages, max(loads), os.cpu_count() or 1, measured)
 
 
 def with_host_calibration(deployment: DNNDeployment, calibration: HostCalibration) -> DNNDeployment:

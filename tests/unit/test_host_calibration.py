@@ -71,5 +71,6 @@ def test_the_free_core_is_timed_at_its_fastest_and_the_factor_clamped(tmp_path: 
     result = asyncio.run(calibrate_host([ModelRef("alexnet")], [0.8, 0.2, 0.2], tmp_path, repeats=3))
     assert calls == [(None, True), (0.2, False), (0.8, False)]
     assert result.quota_factor == {0.2: 0.6, 0.8: 1.0}
+    assert result.summary()["measured_factor"] == {"0.2": 0.6, "0.8": 2.9}
     assert result.message_cpu_s == {0.2: 0.002, 0.8: 0.008}
     assert result.load_average == 6.0 and result.warning is not None
