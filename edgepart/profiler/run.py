@@ -200,14 +200,20 @@ def collect_samples(config: ProfileConfig, progress: Progress | None = None) -> 
         for i, (layer, batch, region) in enumerate(tiles):
             if progress is not None:
                 progress(p * len(tiles) + i, passes * len(tiles), f"{layer.op.value} {region}")
-            fn = tile_call(layer, region, batch)
-            with torch.no_grad():
-                times[i].append(time_call(fn, config.warmup, config.repeats).median_s)
+            times[i].append(_time_tile(layer, region, batch, config))
     if progress is not None:
         progress(passes * len(tiles), passes * len(tiles), "done")
     samples = [Sample(op_family(layer), region_counts(layer, region, batch), statistics.median(t), layer_key(layer))
                for (layer, batch, region), t in zip(tiles, times, strict=True)]
     return samples
+
+
+def _time_tile(layer: Layer, region: Region, batch: int, config: ProfileConfig) -> float:
+    """Median seconds of one tile. Its tensors die on return: built in a loop, the next tile's would be made
+    while this one's are still held (two of vgg16's fc6 slices, 411 + 308 MB, at once)."""
+    fn = tile_call(layer, region, batch)
+    with torch.no_grad():
+        return time_call(fn, config.warmup, config.repeats).median_s
 
 
 def layer_overhead(layers: int = 100, repeats: int = 10) -> float:
@@ -324,6 +330,27 @@ def measure_cases(cases: Sequence[PartitionCase], rounds: int = 3, repeats: int 
     return [statistics.median(t) for t in times]
 
 
+def _released() -> object:
+    raise RuntimeError("this partition was measured and its model released (see measure_models)")
+
+
+def measure_models(models: Sequence[str], rounds: int = 3, repeats: int = 3, strips: bool = True,
+                   channels: bool = True) -> tuple[list[PartitionCase], list[float]]:
+    """The partitions of `partition_cases` and their median seconds, one model at a time: a model's cases are
+    built, measured (interleaved among themselves, see `measure_cases`), then released before the next model
+    is built. [R] Building the whole zoo first held ~1.2 GB of weights at once; one model at a time the peak
+    is the largest model (vgg16, 528 MB), so the profiling Job fits a 1 GiB device. The returned cases keep
+    their geometry for the fits; their `run` only raises."""
+    cases: list[PartitionCase] = []
+    measured: list[float] = []
+    for name in models:
+        built = partition_cases([name], strips, channels)
+        measured += measure_cases(built, rounds, repeats)
+        cases += [replace(case, run=_released) for case in built]
+        del built  # the model's executor, weights and input tiles go before the next model is built
+    return cases, measured
+
+
 def partition_terms(profile: DeviceProfile, case: PartitionCase) -> tuple[float, float, float, float]:
     """(Σ micro-benchmark predictions, Σ activation elements read and written, Σ weight elements, layers
     computed) of one case under `profile` without its executor terms."""
@@ -364,8 +391,7 @@ def partition_checks(profile: DeviceProfile, models: Sequence[str], repeats: int
                      strips: bool = True) -> list[ModelCheck]:
     """Measured vs predicted partitions: each whole model (one partition) and, with `strips`, row strips and
     channel slices (see `partition_cases`)."""
-    cases = partition_cases(models, strips, strips)
-    measured = measure_cases(cases, repeats=repeats)
+    cases, measured = measure_models(models, repeats=repeats, strips=strips, channels=strips)
     return [ModelCheck(c.label, m, predicted_partition(profile, c.graph, c.start, c.stop, c.region))
             for c, m in zip(cases, measured, strict=True)]
 
@@ -410,8 +436,7 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
         profile = replace(profile, message_overhead_s=message_overhead(overhead))
         if config.validate and config.models:
             models = config.models[:1] if config.quick else config.models
-            cases = partition_cases(models)
-            measured = measure_cases(cases, rounds=2 if config.quick else 3)
+            cases, measured = measure_models(models, rounds=2 if config.quick else 3)
             profile = fit_executor_terms(profile, cases, measured, overhead)
             meta["executorTerms"] = {"scale": round(profile.executor_scale, 4),
                                      "elemS": profile.executor_elem_s, "weightS": profile.executor_weight_s,
@@ -447,6 +472,6 @@ def samples_summary(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 __all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "ModelCheck", "PartitionCase", "ProfileConfig", "check_models",
-           "collect_samples", "executor_scale", "fit_executor_terms", "measure_cases", "measure_partition",
+           "collect_samples", "executor_scale", "fit_executor_terms", "measure_cases", "measure_models", "measure_partition",
            "partition_cases", "partition_checks", "partition_terms", "predicted_partition", "predicted_whole",
            "profile_device", "roofline_of", "samples_summary", "synthetic_layers"]
