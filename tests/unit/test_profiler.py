@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import resource
 import sys
+import weakref
+from collections.abc import Callable, Sequence
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_graph
 from edgepart.planner.cluster import reference_profile
 from edgepart.planner.costmodel import profile_from_json
+from edgepart.profiler import run
 from edgepart.profiler.microbench import (
     channel_counts,
     layer_tiles,
@@ -25,6 +28,7 @@ from edgepart.profiler.microbench import (
 )
 from edgepart.profiler.netprobe import echo_app, fit_link, probe
 from edgepart.profiler.run import (
+    PartitionCase,
     ProfileConfig,
     fit_executor_terms,
     partition_cases,
@@ -139,3 +143,29 @@ def test_partition_allocator_keeps_big_scratch_buffers_mapped() -> None:
     for _ in range(3):  # the heap settles (small allocations may take the freed chunk's head at first)
         faults_of_one_buffer()
     assert faults_of_one_buffer() < 1000  # 16384 pages when mapped afresh each time
+
+
+def test_partitions_are_measured_one_model_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the timed model's partitions (its weights, its tiles) are alive while it is timed: building every
+    model first held the whole zoo's weights at once, more than a 1 GiB device has."""
+    built: list[weakref.ref[Callable[[], object]]] = []
+    alive: list[tuple[int, int]] = []  # (partitions alive, partitions being timed) at each build and timing
+    partition_cases = run.partition_cases
+
+    def building(models: Sequence[str], strips: bool = True, channels: bool = True) -> list[PartitionCase]:
+        alive.append((sum(r() is not None for r in built), 0))  # the previous model is gone before this one
+        cases = partition_cases(models, strips, channels)
+        built.extend(weakref.ref(c.run) for c in cases)
+        return cases
+
+    def timing(cases: Sequence[PartitionCase], rounds: int = 3, repeats: int = 3) -> list[float]:
+        alive.append((sum(r() is not None for r in built), len(cases)))
+        return [1e-3] * len(cases)
+
+    monkeypatch.setattr(run, "partition_cases", building)
+    monkeypatch.setattr(run, "measure_cases", timing)
+    cases, measured = run.measure_models(["squeezenet1_1", "mobilenet_v2"])
+    assert alive[0::2] == [(0, 0), (0, 0)] and all(live == timed > 1 for live, timed in alive[1::2])
+    assert len(measured) == len(cases) and {c.graph.model_name for c in cases} == {"squeezenet1_1", "mobilenet_v2"}
+    with pytest.raises(RuntimeError, match="released"):
+        cases[0].run()

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_fakes import NOW, OWNER, nodes, profile, spec, validate_strict
+from k8s_fakes import NOW, OWNER, nodes, profile, validate_strict
+from k8s_fakes import spec as deployment_spec
 from typer.testing import CliRunner
 
 from edgepart.cli import app, data_plane_configs
@@ -147,7 +148,7 @@ def test_status_lines_show_the_resource_managers_state() -> None:
 
 
 def variants_state(custom: dict[str, Any]) -> DesiredState:
-    body = spec(variants={"custom": custom, "target": {"throughput": 1000}})
+    body = deployment_spec(variants={"custom": custom, "target": {"throughput": 1000}})
     del body["model"], body["solver"], body["solverOptions"]
     return reconcile(OWNER, body, nodes(), {"rpi4": profile()}, settings=OperatorSettings(image="edgepart:1"),
                      planner=compute_plan, configs=data_plane_configs, now=NOW, observed=Observed())
