@@ -10,6 +10,7 @@ run looping enough times to be well above the timer's resolution.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -70,6 +71,16 @@ def partition_allocator(trim_threshold: int = 1 << 30) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the kernel (glibc's malloc_trim), between phases that free a lot.
+
+    [R] `partition_allocator` keeps freed memory mapped for timing, so a released model's weights stayed
+    resident and the next model's came on top (the profile peaked at 1.4 GiB with one model at a time)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def default_clock() -> Clock:

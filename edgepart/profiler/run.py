@@ -49,6 +49,7 @@ from edgepart.planner.costmodel import (
 from edgepart.profiler.microbench import (
     layer_tiles,
     partition_allocator,
+    release_freed_memory,
     tile_call,
     time_call,
     unique_layers,
@@ -348,6 +349,7 @@ def measure_models(models: Sequence[str], rounds: int = 3, repeats: int = 3, str
         measured += measure_cases(built, rounds, repeats)
         cases += [replace(case, run=_released) for case in built]
         del built  # the model's executor, weights and input tiles go before the next model is built
+        release_freed_memory()
     return cases, measured
 
 
@@ -420,6 +422,7 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
     try:
         started = time.perf_counter()
         samples = collect_samples(config, progress)
+        release_freed_memory()  # the tiles' tensors, before the models are built
         roof = roofline_of(samples)
         overhead = layer_overhead()
         meta: dict[str, Any] = {
