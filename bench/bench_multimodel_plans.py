@@ -54,7 +54,7 @@ def edge_cluster(n: int) -> Cluster:
 
 def latency(models: list[PlanningModel], cluster: Cluster, solver: str, **options: object) -> tuple[float, float]:
     started = time.perf_counter()
-    plan = solve_models(models, cluster, "latency", solver, **options)
+    plan = solve_models(models, cluster, "latency", solver, **options)  # type: ignore[arg-type]
     assert plan.predicted is not None
     return plan.predicted.latency_s, time.perf_counter() - started
 

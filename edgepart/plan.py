@@ -52,6 +52,9 @@ INPUT = "input"  # the `from` of a task input that reads the model input
 StageKind = Literal["single", "layerwise", "fused"]
 SplitKind = Literal["none", "rows", "channels", "grid"]
 Objective = Literal["latency", "throughput"]
+# how a transfer's bytes travel: a lossless codec (none | lz4 | zstd) and, lossy, float32 sent as float16
+WireCodec = Literal["none", "lz4", "zstd"]
+WireDtype = Literal["float32", "float16"]
 
 _AXES = ("c", "h", "w")
 
@@ -132,6 +135,11 @@ class TaskInput:
     source: Annotated[str, Field(alias="from", min_length=1, description="Producer task id, or 'input'.")]
     region: Annotated[InputRegionField, Field(description="Global coordinates; empty: only a trigger (a tile "
                                                           "that lies wholly in padding).")]
+    codec: Annotated[WireCodec, Field(description="Lossless compression of the region on the wire (the planner "
+                                                  "chooses it per link).")] = "none"
+    wire_dtype: Annotated[WireDtype, Field(alias="wireDtype", description="float16: a float32 region travels as "
+                                                                          "float16 (lossy, half the bytes).")
+                          ] = "float32"
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -306,6 +314,30 @@ def make_task_plan(solver: str, objective: Objective, devices: Sequence[str], ma
     return Plan(schema_version=SCHEMA_VERSION, solver=solver, objective=objective, devices=tuple(devices),
                 master=master, models=tuple(models), tasks=tuple(tasks),
                 outputs={k: tuple(v) for k, v in outputs.items()}, predicted=predicted, meta=dict(meta or {}))
+
+
+TURNS_PRIORITY = "priority"  # the value of a plan's meta.turns that asks for turns
+
+
+def device_turns(plan: Plan) -> dict[str, tuple[str | None, str | None]]:
+    """task id -> (the task before it, the task after it) on its device, for every compute task of a plan that
+    asks for turns (`meta.turns == "priority"`: a device computes its tasks one at a time, each after the one
+    before it has told it so); {} for any other plan. Order: priority, then plan order. The runtime takes the
+    turns (`partition_service.turnstile`) and the evaluator charges each as a local message."""
+    if plan.meta.get("turns") != TURNS_PRIORITY:
+        return {}
+    chains: dict[str, list[tuple[int, int, str]]] = {}
+    for index, task in enumerate(plan.tasks):
+        if not task.relay:
+            chains.setdefault(task.device, []).append((task.priority, index, task.id))
+    result: dict[str, tuple[str | None, str | None]] = {}
+    for chain in chains.values():
+        ids = [tid for _, _, tid in sorted(chain)]
+        if len(ids) < 2:
+            continue
+        for k, tid in enumerate(ids):
+            result[tid] = (ids[k - 1] if k > 0 else None, ids[k + 1] if k + 1 < len(ids) else None)
+    return result
 
 
 # ================================================================== version 1: ordered stages

@@ -461,6 +461,13 @@ class DeploymentSpec(_Model):
         default="latency", description="latency: answer one request fast; throughput: pipeline many.")
     solver: str = Field(default="auto", description="Solver name (see `edgepart plan --help`), or auto.")
     solver_options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the solver.")
+    compression: Literal["auto", "off", "lz4", "zstd"] = Field(
+        default="off", description="Lossless compression of activations between devices: auto lets the planner "
+                                   "choose per link from each codec's measured CPU cost and ratio; lz4 or zstd: "
+                                   "that codec wherever it pays; off: raw.")
+    wire_dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="float16: float32 activations travel between devices as float16 (lossy; "
+                                       "`edgepart verify` reports the error).")
     devices: list[DeviceSpec] = Field(default_factory=list,
                                       description="Inline devices (local runtime, simulation). On Kubernetes, "
                                                   "leave empty and use nodeSelector.")

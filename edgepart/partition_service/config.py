@@ -22,19 +22,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgepart.codec import WireFormat
 from edgepart.errors import EdgepartError, explain_validation
 from edgepart.geometry import Region, disjoint_cover, hull_all
 from edgepart.graph.loader import ModelLoadError, ModelRef, input_shape_of
 from edgepart.partition_service.admission import AdmissionMode
 from edgepart.partition_service.turnstile import TurnConfig, turn_configs
 from edgepart.partition_service.wire import Limits
-from edgepart.plan import INPUT, InputRegionField, Plan, RegionField, Task, topological_tasks
+from edgepart.plan import (
+    INPUT,
+    InputRegionField,
+    Plan,
+    RegionField,
+    Task,
+    WireCodec,
+    WireDtype,
+    topological_tasks,
+)
 
 __all__ = [
     "GATEWAY", "ConfigError", "ConnectionLimits", "DeploymentConfigs", "Endpoint", "GatewayConfig", "GatewayModel",
@@ -96,6 +106,12 @@ class Route(_Base):
                                                  "needs (empty: only a trigger).")
     delay_s: float = Field(default=0.0, ge=0, le=60,
                            description="Emulated link latency: the sender sleeps this long before sending.")
+    codec: WireCodec = Field(default="none", description="Lossless codec of the piece on the wire (the plan's).")
+    wire_dtype: WireDtype = Field(default="float32", description="float16: a float32 piece travels as float16.")
+
+    @property
+    def wire(self) -> WireFormat:
+        return WireFormat(self.codec, self.wire_dtype)
 
 
 class ConnectionLimits(_Base):
@@ -371,6 +387,17 @@ def input_pieces(task: Task, stages: Mapping[str, int]) -> tuple[Region, tuple[P
     return buffer, tuple(dict.fromkeys(pieces))
 
 
+class _WireFields(TypedDict):
+    codec: WireCodec
+    wire_dtype: WireDtype
+
+
+def _wire_fields(task: Task, source: str) -> _WireFields:
+    """The codec and wire dtype the plan gives what `task` reads from `source` (its first such input)."""
+    item = next(i for i in task.inputs if i.source == source)
+    return {"codec": item.codec, "wire_dtype": item.wire_dtype}
+
+
 def render_configs(
     plan: Plan,
     deployment: str,
@@ -450,11 +477,13 @@ def render_configs(
         for piece in buffers[task.id][1]:
             if piece.sender == GATEWAY:
                 gateway_routes[task.model].append(Route(target=task.id, url=url(task.id), region=piece.region,
-                                                        delay_s=hop_delay(master, task.device)))
+                                                        delay_s=hop_delay(master, task.device),
+                                                        **_wire_fields(task, INPUT)))
             else:
                 sender = by_id[piece.sender]
                 routes[sender.id].append(Route(target=task.id, url=url(task.id), region=piece.region,
-                                               delay_s=hop_delay(sender.device, task.device)))
+                                               delay_s=hop_delay(sender.device, task.device),
+                                               **_wire_fields(task, sender.id)))
     for pieces in gateway_pieces.values():
         for piece in pieces:
             sender = by_id[piece.sender]

@@ -388,7 +388,7 @@ class GatewayService:
     async def _send(self, rid: str, route: Route, tensor: torch.Tensor, answer_by: float) -> None:
         started = time.perf_counter()
         piece = tensor[route.region.slices()].contiguous()
-        header = make_header(rid, piece, route.region, -1, GATEWAY)
+        header = make_header(rid, piece, route.region, -1, GATEWAY, wire=route.wire)
         size = await self.sender.send(route.url, header, piece, peer=route.target, delay_s=route.delay_s,
                                       deadline=answer_by)
         self.metrics.send.observe(time.perf_counter() - started)

@@ -30,6 +30,12 @@ payload and has the socket `recv_into` it: the kernel's copy is the only one. Th
 body. Only the plain case takes the lane: `POST <path>` over HTTP/1.x with a Content-Length and a
 tensor-frame Content-Type; a chunked body or `Expect: 100-continue` goes to the app's route, which checks the
 same things.
+
+Notices: small POSTs that only tell the service something (a partition's turn, `turnstile`), listed in
+`Guard.notices` by path, are served here too: their body (at most `MAX_NOTICE` bytes, with a Content-Length)
+is read into the scratch, handed to the notice's handler, and answered 204 (or the handler's error) on the same
+kept-alive connection. Through the app each one was a new connection and a FastAPI request (tens of
+milliseconds on a device with a fifth of a core); the secret check is the same, from the head.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ import http
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 from edgepart.partition_service.auth import Secret
@@ -65,6 +71,7 @@ __all__ = ["Guard", "GuardedProtocol", "TensorLane", "guarded_protocol"]
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # a longer request head is answered 431
+MAX_NOTICE = 4096  # a notice's body; a longer one goes to the app's route (which refuses or serves it)
 _SCRATCH = 64 * 1024  # heads, frame headers and small payload pieces land here first
 # While a payload streams in, the socket wakes the loop only once this many of its bytes are there (SO_RCVLOWAT):
 # over a slow link a frame otherwise arrives one wake-up per packet, and on a device with a fifth of a core
@@ -103,12 +110,15 @@ class Guard:
     open_paths: frozenset[str] = OPEN_PATHS
     # (method, path) -> an error to answer from the head, before the body is read (the gateway's admission)
     refuse: Callable[[str, str], ServiceError | None] | None = None
+    # path -> the handler of a notice POSTed there (its body; raises a ServiceError to refuse it)
+    notices: Mapping[str, Callable[[bytes], None]] = field(default_factory=dict)
 
 
 class _State(enum.Enum):
     HEAD = "head"  # waiting for (the rest of) a request head
     FRAME = "frame"  # reading the body into a frame
     DISCARD = "discard"  # the frame failed: read and drop the rest of its (small) body, then answer
+    NOTICE = "notice"  # reading a notice's small body into the scratch
     ANSWERING = "answering"  # body complete: reading paused until the answer is written
     HANDED_OFF = "handed_off"  # uvicorn's protocol owns the connection now
     LINGERING = "lingering"  # answered and half-closed: dropping what still comes, then closing
@@ -181,6 +191,7 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self.dropped = 0  # bytes read and dropped while lingering
         self.body_started = 0.0  # when the current body's first byte could come (loop time)
         self.body_length = 0
+        self.notice: Callable[[bytes], None] | None = None  # the handler of the notice being read
 
     @property
     def lane(self) -> TensorLane | None:
@@ -292,10 +303,15 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self.start, self.end = 0, size
 
     def _process(self) -> None:
-        while self.start < self.end or (self.state in (_State.FRAME, _State.DISCARD) and not self.remaining):
+        while self.start < self.end or (self.state in (_State.FRAME, _State.DISCARD, _State.NOTICE)
+                                             and not self.remaining):
             if self.state is _State.HEAD:
                 if not self._read_head():
                     return
+            elif self.state is _State.NOTICE:
+                if self.end - self.start < self.remaining:
+                    return  # the body fits the scratch: wait for all of it
+                self._notice_done()
             elif self.state in (_State.FRAME, _State.DISCARD):
                 take = min(self.end - self.start, self.remaining)
                 if self.state is _State.FRAME and take:
@@ -343,14 +359,20 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         if refusal is not None:  # answered from the head; the body is dropped while the connection lingers
             self._refuse(refusal)
             return False
+        notice = self._notice_request(head)
+        if notice is not None:
+            self._keep_alive_of(head)
+            self.notice, self.remaining = notice
+            self.state = _State.NOTICE
+            self._arm_deadline(self.guard.limits.body_allowance_s(0), "request body")
+            return True
         length = self._lane_request(head)
         if length is None:
             self._hand_off(head)
             return False
         lane = self.lane
         assert lane is not None
-        tokens = {t.strip().lower() for t in (head.get("connection") or "").split(",")}
-        self.keep_alive = "close" not in tokens if head.version == "HTTP/1.1" else "keep-alive" in tokens
+        self._keep_alive_of(head)
         self.remaining = length
         self.error = None
         self.state = _State.FRAME
@@ -366,10 +388,13 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self._arm_deadline(self.guard.limits.body_allowance_s(0), "request body")
         return True
 
-    def _lane_request(self, head: _Head) -> int | None:
-        """The body length of a request the lane serves, or None for anything else (the app takes it)."""
-        lane = self.lane
-        if lane is None or head.method != "POST" or head.target != lane.path:
+    def _keep_alive_of(self, head: _Head) -> None:
+        tokens = {t.strip().lower() for t in (head.get("connection") or "").split(",")}
+        self.keep_alive = "close" not in tokens if head.version == "HTTP/1.1" else "keep-alive" in tokens
+
+    def _plain_post(self, head: _Head) -> int | None:
+        """The Content-Length of a POST with a plain body (no chunks, no Expect, no Upgrade), else None."""
+        if head.method != "POST":
             return None
         if head.duplicates & {"content-length", "content-type", "authorization", "transfer-encoding"}:
             return None
@@ -378,9 +403,52 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         length = head.get("content-length") or ""
         if not (length.isascii() and length.isdigit()):
             return None
-        if (head.get("content-type") or "").split(";")[0].strip().lower() not in _MEDIA_TYPES:
-            return None
         return int(length)
+
+    def _notice_request(self, head: _Head) -> tuple[Callable[[bytes], None], int] | None:
+        """(handler, body length) of a notice served here, or None."""
+        handler = self.guard.notices.get(head.target)
+        if handler is None:
+            return None
+        length = self._plain_post(head)
+        if length is None or length > MAX_NOTICE:
+            return None
+        return handler, length
+
+    def _notice_done(self) -> None:
+        """The notice's body is in the scratch: hand it over and answer."""
+        handler = self.notice
+        assert handler is not None
+        body = bytes(self.scratch[self.start:self.start + self.remaining])
+        self.start += self.remaining
+        self.remaining = 0
+        self.notice = None
+        self._disarm_deadline()
+        self.state = _State.ANSWERING
+        try:
+            handler(body)
+        except ServiceError as err:
+            self._count(err)
+            answer = self._error_bytes(err)
+        except Exception as err:
+            log.exception("serving a notice failed")
+            failure = ServiceError(f"internal error: {type(err).__name__}: {err}")
+            self._count(failure)
+            answer = self._error_bytes(failure)
+        else:
+            answer = _NO_CONTENT if self.keep_alive and not self.closing else _NO_CONTENT_CLOSE
+        # answered within `_process`: its loop goes on to a pipelined request (no recursion per notice)
+        self._answer(answer, resume=False)
+
+    def _lane_request(self, head: _Head) -> int | None:
+        """The body length of a request the lane serves, or None for anything else (the app takes it)."""
+        lane = self.lane
+        if lane is None or head.target != lane.path:
+            return None
+        length = self._plain_post(head)
+        if length is None or (head.get("content-type") or "").split(";")[0].strip().lower() not in _MEDIA_TYPES:
+            return None
+        return length
 
     def _fail(self, err: ServiceError) -> None:
         """The frame is bad: drop the rest of its body (a small one: the connection stays usable), then answer."""
@@ -443,7 +511,7 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         self._count(err)
         self._answer(self._error_bytes(err))
 
-    def _answer(self, data: bytes) -> None:
+    def _answer(self, data: bytes, *, resume: bool = True) -> None:
         self._drop_reader()
         self.error = None
         self.server_state.total_requests += 1
@@ -460,7 +528,8 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         if self.paused:
             self.paused = False
             transport.resume_reading()
-        self._process()  # a pipelined request may already be here
+        if resume:
+            self._process()  # a pipelined request may already be here
         if self.state is _State.HEAD and self.start == self.end:
             self._arm_idle()
 

@@ -40,6 +40,7 @@ import httpx
 import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from edgepart.executor import kernels_in_use, use_exact_kernels
 from edgepart.geometry import Region
@@ -50,6 +51,7 @@ from edgepart.partition_service.blame import PENDING_PATH, PendingAnswer, Pendin
 from edgepart.partition_service.budget import PayloadBudget
 from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
 from edgepart.partition_service.errors import (
+    BadRequestError,
     ComputeFailedError,
     DuplicatePieceError,
     ExpiredError,
@@ -88,6 +90,7 @@ State = Literal["created", "loading", "ready", "failed", "stopped"]
 SliceLoader = Callable[[PartitionConfig], TaskRunner]
 FAILURES_PATH = "/v1/failures"
 _MEMORY = 4096  # request ids remembered as expired or complete
+TURN_TIMEOUT_S = 5.0  # a turn notice not answered by then is lost: the next partition computes after its wait
 
 
 @dataclass
@@ -136,6 +139,7 @@ class PartitionService:
         self._hop: HopClient | None = None
         # partitions of one device that take turns (plans with meta.turns): see turnstile.py
         self.turns = Turnstile(config.turn) if config.turn is not None else None
+        self.turns_passed = 0  # turn notices the next partition accepted
 
     # ------------------------------------------------------------ lifecycle
 
@@ -393,7 +397,7 @@ class PartitionService:
     async def _send(self, rid: str, route: Route, tensor: torch.Tensor, deadline: float | None) -> None:
         assert self._sender is not None
         started = time.perf_counter()
-        header = make_header(rid, tensor, route.region, self.config.stage, self.id)
+        header = make_header(rid, tensor, route.region, self.config.stage, self.id, wire=route.wire)
         size = await self._sender.send(route.url, header, tensor, peer=route.target, delay_s=route.delay_s,
                                        deadline=deadline)
         self.metrics.send.observe(time.perf_counter() - started)
@@ -409,6 +413,14 @@ class PartitionService:
                                        f"device ({before or 'no partition does'})", peer=notice.sender)
         self.turns.passed(notice.request_id)
 
+    def take_turn_body(self, body: bytes) -> None:
+        """POST /v1/turn served on the tensor lane (`lane.Guard.notices`): the body is a `TurnNotice`."""
+        try:
+            notice = TurnNotice.model_validate_json(body)
+        except ValidationError as err:
+            raise BadRequestError(f"partition {self.id}: not a turn notice: {err.errors()[0]['msg']}") from None
+        self.take_turn(notice)
+
     def _pass_turn(self, rid: str) -> None:
         """Tell the next partition of the device that its turn for request `rid` has come."""
         turn = self.turns.config if self.turns is not None else None
@@ -416,17 +428,36 @@ class PartitionService:
             self._spawn(self._notify_turn(turn.next_url, str(turn.next), rid))
 
     async def _notify_turn(self, url: str, target: str, rid: str) -> None:
+        if self._hop is not None:  # a kept-alive connection, served on the peer's tensor lane
+            await self._notify_turn_hop(self._hop, url, target, rid)
+            return
         if self._client is None:
             return
         try:
             response = await self._client.post(url + TURN_PATH, json={"request_id": rid, "sender": self.id},
-                                               timeout=5.0, headers=internal_headers(self.secret))
+                                               timeout=TURN_TIMEOUT_S, headers=internal_headers(self.secret))
             if response.status_code >= 300:
                 log.warning("partition %s: %s refused its turn for request %s: %s", self.id, target, rid,
                             response.text[:200])
+            else:
+                self.turns_passed += 1
         except httpx.HTTPError as err:  # it computes anyway after its wait limit
             log.warning("partition %s: cannot pass the turn to %s: %s", self.id, target,
                         peer_error(err, target, url, "turn"))
+
+    async def _notify_turn_hop(self, hop: HopClient, url: str, target: str, rid: str) -> None:
+        body = TurnNotice(request_id=rid, sender=self.id).model_dump_json().encode()
+        try:
+            answer = await hop.post(url + TURN_PATH, [body], {"Content-Type": "application/json"}, peer=target,
+                                    what="turn", peer_url=url, timeout_s=TURN_TIMEOUT_S)
+        except ServiceError as err:  # it computes anyway after its wait limit
+            log.warning("partition %s: cannot pass the turn to %s: %s", self.id, target, err)
+            return
+        if answer.status >= 300:
+            log.warning("partition %s: %s refused its turn for request %s: %s", self.id, target, rid,
+                        answer.content[:200].decode("utf-8", "replace"))
+        else:
+            self.turns_passed += 1
 
     async def _report(self, rid: str, err: ServiceError) -> None:
         """Tell the gateway why a request cannot finish (best effort)."""
@@ -483,6 +514,7 @@ class PartitionService:
             "assembling": len(self._assembler), "queued": self._queue.qsize(),
             "computed": self.computed, "dropped": self.dropped,
             "turn": None if self.turns is None else {"after": self.turns.config.after, "next": self.turns.config.next,
+                                                     "received": self.turns.received, "passed": self.turns_passed,
                                                      "waited_out": self.turns.waited_out},
             "compute_mean_s": self.compute_total_s / self.computed if self.computed else None,
         }
@@ -503,7 +535,8 @@ def partition_app(service: PartitionService) -> FastAPI:
     app.add_middleware(InternalOnly, secret=service.secret, on_error=count)
     lane = TensorLane(TENSOR_PATH, service.config.limits, service.ingest, on_error=count, admit=service.admit,
                       budget=service.budget)
-    app.state.guard = Guard(connection, lane, on_error=count, secret=service.secret)
+    app.state.guard = Guard(connection, lane, on_error=count, secret=service.secret,
+                            notices={TURN_PATH: service.take_turn_body})
 
     @app.post(TENSOR_PATH, status_code=204, summary="Receive one piece of a request's input tile (tensor frame).")
     async def tensor(request: Request) -> Response:

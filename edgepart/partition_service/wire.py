@@ -7,6 +7,12 @@ Layout::
     | big-endian u32 | UTF-8 JSON object (header) | raw little-endian tensor data    |
     +----------------+----------------------------+----------------------------------+
 
+A frame may carry its payload encoded (`codec`: lz4 or zstd, with its encoded
+size in `wire_bytes`; `wire_dtype` float16: a float32 tensor sent as float16).
+The payload then holds `wire_bytes` bytes (codec) or the float16 data; the
+reader checks the encoded size against the decoded size before allocating, and
+the decoder is bounded by the size the header declares (`edgepart.codec`).
+
 The header names the request, the dtype and the full shape (batch first), the
 region of the global tensor the data covers (channels, or channels x rows x
 cols, half-open), the stage that produced it (-1: the client's input) and the
@@ -34,10 +40,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgepart.codec import RAW, CodecError, WireFormat, compress, decompress, from_wire, on_wire
 from edgepart.geometry import Region
 from edgepart.partition_service.budget import PayloadBudget, Reservation, payload_buffer
 from edgepart.partition_service.errors import FrameError, FrameTooLargeError, TruncatedFrameError
-from edgepart.plan import InputRegionField
+from edgepart.plan import InputRegionField, WireCodec
 
 __all__ = [
     "CONTENT_TYPE", "DTYPES", "Frame", "FrameHeader", "FrameReader", "Limits", "decode_frame", "encode_frame",
@@ -90,10 +97,27 @@ class FrameHeader(BaseModel):
                                                "a time: hosts' clocks need not agree; each receiver turns it into "
                                                "a deadline on its own monotonic clock and each sender stamps what "
                                                "is left.")
+    codec: WireCodec | None = Field(default=None, description="Lossless codec of the payload (None: raw).")
+    wire_bytes: int | None = Field(default=None, ge=0, le=1 << 40,
+                                   description="Encoded payload bytes; required with a codec.")
+    wire_dtype: Literal["float16"] | None = Field(default=None, description="float16: the float32 tensor "
+                                                                             "travels as float16 (lossy).")
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def raw_nbytes(self) -> int:
+        """Bytes of the payload once decompressed (in the wire dtype)."""
+        itemsize = 2 if self.wire_dtype == "float16" else self.itemsize
+        return math.prod(self.shape) * itemsize
+
+    @property
+    def payload_nbytes(self) -> int:
+        """Bytes of the payload on the wire."""
+        encoded = self.codec not in (None, "none") and self.wire_bytes is not None
+        return self.wire_bytes if encoded and self.wire_bytes is not None else self.raw_nbytes
 
     @property
     def itemsize(self) -> int:
@@ -112,12 +136,15 @@ class Frame:
 
 
 def make_header(request_id: str, tensor: torch.Tensor, region: Region, stage: int, sender: str,
-                budget_s: float | None = None) -> FrameHeader:
+                budget_s: float | None = None, wire: WireFormat = RAW) -> FrameHeader:
+    """The header of `tensor`'s frame; `wire` asks for a codec and float16 (`encode_frame` applies them)."""
     dtype = _NAMES.get(tensor.dtype)
     if dtype is None:
         raise FrameError(f"dtype {tensor.dtype} cannot be sent; supported: {', '.join(DTYPES)}")
+    half = "float16" if wire.dtype == "float16" and tensor.dtype == torch.float32 else None
     return FrameHeader(request_id=request_id, dtype=dtype, shape=tuple(tensor.shape), region=region,
-                       stage=stage, sender=sender, budget_s=budget_s)
+                       stage=stage, sender=sender, budget_s=budget_s,
+                       codec=None if wire.codec == "none" else wire.codec, wire_dtype=half)
 
 
 def _le_bytes(tensor: torch.Tensor, little: bool) -> memoryview:
@@ -140,13 +167,37 @@ def _from_le(buffer: bytearray | mmap.mmap, dtype: torch.dtype, shape: Sequence[
 
 def encode_frame(header: FrameHeader, tensor: torch.Tensor, *,
                  little: bool = _NATIVE_LITTLE) -> list[bytes | memoryview]:
-    """The frame as [prefix + header, payload]; the payload is a view of the tensor (no copy when contiguous)."""
+    """The frame as [prefix + header, payload]; the payload is a view of the tensor (no copy when contiguous).
+
+    With a codec in the header the payload is compressed and `wire_bytes` set; a payload the codec does not
+    shrink goes raw (the header's codec dropped), so the encoded size never exceeds the raw one.
+    """
     if tuple(tensor.shape) != header.shape or DTYPES[header.dtype] != tensor.dtype:
         raise FrameError(f"tensor {tuple(tensor.shape)} {tensor.dtype} does not match its header "
                          f"{header.shape} {header.dtype}")
+    raw = _le_bytes(on_wire(tensor, header.wire_dtype or "float32"), little)
+    payload: bytes | memoryview = raw
+    if header.codec is not None and header.codec != "none":
+        packed = compress(header.codec, raw)
+        if len(packed) < raw.nbytes:
+            header, payload = header.model_copy(update={"wire_bytes": len(packed)}), packed
+        else:
+            header = header.model_copy(update={"codec": None, "wire_bytes": None})
     head = header.model_dump_json(exclude_none=True).encode()  # no budget_s: no deadline
-    payload = _le_bytes(tensor, little)
     return [_PREFIX.pack(len(head)) + head, payload]
+
+
+def _decode_payload(header: FrameHeader, buffer: bytearray | mmap.mmap, little: bool) -> torch.Tensor:
+    """The tensor from its payload as received: decompressed (bounded by the header's size) and cast back."""
+    if header.codec is None and header.wire_dtype is None:
+        return _from_le(buffer, header.torch_dtype, header.shape, little)
+    wire_dtype = DTYPES[header.wire_dtype or header.dtype]
+    if header.codec is not None:
+        try:
+            buffer = decompress(header.codec, buffer, header.raw_nbytes)
+        except CodecError as err:
+            raise FrameError(f"frame payload (wire_bytes {header.wire_bytes}): {err}") from None
+    return from_wire(_from_le(buffer, wire_dtype, header.shape, little), header.torch_dtype)
 
 
 def frame_bytes(header: FrameHeader, tensor: torch.Tensor) -> bytes:
@@ -181,7 +232,25 @@ def _parse_header(raw: bytes | bytearray, limits: Limits) -> FrameHeader:
     if header.nbytes > limits.max_tensor_bytes:
         raise FrameTooLargeError(f"frame declares a {header.nbytes}-byte tensor {list(header.shape)} {header.dtype}, "
                                  f"over the limit of {limits.max_tensor_bytes} bytes")
+    _check_encoding(header)
     return header
+
+
+def _check_encoding(header: FrameHeader) -> None:
+    """A codec names its encoded size, never more than the raw payload (senders fall back to raw)."""
+    if header.wire_dtype is not None and header.dtype != "float32":
+        raise FrameError(f"frame header: wire_dtype: float16 carries only a float32 tensor, not {header.dtype}")
+    if header.codec in (None, "none"):
+        if header.wire_bytes is not None:
+            raise FrameError("frame header: wire_bytes: given without a codec")
+        if header.codec == "none":
+            raise FrameError("frame header: codec: omit it for a raw payload")
+        return
+    if header.wire_bytes is None:
+        raise FrameError(f"frame header: wire_bytes: required with codec {header.codec}")
+    if header.wire_bytes > header.raw_nbytes:
+        raise FrameTooLargeError(f"frame header: wire_bytes: a {header.wire_bytes}-byte {header.codec} payload is "
+                                 f"larger than the {header.raw_nbytes} bytes it decodes to")
 
 
 def _header_length(prefix: bytes | bytearray, limits: Limits) -> int:
@@ -205,12 +274,21 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits = Limits()
         raise TruncatedFrameError(f"frame ends after {view.nbytes - 4} of {length} header bytes")
     header = _parse_header(view[4:4 + length].tobytes(), limits)
     payload = view[4 + length:]
-    if payload.nbytes != header.nbytes:
-        kind = TruncatedFrameError if payload.nbytes < header.nbytes else FrameError
-        raise kind(f"frame payload has {payload.nbytes} bytes, the header declares {header.nbytes} "
-                   f"({list(header.shape)} {header.dtype})")
+    if payload.nbytes != header.payload_nbytes:
+        kind = TruncatedFrameError if payload.nbytes < header.payload_nbytes else FrameError
+        raise kind(f"frame payload has {payload.nbytes} bytes, the header declares {header.payload_nbytes} "
+                   f"({_describe(header)})")
     buffer = bytearray(payload)
-    return Frame(header, _from_le(buffer, header.torch_dtype, header.shape, little), view.nbytes)
+    return Frame(header, _decode_payload(header, buffer, little), view.nbytes)
+
+
+def _describe(header: FrameHeader) -> str:
+    what = f"{list(header.shape)} {header.dtype}"
+    if header.wire_dtype is not None:
+        what += f" as {header.wire_dtype}"
+    if header.codec is not None:
+        what += f", {header.codec} wire_bytes"
+    return what
 
 
 Admit = Callable[[FrameHeader], None]
@@ -294,18 +372,18 @@ class FrameReader:
             self._header_len = _header_length(self._head, self._limits)
             return view
         header = _parse_header(self._head[4:], self._limits)
-        expected = 4 + self._header_len + header.nbytes
+        expected = 4 + self._header_len + header.payload_nbytes
         if self._content_length is not None and self._content_length != expected:
             kind = TruncatedFrameError if self._content_length < expected else FrameError
             what = "is truncated" if self._content_length < expected else "has trailing bytes"
             raise kind(f"request body {what}: {self._content_length} bytes, the frame header declares "
-                       f"{expected} ({list(header.shape)} {header.dtype})")
+                       f"{expected} ({_describe(header)})")
         if self._admit is not None:
             self._admit(header)  # before anything is allocated: a piece the receiver does not expect goes
         if self._budget is not None:
             self._reservation = self._budget.reserve(header.nbytes, f"the piece of request {header.request_id}")
         self._header = header
-        self._payload = payload_buffer(header.nbytes)
+        self._payload = payload_buffer(header.payload_nbytes)
         return view
 
     def finish(self) -> Frame:
@@ -315,8 +393,8 @@ class FrameReader:
             raise TruncatedFrameError(f"frame ends after {len(self._head) - 4} of {self._header_len} header bytes")
         if self._filled != len(self._payload):
             raise TruncatedFrameError(f"frame payload has {self._filled} bytes, the header declares "
-                                      f"{len(self._payload)} ({list(self._header.shape)} {self._header.dtype})")
-        tensor = _from_le(self._payload, self._header.torch_dtype, self._header.shape, self._little)
+                                      f"{len(self._payload)} ({_describe(self._header)})")
+        tensor = _decode_payload(self._header, self._payload, self._little)
         return Frame(self._header, tensor, self._total)
 
 

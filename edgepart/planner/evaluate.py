@@ -20,7 +20,14 @@ and the task graph is list-scheduled:
   both ends' software time (`Cluster.local_s`); what a relay or the input
   holder hands to a task on its own device costs nothing more (the holder's
   buffer, as the stage costs charge it), and an empty region (a trigger for a
-  tile that lies wholly in padding) arrives at once.
+  tile that lies wholly in padding) arrives at once;
+- a transfer the plan encodes (a codec, float16 on the wire) carries the
+  encoded bytes and holds its link for the codec's CPU time too
+  (`codec_cost.wire_cost`: compress on the sender, decompress on the receiver);
+- in a plan that asks for turns (`meta.turns`, the partial-offloading
+  plans), each compute task of a device waits for the one before it in its
+  device's chain (`plan.device_turns`) to have completed and told it so: a
+  *turn*, a local message (`Cluster.local_s`) with no data.
 
 Latency of a model = the last arrival of its output at its source; the plan's
 latency is the makespan over models. Throughput is the bottleneck law over the
@@ -41,8 +48,18 @@ from dataclasses import dataclass
 
 from edgepart.geometry import backprop
 from edgepart.graph.layer_graph import LayerGraph
-from edgepart.plan import INPUT, Plan, Predicted, StageCost, Task, TaskTiming
+from edgepart.plan import (
+    INPUT,
+    Plan,
+    Predicted,
+    StageCost,
+    Task,
+    TaskInput,
+    TaskTiming,
+    device_turns,
+)
 from edgepart.planner.cluster import Cluster
+from edgepart.planner.codec_cost import wire_cost
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.stage_costs import dtype_at, partition_memory, raise_if_over
 
@@ -63,8 +80,10 @@ class CostTask:
 class CostEdge:
     src: int  # task index, or SOURCE (the model input at its source device)
     dst: int  # task index, or SOURCE (the model output to its source device)
-    nbytes: float
+    nbytes: float  # on the wire: after the plan's codec and wire dtype
     model: str = ""
+    cpu_s: float = 0.0  # compress on the sender plus decompress on the receiver (a link crossed only)
+    turn: bool = False  # a turn between two tasks of one device: a local message that carries no data
 
 
 @dataclass(frozen=True)
@@ -104,12 +123,14 @@ def transfer_cost(graph: CostGraph, edge: CostEdge, cluster: Cluster) -> tuple[s
     """(sender device, receiver device, seconds, crosses a wire) of one edge."""
     src_dev = graph.sources[edge.model] if edge.src == SOURCE else graph.tasks[edge.src].device
     dst_dev = graph.sources[edge.model] if edge.dst == SOURCE else graph.tasks[edge.dst].device
+    if edge.turn:
+        return src_dev, dst_dev, cluster.local_s(src_dev), False
     if edge.nbytes <= 0:
         return src_dev, dst_dev, 0.0, False
     if src_dev == dst_dev:
         holder = edge.src == SOURCE or graph.tasks[edge.src].relay
         return src_dev, dst_dev, 0.0 if holder else cluster.local_s(src_dev), False
-    return src_dev, dst_dev, cluster.tx(src_dev, dst_dev, edge.nbytes), True
+    return src_dev, dst_dev, cluster.tx(src_dev, dst_dev, edge.nbytes) + edge.cpu_s, True
 
 
 def busy_of(graph: CostGraph, cluster: Cluster) -> dict[str, float]:
@@ -245,26 +266,31 @@ def cost_graph(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluste
     index = {t.id: i for i, t in enumerate(plan.tasks)}
     tasks = tuple(CostTask(t.id, t.device, task_compute(t, by_model[t.model], cluster), t.priority, t.relay,
                            t.model) for t in plan.tasks)
+    sources = {m.id: m.source or plan.master for m in plan.models}
+
+    def edge(src: int, dst: int, task: Task, item: TaskInput) -> CostEdge:
+        graph = by_model[task.model]
+        width = dtype_at(graph, task.start)
+        sender = sources[task.model] if src == SOURCE else tasks[src].device
+        send_speed = cluster.device(sender).speed if sender in known else 1.0  # unknown: refused below
+        cost = wire_cost(float(item.region.size * width * graph.batch), task.start, item, send_speed,
+                         cluster.device(task.device).speed, dtype_bytes=width)
+        return CostEdge(src, dst, cost.nbytes, task.model, cost.cpu_s)
+
     edges: list[CostEdge] = []
     for i, task in enumerate(plan.tasks):
-        graph = by_model[task.model]
-        width = graph.batch * dtype_at(graph, task.start)
-        for item in task.inputs:
-            if item.source == INPUT:
-                edges.append(CostEdge(SOURCE, i, float(item.region.size * width), task.model))
+        edges.extend(edge(SOURCE, i, task, item) for item in task.inputs if item.source == INPUT)
     # a producer's sends, in plan order of its consumers; then the model outputs
     for i, task in enumerate(plan.tasks):
-        graph = by_model[task.model]
-        width = graph.batch * dtype_at(graph, task.start)
-        for item in task.inputs:
-            if item.source != INPUT:
-                edges.append(CostEdge(index[item.source], i, float(item.region.size * width), task.model))
+        edges.extend(edge(index[item.source], i, task, item) for item in task.inputs if item.source != INPUT)
     for mid, ids in plan.outputs.items():
         graph = by_model[mid]
         width = graph.batch * dtype_at(graph, len(graph))
         for tid in ids:
             edges.append(CostEdge(index[tid], SOURCE, float(plan.task(tid).output.size * width), mid))
-    sources = {m.id: m.source or plan.master for m in plan.models}
+    for tid, (before, _) in device_turns(plan).items():
+        if before is not None:
+            edges.append(CostEdge(index[before], index[tid], 0.0, plan.task(tid).model, turn=True))
     for mid, device in sources.items():
         if device not in known:
             raise PlanningError(f"model {mid}: its source {device!r} is not in the cluster {list(cluster.names)}")

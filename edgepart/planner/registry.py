@@ -19,7 +19,7 @@ import inspect
 import math
 import re
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from edgepart.planner.builders import (
     parse_grid,
 )
 from edgepart.planner.cluster import Cluster
+from edgepart.planner.codec_cost import WireSettings, choose_wire
 from edgepart.planner.errors import PlanningError
 from edgepart.planner.evaluate import check_memory, evaluate
 from edgepart.planner.fused_dp import solve_fused_dp
@@ -175,19 +176,34 @@ def finalize(result: Plan | StagedPlan, graph: LayerGraph, cluster: Cluster) -> 
     return result.replace(predicted=evaluate(result, graph, cluster), meta=meta)
 
 
+def with_wire(plan: Plan, graphs: LayerGraph | Mapping[str, LayerGraph], cluster: Cluster,
+              wire: WireSettings | None) -> Plan:
+    """The plan with a codec and wire dtype chosen per link (`codec_cost.choose_wire`), costed again."""
+    if wire is None or (wire.compression == "off" and wire.wire_dtype == "float32"):
+        return plan
+    by_model = {plan.models[0].id: graphs} if isinstance(graphs, LayerGraph) else graphs
+    chosen = choose_wire(plan, by_model, cluster, wire)
+    return chosen.replace(predicted=evaluate(chosen, graphs, cluster),
+                          meta={**plan.meta, "compression": wire.compression, "wireDtype": wire.wire_dtype})
+
+
 def solve(graph: LayerGraph, model: ModelRef, cluster: Cluster, objective: Objective = "latency",
-          solver: str = "auto", **options: Any) -> Plan:
-    """Plan `graph` on `cluster` with a registered solver; the plan is checked and carries `predicted`."""
+          solver: str = "auto", *, wire: WireSettings | None = None, **options: Any) -> Plan:
+    """Plan `graph` on `cluster` with a registered solver; the plan is checked and carries `predicted`.
+
+    `wire`: codecs the planner may choose per link and the element type on the wire (default: raw float32).
+    """
     info = _info(solver)
     options = _typed_options(info, objective, options)
     if info.joint:
-        return solve_models([PlanningModel(model_id_of(model), model, graph)], cluster, objective, solver, **options)
+        return solve_models([PlanningModel(model_id_of(model), model, graph)], cluster, objective, solver,
+                            wire=wire, **options)
     problem = Problem(graph, cluster, model)
     try:
         plan = info.fn(problem, objective, **options)
     except PlanBuildError as err:
         raise PlanningError(f"{solver}: {err}") from None
-    return finalize(plan, graph, cluster)
+    return with_wire(finalize(plan, graph, cluster), graph, cluster, wire)
 
 
 @dataclass(frozen=True)
@@ -200,7 +216,7 @@ class PlanningModel:
 
 
 def solve_models(models: Sequence[PlanningModel], cluster: Cluster, objective: Objective = "latency",
-                 solver: str = "auto", **options: Any) -> Plan:
+                 solver: str = "auto", *, wire: WireSettings | None = None, **options: Any) -> Plan:
     """Plan several models on one cluster. Each model is planned by `solver` on the whole cluster and the
     plans are merged into one task graph, which the evaluator costs with their contention for devices and
     links (a model's latency is its request's, with one request of every model issued together)."""
@@ -213,7 +229,8 @@ def solve_models(models: Sequence[PlanningModel], cluster: Cluster, objective: O
     if info.joint:
         merged = _solve_joint(info, models, cluster, objective, options)
     else:
-        plans = [rename_model(solve(m.graph, m.ref, cluster, objective, solver, **options), m.id) for m in models]
+        plans = [rename_model(solve(m.graph, m.ref, cluster, objective, solver, wire=wire, **options), m.id)
+                 for m in models]
         if len(plans) == 1:
             return plans[0]
         merged = merge_plans(plans, plans[0].solver, objective, cluster.master,
@@ -224,7 +241,7 @@ def solve_models(models: Sequence[PlanningModel], cluster: Cluster, objective: O
     except PlanError as err:
         raise PlanningError(f"{solver} produced an invalid plan: {err}") from None
     check_memory(merged, graphs, cluster)
-    return merged.replace(predicted=evaluate(merged, graphs, cluster))
+    return with_wire(merged.replace(predicted=evaluate(merged, graphs, cluster)), graphs, cluster, wire)
 
 
 def _typed_options(info: SolverInfo, objective: Objective, options: dict[str, Any]) -> dict[str, Any]:

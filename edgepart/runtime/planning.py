@@ -9,6 +9,7 @@ from edgepart.graph.layer_graph import LayerGraph
 from edgepart.graph.loader import ModelRef, input_shape_of, load_graph
 from edgepart.plan import ModelEntry, Plan, PlanError, Predicted, check_plan, rename_model
 from edgepart.planner.cluster import cluster_from_spec
+from edgepart.planner.codec_cost import WireSettings
 from edgepart.planner.evaluate import evaluate
 from edgepart.planner.registry import PlanningModel, solve_models
 from edgepart.spec import ClusterSpec, DeploymentSpec, DNNDeployment, ModelSpec
@@ -106,6 +107,7 @@ def plan_deployment(spec: DeploymentSpec, *, plan: Plan | None = None, base: Pat
         plan = plan.replace(models=entries, predicted=None)
         return Planned(plan.with_predicted(predict(plan, graphs, cluster_spec, base)), graphs, "given")
     cluster = cluster_from_spec(cluster_spec, base_dir=base)
-    result = solve_models(models, cluster, spec.objective, spec.solver, **spec.solver_options)
+    wire = WireSettings(compression=spec.compression, wire_dtype=spec.wire_dtype)
+    result = solve_models(models, cluster, spec.objective, spec.solver, wire=wire, **spec.solver_options)
     requested = "" if spec.solver == result.solver else f" ({spec.solver})"
     return Planned(result, graphs, f"solver {result.solver}{requested}")

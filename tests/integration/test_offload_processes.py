@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,15 +16,16 @@ import torch
 from edgepart.executor import use_exact_kernels
 from edgepart.graph.loader import ModelRef, load_model
 from edgepart.runtime.client import infer
-from edgepart.runtime.local import LocalRuntime, RunState
+from edgepart.runtime.local import SECRET_FILE, LocalRuntime, RunState
 from edgepart.spec import deployment_from_dict
 
 DEPLOYMENT = {
     "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": "alexnet-mw"},
+    # 20 Mbps: slow enough that mw splits the input into paths although every turn costs a local message
     "spec": {"model": {"name": "alexnet"}, "solver": "mw",
              "devices": [{"name": "server", "speed": 4.0, "role": "edge-server"},
                          {"name": "camera", "speed": 0.2, "role": "end"}],
-             "network": {"bandwidth": "100Mbps", "latency": "2ms"}, "exactKernels": True},
+             "network": {"bandwidth": "20Mbps", "latency": "2ms"}, "exactKernels": True},
 }
 
 
@@ -58,3 +60,12 @@ async def test_mw_answers_exactly_and_the_end_device_computes_its_paths_in_order
             for before, after in itertools.pairwise(local):
                 # one path after another: the next starts once the one before it has computed
                 assert events[before.id]["compute_end"] <= events[after.id]["compute_start"], (before.id, after.id)
+        # every turn came over the lane (one connection per pair: /v1/info counts them), none was waited out
+        secret = (Path(state.directory) / SECRET_FILE).read_text().strip()
+        for before, after in itertools.pairwise(local):
+            urls = {p.id: p.url for p in state.processes}
+            auth = {"authorization": f"Bearer {secret}"}
+            sent = (await client.get(f"{urls[before.id]}/v1/info", headers=auth)).json()["turn"]
+            got = (await client.get(f"{urls[after.id]}/v1/info", headers=auth)).json()["turn"]
+            assert sent["next"] == after.id and sent["passed"] >= 3, sent
+            assert got["after"] == before.id and got["received"] >= 3 and got["waited_out"] == 0, got

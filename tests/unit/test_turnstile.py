@@ -4,18 +4,25 @@ configs, the wait (with its limit) and POST /v1/turn behind the deployment's sec
 from __future__ import annotations
 
 import asyncio
+import itertools
+import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+import uvicorn
 from torch import nn
 
 from edgepart.graph.layer_graph import LayerGraph, trace
 from edgepart.graph.loader import ModelRef
 from edgepart.partition_service import PartitionService, partition_app, render_configs
 from edgepart.partition_service.auth import write_secret
+from edgepart.partition_service.server import http_protocol
+from edgepart.partition_service.transport import make_hop_client
 from edgepart.partition_service.turnstile import (
     TURN_PATH,
     TurnConfig,
@@ -25,6 +32,7 @@ from edgepart.partition_service.turnstile import (
 )
 from edgepart.plan import Plan
 from edgepart.planner.cluster import Cluster, Device, Link, reference_profile
+from edgepart.planner.evaluate import evaluate
 from edgepart.planner.offload import OffloadProblem
 from edgepart.planner.offload.build import fl_result
 from edgepart.planner.offload.deploy import offload_plan, raw_paths_first
@@ -124,7 +132,56 @@ async def test_turn_calls_need_the_secret_and_the_right_sender(tmp_path: Path) -
         assert (await client.post(TURN_PATH, json=body, headers=auth)).status_code == 204
         assert await asyncio.wait_for(service.turns.wait("r1"), 1.0) < 0.5
         info = (await client.get("/v1/info", headers=auth)).json()
-        assert info["turn"] == {"after": "p0-local", "next": "p1-local", "waited_out": 0}
+        assert info["turn"] == {"after": "p0-local", "next": "p1-local", "received": 1, "passed": 0, "waited_out": 0}
+
+
+@asynccontextmanager
+async def served(service: PartitionService) -> AsyncIterator[str]:
+    """`service`'s app on a real port, with the guarded protocol the services serve with (no slice loaded)."""
+    app = partition_app(service)
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+async def test_turns_go_over_one_kept_alive_connection_on_the_lane(tmp_path: Path) -> None:
+    """A partition passes its turns to the next one over the hop client's kept-alive connection, served on the
+    receiver's tensor lane: one connection for many turns, the secret and the sender still checked."""
+    plan, _ = offload_four_paths()
+    secret = write_secret(tmp_path / "secret")
+    addresses = {t.id: f"http://{t.id}:8000" for t in plan.tasks}
+    configs = render_configs(plan, "turns", addresses, "http://gateway:9000", client_port=8080,
+                             secret_file=str(tmp_path / "secret"))
+    receiver = PartitionService(configs.partition("p3-local"))
+    sender = PartitionService(configs.partition("p0-local"))
+    async with served(receiver) as url, make_hop_client(5.0, secret=secret) as hop:
+        sender._hop = hop
+        for k in range(5):
+            await sender._notify_turn(url, "p3-local", f"r{k}")
+        assert hop.opened == 1 and sender.turns_passed == 5  # keep-alive: no connection per turn
+        assert receiver.turns is not None and receiver.turns.received == 5
+        assert await asyncio.wait_for(receiver.turns.wait("r4"), 1.0) < 0.5
+        body = [b'{"request_id": "r9", "sender": "p1-local"}']
+        json_type = {"Content-Type": "application/json"}
+        wrong = await hop.post(url + TURN_PATH, body, json_type, peer="p3-local", what="turn")
+        assert wrong.status == 422 and b"does not compute before it" in wrong.content
+        bad = await hop.post(url + TURN_PATH, [b'{"request_id": ""'], json_type, peer="p3-local", what="turn")
+        assert bad.status == 400 and hop.opened == 1  # refusals keep the connection too
+        async with make_hop_client(5.0) as stranger:  # no secret: refused from the head
+            refused = await stranger.post(url + TURN_PATH, [b'{"request_id": "r9", "sender": "p0-local"}'],
+                                          json_type, peer="p3-local", what="turn")
+            assert refused.status == 401
+        assert receiver.turns.received == 5
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0]])
@@ -143,3 +200,20 @@ def test_the_plan_is_exact_whatever_the_order(order: list[int]) -> None:
     executor = Executor(gm, graph)
     x = torch.randn(1, 3, 16, 16)
     assert compare(executor.run_whole(x), executor.run_plan(plan, x)).allclose
+
+
+def test_the_evaluator_charges_each_turn_as_a_local_message() -> None:
+    plan, graph = offload_four_paths()
+    base = reference_profile()
+    cluster = Cluster((Device("end", base, 0.2), Device("server", base, 2.0)), "end", "switched", Link(1e-3, 1e6))
+    timing = {t.id: t for t in evaluate(plan, graph, cluster).tasks}
+    turns = device_turns(plan)
+    for tid, (before, _) in turns.items():
+        if before is not None:
+            waited = timing[tid].ready_s - timing[before].end_s
+            assert waited >= cluster.local_s(plan.task(tid).device) * (1 - 1e-9)
+    chain = ("p0-local", "p3-local", "p1-local")  # the end device's chain: back to back, a turn apart
+    for before, tid in itertools.pairwise(chain):
+        assert timing[tid].start_s == pytest.approx(timing[before].end_s + cluster.local_s("end"), rel=1e-9)
+    untimed = {t.id: t for t in evaluate(plan.replace(meta={}), graph, cluster).tasks}  # no turns: no gap
+    assert untimed["p3-local"].start_s == pytest.approx(untimed["p0-local"].end_s, rel=1e-9)

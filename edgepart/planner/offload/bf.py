@@ -62,6 +62,7 @@ def bf_runs(costs: PathCosts, model: ComputeModel, incumbent: float = float("inf
     min_uplink = costs.uplink.min(axis=1).tolist()
     local, uplink, server = costs.local.tolist(), costs.uplink.tolist(), costs.server.tolist()
     delay = [costs.fuse_delay(o) for o in cuts]
+    end_turn, server_turn = costs.end_turn_s, costs.server_turn_s
     tau = costs.tau
     layer: dict[tuple[int, ...], list[_Label]] = {tuple(costs.counts.tolist()): [_Label((0.0, 0.0, 0.0, 0.0), None,
                                                                                          -1, -1)]}
@@ -79,9 +80,12 @@ def bf_runs(costs: PathCosts, model: ComputeModel, incumbent: float = float("inf
                     for o in cuts:
                         a, b, e = local[k][o], uplink[k][o], server[k][o]
                         if sequential:
-                            new_end = end + a
+                            # turns (schedule.py): a part waits for one only after the device's first part;
+                            # compute times are positive, so a device has run a part iff its time is > 0 (and
+                            # the update stays monotone in the state: dominance still holds)
+                            new_end = end + (end_turn if end > 0 and o > 0 else 0.0) + a
                             new_link = max(link, new_end) + b
-                            new_busy = max(busy, new_link) + e if o < tau else busy
+                            new_busy = max(busy + (server_turn if busy > 0 else 0.0), new_link) + e if o < tau else busy
                         else:
                             new_end = 0.0
                             new_link = max(link, a) + b

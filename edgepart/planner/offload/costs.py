@@ -185,6 +185,9 @@ class PathCosts:
     post_s: float  # server compute of the layers after cut τ (whole tensors)
     return_s: float  # the model output sent back to the end device
     fuse_message_s: float  # a path's server part hands its tile to the fusion: a local message on the server
+    # a device's compute tasks take turns (plan meta.turns): each after the one before it, told by a local message
+    end_turn_s: float = 0.0
+    server_turn_s: float = 0.0
 
     @property
     def paths(self) -> int:
@@ -365,7 +368,7 @@ class PrefixCosts:
         problem = self.problem
         return PathCosts(self.tau, grid, path_class, counts, local[representative], uplink[representative],
                          server[representative], nbytes[representative], problem.post_s(self.tau),
-                         problem.return_s, problem.fuse_message_s)
+                         problem.return_s, problem.fuse_message_s, problem.end_turn_s, problem.server_turn_s)
 
     # ------------------------------------------------------------ regions of one path
 
@@ -437,6 +440,9 @@ class OffloadProblem:
         self.return_s = cluster.tx(self.server.name, self.end.name, graph.bytes_at(len(graph)))
         self.fuse_message_s = cluster.local_s(self.server.name)
         self.end_return_s = cluster.local_s(self.end.name)  # an output computed on the end device, to its gateway
+        # the turn from one compute task of a device to the next (the deployed plans take turns: turnstile)
+        self.end_turn_s = cluster.local_s(self.end.name)
+        self.server_turn_s = cluster.local_s(self.server.name)
         batch = graph.batch
         self.end_unit_s = tuple(sum(self.end.layer_time(graph.layers[i], None, batch)
                                     for i in range(self.bounds[u], self.bounds[u + 1])) for u in range(self.units))

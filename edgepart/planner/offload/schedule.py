@@ -7,9 +7,13 @@ server; 0 when the path runs wholly on the end device).
 
 ``sequential`` (a 3-machine permutation flow shop, what the runtime executes):
 
-    L_k = L_{k-1} + a_k          the end device runs the local parts one after another
-    X_k = max(X_{k-1}, L_k) + b_k   the uplink is a FIFO
-    E_k = max(E_{k-1}, X_k) + e_k   so is the server
+    L_k = L_{k-1} + t_end + a_k          the end device runs the local parts one after another
+    X_k = max(X_{k-1}, L_k) + b_k        the uplink is a FIFO
+    E_k = max(E_{k-1} + t_server, X_k) + e_k   so is the server
+
+where t_end, t_server is a *turn*: the deployed partitions of one device take
+turns (`meta.turns`), each told by the one before it, a local message on that
+device; the first local part and the first server part wait for no turn.
 
 ``paper`` (the GLOBECOM'22 recurrence: compute without contention, only the uplink queues):
 
@@ -76,19 +80,23 @@ def timeline(costs: PathCosts, order: Sequence[int], cuts: Sequence[int], model:
         raise ValueError(f"cuts must give each of the {costs.paths} paths a cut in 0..{costs.tau}, got {list(cuts)}")
     sequential = model == "sequential"
     end = link = server = fused = 0.0
+    end_turn = server_turn = 0.0  # the turn the next local (server) part waits for: none before the first
     result = []
     for p in order:
         k, o = int(costs.path_class[p]), cuts[p]
         a, b, e = float(costs.local[k, o]), float(costs.uplink[k, o]), float(costs.server[k, o])
-        start = end if sequential else 0.0
+        start = (end + (end_turn if o > 0 else 0.0)) if sequential else 0.0
         end = start + a
+        if o > 0:
+            end_turn = costs.end_turn_s
         sent = max(link, end)
         link = sent + b
         if o < costs.tau:
-            begin = max(server, link) if sequential else link
+            begin = max(server + server_turn, link) if sequential else link
             finish = begin + e
             if sequential:
                 server = finish
+                server_turn = costs.server_turn_s
             ready = finish + costs.fuse_delay(o)
             server_span: Span | None = (begin, finish)
         else:
@@ -113,12 +121,13 @@ class Run:
 class RunState:
     """The recurrences' state (L, X, E, F) advanced over runs in closed form."""
 
-    __slots__ = ("costs", "end", "fused", "link", "sequential", "server")
+    __slots__ = ("costs", "end", "end_turn", "fused", "link", "sequential", "server", "server_turn")
 
     def __init__(self, costs: PathCosts, model: ComputeModel):
         self.costs = costs
         self.sequential = model == "sequential"
         self.end = self.link = self.server = self.fused = 0.0
+        self.end_turn = self.server_turn = 0.0  # the turn the next local (server) part waits for
 
     def advance(self, klass: int, cut: int, count: int) -> None:
         costs = self.costs
@@ -127,15 +136,23 @@ class RunState:
         e = float(costs.server[klass, cut])
         m = count
         if self.sequential:
-            start = self.end
-            self.end = start + m * a
-            # X_j = max(X_{j-1}, L_0 + j a) + b: the largest of X_0 + m b, L_0 + a + m b, L_0 + m a + b
+            t = costs.end_turn_s if cut > 0 else 0.0  # a path cut at 0 has no local part: no turn
+            start = self.end + (self.end_turn if cut > 0 else 0.0)
+            self.end = start + m * a + (m - 1) * t
+            if cut > 0:
+                self.end_turn = t
+            # L_j = start + a + (j-1)(a+t), X_j = max(X_{j-1}, L_j) + b: the largest of X_0 + m b,
+            # L_1 + m b, L_m + b
             first_link = max(self.link, start + a) + b
             last_link = max(self.link + m * b, start + a + m * b, self.end + b)
             self.link = last_link
             if cut < costs.tau:
-                # E_j = max(E_{j-1}, X_j) + e: the largest of E_0 + m e, X_1 + m e, X_m + e
-                self.server = max(self.server + m * e, first_link + m * e, last_link + e)
+                # E_j = max(E_{j-1} + s, X_j) + e (s: the server's turn): the largest of E_0 + s_0 + m e + (m-1) s,
+                # X_1 + m e + (m-1) s, X_m + e
+                s = costs.server_turn_s
+                self.server = max(self.server + self.server_turn + m * e + (m - 1) * s,
+                                  first_link + m * e + (m - 1) * s, last_link + e)
+                self.server_turn = s
                 self.fused = max(self.fused, self.server + costs.fuse_delay(cut))
             else:
                 self.fused = max(self.fused, last_link)
