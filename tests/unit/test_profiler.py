@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import resource
 import sys
 import weakref
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from edgepart.profiler import run
 from edgepart.profiler.microbench import (
     channel_counts,
     layer_tiles,
+    partition_allocator,
     tile_call,
     tile_heights,
     time_call,
