@@ -23,7 +23,7 @@ from edgepart.operator.nodes import NodeInfo, format_cpu, format_memory
 from edgepart.operator.planning import PlanRequest, planner_cluster
 from edgepart.operator.render import Owner, metadata, render_template, with_hash
 from edgepart.operator.settings import OperatorSettings
-from edgepart.spec import DeploymentSpec, parse_duration
+from edgepart.spec import WEIGHTS_DIR, DeploymentSpec, parse_duration
 
 __all__ = ["RING_COMPONENT", "RingObjects", "ring_config_key", "ring_network_policies", "ring_objects",
            "ring_request", "ring_worker_pod", "ring_worker_service"]
@@ -73,9 +73,10 @@ def ring_request(owner: Owner, spec: DeploymentSpec, usable: Sequence[NodeInfo],
         exact_kernels=spec.exact_kernels)
 
 
-def ring_worker_pod(owner: Owner, worker: str, node: NodeInfo, config_hash: str,
-                    settings: OperatorSettings) -> dict[str, Any]:
-    """A ring worker's pod; its name carries a digest of its content (pods are immutable)."""
+def ring_worker_pod(owner: Owner, worker: str, node: NodeInfo, config_hash: str, settings: OperatorSettings,
+                    weights_volume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A ring worker's pod; its name carries a digest of its content (pods are immutable). `weights_volume`:
+    the model's volume source, mounted read-only at WEIGHTS_DIR (every worker loads the whole model)."""
     cpu = node.cpu * settings.cpu_share
     obj = render_template(
         "ring-worker-pod.yaml.j2",
@@ -86,7 +87,7 @@ def ring_worker_pod(owner: Owner, worker: str, node: NodeInfo, config_hash: str,
         config_path=f"{render.CONFIG_DIR}/{ring_config_key(worker)}", config_map=names.config_map_name(owner.name),
         secret=names.secret_name(owner.name), secret_dir=render.SECRET_DIR, cpu=format_cpu(cpu),
         memory_request=format_memory(min(node.memory // 2, 1 << 30)), memory_limit=format_memory(node.memory),
-        settings=settings)
+        weights_volume=weights_volume, weights_dir=WEIGHTS_DIR, settings=settings)
     obj["metadata"]["name"] = names.dns_label(owner.name, "ring", worker, names.digest(obj, 10))
     return with_hash(obj)
 
@@ -129,7 +130,7 @@ class RingObjects:
 
 
 def ring_objects(owner: Owner, request: RingRequest, usable: Sequence[NodeInfo], configs: ConfigRenderer,
-                 settings: OperatorSettings) -> RingObjects:
+                 settings: OperatorSettings, weights_volume: Mapping[str, Any] | None = None) -> RingObjects:
     """The ring's objects from the rendered worker configs (raises the renderer's errors)."""
     rendered = configs(request)
     data = {ring_config_key(w): text for w, text in sorted(rendered.partitions.items())}
@@ -139,7 +140,7 @@ def ring_objects(owner: Owner, request: RingRequest, usable: Sequence[NodeInfo],
                                      *ring_network_policies(owner, request.sources, settings)]
     pods: dict[str, str] = {}
     for worker in request.ring:
-        pod = ring_worker_pod(owner, worker, by_name[worker], config_hash, settings)
+        pod = ring_worker_pod(owner, worker, by_name[worker], config_hash, settings, weights_volume)
         pods[worker] = pod["metadata"]["name"]
         objects += [pod, ring_worker_service(owner, worker, settings)]
     return RingObjects(render.sorted_objects(objects), pods, config_hash)
@@ -156,7 +157,8 @@ def reconcile_ring(ctx: Any, spec: DeploymentSpec, usable: Sequence[NodeInfo], r
     (model_id, model), = request.models
     try:
         ring = ring_request(owner, spec, usable, request, graphs[model_id], model, settings)
-        built = ring_objects(owner, ring, usable, configs, settings)
+        volume = spec.first_model.volume
+        built = ring_objects(owner, ring, usable, configs, settings, volume.source() if volume else None)
     except ValueError as err:  # RingError, EdgepartErrors and the data plane's ConfigError
         raise _Halt("Failed", PLANNED, "ConfigFailed", str(err)) from None
     size = sum(len(str(o)) for o in built.objects if o["kind"] == "ConfigMap")

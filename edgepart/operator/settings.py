@@ -37,7 +37,8 @@ class OperatorSettings(BaseSettings):
                                       description="Service type of the gateway.")
     metrics_namespace: str = Field(default="", description="Namespace whose pods (Prometheus) may scrape "
                                                            "partitions; empty: none.")
-    profile_memory: str = Field(default="2Gi", description="Memory of a profiling Job.")
+    profile_memory: str = Field(default="768Mi", description="Memory request of a profiling Job (it holds one model at a time: vgg16's 528 MB of weights at most).")
+    profile_memory_limit: str = Field(default="1Gi", description="Memory limit of a profiling Job (fits a 1 GiB device; tests/unit/test_profile_memory.py checks the profile's peak against it).")
     profile_timeout_seconds: int = Field(default=1800, ge=60, description="Deadline of a profiling Job.")
     profile_quick: bool = Field(default=False, description="Profile with `edgepart profile --quick` "
                                                            "(about a minute, fewer sizes).")

@@ -26,6 +26,7 @@ variant). A family given as a file path is refused: the operator reads no files.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +40,11 @@ from edgepart.operator.planning import PlanRequest
 from edgepart.operator.settings import OperatorSettings
 from edgepart.operator.status import DEGRADED, PLANNED, READY, Phase
 from edgepart.policy.variants_plan import Exploration, explore, resolve_family
-from edgepart.spec import DeploymentSpec, VariantFamilySpec, parse_duration
+from edgepart.spec import WEIGHTS_DIR, DeploymentSpec, ModelSpec, VariantFamilySpec, parse_duration
 from edgepart.variants.digits import model_ref_name
 from edgepart.variants.family import DIGITS_FAMILY
 
-__all__ = ["VariantsOutcome", "reconcile_variants", "trusted_family", "worker_id"]
+__all__ = ["VariantsOutcome", "family_in_pods", "reconcile_variants", "trusted_family", "worker_id"]
 
 SHIPPED_PREFIX = model_ref_name("digits-xs").rsplit(":", 1)[0] + ":"  # edgepart.variants.digits:
 
@@ -77,6 +78,34 @@ def trusted_family(spec: DeploymentSpec, settings: OperatorSettings) -> VariantF
     return resolve_family(variants)
 
 
+def family_in_pods(family: VariantFamilySpec) -> tuple[VariantFamilySpec, dict[str, Any] | None]:
+    """The family as worker pods see it, and the volume source they mount read-only at WEIGHTS_DIR (None: none).
+
+    A worker may load any variant, so every variant given a `model.volume` must give the same one (a pod has
+    one WEIGHTS_DIR); the relative weights and path/to/file.py of those variants resolve under it."""
+    volumes = {i: v.model.volume for i, v in enumerate(family.variants) if v.model.volume is not None}
+    sources = {json.dumps(v.source(), sort_keys=True) for v in volumes.values()}
+    if len(sources) > 1:
+        raise VariantsRefused(f"spec.variants.custom.variants[{max(volumes)}].model.volume: the variants give "
+                              f"{len(sources)} different volumes; workers mount one at {WEIGHTS_DIR}, so give "
+                              "every variant the same one")
+    variants = [v.model_copy(update={"model": _under_volume(v.model)}) if i in volumes else v
+                for i, v in enumerate(family.variants)]
+    volume = next(iter(volumes.values()), None)
+    return family.model_copy(update={"variants": variants}), volume.source() if volume else None
+
+
+def _under_volume(model: ModelSpec) -> ModelSpec:
+    """Relative weights and path/to/file.py under WEIGHTS_DIR (absolute ones are files in the image or there)."""
+    def resolve(path: str) -> str:
+        return path if posixpath.isabs(path) else posixpath.join(WEIGHTS_DIR, posixpath.normpath(path))
+
+    location, _, factory = model.name.rpartition(":")
+    name = f"{resolve(location)}:{factory}" if location.endswith(".py") or "/" in location else model.name
+    weights = None if model.weights is None else resolve(model.weights)
+    return model.model_copy(update={"name": name, "weights": weights})
+
+
 @dataclass(frozen=True)
 class VariantsOutcome:
     phase: Phase
@@ -96,6 +125,7 @@ def reconcile_variants(owner: render.Owner, spec: DeploymentSpec, request: PlanR
     VariantsRefused or EdgepartError (the caller reports Failed)."""
     assert spec.variants is not None
     family = trusted_family(spec, settings)
+    in_pods, weights_volume = family_in_pods(family)  # explored as the operator sees it, run as pods see it
     exploration = explore(spec, family=family, cluster_spec=request.cluster, profiles=request.profiles)
     theta = {n.name: {v.name: t for v, t in zip(exploration.problem.variants, n.throughput, strict=True)
                       if t is not None} for n in exploration.problem.nodes}
@@ -108,7 +138,7 @@ def reconcile_variants(owner: render.Owner, spec: DeploymentSpec, request: PlanR
     by_name = {n.name: n for n in usable}
     rendered = configs(VariantConfigRequest(
         deployment=owner.name, spec=json.loads(inline.model_dump_json(by_alias=True, exclude_none=True)),
-        family=json.loads(family.model_dump_json(by_alias=True, exclude_none=True)),
+        family=json.loads(in_pods.model_dump_json(by_alias=True, exclude_none=True)),
         input_shape=exploration.input_shape, workers=workers, worker_urls=urls, theta=theta,
         request_timeout_s=parse_duration(spec.request_timeout), client_port=settings.port, worker_port=internal,
         secret_file=render.SECRET_FILE, batch=spec.variants.batch,
@@ -124,7 +154,8 @@ def reconcile_variants(owner: render.Owner, spec: DeploymentSpec, request: PlanR
         memory = 512 * 1024 * 1024
         pod = render.partition_pod(owner, render.PartitionPod(
             partition_id=wid, node=node, cpu=format_cpu(info.cpu * settings.cpu_share),
-            memory_request=format_memory(memory), memory_limit=format_memory(2 * memory)), digest, settings,
+            memory_request=format_memory(memory), memory_limit=format_memory(2 * memory),
+            weights_volume=weights_volume), digest, settings,
             args=("serve-worker",))
         pod_names[wid] = pod["metadata"]["name"]
         objects.append(pod)

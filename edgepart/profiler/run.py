@@ -16,6 +16,7 @@ The profile also records predicted vs measured latency of the whole models.
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import platform
 import random
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from edgepart.executor import Executor, use_exact_kernels
 from edgepart.geometry import Region, backprop
 from edgepart.graph.layer_graph import Layer, LayerGraph, trace
-from edgepart.graph.loader import ModelRef, load_model, trace_ref
+from edgepart.graph.loader import ModelRef, load_graph, load_model, load_part, trace_ref
 from edgepart.graph.ops import OpKind
 from edgepart.planner.cluster import reference_message_overhead, reference_profile
 from edgepart.planner.costmodel import (
@@ -49,6 +50,7 @@ from edgepart.planner.costmodel import (
 from edgepart.profiler.microbench import (
     layer_tiles,
     partition_allocator,
+    release_freed_memory,
     tile_call,
     time_call,
     unique_layers,
@@ -200,14 +202,27 @@ def collect_samples(config: ProfileConfig, progress: Progress | None = None) -> 
         for i, (layer, batch, region) in enumerate(tiles):
             if progress is not None:
                 progress(p * len(tiles) + i, passes * len(tiles), f"{layer.op.value} {region}")
-            fn = tile_call(layer, region, batch)
-            with torch.no_grad():
-                times[i].append(time_call(fn, config.warmup, config.repeats).median_s)
+            times[i].append(_time_tile(layer, region, batch, config))
     if progress is not None:
         progress(passes * len(tiles), passes * len(tiles), "done")
     samples = [Sample(op_family(layer), region_counts(layer, region, batch), statistics.median(t), layer_key(layer))
                for (layer, batch, region), t in zip(tiles, times, strict=True)]
     return samples
+
+
+def _time_tile(layer: Layer, region: Region, batch: int, config: ProfileConfig) -> float:
+    """Median seconds of one tile. Its tensors die on return: built in a loop, the next tile's would be made
+    while this one's are still held (two of vgg16's fc6 slices, 411 + 308 MB, at once)."""
+    fn = tile_call(layer, region, batch)
+    with torch.no_grad():
+        seconds = time_call(fn, config.warmup, config.repeats).median_s
+    counts = region_counts(layer, region, batch)
+    if 4 * (counts.weight_elems + counts.in_elems + counts.out_elems) >= TRIM_TILE_BYTES:
+        del fn
+        # [R] freed big tiles stayed resident under partition_allocator, fragmented among small ones: the
+        # micro-benchmarks of vgg16 alone peaked at 900 MiB with ~700 MiB ever alive
+        release_freed_memory()
+    return seconds
 
 
 def layer_overhead(layers: int = 100, repeats: int = 10) -> float:
@@ -282,35 +297,96 @@ class PartitionCase:
     run: Callable[[], object]
 
 
-def partition_cases(models: Sequence[str], strips: bool = True, channels: bool = True) -> list[PartitionCase]:
-    """Each whole model (one partition) and, with `strips`, row strips (1/2, 1/4) of its first fused block
-    and, with `channels`, output-channel slices (1/2, 1/4) of its first convolution unit after the stem."""
-    cases = []
-    for name in models:
-        ref = ModelRef(name)
-        gm, graph = trace_ref(ref, load_model(ref))
-        executor = Executor(gm, graph)
-        parts = [(name, 0, len(graph), Region.full(graph.output_shape))]
-        fused = graph.longest_fusable_prefix() // 2
-        if strips and fused > 0:
-            stop = graph.units[fused - 1].stop
-            shape = graph.shape_at(stop)
-            for share in (2, 4):
-                rows = shape[1] // share
-                parts.append((f"{name} strip 1/{share}", 0, stop,
+# A model with more weights than this has its whole-model case measured as consecutive slices (see
+# `weight_slices`). [R] vgg16's 528 MB as one partition, on top of the profiler's ~300 MiB of torch, took the
+# profiling Job over a 1 GiB device.
+WHOLE_MODEL_BYTES = 256 << 20
+TRIM_TILE_BYTES = 64 << 20  # a tile holding this much is handed back to the kernel once timed
+
+
+@dataclass(frozen=True)
+class Part:
+    label: str
+    start: int
+    stop: int
+    region: Region
+
+
+def weight_slices(graph: LayerGraph, limit: int = WHOLE_MODEL_BYTES) -> list[tuple[int, int]]:
+    """Consecutive unit-aligned layer ranges covering `graph`, each with at most `limit` bytes of weights (a
+    unit holding more is a slice of its own)."""
+    slices: list[tuple[int, int]] = []
+    start = 0
+    for unit in graph.units:
+        if unit.start > start and graph.weight_bytes(start, unit.stop) > limit:
+            slices.append((start, unit.start))
+            start = unit.start
+    slices.append((start, len(graph)))
+    return slices
+
+
+def model_parts(graph: LayerGraph, strips: bool = True, channels: bool = True,
+                limit: int = WHOLE_MODEL_BYTES) -> list[Part]:
+    """The partitions measured for one model: the whole model (or its `weight_slices` when its weights exceed
+    `limit`), with `strips` row strips (1/2, 1/4) of its first fused block and, with `channels`,
+    output-channel slices (1/2, 1/4) of its first convolution unit after the stem."""
+    name = graph.model_name
+    if graph.weight_bytes() <= limit:
+        parts = [Part(name, 0, len(graph), Region.full(graph.output_shape))]
+    else:
+        parts = [Part(f"{name} layers {a}:{b}", a, b, Region.full(graph.shape_at(b)))
+                 for a, b in weight_slices(graph, limit)]
+    fused = graph.longest_fusable_prefix() // 2
+    if strips and fused > 0:
+        stop = graph.units[fused - 1].stop
+        shape = graph.shape_at(stop)
+        for share in (2, 4):
+            rows = shape[1] // share
+            parts.append(Part(f"{name} strip 1/{share}", 0, stop,
                               Region.of((0, shape[0]), (rows, 2 * rows), (0, shape[2]))))
-        unit = next((u for u in graph.units[1:] if graph.layers[u.start].op is OpKind.CONV), None)
-        if channels and unit is not None:
-            out = graph.shape_at(unit.stop)
-            for share in (2, 4):
-                if out[0] // share > 0:
-                    parts.append((f"{name} channels 1/{share} of {unit.name}", unit.start, unit.stop,
+    unit = next((u for u in graph.units[1:] if graph.layers[u.start].op is OpKind.CONV), None)
+    if channels and unit is not None:
+        out = graph.shape_at(unit.stop)
+        for share in (2, 4):
+            if out[0] // share > 0:
+                parts.append(Part(f"{name} channels 1/{share} of {unit.name}", unit.start, unit.stop,
                                   Region.of((0, out[0] // share), *((0, n) for n in out[1:]))))
-        for label, start, stop, region in parts:
-            runner = executor.runner(start, stop, region)
-            tile = torch.randn(graph.batch, *runner.input_region.shape)
-            cases.append(PartitionCase(label, graph, start, stop, region, functools.partial(runner, tile)))
+    return parts
+
+
+def part_groups(name: str, strips: bool = True, channels: bool = True,
+                limit: int = WHOLE_MODEL_BYTES) -> list[list[Part]]:
+    """`model_parts` grouped by what is built at once: every part of a model within `limit` from one copy of
+    it; each part of a bigger one from its own layers only (`load_part`), so no more than about `limit` of
+    its weights (or its biggest unit) is ever alive."""
+    graph = load_graph(ModelRef(name))
+    parts = model_parts(graph, strips, channels, limit)
+    return [parts] if graph.weight_bytes() <= limit else [[p] for p in parts]
+
+
+def build_cases(name: str, parts: Sequence[Part]) -> list[PartitionCase]:
+    """Runnable cases for `parts` of model `name`, built from the layers they need (the whole model for one
+    part spanning it, or several parts)."""
+    ref = ModelRef(name)
+    if len(parts) == 1:
+        part = parts[0]
+        gm, graph = load_part(ref, lambda g: g.param_names(part.start, part.stop))
+    else:
+        gm, graph = trace_ref(ref, load_model(ref))
+    executor = Executor(gm, graph)
+    cases = []
+    for part in parts:
+        runner = executor.runner(part.start, part.stop, part.region)
+        tile = torch.randn(graph.batch, *runner.input_region.shape)
+        cases.append(PartitionCase(part.label, graph, part.start, part.stop, part.region,
+                                   functools.partial(runner, tile)))
     return cases
+
+
+def partition_cases(models: Sequence[str], strips: bool = True, channels: bool = True) -> list[PartitionCase]:
+    """Every part of `model_parts` of each model, all built (see `measure_models` to hold one at a time)."""
+    return [case for name in models for group in part_groups(name, strips, channels)
+            for case in build_cases(name, group)]
 
 
 def measure_cases(cases: Sequence[PartitionCase], rounds: int = 3, repeats: int = 3) -> list[float]:
@@ -322,6 +398,46 @@ def measure_cases(cases: Sequence[PartitionCase], rounds: int = 3, repeats: int 
             for case, bucket in zip(cases, times, strict=True):
                 bucket.append(time_call(case.run, warmup=1, repeats=repeats).median_s)
     return [statistics.median(t) for t in times]
+
+
+def _released() -> object:
+    raise RuntimeError("this partition was measured and its model released (see measure_models)")
+
+
+def measure_models(models: Sequence[str], rounds: int = 3, repeats: int = 3, strips: bool = True,
+                   channels: bool = True) -> tuple[list[PartitionCase], list[float]]:
+    """The partitions of `model_parts` and their median seconds, one build at a time (`part_groups`): a
+    group's cases are built, measured (interleaved among themselves, see `measure_cases`), then released
+    before the next is built. [R] Building the whole zoo first held ~1.2 GB of weights at once, and vgg16
+    alone as one partition took the profiling Job over 1 GiB; now the weights alive are at most about
+    `WHOLE_MODEL_BYTES` (or vgg16's fc6, 411 MB), so the Job fits a 1 GiB device. The returned cases keep
+    their geometry for the fits; their `run` only raises."""
+    cases: list[PartitionCase] = []
+    measured: list[float] = []
+    for name in models:
+        for group in part_groups(name, strips, channels):
+            built = build_cases(name, group)
+            measured += measure_cases(built, rounds, repeats)
+            cases += [replace(case, run=_released) for case in built]
+            del built  # the executor, weights and input tiles go before the next group is built
+            gc.collect()  # [R] a GraphModule and its Graph form a cycle: vgg16's fc6 outlived its slice
+            release_freed_memory()
+    return cases, measured
+
+
+def whole_models(profile: DeviceProfile, cases: Sequence[PartitionCase], measured: Sequence[float]
+                 ) -> list[dict[str, Any]]:
+    """Measured vs predicted seconds of each whole model: its one case, or the sum of its `weight_slices`
+    (one partition runs the same layers in the same order; only the handoff between slices differs)."""
+    totals: dict[str, list[float]] = {}
+    for case, m in zip(cases, measured, strict=True):
+        name = case.graph.model_name
+        if case.label == name or case.label.startswith(f"{name} layers "):
+            total = totals.setdefault(name, [0.0, 0.0])
+            total[0] += m
+            total[1] += predicted_partition(profile, case.graph, case.start, case.stop, case.region)
+    return [{"model": name, "measuredS": m, "predictedS": p, "error": round((p - m) / m, 4)}
+            for name, (m, p) in totals.items()]
 
 
 def partition_terms(profile: DeviceProfile, case: PartitionCase) -> tuple[float, float, float, float]:
@@ -364,8 +480,7 @@ def partition_checks(profile: DeviceProfile, models: Sequence[str], repeats: int
                      strips: bool = True) -> list[ModelCheck]:
     """Measured vs predicted partitions: each whole model (one partition) and, with `strips`, row strips and
     channel slices (see `partition_cases`)."""
-    cases = partition_cases(models, strips, strips)
-    measured = measure_cases(cases, repeats=repeats)
+    cases, measured = measure_models(models, repeats=repeats, strips=strips, channels=strips)
     return [ModelCheck(c.label, m, predicted_partition(profile, c.graph, c.start, c.stop, c.region))
             for c, m in zip(cases, measured, strict=True)]
 
@@ -394,6 +509,7 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
     try:
         started = time.perf_counter()
         samples = collect_samples(config, progress)
+        release_freed_memory()  # the tiles' tensors, before the models are built
         roof = roofline_of(samples)
         overhead = layer_overhead()
         meta: dict[str, Any] = {
@@ -410,17 +526,13 @@ def profile_device(config: ProfileConfig, progress: Progress | None = None) -> D
         profile = replace(profile, message_overhead_s=message_overhead(overhead))
         if config.validate and config.models:
             models = config.models[:1] if config.quick else config.models
-            cases = partition_cases(models)
-            measured = measure_cases(cases, rounds=2 if config.quick else 3)
+            cases, measured = measure_models(models, rounds=2 if config.quick else 3)
             profile = fit_executor_terms(profile, cases, measured, overhead)
             meta["executorTerms"] = {"scale": round(profile.executor_scale, 4),
                                      "elemS": profile.executor_elem_s, "weightS": profile.executor_weight_s,
                                      "layerS": profile.layer_overhead_s,
                                      "partitions": len(cases)}
-            meta["wholeModels"] = [
-                {"model": c.label, "measuredS": m, "predictedS": p, "error": round((p - m) / m, 4)}
-                for c, m in zip(cases, measured, strict=True) if c.start == 0 and c.stop == len(c.graph)
-                for p in (predicted_partition(profile, c.graph, c.start, c.stop, c.region),)]
+            meta["wholeModels"] = whole_models(profile, cases, measured)
             profile = replace(profile, meta=meta)
         return profile
     finally:
@@ -446,7 +558,32 @@ def samples_summary(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 
-__all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "ModelCheck", "PartitionCase", "ProfileConfig", "check_models",
-           "collect_samples", "executor_scale", "fit_executor_terms", "measure_cases", "measure_partition",
-           "partition_cases", "partition_checks", "partition_terms", "predicted_partition", "predicted_whole",
-           "profile_device", "roofline_of", "samples_summary", "synthetic_layers"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "QUICK_MODELS",
+    "WHOLE_MODEL_BYTES",
+    "ModelCheck",
+    "PartitionCase",
+    "ProfileConfig",
+    "build_cases",
+    "check_models",
+    "collect_samples",
+    "executor_scale",
+    "fit_executor_terms",
+    "measure_cases",
+    "measure_models",
+    "measure_partition",
+    "model_parts",
+    "part_groups",
+    "partition_cases",
+    "partition_checks",
+    "partition_terms",
+    "predicted_partition",
+    "predicted_whole",
+    "profile_device",
+    "roofline_of",
+    "samples_summary",
+    "synthetic_layers",
+    "weight_slices",
+    "whole_models",
+]

@@ -4,17 +4,24 @@ the network probe fits alpha + bytes/bandwidth."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import resource
 import sys
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import httpx
 import pytest
 import torch
 
+from edgepart.executor import SliceRunner
 from edgepart.geometry import Region
 from edgepart.graph.loader import ModelRef, load_graph
 from edgepart.planner.cluster import reference_profile
 from edgepart.planner.costmodel import profile_from_json
+from edgepart.profiler import run
 from edgepart.profiler.microbench import (
     channel_counts,
     layer_tiles,
@@ -25,6 +32,7 @@ from edgepart.profiler.microbench import (
 )
 from edgepart.profiler.netprobe import echo_app, fit_link, probe
 from edgepart.profiler.run import (
+    PartitionCase,
     ProfileConfig,
     fit_executor_terms,
     partition_cases,
@@ -139,3 +147,66 @@ def test_partition_allocator_keeps_big_scratch_buffers_mapped() -> None:
     for _ in range(3):  # the heap settles (small allocations may take the freed chunk's head at first)
         faults_of_one_buffer()
     assert faults_of_one_buffer() < 1000  # 16384 pages when mapped afresh each time
+
+
+def test_partitions_are_measured_one_model_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the timed model's partitions (its weights, its tiles) are alive while it is timed: building every
+    model first held the whole zoo's weights at once, more than a 1 GiB device has."""
+    built: list[weakref.ref[Callable[[], object]]] = []
+    alive: list[tuple[int, int]] = []  # (partitions alive, partitions being timed) at each build and timing
+    build_cases = run.build_cases
+
+    def building(name: str, parts: Sequence[run.Part]) -> list[PartitionCase]:
+        alive.append((sum(r() is not None for r in built), 0))  # the previous model is gone before this one
+        cases = build_cases(name, parts)
+        built.extend(weakref.ref(c.run) for c in cases)
+        return cases
+
+    def timing(cases: Sequence[PartitionCase], rounds: int = 3, repeats: int = 3) -> list[float]:
+        alive.append((sum(r() is not None for r in built), len(cases)))
+        return [1e-3] * len(cases)
+
+    monkeypatch.setattr(run, "build_cases", building)
+    monkeypatch.setattr(run, "measure_cases", timing)
+    cases, measured = run.measure_models(["squeezenet1_1", "mobilenet_v2"])
+    assert alive[0::2] == [(0, 0), (0, 0)] and all(live == timed > 1 for live, timed in alive[1::2])
+    assert len(measured) == len(cases) and {c.graph.model_name for c in cases} == {"squeezenet1_1", "mobilenet_v2"}
+    with pytest.raises(RuntimeError, match="released"):
+        cases[0].run()
+
+
+def test_a_model_over_the_weight_limit_is_measured_one_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vgg16 (528 MB of weights) as one partition took the profiling Job over 1 GiB: its whole-model case is
+    consecutive slices, each built from its own layers only and measured alone, and its whole-model check
+    is their sum."""
+    graph = load_graph(ModelRef("vgg16"))
+    slices = run.weight_slices(graph)
+    assert slices[0][0] == 0 and slices[-1][1] == len(graph) and len(slices) > 1
+    assert all(a == b for (_, a), (b, _) in itertools.pairwise(slices))  # consecutive
+    for a, b in slices:  # under the limit, or one unit (vgg16's fc6, 411 MB)
+        assert graph.weight_bytes(a, b) <= run.WHOLE_MODEL_BYTES or sum(
+            a <= u.start < b for u in graph.units) == 1
+    groups = run.part_groups("vgg16")
+    assert all(len(group) == 1 for group in groups)
+    assert [(g[0].start, g[0].stop) for g in groups[:len(slices)]] == slices
+    assert len(run.part_groups("squeezenet1_1")) == 1  # a small model: every part from one copy
+
+    weights: list[int] = []  # bytes of materialised weights of each build
+    build_cases = run.build_cases
+
+    def building(name: str, parts: Sequence[run.Part]) -> list[PartitionCase]:
+        cases = build_cases(name, parts)
+        call = cases[0].run
+        assert isinstance(call, functools.partial) and isinstance(call.func, SliceRunner)
+        module = call.func.gm
+        weights.append(sum(t.numel() * t.element_size() for t in module.state_dict().values()
+                           if t.device.type != "meta"))
+        return [replace(c, run=lambda: None) for c in cases]
+
+    monkeypatch.setattr(run, "part_groups", lambda name, strips=True, channels=True: groups[:len(slices)])
+    monkeypatch.setattr(run, "build_cases", building)
+    monkeypatch.setattr(run, "measure_cases", lambda cases, rounds=3, repeats=3: [1e-3] * len(cases))
+    cases, measured = run.measure_models(["vgg16"])
+    assert weights == [graph.weight_bytes(a, b) for a, b in slices]  # never the whole model
+    whole = run.whole_models(reference_profile(), cases, measured)
+    assert [w["model"] for w in whole] == ["vgg16"] and whole[0]["measuredS"] == pytest.approx(1e-3 * len(slices))

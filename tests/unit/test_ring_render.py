@@ -14,13 +14,14 @@ from edgepart.operator.reconcile import DesiredState, Observed, PodState, reconc
 from edgepart.operator.ring import RING_COMPONENT, ring_config_key
 from edgepart.operator.settings import OperatorSettings
 from edgepart.partition_service.ring_config import load_ring_config
+from edgepart.spec import WEIGHTS_DIR
 
 SETTINGS = OperatorSettings(image="registry.example/edgepart:1.0", metrics_namespace="monitoring")
 SOURCES = [{"device": "edge-0", "rate": 5}, {"device": "edge-2", "rate": 10}]
 
 
-def desired(observed: Observed | None = None, **fields: Any) -> DesiredState:
-    body = spec(model={"name": "squeezenet1_1"}, sources=SOURCES, **fields)
+def desired(observed: Observed | None = None, model: dict[str, Any] | None = None, **fields: Any) -> DesiredState:
+    body = spec(model=model or {"name": "squeezenet1_1"}, sources=SOURCES, **fields)
     return reconcile(OWNER, body, nodes(), {"rpi4": profile()}, settings=SETTINGS, planner=compute_plan,
                      configs=data_plane_configs, now=NOW, observed=observed or Observed())
 
@@ -83,3 +84,19 @@ def test_sources_off_the_ring_fail_naming_the_field() -> None:
 def test_ring_workers_run_the_deployments_kernels(fields: dict[str, Any], exact: bool) -> None:
     data = desired(**fields).of_kind("ConfigMap")[0]["data"]
     assert {load_ring_config(data[ring_config_key(f"edge-{i}")]).exact_kernels for i in range(4)} == {exact}
+
+
+def test_ring_workers_mount_the_models_volume_and_load_the_weights_from_it() -> None:
+    model = {"name": "squeezenet1_1", "weights": "squeezenet.safetensors",
+             "volume": {"persistentVolumeClaim": {"claimName": "models"}}}
+    state = desired(model=model)
+    data = state.of_kind("ConfigMap")[0]["data"]
+    for pod in state.of_kind("Pod"):
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["weights"] == {"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True}
+        worker = pod["metadata"]["labels"][names.LABEL_PARTITION]
+        assert load_ring_config(data[ring_config_key(worker)]).model.weights == f"{WEIGHTS_DIR}/squeezenet.safetensors"
+        validate_strict(pod)
+    assert all("weights" not in {v["name"] for v in p["spec"]["volumes"]} for p in desired().of_kind("Pod"))

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 import yaml
+from k8s_fakes import NOW, OWNER, nodes, profile, validate_strict
+from k8s_fakes import spec as deployment_spec
 from typer.testing import CliRunner
 
-from edgepart.cli import app
+from edgepart.cli import app, data_plane_configs
+from edgepart.operator import names
+from edgepart.operator.planning import compute_plan
+from edgepart.operator.reconcile import DesiredState, Observed, reconcile
+from edgepart.operator.render import partition_key
+from edgepart.operator.settings import OperatorSettings
 from edgepart.policy.dse import brute_force_front
 from edgepart.policy.variants_plan import (
     DispatchCost,
@@ -19,7 +26,7 @@ from edgepart.policy.variants_plan import (
     resolve_family,
     stream_throughput,
 )
-from edgepart.spec import SpecError, deployment_from_dict, load_deployment
+from edgepart.spec import WEIGHTS_DIR, SpecError, deployment_from_dict, load_deployment
 from edgepart.variants import shipped_family
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,3 +145,41 @@ def test_status_lines_show_the_resource_managers_state() -> None:
     assert lines[0] == "resource manager: EXECUTE; configuration a: digits-l, b: off"
     assert "predicted 1234 images/s at accuracy 0.9806 (target met); measured 1100 images/s" in lines[1]
     assert "re-plans 2 (last: node b left); images dispatched again 17; queued 1" in lines[2]
+
+
+def variants_state(custom: dict[str, Any]) -> DesiredState:
+    body = deployment_spec(variants={"custom": custom, "target": {"throughput": 1000}})
+    del body["model"], body["solver"], body["solverOptions"]
+    return reconcile(OWNER, body, nodes(), {"rpi4": profile()}, settings=OperatorSettings(image="edgepart:1"),
+                     planner=compute_plan, configs=data_plane_configs, now=NOW, observed=Observed())
+
+
+def custom_digits(volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shipped digits family given inline, its weights relative paths on the given volumes."""
+    family = json.loads(shipped_family().family.model_dump_json(by_alias=True, exclude_none=True))
+    for variant, volume in zip(family["variants"], volumes, strict=False):
+        variant["model"] |= {"weights": f"digits/{variant['name']}.safetensors", "volume": volume}
+    return family
+
+
+def test_variant_workers_mount_the_models_volume_and_load_the_weights_from_it() -> None:
+    claim = {"persistentVolumeClaim": {"claimName": "models"}}
+    state = variants_state(custom_digits([claim] * 8))
+    workers = [p for p in state.of_kind("Pod") if p["spec"]["containers"][0]["args"] == ["serve-worker"]]
+    assert len(workers) == 4, state.status
+    data = state.of_kind("ConfigMap")[0]["data"]
+    for pod in workers:
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["weights"] == {"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True}
+        config = json.loads(data[partition_key(pod["metadata"]["labels"][names.LABEL_PARTITION])])
+        assert {v["model"]["weights"] for v in config["family"]["variants"]} == {
+            f"{WEIGHTS_DIR}/digits/{v['name']}.safetensors" for v in config["family"]["variants"]}
+        validate_strict(pod)
+
+
+def test_variants_on_different_volumes_are_refused_naming_the_field() -> None:
+    state = variants_state(custom_digits([{"persistentVolumeClaim": {"claimName": "a"}},
+                                          {"hostPath": {"path": "/b"}}]))
+    assert state.phase == "Failed" and "custom.variants[1].model.volume" in state.status["message"]
