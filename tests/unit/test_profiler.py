@@ -146,7 +146,10 @@ def test_partition_allocator_keeps_big_scratch_buffers_mapped() -> None:
 
     for _ in range(3):  # the heap settles (small allocations may take the freed chunk's head at first)
         faults_of_one_buffer()
-    assert faults_of_one_buffer() < 1000  # 16384 pages when mapped afresh each time
+    # 16384 pages when mapped afresh each time, as without the settings; with them a reuse now and then
+    # still lands on fresh pages, depending on where the heap's other chunks lie, so the best of a few
+    # allocations is asserted (without the settings every one of them faults)
+    assert min(faults_of_one_buffer() for _ in range(6)) < 1000
 
 
 def test_partitions_are_measured_one_model_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
