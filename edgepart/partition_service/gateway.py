@@ -58,6 +58,7 @@ from edgepart.partition_service.blame import (
     waits_on,
 )
 from edgepart.partition_service.budget import PayloadBudget
+from edgepart.partition_service.cancel import CANCEL_PATH, Canceller, CancelNotice
 from edgepart.partition_service.config import (
     GATEWAY,
     ConfigError,
@@ -101,7 +102,7 @@ from edgepart.partition_service.transport import (
     peer_error,
     received_frame,
 )
-from edgepart.partition_service.watch import PeerWatch
+from edgepart.partition_service.watch import PeerWatch, WatchSettings
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
     Frame,
@@ -174,13 +175,15 @@ class GatewayService:
         self._pipeline_ids: dict[str, str] = {}  # a client's id -> the pipeline id of its latest request
         self._endpoints = {e.id: e for e in config.partitions}
         self.watch: PeerWatch | None = None  # idle connections to the partitions: their deaths, at once
+        self.canceller = Canceller(self._send_cancel)  # failed requests: the partitions drop their work
 
     async def start(self) -> None:
         if self._client is None:
             self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
             self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
-            self.watch = PeerWatch({e.id: e.url for e in self.config.partitions}, self.partition_died)
+            pings = WatchSettings(peer_timeout_s=self.config.peer_timeout_s or None)
+            self.watch = PeerWatch({e.id: e.url for e in self.config.partitions}, self.partition_died, pings)
             self.watch.start()
         self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
 
@@ -190,6 +193,8 @@ class GatewayService:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(NotReadyError("the gateway is shutting down"))
+        await asyncio.sleep(0)  # the failed requests' cancels are queued
+        await self.canceller.aclose()
         if self._client is not None and self._own_client:
             await self._client.aclose()
         if self._hop is not None:
@@ -351,6 +356,13 @@ class GatewayService:
         except ServiceError as err:
             err.request_id = rid
             self.metrics.error(err.reason)
+            self._cancel(rid, err.reason)
+            raise
+        except asyncio.CancelledError:  # its handler was cancelled: the client went away, or the gateway stops
+            self._cancel(rid, "abandoned")
+            raise
+        except Exception:
+            self._cancel(rid, "internal")
             raise
         finally:
             self._waiters.pop(rid, None)
@@ -444,6 +456,28 @@ class GatewayService:
         err.request_id = report.request_id
         waiter.set_exception(err)
         return True
+
+    def _cancel(self, rid: str, reason: str) -> None:
+        self.metrics.cancelled(reason)
+        self.canceller.cancel(rid, reason)
+
+    async def _send_cancel(self, notice: CancelNotice) -> None:
+        """Post `notice` to every partition not known down (each within the probe budget, concurrently)."""
+        down = self.watch.down if self.watch is not None else {}
+
+        async def one(e: Endpoint) -> None:
+            try:
+                response = await self.client.post(e.url + CANCEL_PATH, content=notice.model_dump_json(),
+                                                  timeout=PROBE_BUDGET_S,
+                                                  headers={**self._internal, "content-type": "application/json"})
+            except httpx.HTTPError as err:
+                log.info("cannot cancel %d requests at %s: %s", len(notice.requests), e.id,
+                         peer_error(err, e.id, e.url, f"POST {CANCEL_PATH}").detail)
+                return
+            if response.status_code >= 300:
+                log.warning("partition %s refused a cancel: %s", e.id, response.text[:200])
+
+        await asyncio.gather(*(one(e) for e in self.config.partitions if e.id not in down))
 
     # ------------------------------------------------------------ partitions' health
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["PeerWatch", "WatchSettings"]
@@ -125,7 +126,8 @@ class PeerWatch:
             held.answered.clear()
             transport.write(PING)
             answer = asyncio.ensure_future(held.answered.wait())
-            done, _ = await asyncio.wait([answer, held.ended], timeout=self.settings.peer_timeout_s,
+            watched: list[asyncio.Future[Any]] = [answer, held.ended]
+            done, _ = await asyncio.wait(watched, timeout=self.settings.peer_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
             answer.cancel()
             if held.ended.done():
