@@ -134,6 +134,7 @@ class PartitionService:
         self._completed: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs: dict[str, _Job] = {}  # queued or computing, by request id
+        self._computing: str | None = None  # the request whose tile the worker computes now
         self._sending: dict[str, asyncio.Task[None]] = {}  # results being sent, by request id
         self.cancelled = 0  # requests whose work was dropped for the gateway's cancel
         self._runner: TaskRunner | None = None
@@ -343,11 +344,13 @@ class PartitionService:
                 self._finish(job.request_id)
                 continue
             self.metrics.queue.observe(job.admission_wait + time.monotonic() - job.ready_at)
+            self._computing = job.request_id
             try:
                 pieces, began, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                self._computing = None
                 self._jobs.pop(job.request_id, None)
                 self._pass_turn(job.request_id)
                 self.metrics.error("compute_failed")
@@ -363,6 +366,7 @@ class PartitionService:
             self.timeline.mark(job.request_id, "compute_end", began + seconds)
             self.computed += 1
             self.compute_total_s += seconds
+            self._computing = None
             self._jobs.pop(job.request_id, None)
             if job.cancelled:  # cancelled while it computed: its result goes nowhere
                 self._finish(job.request_id)
@@ -486,8 +490,11 @@ class PartitionService:
             return True
         job = self._jobs.get(rid)
         if job is not None and not job.cancelled:
-            self._count_cancel(job.deadline, "compute_queue", reason)
             job.cancelled = True
+            if rid == self._computing:  # the compute runs on; its result will not be sent
+                self._count_cancel(job.deadline, "send", reason)
+                return True
+            self._count_cancel(job.deadline, "compute_queue", reason)
             job.tile = job.tile.new_empty(0)  # its memory goes now, not when the worker reaches it
             return True
         sending = self._sending.get(rid)
