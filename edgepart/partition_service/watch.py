@@ -33,7 +33,8 @@ class WatchSettings:
     retry_s: float = 0.5
     """Pause between connects while a peer is down (or not started yet)."""
     connect_timeout_s: float = 1.0
-    """A connect that takes longer proves nothing (a slow or unreachable host): the watch tries again."""
+    """Without pings, a connect that takes longer proves nothing (a slow or unreachable host): the watch tries
+    again. With pings, a connect that takes `peer_timeout_s` is a ping unanswered."""
     peer_timeout_s: float | None = 2.0
     """A ping unanswered this long declares the peer unreachable; None: no pings (only ends are seen)."""
     ping_interval_s: float = 0.5
@@ -100,9 +101,13 @@ class PeerWatch:
         last = "the connection closed"
         while True:
             try:
-                async with asyncio.timeout(self.settings.connect_timeout_s):
+                async with asyncio.timeout(self._connect_timeout_s):
                     transport, held = await loop.create_connection(_Held, host, port)
             except TimeoutError:
+                if self.settings.peer_timeout_s is not None and peer in self._up:  # a ping that could not go
+                    self._up.discard(peer)
+                    await self._died(peer, f"it accepted no connection for {self._connect_timeout_s:g} s (its "
+                                           "host is down or cut off, or its process is stopped)")
                 await asyncio.sleep(self.settings.retry_s)
                 continue
             except OSError as err:
@@ -114,8 +119,20 @@ class PeerWatch:
                 continue
             try:
                 last = await self._hold(peer, transport, held)
+            except Exception:  # a watch that ended would hide every later death: log it and carry on
+                log.exception("watching partition %s", peer)
+                last = "the watch failed"
+                await asyncio.sleep(self.settings.retry_s)
             finally:
                 transport.close()
+
+    @property
+    def _connect_timeout_s(self) -> float:
+        """With pings, each ping may need a new connection (our peers close after each answer): a connect
+        gets the ping's time."""
+        if self.settings.peer_timeout_s is None:
+            return self.settings.connect_timeout_s
+        return self.settings.peer_timeout_s
 
     async def _hold(self, peer: str, transport: asyncio.Transport, held: _Held) -> str:
         """Hold a connection until it ends (why) or a ping goes unanswered (the peer is then reported)."""
@@ -123,6 +140,8 @@ class PeerWatch:
             self._back(peer)
             return await held.ended
         while True:
+            if transport.is_closing():  # closed since its last answer (its end not seen yet): connect again
+                return "the connection closed"
             held.answered.clear()
             transport.write(PING)
             answer = asyncio.ensure_future(held.answered.wait())
@@ -130,7 +149,11 @@ class PeerWatch:
             done, _ = await asyncio.wait(watched, timeout=self.settings.peer_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
             answer.cancel()
+            if held.answered.is_set():
+                self._back(peer)
             if held.ended.done():
+                if held.answered.is_set():  # a peer may answer and close (ours do): the next connection pings on
+                    await asyncio.sleep(self.settings.ping_interval_s)
                 return held.ended.result()
             if not done:
                 if peer in self._up:  # it was up: its host or process no longer answers
@@ -139,7 +162,6 @@ class PeerWatch:
                                            "is down or cut off, or its process is stopped)")
                 await asyncio.sleep(self.settings.retry_s)  # a stopped peer's kernel still accepts: go easy
                 return "a ping went unanswered"
-            self._back(peer)
             await asyncio.sleep(self.settings.ping_interval_s)
 
     def _back(self, peer: str) -> None:

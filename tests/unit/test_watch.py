@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from edgepart.partition_service.watch import PeerWatch, WatchSettings
 
 
@@ -13,7 +15,8 @@ class Peer:
     """A listening port whose 'process' can end (listener and connections closed) and start again, and that
     answers each ping while `answering` is set (cleared: a host gone silent, its connections open)."""
 
-    def __init__(self) -> None:
+    def __init__(self, close_after_answer: bool = False) -> None:
+        self.close_after_answer = close_after_answer  # as uvicorn does behind the lane's guard
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections: list[asyncio.StreamWriter] = []
@@ -30,6 +33,9 @@ class Peer:
                     self.pings += 1
                     await self.answering.wait()
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    if self.close_after_answer:
+                        writer.close()
+                        return
 
         self.server = await asyncio.start_server(accept, "127.0.0.1", self.port)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -74,8 +80,10 @@ async def test_a_peer_that_ends_is_reported_once_and_seen_back() -> None:
         await peer.end()
 
 
-async def test_a_peer_that_answers_no_ping_is_reported_though_its_connection_stays_open() -> None:
-    peer = Peer()
+@pytest.mark.parametrize("close_after_answer", [False, True])
+async def test_a_peer_that_answers_no_ping_is_reported_though_its_connection_stays_open(
+        close_after_answer: bool) -> None:
+    peer = Peer(close_after_answer)
     await peer.start()
     died: list[tuple[str, str]] = []
     reported = asyncio.Event()
@@ -93,7 +101,6 @@ async def test_a_peer_that_answers_no_ping_is_reported_though_its_connection_sta
         await asyncio.wait_for(reported.wait(), 10)
         assert died == [("p", died[0][1])] and "answered no ping for 0.3 s" in died[0][1]
         assert not watch.up("p") and watch.down.keys() == {"p"} and watch.deaths == 1
-        assert all(not w.is_closing() for w in peer.connections[:1])  # the peer closed nothing
         peer.answering.set()  # it answers again (SIGCONT, the cable back): up, reported only once
         await asyncio.wait_for(_up(watch, "p"), 10)
         assert watch.down == {} and len(died) == 1 and peer.pings > 2
