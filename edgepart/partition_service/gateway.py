@@ -9,7 +9,9 @@ for it (``Accept: application/json``). Partitions report failures they see to
 `POST /v1/failures`. The gateway holds an idle connection to every partition
 (`watch.py`): when a partition's process ends, every request that still waits on
 it is answered at once with 503 `peer_unreachable` naming it, and the partitions
-that wait for its pieces give those requests up. A request that times out is
+that wait for its pieces give those requests up; one that answers no ping of the watch for
+`peer_timeout_s` (a host gone silent, a stopped process) is treated the same. A request the gateway fails or
+abandons is cancelled at the partitions (`POST /v1/cancel`, cancel.py). A request that times out is
 answered with 504 naming the partition that holds its late piece, found by
 walking up the task graph from the pieces the gateway misses (`blame.py`).
 
