@@ -325,6 +325,7 @@ class GatewayService:
         self._pipeline_ids[client_id] = rid
         while len(self._pipeline_ids) > self.timeline.capacity:
             del self._pipeline_ids[next(iter(self._pipeline_ids))]
+        self._refuse_if_silent(served, rid)
         timeout = self.config.request_timeout_s
         deadline = started + timeout
         if self._slots.locked() and self._queued >= self.config.max_queue:
@@ -375,6 +376,17 @@ class GatewayService:
         latency = time.monotonic() - started
         self.metrics.request.observe(latency)
         return InferResult(client_id, output, latency)
+
+    def _refuse_if_silent(self, served: GatewayModel, rid: str) -> None:
+        """A request that needs a partition the watch found silent would wait for the timeout: 503 now."""
+        if self.watch is None:
+            return
+        for e in self.config.partitions:
+            if e.model in ("", served.id) and self.watch.silent(e.id):
+                self.metrics.error(PeerUnreachableError.reason)
+                raise PeerUnreachableError(f"partition {e.id} (device {e.device}) is unreachable: "
+                                           f"{self.watch.down.get(e.id, 'it answers no ping')}; request {rid} "
+                                           "cannot finish", peer=e.id, request_id=rid)
 
     async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel,
                        waiter: asyncio.Future[torch.Tensor], answer_by: float) -> None:

@@ -77,6 +77,7 @@ class PeerWatch:
         self._peers = {peer: url for peer, url in peers.items() if urlsplit(url).scheme == "http"}
         self._on_down = on_down
         self._up: set[str] = set()
+        self._silent: set[str] = set()  # down for want of an answer, though it may still accept connections
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -89,6 +90,10 @@ class PeerWatch:
     def up(self, peer: str) -> bool:
         """True while the watch holds a connection to `peer` (that answers its pings)."""
         return peer in self._up
+
+    def silent(self, peer: str) -> bool:
+        """True while `peer` is down because it answered no ping (its connections may still open)."""
+        return peer in self._silent
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -106,11 +111,13 @@ class PeerWatch:
             except TimeoutError:
                 if self.settings.peer_timeout_s is not None and peer in self._up:  # a ping that could not go
                     self._up.discard(peer)
+                    self._silent.add(peer)
                     await self._died(peer, f"it accepted no connection for {self._connect_timeout_s:g} s (its "
                                            "host is down or cut off, or its process is stopped)")
                 await asyncio.sleep(self.settings.retry_s)
                 continue
             except OSError as err:
+                self._silent.discard(peer)  # refused: its process ended (a send finds that out at once)
                 if peer in self._up:  # it was up: its process ended
                     self._up.discard(peer)
                     await self._died(peer, f"its process ended ({last}; a new connection is refused: "
@@ -158,6 +165,7 @@ class PeerWatch:
             if not done:
                 if peer in self._up:  # it was up: its host or process no longer answers
                     self._up.discard(peer)
+                    self._silent.add(peer)
                     await self._died(peer, f"it answered no ping for {self.settings.peer_timeout_s:g} s (its host "
                                            "is down or cut off, or its process is stopped)")
                 await asyncio.sleep(self.settings.retry_s)  # a stopped peer's kernel still accepts: go easy
@@ -165,6 +173,7 @@ class PeerWatch:
             await asyncio.sleep(self.settings.ping_interval_s)
 
     def _back(self, peer: str) -> None:
+        self._silent.discard(peer)
         if peer not in self._up:
             self._up.add(peer)
             if self.down.pop(peer, None) is not None:

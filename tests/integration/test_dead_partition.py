@@ -163,6 +163,10 @@ async def test_a_silent_partition_is_found_by_pings_long_before_the_timeout(
         assert _sample(gateway, "edgepart_errors_total", reason="timeout") == 0
         assert _sample(gateway, "edgepart_requests_cancelled_total", reason="peer_unreachable") == IN_FLIGHT
         await _until(lambda: _sample(tail_url, "edgepart_inflight_requests") == 0, "the tail dropped them")
+        later = _infer(state.gateway_url, 2)  # known silent: refused before any piece goes out
+        assert later.status_code == 503 and later.json()["peer"] == tile, later.text
+        assert "answered no ping" in later.json()["detail"]
+        assert _sample(gateway, "edgepart_errors_total", reason="timeout") == 0
     finally:
         os.kill(state.process(tile).pid, signal.SIGCONT)
     await _until(lambda: _infer(state.gateway_url, 1).status_code == 200, "answers again once it runs")

@@ -72,6 +72,7 @@ async def test_a_peer_that_ends_is_reported_once_and_seen_back() -> None:
         await peer.end()
         await asyncio.wait_for(reported.wait(), 10)
         assert died[0][0] == "p" and "refused" in died[0][1] and watch.down.keys() == {"p"}
+        assert not watch.silent("p")  # ended, not silent: a send to it is refused at once anyway
         await peer.start()  # a restart on the same port
         await asyncio.wait_for(_up(watch, "p"), 10)
         assert watch.down == {} and watch.deaths == 1 and len(died) == 1
@@ -100,10 +101,10 @@ async def test_a_peer_that_answers_no_ping_is_reported_though_its_connection_sta
         peer.answering.clear()  # silent, nothing closed: only the pings can tell
         await asyncio.wait_for(reported.wait(), 10)
         assert died == [("p", died[0][1])] and "answered no ping for 0.3 s" in died[0][1]
-        assert not watch.up("p") and watch.down.keys() == {"p"} and watch.deaths == 1
+        assert not watch.up("p") and watch.down.keys() == {"p"} and watch.deaths == 1 and watch.silent("p")
         peer.answering.set()  # it answers again (SIGCONT, the cable back): up, reported only once
         await asyncio.wait_for(_up(watch, "p"), 10)
-        assert watch.down == {} and len(died) == 1 and peer.pings > 2
+        assert watch.down == {} and len(died) == 1 and peer.pings > 2 and not watch.silent("p")
     finally:
         await watch.aclose()
         await peer.end()
