@@ -36,7 +36,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ from edgepart.partition_service.config import (
 from edgepart.partition_service.errors import (
     AdmissionError,
     BadRequestError,
+    ClientGoneError,
     DuplicatePieceError,
     FrameTooLargeError,
     NotReadyError,
@@ -121,6 +122,7 @@ log = logging.getLogger("edgepart.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INFER_PATH = re.compile(r"^/v1/(models/[^/]+/)?infer$")
 PROBE_BUDGET_S = 1.0  # part of the request timeout kept for naming a dead partition
+CLIENT_GONE = "the client closed its connection"  # the message of the cancel of a request whose client left
 
 
 @dataclass(frozen=True)
@@ -361,8 +363,8 @@ class GatewayService:
             self.metrics.error(err.reason)
             self._cancel(rid, err.reason)
             raise
-        except asyncio.CancelledError:  # its handler was cancelled: the client went away, or the gateway stops
-            self._cancel(rid, "abandoned")
+        except asyncio.CancelledError as err:  # the client went away (`until_client_gone`), or the gateway stops
+            self._cancel(rid, ClientGoneError.reason if CLIENT_GONE in err.args else "abandoned")
             raise
         except Exception:
             self._cancel(rid, "internal")
@@ -685,6 +687,35 @@ async def _read_json(request: Request, limit: int) -> tuple[JsonInput, int]:
                          ) from None
 
 
+async def until_client_gone(request: Request, work: Awaitable[InferResult]) -> InferResult:
+    """`work`'s result; when the client closes its connection first, `work` is cancelled (the gateway then
+    cancels the request at the partitions) and ClientGoneError raised."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # this handler is cancelled (the server stops): so is its work
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel(CLIENT_GONE)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():  # this handler itself is cancelled
+            raise
+        raise ClientGoneError(f"the client closed its connection before its answer; {CLIENT_GONE}") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed its connection (the body is read: only a disconnect comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _discard_body(request: Request) -> None:
     """Read and drop a request's body (no allocation beyond one chunk)."""
     async for _ in request.stream():
@@ -782,12 +813,12 @@ def gateway_app(service: GatewayService) -> FastAPI:
                 tensor = _tensor_from_json(body)
             proposed = body.request_id or proposed
             service.metrics.bytes_in.inc(size)
-            result = await service.infer(tensor, proposed, model_id)
+            result = await until_client_gone(request, service.infer(tensor, proposed, model_id))
         elif kind in (CONTENT_TYPE, "application/octet-stream"):
             async with received_frame(request, service.config.limits, admit=admit_input,
                                       budget=service.budget) as frame:
                 service.metrics.bytes_in.inc(frame.nbytes)
-                result = await service.infer(frame.tensor, proposed, model_id)
+                result = await until_client_gone(request, service.infer(frame.tensor, proposed, model_id))
         else:
             raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or "
                                             f"application/json, not {kind or 'no Content-Type'}")

@@ -101,7 +101,7 @@ class _Job:
     ready_at: float
     admission_wait: float
     deadline: float | None = None  # time.monotonic() after which its output is worthless
-    cancelled: bool = False  # the gateway gave it up: not computed, or its result not sent
+    cancelled: str | None = None  # why the gateway gave it up: not computed, or its result not sent
 
 
 class PartitionService:
@@ -331,7 +331,7 @@ class PartitionService:
             job = await self._queue.get()
             if self.turns is not None:
                 await self.turns.wait(job.request_id)
-            if job.cancelled:  # counted when the cancel came
+            if job.cancelled is not None:  # counted when the cancel came
                 self._jobs.pop(job.request_id, None)
                 self._pass_turn(job.request_id)
                 self._finish(job.request_id)
@@ -368,7 +368,8 @@ class PartitionService:
             self.compute_total_s += seconds
             self._computing = None
             self._jobs.pop(job.request_id, None)
-            if job.cancelled:  # cancelled while it computed: its result goes nowhere
+            if job.cancelled is not None:  # cancelled while it computed: its result goes nowhere
+                self._count_cancel(job.deadline, "send", job.cancelled)
                 self._finish(job.request_id)
                 continue
             sending = asyncio.create_task(self._send_all(job, pieces))
@@ -489,10 +490,9 @@ class PartitionService:
             self._give_up(rid, None)
             return True
         job = self._jobs.get(rid)
-        if job is not None and not job.cancelled:
-            job.cancelled = True
-            if rid == self._computing:  # the compute runs on; its result will not be sent
-                self._count_cancel(job.deadline, "send", reason)
+        if job is not None and job.cancelled is None:
+            job.cancelled = reason
+            if rid == self._computing:  # the compute runs on; its result, not sent, is counted then
                 return True
             self._count_cancel(job.deadline, "compute_queue", reason)
             job.tile = job.tile.new_empty(0)  # its memory goes now, not when the worker reaches it

@@ -170,3 +170,30 @@ async def test_a_silent_partition_is_found_by_pings_long_before_the_timeout(
     finally:
         os.kill(state.process(tile).pid, signal.SIGCONT)
     await _until(lambda: _infer(state.gateway_url, 1).status_code == 200, "answers again once it runs")
+
+
+async def test_a_client_that_goes_away_has_its_request_cancelled_at_the_partitions(
+        deployment: tuple[LocalRuntime, RunState]) -> None:
+    """The tile is stopped (pings wait 60 s here), so the tail holds each request with one piece missing; the
+    clients go away: the gateway cancels their requests and the tail drops what it held."""
+    _, state = deployment
+    partitions = sorted(p.id for p in state.processes if p.role == "partition")
+    tail = partitions[-1]
+    tile = next(p for p in partitions if p != tail and p.endswith("1"))
+    tail_url = state.process(tail).url
+    assert _infer(state.gateway_url, 0).status_code == 200
+    os.kill(state.process(tile).pid, signal.SIGSTOP)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sends = await _in_flight(state, client, tail, 400)
+            for send in sends:
+                send.cancel()  # the client closes its connections
+            await asyncio.gather(*sends, return_exceptions=True)
+        gateway = state.gateway_url
+        await _until(lambda: _sample(gateway, "edgepart_requests_cancelled_total", reason="client_gone") == IN_FLIGHT,
+                     "the gateway cancelled them")
+        await _until(lambda: _sample(tail_url, "edgepart_inflight_requests") == 0, "the tail dropped them")
+        assert _sample(tail_url, "edgepart_requests_cancelled_total", reason="client_gone") == IN_FLIGHT
+        assert _sample(tail_url, "edgepart_errors_total", reason="timeout") == 0
+    finally:
+        os.kill(state.process(tile).pid, signal.SIGCONT)
