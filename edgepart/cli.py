@@ -881,7 +881,8 @@ def data_plane_configs(request: Any) -> Any:
     configs = render_configs(request.plan, request.deployment, request.addresses, request.gateway_url,
                              client_port=request.client_port, secret_file=request.secret_file,
                              gateway_device=request.gateway_device, request_timeout_s=request.request_timeout_s,
-                             admission=request.admission, threads=dict(request.threads),
+                             admission=request.admission, peer_timeout_s=request.peer_timeout_s,
+                             threads=dict(request.threads),
                              exact_kernels=request.exact_kernels)
     return RenderedConfigs(gateway=configs.gateway.model_dump_json(indent=2),
                            partitions={c.partition: c.model_dump_json(indent=2) for c in configs.partitions})

@@ -480,6 +480,11 @@ class DeploymentSpec(_Model):
         default=False, description="Partitions run PyTorch's native kernels with oneDNN off: every tile is "
                                    "bit-identical to the whole model, but convolutions are slower. Default: the "
                                    "fastest kernels (oneDNN), within a relative tolerance of the whole model.")
+    peer_timeout: Duration = Field(
+        default="2s", description="The gateway pings every partition on an idle connection; one that answers no "
+                                  "ping for this long (its host lost power or its network, its process is "
+                                  "stopped) is declared unreachable and the requests waiting on it are answered "
+                                  "503 peer_unreachable at once. 0s: no pings (only ended processes are seen).")
     admission: Literal["auto", "off"] = Field(
         default="auto", description="Gateway admission: auto admits only the requests the deployment can answer "
                                     "within requestTimeout (a bound measured from its service time) and answers "

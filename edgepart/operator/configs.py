@@ -31,6 +31,7 @@ class ConfigRequest:
     threads: Mapping[str, int] = field(default_factory=dict)  # node -> torch threads
     exact_kernels: bool = False  # spec.exactKernels: native kernels instead of the fastest
     admission: Literal["auto", "off"] = "auto"  # the gateway's admission (spec.admission)
+    peer_timeout_s: float = 2.0  # the gateway's watch declares a silent partition unreachable (spec.peerTimeout)
 
 
 @dataclass(frozen=True)

@@ -423,7 +423,7 @@ def _reconcile(ctx: _Context, raw_spec: Mapping[str, Any], nodes: Sequence[NodeI
         rendered = configs(ConfigRequest(
             plan=plan, deployment=owner.name, addresses=addresses, gateway_url=gateway_internal_url,
             gateway_device=master, request_timeout_s=parse_duration(spec.request_timeout),
-            admission=spec.admission,
+            admission=spec.admission, peer_timeout_s=parse_duration(spec.peer_timeout),
             client_port=settings.port, secret_file=render.SECRET_FILE, threads=threads,
             exact_kernels=spec.exact_kernels))
     except ValueError as err:  # EdgepartErrors and the data plane's ConfigError

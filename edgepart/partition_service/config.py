@@ -256,6 +256,8 @@ class GatewayConfig(_Base):
     admission: AdmissionMode = Field(default="auto", description="auto: admit only what the deployment can answer "
                                      "within the request timeout (measured), 503 with Retry-After beyond; off: "
                                      "max_inflight + max_queue only.")
+    peer_timeout_s: float = Field(default=2.0, ge=0, description="A partition that answers no ping of the gateway's "
+                                  "watch for this long is unreachable (0: no pings).")
     max_header_bytes: int = Field(default=Limits.max_header_bytes, ge=256)
     max_tensor_bytes: int = Field(default=Limits.max_tensor_bytes, ge=1)
     max_json_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest JSON request body.")
@@ -416,6 +418,7 @@ def render_configs(
     max_inflight: int = 16,
     max_queue: int = 256,
     admission: AdmissionMode = "auto",
+    peer_timeout_s: float = 2.0,
     limits: Limits | None = None,
     gateway_device: str | None = None,
     link_delay: Callable[[str, str], float] | None = None,
@@ -532,7 +535,7 @@ def render_configs(
             internal_port=_port(gateway_url, "gateway_url"), secret_file=secret_file,
             connection=connection or ConnectionLimits(), request_timeout_s=request_timeout_s,
             max_inflight=max_inflight, max_queue=max_queue, admission=admission,
-            max_header_bytes=limits.max_header_bytes, max_tensor_bytes=limits.max_tensor_bytes,
+            peer_timeout_s=peer_timeout_s, max_header_bytes=limits.max_header_bytes, max_tensor_bytes=limits.max_tensor_bytes,
             predicted_latency_s=predicted.latency_s if predicted else None,
             predicted_throughput_per_s=predicted.throughput_per_s if predicted else None,
             plan=plan.to_dict(),

@@ -13,7 +13,8 @@ Exception tree (status code in brackets)::
     │   ├── UnsupportedMediaTypeError [415]  neither a tensor frame nor JSON
     │   ├── UnknownModelError [404]          a model id the deployment does not serve
     │   ├── UnexpectedPieceError [422]       a well-formed frame this receiver does not expect
-    │   └── DuplicatePieceError [409]        the same piece of one request arrived twice
+    │   ├── DuplicatePieceError [409]        the same piece of one request arrived twice
+    │   └── ClientGoneError [499]            the client closed its connection before its answer (never sent)
     ├── NotReadyError [503]                  slice not loaded / warmed yet
     ├── OverloadedError [503]                no capacity within the request timeout (backpressure)
     │   ├── AdmissionError [503]             the gateway cannot finish more requests within their deadline
@@ -43,7 +44,7 @@ from fastapi.responses import JSONResponse
 from edgepart.errors import EdgepartError
 
 __all__ = [
-    "AdmissionError", "BadRequestError", "ComputeFailedError", "DuplicatePieceError", "ExpiredError", "FrameError", "FrameTooLargeError",
+    "AdmissionError", "BadRequestError", "ClientGoneError", "ComputeFailedError", "DuplicatePieceError", "ExpiredError", "FrameError", "FrameTooLargeError",
     "HeadTooLargeError", "MemoryBudgetError", "NotReadyError", "OverloadedError", "PeerError", "PeerUnreachableError",
     "RequestTimeoutError", "ServiceError", "SlowRequestError", "TooManyConnectionsError", "TruncatedFrameError",
     "UnauthorizedError", "UnexpectedPieceError", "UnknownModelError", "UnsupportedMediaTypeError", "error_body", "error_from_response",
@@ -113,6 +114,11 @@ class UnexpectedPieceError(BadRequestError):
 class DuplicatePieceError(BadRequestError):
     status = 409
     reason = "duplicate_piece"
+
+
+class ClientGoneError(BadRequestError):
+    status = 499  # nginx's "client closed request": nobody reads it, the metrics count it
+    reason = "client_gone"
 
 
 class UnknownModelError(BadRequestError):

@@ -9,7 +9,9 @@ for it (``Accept: application/json``). Partitions report failures they see to
 `POST /v1/failures`. The gateway holds an idle connection to every partition
 (`watch.py`): when a partition's process ends, every request that still waits on
 it is answered at once with 503 `peer_unreachable` naming it, and the partitions
-that wait for its pieces give those requests up. A request that times out is
+that wait for its pieces give those requests up; one that answers no ping of the watch for
+`peer_timeout_s` (a host gone silent, a stopped process) is treated the same. A request the gateway fails or
+abandons is cancelled at the partitions (`POST /v1/cancel`, cancel.py). A request that times out is
 answered with 504 naming the partition that holds its late piece, found by
 walking up the task graph from the pieces the gateway misses (`blame.py`).
 
@@ -34,7 +36,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,7 @@ from edgepart.partition_service.blame import (
     waits_on,
 )
 from edgepart.partition_service.budget import PayloadBudget
+from edgepart.partition_service.cancel import CANCEL_PATH, Canceller, CancelNotice
 from edgepart.partition_service.config import (
     GATEWAY,
     ConfigError,
@@ -69,6 +72,7 @@ from edgepart.partition_service.config import (
 from edgepart.partition_service.errors import (
     AdmissionError,
     BadRequestError,
+    ClientGoneError,
     DuplicatePieceError,
     FrameTooLargeError,
     NotReadyError,
@@ -101,7 +105,7 @@ from edgepart.partition_service.transport import (
     peer_error,
     received_frame,
 )
-from edgepart.partition_service.watch import PeerWatch
+from edgepart.partition_service.watch import PeerWatch, WatchSettings
 from edgepart.partition_service.wire import (
     CONTENT_TYPE,
     Frame,
@@ -118,6 +122,7 @@ log = logging.getLogger("edgepart.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INFER_PATH = re.compile(r"^/v1/(models/[^/]+/)?infer$")
 PROBE_BUDGET_S = 1.0  # part of the request timeout kept for naming a dead partition
+CLIENT_GONE = "the client closed its connection"  # the message of the cancel of a request whose client left
 
 
 @dataclass(frozen=True)
@@ -174,13 +179,15 @@ class GatewayService:
         self._pipeline_ids: dict[str, str] = {}  # a client's id -> the pipeline id of its latest request
         self._endpoints = {e.id: e for e in config.partitions}
         self.watch: PeerWatch | None = None  # idle connections to the partitions: their deaths, at once
+        self.canceller = Canceller(self._send_cancel)  # failed requests: the partitions drop their work
 
     async def start(self) -> None:
         if self._client is None:
             self._client = make_client(self.config.request_timeout_s, secret=self.secret)
         if self._own_client:  # with an injected client (tests, in-process wiring) frames go through it too
             self._hop = make_hop_client(self.config.request_timeout_s, secret=self.secret)
-            self.watch = PeerWatch({e.id: e.url for e in self.config.partitions}, self.partition_died)
+            pings = WatchSettings(peer_timeout_s=self.config.peer_timeout_s or None)
+            self.watch = PeerWatch({e.id: e.url for e in self.config.partitions}, self.partition_died, pings)
             self.watch.start()
         self._sender = Sender(self._client, self._hop, internal_headers(self.secret))
 
@@ -190,6 +197,8 @@ class GatewayService:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(NotReadyError("the gateway is shutting down"))
+        await asyncio.sleep(0)  # the failed requests' cancels are queued
+        await self.canceller.aclose()
         if self._client is not None and self._own_client:
             await self._client.aclose()
         if self._hop is not None:
@@ -318,6 +327,7 @@ class GatewayService:
         self._pipeline_ids[client_id] = rid
         while len(self._pipeline_ids) > self.timeline.capacity:
             del self._pipeline_ids[next(iter(self._pipeline_ids))]
+        self._refuse_if_silent(served, rid)
         timeout = self.config.request_timeout_s
         deadline = started + timeout
         if self._slots.locked() and self._queued >= self.config.max_queue:
@@ -351,6 +361,13 @@ class GatewayService:
         except ServiceError as err:
             err.request_id = rid
             self.metrics.error(err.reason)
+            self._cancel(rid, err.reason)
+            raise
+        except asyncio.CancelledError as err:  # the client went away (`until_client_gone`), or the gateway stops
+            self._cancel(rid, ClientGoneError.reason if CLIENT_GONE in err.args else "abandoned")
+            raise
+        except Exception:
+            self._cancel(rid, "internal")
             raise
         finally:
             self._waiters.pop(rid, None)
@@ -361,6 +378,17 @@ class GatewayService:
         latency = time.monotonic() - started
         self.metrics.request.observe(latency)
         return InferResult(client_id, output, latency)
+
+    def _refuse_if_silent(self, served: GatewayModel, rid: str) -> None:
+        """A request that needs a partition the watch found silent would wait for the timeout: 503 now."""
+        if self.watch is None:
+            return
+        for e in self.config.partitions:
+            if e.model in ("", served.id) and self.watch.silent(e.id):
+                self.metrics.error(PeerUnreachableError.reason)
+                raise PeerUnreachableError(f"partition {e.id} (device {e.device}) is unreachable: "
+                                           f"{self.watch.down.get(e.id, 'it answers no ping')}; request {rid} "
+                                           "cannot finish", peer=e.id, request_id=rid)
 
     async def _scatter(self, rid: str, tensor: torch.Tensor, deadline: float, served: GatewayModel,
                        waiter: asyncio.Future[torch.Tensor], answer_by: float) -> None:
@@ -444,6 +472,28 @@ class GatewayService:
         err.request_id = report.request_id
         waiter.set_exception(err)
         return True
+
+    def _cancel(self, rid: str, reason: str) -> None:
+        self.metrics.cancelled(reason)
+        self.canceller.cancel(rid, reason)
+
+    async def _send_cancel(self, notice: CancelNotice) -> None:
+        """Post `notice` to every partition not known down (each within the probe budget, concurrently)."""
+        down = self.watch.down if self.watch is not None else {}
+
+        async def one(e: Endpoint) -> None:
+            try:
+                response = await self.client.post(e.url + CANCEL_PATH, content=notice.model_dump_json(),
+                                                  timeout=PROBE_BUDGET_S,
+                                                  headers={**self._internal, "content-type": "application/json"})
+            except httpx.HTTPError as err:
+                log.info("cannot cancel %d requests at %s: %s", len(notice.requests), e.id,
+                         peer_error(err, e.id, e.url, f"POST {CANCEL_PATH}").detail)
+                return
+            if response.status_code >= 300:
+                log.warning("partition %s refused a cancel: %s", e.id, response.text[:200])
+
+        await asyncio.gather(*(one(e) for e in self.config.partitions if e.id not in down))
 
     # ------------------------------------------------------------ partitions' health
 
@@ -637,6 +687,35 @@ async def _read_json(request: Request, limit: int) -> tuple[JsonInput, int]:
                          ) from None
 
 
+async def until_client_gone(request: Request, work: Awaitable[InferResult]) -> InferResult:
+    """`work`'s result; when the client closes its connection first, `work` is cancelled (the gateway then
+    cancels the request at the partitions) and ClientGoneError raised."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # this handler is cancelled (the server stops): so is its work
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel(CLIENT_GONE)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():  # this handler itself is cancelled
+            raise
+        raise ClientGoneError(f"the client closed its connection before its answer; {CLIENT_GONE}") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed its connection (the body is read: only a disconnect comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _discard_body(request: Request) -> None:
     """Read and drop a request's body (no allocation beyond one chunk)."""
     async for _ in request.stream():
@@ -734,12 +813,12 @@ def gateway_app(service: GatewayService) -> FastAPI:
                 tensor = _tensor_from_json(body)
             proposed = body.request_id or proposed
             service.metrics.bytes_in.inc(size)
-            result = await service.infer(tensor, proposed, model_id)
+            result = await until_client_gone(request, service.infer(tensor, proposed, model_id))
         elif kind in (CONTENT_TYPE, "application/octet-stream"):
             async with received_frame(request, service.config.limits, admit=admit_input,
                                       budget=service.budget) as frame:
                 service.metrics.bytes_in.inc(frame.nbytes)
-                result = await service.infer(frame.tensor, proposed, model_id)
+                result = await until_client_gone(request, service.infer(frame.tensor, proposed, model_id))
         else:
             raise UnsupportedMediaTypeError(f"POST /v1/infer takes {CONTENT_TYPE} (a tensor frame) or "
                                             f"application/json, not {kind or 'no Content-Type'}")

@@ -43,6 +43,10 @@ class ServiceMetrics:
         self._dropped = Counter("edgepart_dropped", "Requests dropped because their deadline passed, by where "
                                 "they waited (admission, assembly, compute_queue, send).", [*_LABELS, "reason"],
                                 registry=r)
+        self._cancelled = Counter("edgepart_requests_cancelled", "Requests the gateway gave up (on the gateway: "
+                                  "cancels it sent; on a partition: requests whose work it dropped for a cancel), "
+                                  "by the gateway's reason (timeout, peer_unreachable, abandoned, ...).",
+                                  [*_LABELS, "reason"], registry=r)
         self._admission = Counter("edgepart_admission", "Gateway admission decisions (admitted, rejected).",
                                   [*_LABELS, "decision"], registry=r)
         self.admission_bound = Gauge("edgepart_admission_bound", "Requests the gateway admits at once now "
@@ -85,6 +89,9 @@ class ServiceMetrics:
 
     def dropped(self, reason: str) -> None:
         self._dropped.labels(**self._labels, reason=reason).inc()
+
+    def cancelled(self, reason: str) -> None:
+        self._cancelled.labels(**self._labels, reason=reason).inc()
 
     def admission(self, decision: str) -> None:
         self._admission.labels(**self._labels, decision=decision).inc()

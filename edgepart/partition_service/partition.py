@@ -17,7 +17,9 @@ Failures that the gateway cannot see itself (a peer that refuses a piece, a
 request whose pieces never all arrived, a compute error) are reported to the
 gateway's /v1/failures so the client gets an answer naming the problem. The
 gateway asks `POST /v1/pending` what a partition holds of some requests (see
-blame.py): when another partition died, or when a request timed out.
+blame.py): when another partition died, or when a request timed out. When the
+gateway fails or abandons a request it posts `POST /v1/cancel` (cancel.py): the
+partition drops whatever it holds of it at once instead of at its deadline.
 
 Everything a partition serves is internal to its deployment: a piece, a read of its info or of a
 timeline must carry the deployment's secret (401 otherwise), except the probes and /metrics. A piece is
@@ -49,6 +51,7 @@ from edgepart.partition_service.assembly import Assembler
 from edgepart.partition_service.auth import Secret, load_secret
 from edgepart.partition_service.blame import PENDING_PATH, PendingAnswer, PendingQuery, RequestView
 from edgepart.partition_service.budget import PayloadBudget
+from edgepart.partition_service.cancel import CANCEL_PATH, CancelNotice
 from edgepart.partition_service.config import GATEWAY, PartitionConfig, Route
 from edgepart.partition_service.errors import (
     BadRequestError,
@@ -101,6 +104,7 @@ class _Job:
     ready_at: float
     admission_wait: float
     deadline: float | None = None  # time.monotonic() after which its output is worthless
+    cancelled: str | None = None  # why the gateway gave it up: not computed, or its result not sent
 
 
 class PartitionService:
@@ -132,6 +136,10 @@ class PartitionService:
         self._expired: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # -> the senders it still waited for
         self._completed: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._jobs: dict[str, _Job] = {}  # queued or computing, by request id
+        self._computing: str | None = None  # the request whose tile the worker computes now
+        self._sending: dict[str, asyncio.Task[None]] = {}  # results being sent, by request id
+        self.cancelled = 0  # requests whose work was dropped for the gateway's cancel
         self._runner: TaskRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -239,7 +247,9 @@ class PartitionService:
             timer.cancel()
         self.metrics.assemble.observe(now - first)
         self._remember(self._completed, rid, ())
-        self._queue.put_nowait(_Job(rid, tile, first, now, self._waits.pop(rid, 0.0), self._deadlines.pop(rid, None)))
+        job = _Job(rid, tile, first, now, self._waits.pop(rid, 0.0), self._deadlines.pop(rid, None))
+        self._jobs[rid] = job
+        self._queue.put_nowait(job)
 
     def _drop(self, where: str) -> None:
         self.dropped += 1
@@ -285,7 +295,7 @@ class PartitionService:
         while len(memory) > _MEMORY:
             memory.popitem(last=False)
 
-    def _give_up(self, rid: str, reason: str) -> tuple[str, ...]:
+    def _give_up(self, rid: str, reason: str | None) -> tuple[str, ...]:
         """Stop waiting for the pieces of request `rid` (its late pieces are refused); the senders it missed."""
         timer = self._timers.pop(rid, None)
         if timer is not None:
@@ -296,7 +306,8 @@ class PartitionService:
         self._assembler.discard(rid)
         self._remember(self._expired, rid, missing)
         self._finish(rid)
-        self.metrics.error(reason)
+        if reason is not None:
+            self.metrics.error(reason)
         return missing
 
     def _expire(self, rid: str) -> None:
@@ -324,18 +335,27 @@ class PartitionService:
             job = await self._queue.get()
             if self.turns is not None:
                 await self.turns.wait(job.request_id)
+            if job.cancelled is not None:  # counted when the cancel came
+                self._jobs.pop(job.request_id, None)
+                self._pass_turn(job.request_id)
+                self._finish(job.request_id)
+                continue
             if job.deadline is not None and job.deadline <= time.monotonic():
+                self._jobs.pop(job.request_id, None)
                 self._pass_turn(job.request_id)
                 self._drop("compute_queue")
                 self._remember(self._expired, job.request_id, ())
                 self._finish(job.request_id)
                 continue
             self.metrics.queue.observe(job.admission_wait + time.monotonic() - job.ready_at)
+            self._computing = job.request_id
             try:
                 pieces, began, seconds = await loop.run_in_executor(self._executor, self._compute, job.tile)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                self._computing = None
+                self._jobs.pop(job.request_id, None)
                 self._pass_turn(job.request_id)
                 self.metrics.error("compute_failed")
                 self._finish(job.request_id)
@@ -350,7 +370,16 @@ class PartitionService:
             self.timeline.mark(job.request_id, "compute_end", began + seconds)
             self.computed += 1
             self.compute_total_s += seconds
-            self._spawn(self._send_all(job, pieces))
+            self._computing = None
+            self._jobs.pop(job.request_id, None)
+            if job.cancelled is not None:  # cancelled while it computed: its result goes nowhere
+                self._count_cancel(job.deadline, "send", job.cancelled)
+                self._finish(job.request_id)
+                continue
+            sending = asyncio.create_task(self._send_all(job, pieces))
+            self._sending[job.request_id] = sending
+            self._tasks.add(sending)
+            sending.add_done_callback(self._tasks.discard)
 
     def _compute(self, tile: torch.Tensor) -> tuple[list[tuple[Route, torch.Tensor]], float, float]:
         """The pieces to send, the wall-clock start and the duration of the compute."""
@@ -392,6 +421,7 @@ class PartitionService:
                 self.timeline.mark(job.request_id, "sent")
                 self.metrics.request.observe(time.monotonic() - job.first_piece_at)
         finally:
+            self._sending.pop(job.request_id, None)
             self._finish(job.request_id)
 
     async def _send(self, rid: str, route: Route, tensor: torch.Tensor, deadline: float | None) -> None:
@@ -473,6 +503,48 @@ class PartitionService:
             log.warning("partition %s: cannot report a failure to the gateway: %s", self.id,
                         peer_error(report_err, "gateway", self.config.gateway_url, "failure report"))
 
+    # ------------------------------------------------------------ cancels
+
+    def cancel(self, notice: CancelNotice) -> list[str]:
+        """POST /v1/cancel: the gateway gave these requests up; drop what this partition holds of them (the
+        ids of those it held) and refuse their late pieces."""
+        dropped = [rid for rid in notice.requests if self._cancel(rid, notice.reason)]
+        if dropped:
+            log.info("partition %s: dropped %d requests the gateway cancelled (%s)", self.id, len(dropped),
+                     notice.reason)
+        return dropped
+
+    def _cancel(self, rid: str, reason: str) -> bool:
+        """Drop request `rid`'s work wherever it is; False when nothing of it was held here."""
+        if rid in self._assembler:
+            self._count_cancel(self._deadlines.get(rid), "assembly", reason)
+            self._give_up(rid, None)
+            return True
+        job = self._jobs.get(rid)
+        if job is not None and job.cancelled is None:
+            job.cancelled = reason
+            if rid == self._computing:  # the compute runs on; its result, not sent, is counted then
+                return True
+            self._count_cancel(job.deadline, "compute_queue", reason)
+            job.tile = job.tile.new_empty(0)  # its memory goes now, not when the worker reaches it
+            return True
+        sending = self._sending.get(rid)
+        if sending is not None and not sending.done():
+            self._count_cancel(None, "send", reason)
+            sending.cancel()
+            return True
+        if rid not in self._completed:  # unseen: its pieces may still come, refuse them
+            self._remember(self._expired, rid, ())
+        return False
+
+    def _count_cancel(self, deadline: float | None, where: str, reason: str) -> None:
+        """Work dropped for a cancel counts as cancelled, unless its deadline had passed (then it is dropped)."""
+        if deadline is not None and deadline <= time.monotonic():
+            self._drop(where)
+            return
+        self.cancelled += 1
+        self.metrics.cancelled(reason)
+
     # ------------------------------------------------------------ what it holds
 
     def pending(self, query: PendingQuery) -> PendingAnswer:
@@ -512,7 +584,7 @@ class PartitionService:
             "inputs": [p.sender for p in c.inputs], "outputs": [r.target for r in c.outputs],
             "state": self.state, "failure": self.failure, "threads": c.threads, "kernels": kernels_in_use(),
             "assembling": len(self._assembler), "queued": self._queue.qsize(),
-            "computed": self.computed, "dropped": self.dropped,
+            "computed": self.computed, "dropped": self.dropped, "cancelled": self.cancelled,
             "turn": None if self.turns is None else {"after": self.turns.config.after, "next": self.turns.config.next,
                                                      "received": self.turns.received, "passed": self.turns_passed,
                                                      "waited_out": self.turns.waited_out},
@@ -550,6 +622,10 @@ def partition_app(service: PartitionService) -> FastAPI:
     async def turn(notice: TurnNotice) -> Response:
         service.take_turn(notice)
         return Response(status_code=204)
+
+    @app.post(CANCEL_PATH, summary="The gateway gave these requests up: drop what this partition holds of them.")
+    async def cancel(notice: CancelNotice) -> dict[str, Any]:
+        return {"dropped": service.cancel(notice)}
 
     @app.post(PENDING_PATH, summary="What this partition holds of some requests (the gateway asks when a partition "
                                      "died or a request timed out); with `dead`, give up those that wait for it.")

@@ -234,7 +234,8 @@ class ContainerRuntime:
             secret_file=SECRET_PATH, bind_host="0.0.0.0", gateway_host="0.0.0.0", gateway_internal_host="0.0.0.0",
             threads={d: max(1, int(c)) for d, c in cores.items()},
             request_timeout_s=parse_duration(spec.request_timeout),
-            admission=spec.admission, gateway_device=cluster.master_name,
+            admission=spec.admission, peer_timeout_s=parse_duration(spec.peer_timeout),
+            gateway_device=cluster.master_name,
             exact_kernels=spec.exact_kernels)
         files = {f"configs/{c.partition}.json": (c.model_dump_json(indent=2).encode(), 0o444)
                  for c in configs.partitions}

@@ -467,7 +467,7 @@ class LocalRuntime:
             secret_file=str(Path(state.directory) / SECRET_FILE), hosts=hosts, bind_host="127.0.0.1",
             gateway_host=gateway_host, gateway_internal_host=gateway_internal_host, threads=threads,
             connection=self._connection, request_timeout_s=parse_duration(spec.request_timeout),
-            admission=spec.admission,
+            admission=spec.admission, peer_timeout_s=parse_duration(spec.peer_timeout),
             gateway_device=cluster.master_name, link_delay=delay if emulate else None,
             exact_kernels=spec.exact_kernels,
         )

@@ -608,3 +608,91 @@ async def test_a_burst_beyond_the_measured_bound_is_refused_with_retry_after(mod
         burst = await asyncio.gather(*(d.client.post("/v1/infer", json=body()) for _ in range(30)))
         assert all(r.status_code != 503 for r in burst)  # the old behaviour: everything queues
         assert d.gateway.admission.rejected == 0
+
+
+async def _until(check: Callable[[], bool], what: Callable[[], Any]) -> None:
+    deadline = time.monotonic() + 30  # a cap on a wait for an event, not a timing assertion
+    while not check():
+        assert time.monotonic() < deadline, what()
+        await asyncio.sleep(0.01)
+
+
+async def test_a_failed_request_is_cancelled_at_the_partitions_that_hold_its_pieces(model_file: Path) -> None:
+    """s0p1 fails computing: the gateway answers 502 naming it and cancels the request; s1p0, which holds the pieces of
+    the other tiles and waits for s0p1's, drops its assembly at once (its deadline is 30 s away)."""
+    plan = plans(model_file)["fused-2x2"]
+
+    class Failing:
+        def __init__(self, runner: TaskRunner):
+            self.runner = runner
+            self.calls = 0
+
+        def __call__(self, tile: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("broken tile")
+            return self.runner(tile)
+
+    def loader(config: PartitionConfig) -> Any:
+        runner = load_slice(config)
+        return Failing(runner) if config.partition == "s0p1" else runner
+
+    async with deploy(plan, timeout_s=30, loader=loader) as d:
+        response = await d.client.post("/v1/infer", json={"shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()},
+                                        headers={"x-request-id": "doomed"})
+        assert response.status_code == 502 and response.json()["peer"] == "s0p1", response.text
+        tail = d.partitions["s1p0"]
+        await _until(lambda: tail.cancelled == 1, tail.info)
+        rid = d.gateway._pipeline_ids["doomed"]
+        assert len(tail._assembler) == 0 and tail._view(rid).state == "expired"
+        samples = await _metrics_of(d, "s1p0")
+        assert _value(samples, "edgepart_requests_cancelled_total", reason="peer_error") == 1
+        assert _value(samples, "edgepart_inflight_requests") == 0 and tail.computed == 0
+        assert _value(samples, "edgepart_dropped_total") == 0  # cancelled, not left to its deadline
+        gateway = await _metrics_of(d, "gateway")
+        assert _value(gateway, "edgepart_requests_cancelled_total", reason="peer_error") == 1
+        # a late piece of the cancelled request is refused
+        piece = d.configs.partition("s1p0").inputs[0]
+        tensor = torch.zeros((1, *piece.region.shape))
+        late = await d.client.post("http://s1p0:8000/v1/tensor", headers={**d.internal, "content-type": CONTENT_TYPE},
+                                   content=frame_bytes(make_header(rid, tensor, piece.region, 0, piece.sender), tensor))
+        assert late.status_code == 504, late.text
+
+
+async def test_abandoned_requests_are_not_computed_nor_sent_on(model_file: Path) -> None:
+    """Three requests wait behind a stuck compute at s0p0 (one computing, two queued); their clients go away:
+    the gateway cancels them, s0p0 never computes the queued two and does not send the third on."""
+    plan = plans(model_file)["layerwise-3"]
+    gate = threading.Event()
+    gated: dict[str, Gated] = {}
+
+    def loader(config: PartitionConfig) -> Any:
+        runner = load_slice(config)
+        if config.partition != "s0p0":
+            return runner
+        gated[config.partition] = Gated(runner, gate)
+        return gated[config.partition]
+
+    try:
+        async with deploy(plan, timeout_s=30, loader=loader) as d:
+            first = d.partitions["s0p0"]
+            clients = [asyncio.create_task(d.client.post("/v1/infer", json={
+                "shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()})) for _ in range(3)]
+            await _until(lambda: gated["s0p0"].calls == 2 and first.info()["queued"] == 2, first.info)
+            for client in clients:
+                client.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
+            await _until(lambda: first.cancelled == 2, first.info)  # the queued two; the third computes
+            gate.set()
+            await _until(lambda: first.cancelled == 3, first.info)  # computed, not sent on
+            await _until(lambda: first.info()["assembling"] == 0 and not first._jobs and not first._sending
+                         and first._queue.qsize() == 0, first.info)
+            samples = await _metrics_of(d, "s0p0")
+            assert _value(samples, "edgepart_requests_cancelled_total", reason="abandoned") == 3
+            assert _value(samples, "edgepart_inflight_requests") == 0 and first.dropped == 0
+            assert gated["s0p0"].calls == 2  # the warm-up and the stuck request: the queued two never ran
+            assert d.partitions["s1p0"].computed == 0 and d.partitions["s1p0"].info()["assembling"] == 0
+            gateway = await _metrics_of(d, "gateway")
+            assert _value(gateway, "edgepart_requests_cancelled_total", reason="abandoned") == 3
+    finally:
+        gate.set()

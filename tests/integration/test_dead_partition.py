@@ -1,4 +1,4 @@
-"""Real processes: a partition killed while requests wait on it fails them at once, naming it.
+"""Real processes: a partition killed (or stopped) while requests wait on it fails them at once, naming it.
 
 No supervisor runs (`LocalRuntime.up` alone, as `edgepart up --no-supervise`). The requests are put in
 flight by stopping a first-stage partition (SIGSTOP): the tail then holds each request with one piece in and
@@ -9,6 +9,7 @@ own 30 s: every answer must come from the death being noticed, not from a timeou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -29,15 +30,16 @@ from edgepart.spec import deployment_from_dict
 IN_FLIGHT = 4
 
 
-@pytest.fixture()
-def deployment(tmp_path: Path) -> Iterator[tuple[LocalRuntime, RunState]]:
+@contextlib.contextmanager
+def _deployed(tmp_path: Path, peer_timeout: str) -> Iterator[tuple[LocalRuntime, RunState]]:
     model = write_tiny_cnn(tmp_path)
     runtime = LocalRuntime(tmp_path / "run")
     spec = deployment_from_dict({
         "apiVersion": "edgepart.io/v1alpha1", "kind": "DNNDeployment", "metadata": {"name": "dead"},
         "spec": {"model": {"name": f"{model}:tiny", "inputShape": list(SHAPE)}, "solver": "ftp-grid",
                  "solverOptions": {"grid": "2x1"}, "devices": [{"name": "d0"}, {"name": "d1"}],
-                 "network": {"bandwidth": "100Mbps", "latency": "1ms"}, "requestTimeout": "60s"}})
+                 "network": {"bandwidth": "100Mbps", "latency": "1ms"}, "requestTimeout": "60s",
+                 "peerTimeout": peer_timeout}})
     state = asyncio.run(runtime.up(spec, port=0, ready_timeout_s=180))
     try:
         yield runtime, state
@@ -47,6 +49,20 @@ def deployment(tmp_path: Path) -> Iterator[tuple[LocalRuntime, RunState]]:
             if runtime.alive(proc):
                 os.kill(proc.pid, signal.SIGCONT)
         asyncio.run(runtime.down("dead"))
+
+
+@pytest.fixture()
+def deployment(tmp_path: Path) -> Iterator[tuple[LocalRuntime, RunState]]:
+    """Pings that wait out the test: a stopped partition only holds requests up (until it is killed)."""
+    with _deployed(tmp_path, "60s") as deployed:
+        yield deployed
+
+
+@pytest.fixture()
+def pinged(tmp_path: Path) -> Iterator[tuple[LocalRuntime, RunState]]:
+    """A partition silent for 1 s is unreachable."""
+    with _deployed(tmp_path, "1s") as deployed:
+        yield deployed
 
 
 def _sample(url: str, name: str, **labels: str) -> float:
@@ -102,7 +118,10 @@ async def test_requests_waiting_on_a_killed_partition_fail_at_once_naming_it(
             assert answer.status_code == 503, answer.text
             assert answer.json()["error"] == "peer_unreachable" and answer.json()["peer"] == tile
         await _until(lambda: _sample(tail_url, "edgepart_inflight_requests") == 0, "the tail gave them up")
-        assert _sample(tail_url, "edgepart_errors_total", reason="peer_unreachable") == IN_FLIGHT
+        # given up for the death (POST /v1/pending), or dropped for the gateway's cancel, whichever came first
+        gave_up = (_sample(tail_url, "edgepart_errors_total", reason="peer_unreachable")
+                   + _sample(tail_url, "edgepart_requests_cancelled_total", reason="peer_unreachable"))
+        assert gave_up == IN_FLIGHT
         refused = _infer(state.gateway_url, 1)
         assert refused.status_code == 503 and refused.json()["peer"] == tile  # its connection is refused
 
@@ -119,3 +138,65 @@ async def test_requests_waiting_on_a_killed_partition_fail_at_once_naming_it(
             body = answer.json()
             assert body["error"] == "peer_unreachable" and body["peer"] == tail, body
             assert f"partition {tail}" in body["detail"] and "died" in body["detail"]
+
+
+async def test_a_silent_partition_is_found_by_pings_long_before_the_timeout(
+        pinged: tuple[LocalRuntime, RunState]) -> None:
+    """A stopped process keeps its sockets open and its kernel acknowledges: only the watch's pings (1 s here)
+    see it. The clients are answered 503 naming it within their own 30 s, half the 60 s request timeout, and
+    the tail drops the pieces it held for them (the gateway cancels them, or the tail gives them up)."""
+    _, state = pinged
+    partitions = sorted(p.id for p in state.processes if p.role == "partition")
+    tail = partitions[-1]
+    tile = next(p for p in partitions if p != tail and p.endswith("1"))
+    tail_url = state.process(tail).url
+    assert _infer(state.gateway_url, 0).status_code == 200
+    os.kill(state.process(tile).pid, signal.SIGSTOP)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = await asyncio.gather(*(client.post(state.gateway_url + "/v1/infer", content=_frame(300 + i),
+                                                         headers={"content-type": CONTENT_TYPE})
+                                             for i in range(IN_FLIGHT)))
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            body = answer.json()
+            assert body["error"] == "peer_unreachable" and body["peer"] == tile, body
+            assert "answered no ping for 1 s" in body["detail"], body
+        gateway = state.gateway_url
+        assert _sample(gateway, "edgepart_errors_total", reason="timeout") == 0
+        assert _sample(gateway, "edgepart_requests_cancelled_total", reason="peer_unreachable") == IN_FLIGHT
+        await _until(lambda: _sample(tail_url, "edgepart_inflight_requests") == 0, "the tail dropped them")
+        later = _infer(state.gateway_url, 2)  # known silent: refused before any piece goes out
+        assert later.status_code == 503 and later.json()["peer"] == tile, later.text
+        assert "answered no ping" in later.json()["detail"]
+        assert _sample(gateway, "edgepart_errors_total", reason="timeout") == 0
+    finally:
+        os.kill(state.process(tile).pid, signal.SIGCONT)
+    await _until(lambda: _infer(state.gateway_url, 1).status_code == 200, "answers again once it runs")
+
+
+async def test_a_client_that_goes_away_has_its_request_cancelled_at_the_partitions(
+        deployment: tuple[LocalRuntime, RunState]) -> None:
+    """The tile is stopped (pings wait 60 s here), so the tail holds each request with one piece missing; the
+    clients go away: the gateway cancels their requests and the tail drops what it held."""
+    _, state = deployment
+    partitions = sorted(p.id for p in state.processes if p.role == "partition")
+    tail = partitions[-1]
+    tile = next(p for p in partitions if p != tail and p.endswith("1"))
+    tail_url = state.process(tail).url
+    assert _infer(state.gateway_url, 0).status_code == 200
+    os.kill(state.process(tile).pid, signal.SIGSTOP)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sends = await _in_flight(state, client, tail, 400)
+            for send in sends:
+                send.cancel()  # the client closes its connections
+            await asyncio.gather(*sends, return_exceptions=True)
+        gateway = state.gateway_url
+        await _until(lambda: _sample(gateway, "edgepart_requests_cancelled_total", reason="client_gone") == IN_FLIGHT,
+                     "the gateway cancelled them")
+        await _until(lambda: _sample(tail_url, "edgepart_inflight_requests") == 0, "the tail dropped them")
+        assert _sample(tail_url, "edgepart_requests_cancelled_total", reason="client_gone") == IN_FLIGHT
+        assert _sample(tail_url, "edgepart_errors_total", reason="timeout") == 0
+    finally:
+        os.kill(state.process(tile).pid, signal.SIGCONT)
