@@ -134,6 +134,8 @@ class PartitionService:
         self._deadlines: dict[str, float] = {}  # request id -> its deadline on this host's monotonic clock
         self.dropped = 0  # requests dropped because their deadline passed
         self._expired: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # -> the senders it still waited for
+        # requests cancelled before any of their pieces came: their first piece counts the cancel (-> reason)
+        self._cancelled_unseen: OrderedDict[str, str] = OrderedDict()
         self._completed: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs: dict[str, _Job] = {}  # queued or computing, by request id
@@ -218,6 +220,11 @@ class PartitionService:
         rid = header.request_id
         self._assembler.check(header)
         if rid in self._expired:
+            reason = self._cancelled_unseen.pop(rid, None)
+            if reason is not None:  # its work is dropped here, on arrival, for the gateway's cancel
+                self._count_cancel(None, "assembly", reason)
+                raise RequestTimeoutError(f"partition {self.id}: request {rid} was cancelled by the gateway "
+                                          f"({reason})", request_id=rid)
             raise RequestTimeoutError(f"partition {self.id}: request {rid} already timed out", request_id=rid)
         if header.budget_s is not None and header.budget_s <= 0:
             self._drop("admission")
@@ -533,8 +540,11 @@ class PartitionService:
             self._count_cancel(None, "send", reason)
             sending.cancel()
             return True
-        if rid not in self._completed:  # unseen: its pieces may still come, refuse them
+        if rid not in self._completed and rid not in self._expired:  # unseen: its pieces may still come
             self._remember(self._expired, rid, ())
+            self._cancelled_unseen[rid] = reason
+            while len(self._cancelled_unseen) > _MEMORY:
+                self._cancelled_unseen.popitem(last=False)
         return False
 
     def _count_cancel(self, deadline: float | None, where: str, reason: str) -> None:

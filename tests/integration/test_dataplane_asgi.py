@@ -613,14 +613,37 @@ async def test_a_burst_beyond_the_measured_bound_is_refused_with_retry_after(mod
 async def _until(check: Callable[[], bool], what: Callable[[], Any]) -> None:
     deadline = time.monotonic() + 30  # a cap on a wait for an event, not a timing assertion
     while not check():
-        assert time.monotonic() < deadline, what()
+        assert time.monotonic() < deadline, repr(what())
         await asyncio.sleep(0.01)
+
+
+async def test_a_cancel_that_comes_before_the_pieces_drops_them_on_arrival(model_file: Path) -> None:
+    """The gateway may cancel a request before a partition has seen any of it: its first piece is then refused,
+    naming the cancel, and counted once as cancelled (not as a timeout)."""
+    async with deploy(plans(model_file)["fused-2x2"], timeout_s=30) as d:
+        tail = d.partitions["s1p0"]
+        cancel = await d.client.post("http://s1p0:8000/v1/cancel", headers=d.internal,
+                                     json={"requests": ["early.1"], "reason": "client_gone"})
+        assert cancel.status_code == 200 and cancel.json() == {"dropped": []}, cancel.text
+        piece = d.configs.partition("s1p0").inputs[0]
+        tensor = torch.zeros((1, *piece.region.shape))
+        answers = [await d.client.post("http://s1p0:8000/v1/tensor",
+                                       headers={**d.internal, "content-type": CONTENT_TYPE},
+                                       content=frame_bytes(make_header("early.1", tensor, piece.region, 0,
+                                                                       piece.sender), tensor))
+                   for _ in range(2)]  # the second piece is refused too, not counted again
+        assert [a.status_code for a in answers] == [504, 504], [a.text for a in answers]
+        assert "cancelled by the gateway (client_gone)" in answers[0].text, answers[0].text
+        assert tail.cancelled == 1 and len(tail._assembler) == 0
+        samples = await _metrics_of(d, "s1p0")
+        assert _value(samples, "edgepart_requests_cancelled_total", reason="client_gone") == 1
 
 
 async def test_a_failed_request_is_cancelled_at_the_partitions_that_hold_its_pieces(model_file: Path) -> None:
     """s0p1 fails computing: the gateway answers 502 naming it and cancels the request; s1p0, which holds the pieces of
     the other tiles and waits for s0p1's, drops its assembly at once (its deadline is 30 s away)."""
     plan = plans(model_file)["fused-2x2"]
+    held: dict[str, PartitionService] = {}
 
     class Failing:
         def __init__(self, runner: TaskRunner):
@@ -630,6 +653,11 @@ async def test_a_failed_request_is_cancelled_at_the_partitions_that_hold_its_pie
         def __call__(self, tile: torch.Tensor) -> torch.Tensor:
             self.calls += 1
             if self.calls > 1:
+                # fail once the tail holds another tile's pieces, so the cancel finds them there (on its
+                # compute thread: the event loop delivers those pieces meanwhile)
+                deadline = time.monotonic() + 30
+                while len(held["tail"]._assembler) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 raise RuntimeError("broken tile")
             return self.runner(tile)
 
@@ -638,6 +666,7 @@ async def test_a_failed_request_is_cancelled_at_the_partitions_that_hold_its_pie
         return Failing(runner) if config.partition == "s0p1" else runner
 
     async with deploy(plan, timeout_s=30, loader=loader) as d:
+        held["tail"] = d.partitions["s1p0"]
         response = await d.client.post("/v1/infer", json={"shape": list(SHAPE), "data": torch.randn(SHAPE).tolist()},
                                         headers={"x-request-id": "doomed"})
         assert response.status_code == 502 and response.json()["peer"] == "s0p1", response.text

@@ -138,12 +138,15 @@ async def test_a_request_is_traced_through_every_partition(running: tuple[LocalR
     assert set(gateway) == set(GATEWAY_EVENTS)
     parts = trace["partitions"]
     assert [p["stage"] for p in parts] == [0, 0, 1] and all("detail" not in p for p in parts)
-    for part in parts:  # each partition's events in the order they happen, within the request's lifetime
+    # each partition's events in the order they happen, within the request's lifetime; "sent" is marked once
+    # the receiver has acknowledged, so only what happens before a send is ordered against the receiver's
+    # events (one host, one wall clock: no tolerance is needed for causal order)
+    for part in parts:
         events = part["events"]
         order = [events[k] for k in PARTITION_EVENTS]
-        assert order == sorted(order) and order[0] >= 0.0 and order[-1] <= gateway["output"] + 0.05, part
+        assert order == sorted(order) and order[0] >= 0.0 and events["compute_end"] <= gateway["output"], part
     tail = parts[2]["events"]
-    assert tail["assembled"] >= max(p["events"]["sent"] for p in parts[:2]) - 0.05  # it waited for both tiles
+    assert tail["assembled"] >= max(p["events"]["compute_end"] for p in parts[:2])  # it waited for both tiles
     assert missing.status_code == 404 and "no record of request 'never-sent'" in missing.json()["detail"]
 
 
