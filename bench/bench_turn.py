@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -28,13 +27,12 @@ from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 
 from edgepart.graph.layer_graph import trace
 from edgepart.graph.loader import ModelRef
 from edgepart.partition_service import PartitionService, partition_app, render_configs
 from edgepart.partition_service.auth import write_secret
-from edgepart.partition_service.server import http_protocol
+from edgepart.partition_service.server import loopback_url, on_loopback
 from edgepart.partition_service.transport import internal_headers, make_hop_client
 from edgepart.partition_service.turnstile import TURN_PATH, device_turns
 from edgepart.plan import Plan
@@ -73,18 +71,8 @@ async def _served(service: PartitionService, *, lane: bool) -> AsyncIterator[str
     app = partition_app(service)
     if not lane:  # the route only: what a turn was before it rode the lane
         app.state.guard = dataclasses.replace(app.state.guard, notices={})
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           http=http_protocol(app), timeout_graceful_shutdown=2))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with on_loopback(app) as server:
+        yield loopback_url(server)
 
 
 async def _times(turn: Callable[[int], Awaitable[None]], reps: int) -> list[float]:

@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
@@ -162,6 +162,32 @@ def _config(app: FastAPI, log_level: str, lifespan: bool) -> uvicorn.Config:
 async def serve(app: FastAPI, sockets: Sequence[socket.socket], log_level: str = "warning") -> None:
     """Serve one app on `sockets` until a signal stops it."""
     await QuietServer(_config(app, log_level, True)).serve(sockets=list(sockets))
+
+
+@contextlib.asynccontextmanager
+async def on_loopback(app: FastAPI) -> AsyncIterator[uvicorn.Server]:
+    """Serve `app` on a free loopback port with the protocol the services serve with, on this loop, without
+    its lifespan (benchmarks and tests drive the service themselves); its URL is `loopback_url(server)`."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    server.config.port = sock.getsockname()[1]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+def loopback_url(server: uvicorn.Server) -> str:
+    return f"http://127.0.0.1:{server.config.port}"
 
 
 async def serve_all(endpoints: Sequence[Endpoint], log_level: str = "warning") -> None:

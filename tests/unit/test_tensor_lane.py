@@ -27,7 +27,7 @@ from edgepart.partition_service.errors import (
 )
 from edgepart.partition_service.hop import HopClient
 from edgepart.partition_service.lane import Guard, GuardedProtocol, TensorLane
-from edgepart.partition_service.server import http_protocol
+from edgepart.partition_service.server import http_protocol, loopback_url, on_loopback
 from edgepart.partition_service.transport import TENSOR_PATH, receive_frame, send_frame
 from edgepart.partition_service.wire import CONTENT_TYPE, Frame, Limits, frame_bytes, make_header
 
@@ -76,21 +76,9 @@ async def sink() -> AsyncIterator[Sink]:
 
     app.state.guard = Guard(ConnectionLimits(), TensorLane(TENSOR_PATH, LIMITS, lane_ingest,
                                                            on_error=lambda err: holder[0].errors.append(err.reason)))
-    sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    port = sock.getsockname()[1]
-    holder.append(Sink(f"http://127.0.0.1:{port}", port, server))
-    try:
+    async with on_loopback(app) as server:
+        holder.append(Sink(loopback_url(server), server.config.port, server))
         yield holder[0]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 def _frame(rid: str, tensor: torch.Tensor) -> bytes:

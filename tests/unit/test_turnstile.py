@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,14 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import uvicorn
 from torch import nn
 
 from edgepart.graph.layer_graph import LayerGraph, trace
 from edgepart.graph.loader import ModelRef
 from edgepart.partition_service import PartitionService, partition_app, render_configs
 from edgepart.partition_service.auth import write_secret
-from edgepart.partition_service.server import http_protocol
+from edgepart.partition_service.server import loopback_url, on_loopback
 from edgepart.partition_service.transport import make_hop_client
 from edgepart.partition_service.turnstile import (
     TURN_PATH,
@@ -138,20 +136,8 @@ async def test_turn_calls_need_the_secret_and_the_right_sender(tmp_path: Path) -
 @asynccontextmanager
 async def served(service: PartitionService) -> AsyncIterator[str]:
     """`service`'s app on a real port, with the guarded protocol the services serve with (no slice loaded)."""
-    app = partition_app(service)
-    sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=http_protocol(app),
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with on_loopback(partition_app(service)) as server:
+        yield loopback_url(server)
 
 
 async def test_turns_go_over_one_kept_alive_connection_on_the_lane(tmp_path: Path) -> None:
