@@ -46,8 +46,10 @@ import http
 import json
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any, ClassVar, cast
 
 from edgepart.partition_service.auth import Secret
@@ -619,12 +621,24 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         lines.append("connection: close")  # the next request comes on a new connection, whose head we read
         pending = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + bytes(self.scratch[self.start:self.end])
         self.start = self.end = 0
+        _refresh_date(self.config, self.server_state)
         inner = self.fallback(config=self.config, server_state=self.server_state, app_state=self.app_state,
                               _loop=self.loop)
         self.server_state.connections.discard(self)
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)
         inner.data_received(pending)
+
+
+def _refresh_date(config: Any, server_state: Any) -> None:
+    """Bring uvicorn's Date header up to this second: the services' server does not tick while idle
+    (`server.QuietServer`), so the guard keeps it, on the requests that reach uvicorn."""
+    now = int(time.time())
+    if getattr(server_state, "date_second", None) == now or not getattr(config, "date_header", False):
+        return
+    server_state.date_second = now
+    date = [(b"date", formatdate(now, usegmt=True).encode())]
+    server_state.default_headers = date + list(getattr(config, "encoded_headers", []))
 
 
 def guarded_protocol(guard: Guard, fallback: Callable[..., asyncio.Protocol]) -> type[GuardedProtocol]:
