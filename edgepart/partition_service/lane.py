@@ -45,6 +45,7 @@ import enum
 import http
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -83,6 +84,7 @@ _MEDIA_TYPES = (CONTENT_TYPE, "application/octet-stream")
 _NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 _NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
 _HOP_HEADERS = ("connection", "keep-alive")
+_BAD_NAME = re.compile(r"[ \t\r\n]")  # a header name with white space is not HTTP
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # kubelet probes and Prometheus: no secret
 LINGER_S = 2.0  # after an error answer, read and drop the client's bytes this long before closing
 LINGER_BYTES = 16 * 1024 * 1024
@@ -151,7 +153,7 @@ def _parse_head(raw: bytes) -> _Head | None:
     duplicates: set[str] = set()
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t\r\n"):
+        if not sep or not name or name != name.strip() or _BAD_NAME.search(name):
             return None
         key = name.lower()
         if key in fields:
