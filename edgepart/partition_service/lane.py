@@ -45,9 +45,12 @@ import enum
 import http
 import json
 import logging
+import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any, ClassVar, cast
 
 from edgepart.partition_service.auth import Secret
@@ -81,6 +84,7 @@ _MEDIA_TYPES = (CONTENT_TYPE, "application/octet-stream")
 _NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 _NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
 _HOP_HEADERS = ("connection", "keep-alive")
+_BAD_NAME = re.compile(r"[ \t\r\n]")  # a header name with white space is not HTTP
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # kubelet probes and Prometheus: no secret
 LINGER_S = 2.0  # after an error answer, read and drop the client's bytes this long before closing
 LINGER_BYTES = 16 * 1024 * 1024
@@ -149,7 +153,7 @@ def _parse_head(raw: bytes) -> _Head | None:
     duplicates: set[str] = set()
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t\r\n"):
+        if not sep or not name or name != name.strip() or _BAD_NAME.search(name):
             return None
         key = name.lower()
         if key in fields:
@@ -619,12 +623,24 @@ class GuardedProtocol(asyncio.BufferedProtocol):
         lines.append("connection: close")  # the next request comes on a new connection, whose head we read
         pending = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + bytes(self.scratch[self.start:self.end])
         self.start = self.end = 0
+        _refresh_date(self.config, self.server_state)
         inner = self.fallback(config=self.config, server_state=self.server_state, app_state=self.app_state,
                               _loop=self.loop)
         self.server_state.connections.discard(self)
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)
         inner.data_received(pending)
+
+
+def _refresh_date(config: Any, server_state: Any) -> None:
+    """Bring uvicorn's Date header up to this second: the services' server does not tick while idle
+    (`server.QuietServer`), so the guard keeps it, on the requests that reach uvicorn."""
+    now = int(time.time())
+    if getattr(server_state, "date_second", None) == now or not getattr(config, "date_header", False):
+        return
+    server_state.date_second = now
+    date = [(b"date", formatdate(now, usegmt=True).encode())]
+    server_state.default_headers = date + list(getattr(config, "encoded_headers", []))
 
 
 def guarded_protocol(guard: Guard, fallback: Callable[..., asyncio.Protocol]) -> type[GuardedProtocol]:

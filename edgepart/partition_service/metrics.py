@@ -39,6 +39,7 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._labels = {"deployment": deployment, "stage": stage, "partition": partition}
+        self._children: dict[tuple[Counter, str], Counter] = {}
         self._errors = Counter("edgepart_errors", "Errors by reason.", [*_LABELS, "reason"], registry=r)
         self._dropped = Counter("edgepart_dropped", "Requests dropped because their deadline passed, by where "
                                 "they waited (admission, assembly, compute_queue, send).", [*_LABELS, "reason"],
@@ -84,17 +85,24 @@ class ServiceMetrics:
         self.inflight = self.m.inflight.labels(**self._labels)
         self.payload = self.m.payload.labels(**self._labels)
 
+    def _child(self, family: Counter, key: str, value: str) -> Counter:
+        # labels() takes a lock and builds a key on every call: each labelled child is looked up once
+        child = self._children.get((family, value))
+        if child is None:
+            child = self._children[(family, value)] = family.labels(**self._labels, **{key: value})
+        return child
+
     def error(self, reason: str) -> None:
-        self._errors.labels(**self._labels, reason=reason).inc()
+        self._child(self._errors, "reason", reason).inc()
 
     def dropped(self, reason: str) -> None:
-        self._dropped.labels(**self._labels, reason=reason).inc()
+        self._child(self._dropped, "reason", reason).inc()
 
     def cancelled(self, reason: str) -> None:
         self._cancelled.labels(**self._labels, reason=reason).inc()
 
     def admission(self, decision: str) -> None:
-        self._admission.labels(**self._labels, decision=decision).inc()
+        self._child(self._admission, "decision", decision).inc()
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

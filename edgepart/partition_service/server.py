@@ -42,7 +42,7 @@ from edgepart.partition_service.config import (
     load_partition_config,
 )
 from edgepart.partition_service.gateway import GatewayService, gateway_app, gateway_internal_app
-from edgepart.partition_service.lane import Guard, guarded_protocol
+from edgepart.partition_service.lane import Guard, GuardedProtocol, guarded_protocol
 from edgepart.partition_service.partition import PartitionService, partition_app
 from edgepart.profiler.microbench import partition_allocator
 
@@ -94,22 +94,43 @@ def http_protocol(app: FastAPI) -> Any:
 
 
 class QuietServer(uvicorn.Server):
-    """uvicorn's server, waking once a second instead of ten times.
+    """uvicorn's server, waking only when it must instead of ten times a second.
 
     uvicorn polls for shutdown every 100 ms. On an edge device each idle partition process then costs about
     2 ms of CPU a second here (a wake-up of an interpreter in a VM is ~0.2 ms), and with several partitions on a
-    0.2-CPU device their ticks took a few percent of its quota away from computing. Here the loop sleeps a second
-    (the Date header's resolution) and a signal wakes it at once, so shutdown is as prompt as before.
+    0.2-CPU device their ticks took a few percent of its quota away from computing. Here a signal (or setting
+    `should_exit`) wakes the loop, so shutdown is as prompt as before. A guarded server (`lane.GuardedProtocol`,
+    every service's) does not tick at all: the guard refreshes the Date header when it hands a request to
+    uvicorn, so an idle partition sleeps until its next message (a tick a second still cost a throttled device
+    ~0.3 ms of CPU per second-apart message). Others tick once a second (the Date header's resolution).
     """
 
     TICK_S = 1.0
 
     def __init__(self, config: uvicorn.Config, *, signals: bool = True):
-        super().__init__(config)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit = False
+        super().__init__(config)
         self.signals = signals  # False: another server of the process takes the signals and stops this one
         self.partners: list[QuietServer] = []  # servers to stop with this one
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._exit = value
+        if value:
+            self.wake()  # a tickless loop notices only when woken
+
+    def _tick_s(self) -> float | None:
+        """Seconds between ticks; None: no tick (the guard keeps the Date header, nothing else needs one)."""
+        config = self.config
+        guarded = isinstance(config.http, type) and issubclass(config.http, GuardedProtocol)
+        needs_tick = config.limit_max_requests is not None or config.callback_notify is not None
+        return None if guarded and not needs_tick else self.TICK_S
 
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
@@ -122,21 +143,23 @@ class QuietServer(uvicorn.Server):
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        tick_s = self._tick_s()
         should_exit = await self.on_tick(0)
         while not should_exit:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.TICK_S):
+                async with asyncio.timeout(tick_s):
                     await self._wake.wait()
+            self._wake.clear()
             should_exit = await self.on_tick(0)  # tick 0: uvicorn refreshes the Date header
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         for partner in self.partners:
             partner.should_exit = True
-            partner.wake()
         self.wake()
 
     def wake(self) -> None:
+        # through the loop's self-pipe: a signal handler may run while the loop blocks in epoll
         if self._loop is not None and self._wake is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
 

@@ -159,7 +159,10 @@ class Sender:
             client = self.hop
             # Connect before queueing for the link, so a dead or slow peer holds up only the frames to it.
             # Frames to one peer still take the link in the order they were sent (its own lock, fair).
-            async with self._peer_order.setdefault(url, asyncio.Lock()):
+            order = self._peer_order.get(url)
+            if order is None:  # one lock per peer, made once (not a fresh one per frame)
+                order = self._peer_order[url] = asyncio.Lock()
+            async with order:
                 lease = await self.hop.lease(url + TENSOR_PATH, peer=peer, peer_url=url,
                                              what=f"sending request {header.request_id}")
                 try:

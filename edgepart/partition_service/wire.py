@@ -209,6 +209,14 @@ def frame_size(parts: Sequence[bytes | memoryview]) -> int:
 
 
 def _parse_header(raw: bytes | bytearray, limits: Limits) -> FrameHeader:
+    try:  # pydantic-core's own JSON parser: a third cheaper than json.loads and a dict validated after it
+        header = FrameHeader.model_validate_json(raw)
+    except ValidationError:
+        header = _parse_header_slowly(raw)  # words the failure as always
+    return _check_header(header, limits)
+
+
+def _parse_header_slowly(raw: bytes | bytearray) -> FrameHeader:
     try:
         data: Any = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -223,6 +231,10 @@ def _parse_header(raw: bytes | bytearray, limits: Limits) -> FrameHeader:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if not str(p).startswith('function')) or 'header'}: "
                              f"{str(e['msg']).removeprefix('Value error, ')}" for e in err.errors()[:5])
         raise FrameError(f"frame header: {problems}") from None
+    return header
+
+
+def _check_header(header: FrameHeader, limits: Limits) -> FrameHeader:
     if header.region.ndim != len(header.shape) - 1:
         raise FrameError(f"frame header: region {header.region} has {header.region.ndim} dimensions, "
                          f"the shape {list(header.shape)} has {len(header.shape) - 1} besides the batch")

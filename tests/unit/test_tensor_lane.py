@@ -339,6 +339,48 @@ async def test_the_services_server_ticks_once_a_second_and_a_signal_stops_it_at_
     sock.close()
 
 
+async def test_a_guarded_server_does_not_tick_while_idle_yet_stops_at_once_and_dates_its_answers() -> None:
+    """Idle, the services' server sleeps until a message comes (a tick a second cost a throttled device ~0.3 ms
+    per message); `should_exit` still stops it at once, and the guard keeps uvicorn's Date header current."""
+    import time
+    from email.utils import parsedate_to_datetime
+
+    from edgepart.partition_service.server import QuietServer
+
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.state.guard = Guard(ConnectionLimits())
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", http=http_protocol(app)))
+    ticks = 0
+    tick = server.on_tick
+
+    async def counting(counter: int) -> bool:
+        nonlocal ticks
+        ticks += 1
+        return await tick(counter)
+
+    server.on_tick = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(2.2)
+    assert ticks == 1  # the first, at start: none while idle
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(f"http://127.0.0.1:{sock.getsockname()[1]}/healthz")
+    assert answer.status_code == 200
+    assert abs(parsedate_to_datetime(answer.headers["date"]).timestamp() - time.time()) < 1.5  # not the start's
+    started = time.monotonic()
+    server.should_exit = True
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 0.5
+    sock.close()
+
+
 # ---------------------------------------------------------------- the guard's limits (issue 10, item 5)
 
 SHORT = ConnectionLimits(head_timeout_s=5.0, keep_alive_s=0.6, body_timeout_s=0.3, min_body_rate=1 << 30,
