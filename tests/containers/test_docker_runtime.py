@@ -1,6 +1,6 @@
 """`edgepart up --runtime docker` for real, against podman's Docker-compatible API (DOCKER_HOST).
 
-AlexNet in three pipeline stages, three partition containers and a gateway on their own network:
+VGG-16 in three pipeline stages, three partition containers and a gateway on their own network:
 exact answers, locked-down containers, a killed partition restarted by its restart policy, and
 `down` leaving no container, network or volume behind.
 """
@@ -21,7 +21,7 @@ from conftest import Podman, needs_podman
 
 pytestmark = needs_podman
 
-NAME = "ctr-alex3"
+NAME = "ctr-vgg3"
 DEPLOYMENT = f"""\
 apiVersion: edgepart.io/v1alpha1
 kind: DNNDeployment
@@ -29,7 +29,7 @@ metadata:
   name: {NAME}
 spec:
   model:
-    name: alexnet
+    name: vgg16
   objective: throughput
   solver: pipeline-dp
   devices:
