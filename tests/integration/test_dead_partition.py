@@ -87,6 +87,17 @@ def _infer(url: str, seed: int) -> httpx.Response:
     return httpx.post(url + "/v1/infer", content=_frame(seed), headers={"content-type": CONTENT_TYPE}, timeout=30)
 
 
+def _stop_a_tile(state: RunState) -> tuple[str, str]:
+    """(the tail, a first-stage tile): after one answered request, the tile is stopped (SIGSTOP): its process
+    keeps its sockets open and answers nothing. The caller sends SIGCONT."""
+    partitions = sorted(p.id for p in state.processes if p.role == "partition")
+    tail = partitions[-1]
+    tile = next(p for p in partitions if p != tail and p.endswith("1"))
+    assert _infer(state.gateway_url, 0).status_code == 200
+    os.kill(state.process(tile).pid, signal.SIGSTOP)
+    return tail, tile
+
+
 async def _in_flight(state: RunState, client: httpx.AsyncClient, tail: str,
                      seed: int) -> list[asyncio.Task[httpx.Response]]:
     """Send IN_FLIGHT requests and wait until the tail holds each of them (one piece in, one missing)."""
@@ -146,12 +157,8 @@ async def test_a_silent_partition_is_found_by_pings_long_before_the_timeout(
     see it. The clients are answered 503 naming it within their own 30 s, half the 60 s request timeout, and
     the tail drops the pieces it held for them (the gateway cancels them, or the tail gives them up)."""
     _, state = pinged
-    partitions = sorted(p.id for p in state.processes if p.role == "partition")
-    tail = partitions[-1]
-    tile = next(p for p in partitions if p != tail and p.endswith("1"))
+    tail, tile = _stop_a_tile(state)
     tail_url = state.process(tail).url
-    assert _infer(state.gateway_url, 0).status_code == 200
-    os.kill(state.process(tile).pid, signal.SIGSTOP)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             answers = await asyncio.gather(*(client.post(state.gateway_url + "/v1/infer", content=_frame(300 + i),
@@ -180,12 +187,8 @@ async def test_a_client_that_goes_away_has_its_request_cancelled_at_the_partitio
     """The tile is stopped (pings wait 60 s here), so the tail holds each request with one piece missing; the
     clients go away: the gateway cancels their requests and the tail drops what it held."""
     _, state = deployment
-    partitions = sorted(p.id for p in state.processes if p.role == "partition")
-    tail = partitions[-1]
-    tile = next(p for p in partitions if p != tail and p.endswith("1"))
+    tail, tile = _stop_a_tile(state)
     tail_url = state.process(tail).url
-    assert _infer(state.gateway_url, 0).status_code == 200
-    os.kill(state.process(tile).pid, signal.SIGSTOP)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             sends = await _in_flight(state, client, tail, 400)
